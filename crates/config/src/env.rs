@@ -1,0 +1,93 @@
+//! `MAYFLY_*` environment overrides: `MAYFLY_LISTEN`, `MAYFLY_TOKENS_DEFAULT_TTL`,
+//! `MAYFLY_AUDIT_OUTPUT`, `MAYFLY_CLIENTS` (a TOML array of inline tables), ...
+//! A value is read as TOML when it parses as a TOML value (numbers, arrays, inline tables) and as
+//! a string otherwise.
+
+use crate::ConfigError;
+
+/// Variables that start with `MAYFLY_` but are not config keys.
+const NOT_CONFIG: &[&str] = &[
+    "MAYFLY_MASTER_KEY",
+    "MAYFLY_MASTER_KEY_FILE",
+    "MAYFLY_LOG",
+    "MAYFLY_LOG_FORMAT",
+    "MAYFLY_CONFIG",
+];
+
+/// Known keys: (environment suffix, table, key).
+const KEYS: &[(&str, Option<&str>, &str)] = &[
+    ("LISTEN", None, "listen"),
+    ("ISSUER", None, "issuer"),
+    ("DATA_DIR", None, "data_dir"),
+    ("DATABASE_URL", None, "database_url"),
+    ("CLIENTS", None, "clients"),
+    ("TOKENS_DEFAULT_TTL", Some("tokens"), "default_ttl"),
+    ("TOKENS_MAX_TTL", Some("tokens"), "max_ttl"),
+    ("TOKENS_CLOCK_SKEW", Some("tokens"), "clock_skew"),
+    (
+        "TOKENS_MAX_ASSERTION_LIFETIME",
+        Some("tokens"),
+        "max_assertion_lifetime",
+    ),
+    ("TOKENS_SIGNING_ALG", Some("tokens"), "signing_alg"),
+    ("TOKENS_KEY_ROTATION", Some("tokens"), "key_rotation"),
+    ("AUDIT_OUTPUT", Some("audit"), "output"),
+    ("AUDIT_PATH", Some("audit"), "path"),
+    ("SERVER_MAX_BODY_BYTES", Some("server"), "max_body_bytes"),
+    ("SERVER_REQUEST_TIMEOUT", Some("server"), "request_timeout"),
+];
+
+pub(crate) fn process_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("MAYFLY_"))
+        .collect()
+}
+
+pub(crate) fn apply_overrides(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(suffix) = name.strip_prefix("MAYFLY_") else {
+            continue;
+        };
+        if NOT_CONFIG.contains(&name.as_str()) {
+            continue;
+        }
+        let src = format!("environment variable {name}");
+        let Some((_, section, key)) = KEYS.iter().find(|(s, _, _)| *s == suffix) else {
+            return Err(ConfigError::new(
+                &src,
+                name.clone(),
+                "not a mayfly setting",
+                "unset it, or use one of MAYFLY_LISTEN, MAYFLY_ISSUER, MAYFLY_DATA_DIR, MAYFLY_TOKENS_DEFAULT_TTL, ... (conf/mayfly.full.toml lists them)",
+            ));
+        };
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let target = match section {
+            None => &mut *table,
+            Some(sec) => {
+                let entry = table
+                    .entry(sec.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry.as_table_mut() {
+                    Some(t) => t,
+                    None => {
+                        return Err(ConfigError::new(
+                            &src,
+                            sec.to_string(),
+                            "is not a table in the file",
+                            format!("write [{sec}] as a table"),
+                        ));
+                    }
+                }
+            }
+        };
+        target.insert(key.to_string(), parsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! mayfly configuration: a TOML file plus `MAYFLY_*` environment overrides, turned into validated,
+//! typed settings. This crate reads the config file and the files it names (client JWKS); it binds
+//! no sockets and opens no databases.
+//!
+//! Every error names where the bad value came from (the file or the environment variable), the
+//! key, what is wrong, and how to fix it.
+#![forbid(unsafe_code)]
+
+mod env;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::AuditOutput;
+
+/// A configuration problem, with where it came from and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {problem}\n  fix: {fix}")]
+pub struct ConfigError {
+    /// The file path or `environment variable NAME`.
+    pub source_name: String,
+    /// The key, in dotted form (`tokens.default_ttl`, `clients[0].jwks_file`).
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(
+        source_name: &str,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            source_name: source_name.to_string(),
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Token-signing algorithm of the server's own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// Ed25519 (default).
+    EdDSA,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+/// `[tokens]`: lifetimes and signing.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// Lifetime of a token when the request and client set none.
+    pub default_ttl: Duration,
+    /// Upper bound of any token lifetime.
+    pub max_ttl: Duration,
+    /// Tolerance for clients' clocks on `iat`, `nbf` and `exp`.
+    pub clock_skew: Duration,
+    /// How far in the future a client assertion's `exp` may be.
+    pub max_assertion_lifetime: Duration,
+    /// Algorithm of the server's signing keys.
+    pub signing_alg: SigningAlg,
+    /// How often the signing key rotates.
+    pub key_rotation: Duration,
+}
+
+/// `[audit]`: where the JSON-lines copy of the audit log goes (the hash-chained log in the
+/// store is always written).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Destination of the JSON lines.
+    pub output: AuditOutput,
+    /// File for `output = "file"`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[server]`: HTTP limits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Deadline for handling one request.
+    pub request_timeout: Duration,
+}
+
+/// Where a client's public keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// A JWK Set given inline or read from `jwks_file` at load time.
+    Static(serde_json::Value),
+    /// A JWK Set fetched (and cached) from this URL.
+    Uri(url::Url),
+}
+
+/// `[[clients]]`: one registered client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The client_id.
+    pub id: String,
+    /// Its public keys.
+    pub jwks: JwksSource,
+    /// Audiences (resource indicators) it may request.
+    pub audiences: Vec<String>,
+    /// Scopes it may request.
+    pub scopes: Vec<String>,
+    /// Per-client lifetime cap (never above `tokens.max_ttl`).
+    pub max_ttl: Option<Duration>,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Issuer identifier; `None` means `http://<bound address>`.
+    pub issuer: Option<url::Url>,
+    /// Directory for the SQLite database and the default master key file.
+    pub data_dir: PathBuf,
+    /// Database URL; `None` means SQLite at `data_dir/mayfly.db`.
+    pub database_url: Option<String>,
+    /// Token settings.
+    pub tokens: TokensConfig,
+    /// Audit output.
+    pub audit: AuditConfig,
+    /// HTTP limits.
+    pub server: ServerLimits,
+    /// Clients registered in config.
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Config {
+    /// The embedded default: no file, environment overrides only.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_toml_str("", "embedded default", Path::new("."), &env::process_env())
+    }
+
+    /// Load and validate a config file, applying `MAYFLY_*` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                &name,
+                "(file)",
+                format!("cannot read the config file: {e}"),
+                "check the path and its permissions",
+            )
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, &name, base, &env::process_env())
+    }
+
+    /// Parse TOML text. `base` resolves relative file paths; `env` holds `MAYFLY_*` overrides.
+    pub fn from_toml_str(
+        text: &str,
+        source_name: &str,
+        base: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::new(
+                source_name,
+                "(syntax)",
+                e.message().to_string(),
+                location_hint(text, e.span()),
+            )
+        })?;
+        env::apply_overrides(&mut table, env)?;
+        let raw: raw::RawConfig = table.try_into().map_err(|e: toml::de::Error| {
+            ConfigError::new(
+                source_name,
+                "(schema)",
+                e.message().to_string(),
+                "remove or correct the key; `conf/mayfly.full.toml` lists every key",
+            )
+        })?;
+        raw.validate(source_name, base)
+    }
+
+    /// The `[tokens]` lifetime cap for a client: the smaller of its own cap and the global one.
+    pub fn client_max_ttl(&self, client: &ClientConfig) -> Duration {
+        client
+            .max_ttl
+            .map_or(self.tokens.max_ttl, |c| c.min(self.tokens.max_ttl))
+    }
+}
+
+fn location_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!("correct the TOML syntax at line {line}")
+        }
+        None => "correct the TOML syntax".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

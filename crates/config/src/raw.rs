@@ -1,0 +1,414 @@
+//! The file's shape, exactly as written, and its validation into [`crate::Config`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{
+    AuditConfig, ClientConfig, Config, ConfigError, JwksSource, ServerLimits, SigningAlg,
+    TokensConfig,
+};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    listen: Option<String>,
+    issuer: Option<String>,
+    data_dir: Option<String>,
+    database_url: Option<String>,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    clock_skew: Option<String>,
+    max_assertion_lifetime: Option<String>,
+    signing_alg: Option<String>,
+    key_rotation: Option<String>,
+}
+
+/// Where the JSON-lines copy of the audit log goes.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutput {
+    /// Standard output (default).
+    #[default]
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// The file named by `audit.path`, appended to.
+    File,
+    /// No JSON copy (the store's log is still written).
+    Off,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    output: Option<AuditOutput>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_body_bytes: Option<u64>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    jwks_file: Option<String>,
+    jwks: Option<toml::Value>,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    max_ttl: Option<String>,
+}
+
+fn duration(
+    src: &str,
+    key: &str,
+    v: Option<&String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = v.map_or(default, String::as_str);
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError::new(
+            src,
+            key,
+            format!("`{text}` is not a duration ({e})"),
+            "write a duration such as \"30s\", \"5m\" or \"24h\"",
+        )
+    })
+}
+
+const MAX_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
+
+impl RawConfig {
+    pub(crate) fn validate(self, src: &str, base: &Path) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError::new(
+                src,
+                "listen",
+                format!("`{listen_text}` is not an address"),
+                "write IP:PORT, e.g. \"127.0.0.1:8080\" (port 0 picks a free port)",
+            )
+        })?;
+        let issuer = match &self.issuer {
+            None => None,
+            Some(text) => Some(parse_issuer(src, text)?),
+        };
+        let data_dir = base.join(self.data_dir.as_deref().unwrap_or("./mayfly-data"));
+
+        let t = &self.tokens;
+        let default_ttl = duration(src, "tokens.default_ttl", t.default_ttl.as_ref(), "5m")?;
+        let max_ttl = duration(src, "tokens.max_ttl", t.max_ttl.as_ref(), "1h")?;
+        let clock_skew = duration(src, "tokens.clock_skew", t.clock_skew.as_ref(), "30s")?;
+        let max_assertion_lifetime = duration(
+            src,
+            "tokens.max_assertion_lifetime",
+            t.max_assertion_lifetime.as_ref(),
+            "5m",
+        )?;
+        let key_rotation = duration(src, "tokens.key_rotation", t.key_rotation.as_ref(), "24h")?;
+        if default_ttl.is_zero() || default_ttl > max_ttl {
+            return Err(ConfigError::new(
+                src,
+                "tokens.default_ttl",
+                "must be above zero and at most tokens.max_ttl",
+                "shorten tokens.default_ttl or raise tokens.max_ttl",
+            ));
+        }
+        if max_ttl > MAX_TTL_CAP {
+            return Err(ConfigError::new(
+                src,
+                "tokens.max_ttl",
+                "tokens longer than 24h defeat the point of short-lived credentials",
+                "set tokens.max_ttl to 24h or less",
+            ));
+        }
+        if clock_skew > Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                src,
+                "tokens.clock_skew",
+                "more than 5m of skew accepts stale assertions",
+                "set tokens.clock_skew to 5m or less; fix the clients' clocks (NTP)",
+            ));
+        }
+        if max_assertion_lifetime.is_zero() || max_assertion_lifetime > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                src,
+                "tokens.max_assertion_lifetime",
+                "must be between 1s and 1h",
+                "use the default 5m",
+            ));
+        }
+        if key_rotation < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                src,
+                "tokens.key_rotation",
+                "rotating more often than every minute outruns JWKS caches",
+                "set tokens.key_rotation to at least 1m (default 24h)",
+            ));
+        }
+        let signing_alg = match t.signing_alg.as_deref().unwrap_or("EdDSA") {
+            "EdDSA" => SigningAlg::EdDSA,
+            "ES256" => SigningAlg::ES256,
+            other => {
+                return Err(ConfigError::new(
+                    src,
+                    "tokens.signing_alg",
+                    format!("`{other}` is not supported"),
+                    "use \"EdDSA\" (default) or \"ES256\"",
+                ));
+            }
+        };
+
+        let audit = AuditConfig {
+            output: self.audit.output.unwrap_or_default(),
+            path: self.audit.path.as_deref().map(|p| base.join(p)),
+        };
+        if audit.output == AuditOutput::File && audit.path.is_none() {
+            return Err(ConfigError::new(
+                src,
+                "audit.path",
+                "audit.output is \"file\" but no path is set",
+                "set audit.path = \"/var/log/mayfly/audit.jsonl\"",
+            ));
+        }
+
+        let max_body_bytes = self.server.max_body_bytes.unwrap_or(16 * 1024);
+        if !(1024..=1024 * 1024).contains(&max_body_bytes) {
+            return Err(ConfigError::new(
+                src,
+                "server.max_body_bytes",
+                "must be between 1024 and 1048576",
+                "use the default 16384",
+            ));
+        }
+        let request_timeout = duration(
+            src,
+            "server.request_timeout",
+            self.server.request_timeout.as_ref(),
+            "10s",
+        )?;
+
+        let mut clients: Vec<ClientConfig> = Vec::with_capacity(self.clients.len());
+        for (i, c) in self.clients.into_iter().enumerate() {
+            let client = c.validate(src, base, i)?;
+            if clients.iter().any(|o| o.id == client.id) {
+                return Err(ConfigError::new(
+                    src,
+                    format!("clients[{i}].id"),
+                    format!("client `{}` is registered twice", client.id),
+                    "give each [[clients]] entry a distinct id",
+                ));
+            }
+            clients.push(client);
+        }
+
+        Ok(Config {
+            listen,
+            issuer,
+            data_dir,
+            database_url: self.database_url,
+            tokens: TokensConfig {
+                default_ttl,
+                max_ttl,
+                clock_skew,
+                max_assertion_lifetime,
+                signing_alg,
+                key_rotation,
+            },
+            audit,
+            server: ServerLimits {
+                max_body_bytes: max_body_bytes as usize,
+                request_timeout,
+            },
+            clients,
+        })
+    }
+}
+
+fn parse_issuer(src: &str, text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| {
+        ConfigError::new(
+            src,
+            "issuer",
+            format!("`{text}` is not a URL ({e})"),
+            "write the public base URL, e.g. \"https://sts.example.com\"",
+        )
+    })?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new(
+            src,
+            "issuer",
+            "an issuer must not have a query or fragment (RFC 8414 section 2)",
+            "remove everything after `?` or `#`",
+        ));
+    }
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(ConfigError::new(
+            src,
+            "issuer",
+            "the issuer must be https (plain http only on loopback)",
+            "use an https URL, or terminate TLS in front of mayfly",
+        ));
+    }
+    Ok(url)
+}
+
+fn is_scope_token(s: &str) -> bool {
+    // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+impl RawClient {
+    fn validate(self, src: &str, base: &Path, i: usize) -> Result<ClientConfig, ConfigError> {
+        let key = |k: &str| format!("clients[{i}].{k}");
+        if self.id.is_empty()
+            || self.id.len() > 128
+            || self.id.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(ConfigError::new(
+                src,
+                key("id"),
+                "must be 1 to 128 printable characters without spaces",
+                "pick an id like \"billing-worker\"",
+            ));
+        }
+        let jwks = match (self.jwks_file, self.jwks, self.jwks_uri) {
+            (Some(file), None, None) => {
+                let path = base.join(&file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(src, key("jwks_file"), format!("cannot read `{}`: {e}", path.display()), "create it with `mayfly keygen` or correct the path (relative paths start at the config file's folder)")
+                })?;
+                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    ConfigError::new(
+                        src,
+                        key("jwks_file"),
+                        format!("`{}` is not JSON: {e}", path.display()),
+                        "the file must hold a JWK Set: {\"keys\": [...]}",
+                    )
+                })?;
+                JwksSource::Static(value)
+            }
+            (None, Some(inline), None) => {
+                let value = serde_json::to_value(inline).map_err(|e| {
+                    ConfigError::new(
+                        src,
+                        key("jwks"),
+                        format!("cannot be read as JSON: {e}"),
+                        "write jwks = { keys = [ { kty = \"EC\", ... } ] }",
+                    )
+                })?;
+                JwksSource::Static(value)
+            }
+            (None, None, Some(uri)) => {
+                let url = url::Url::parse(&uri).map_err(|e| {
+                    ConfigError::new(
+                        src,
+                        key("jwks_uri"),
+                        format!("`{uri}` is not a URL ({e})"),
+                        "write an https URL",
+                    )
+                })?;
+                let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                    return Err(ConfigError::new(
+                        src,
+                        key("jwks_uri"),
+                        "keys fetched over plain http can be swapped in transit",
+                        "use an https URL",
+                    ));
+                }
+                JwksSource::Uri(url)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    src,
+                    key("jwks_file"),
+                    "exactly one of jwks_file, jwks and jwks_uri must be set",
+                    "keep one of the three",
+                ));
+            }
+        };
+        if let JwksSource::Static(v) = &jwks {
+            check_public_jwks(v).map_err(|p| {
+                ConfigError::new(
+                    src,
+                    key("jwks"),
+                    p,
+                    "register the public JWK Set (`mayfly keygen` writes NAME.jwks.json)",
+                )
+            })?;
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.is_empty()) {
+            return Err(ConfigError::new(
+                src,
+                key("audiences"),
+                "a client needs at least one non-empty audience",
+                "list the APIs it may call, e.g. audiences = [\"https://api.example.test\"]",
+            ));
+        }
+        if let Some(bad) = self.scopes.iter().find(|s| !is_scope_token(s)) {
+            return Err(ConfigError::new(
+                src,
+                key("scopes"),
+                format!("`{bad}` is not a valid scope token"),
+                "scopes are single words of printable ASCII without spaces, quotes or backslashes",
+            ));
+        }
+        let max_ttl = match self.max_ttl {
+            None => None,
+            Some(t) => Some(duration(src, &key("max_ttl"), Some(&t), "")?),
+        };
+        Ok(ClientConfig {
+            id: self.id,
+            jwks,
+            audiences: self.audiences,
+            scopes: self.scopes,
+            max_ttl,
+        })
+    }
+}
+
+/// A registered JWK Set must be an object with a non-empty `keys` array of public keys.
+fn check_public_jwks(v: &serde_json::Value) -> Result<(), String> {
+    let keys = v
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("not a JWK Set (no `keys` array)")?;
+    if keys.is_empty() {
+        return Err("the JWK Set has no keys".into());
+    }
+    for k in keys {
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| k.get(m).is_some())
+        {
+            return Err("the JWK Set holds private or symmetric key material; it must never leave the client".into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+use super::*;
+
+const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k1"}]}"#;
+
+fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_toml_str(text, "test.toml", Path::new("."), &env)
+}
+
+#[test]
+fn issue_example_keys_work_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("billing-worker.jwks.json"), JWKS).unwrap();
+    let text = r#"
+listen = "127.0.0.1:8080"
+issuer = "http://127.0.0.1:8080"
+data_dir = "./mayfly-data"
+[tokens]
+default_ttl = "5m"
+max_ttl = "1h"
+clock_skew = "30s"
+signing_alg = "EdDSA"
+key_rotation = "24h"
+[[clients]]
+id = "billing-worker"
+jwks_file = "billing-worker.jwks.json"
+audiences = ["https://api.example.test"]
+scopes = ["read", "write"]
+"#;
+    let c = Config::from_toml_str(text, "x.toml", dir.path(), &[]).unwrap();
+    assert_eq!(c.tokens.default_ttl, Duration::from_secs(300));
+    assert_eq!(c.tokens.max_ttl, Duration::from_secs(3600));
+    assert_eq!(c.tokens.signing_alg, SigningAlg::EdDSA);
+    assert_eq!(c.clients[0].scopes, vec!["read", "write"]);
+    assert!(matches!(c.clients[0].jwks, JwksSource::Static(_)));
+}
+
+#[test]
+fn defaults() {
+    let c = parse("", &[]).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.tokens.default_ttl, Duration::from_secs(300));
+    assert_eq!(c.tokens.clock_skew, Duration::from_secs(30));
+    assert!(c.issuer.is_none());
+}
+
+#[test]
+fn environment_overrides_file() {
+    let c = parse(
+        "[tokens]\ndefault_ttl = \"5m\"\n",
+        &[
+            ("MAYFLY_TOKENS_DEFAULT_TTL", "2m"),
+            ("MAYFLY_LISTEN", "127.0.0.1:9999"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.tokens.default_ttl, Duration::from_secs(120));
+    assert_eq!(c.listen.port(), 9999);
+}
+
+#[test]
+fn environment_clients_as_toml() {
+    let env = r#"[{ id = "a", audiences = ["x"], jwks = { keys = [ { kty = "OKP", crv = "Ed25519", x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" } ] } }]"#;
+    let c = parse("", &[("MAYFLY_CLIENTS", env)]).unwrap();
+    assert_eq!(c.clients[0].id, "a");
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let e = parse("[tokens]\ndefault_tll = \"5m\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test.toml") && e.contains("default_tll"), "{e}");
+}
+
+#[test]
+fn unknown_env_var_is_an_error() {
+    let e = parse("", &[("MAYFLY_TOKENS_DEFALT_TTL", "5m")]).unwrap_err();
+    assert!(e.source_name.contains("MAYFLY_TOKENS_DEFALT_TTL"));
+}
+
+#[test]
+fn bad_duration_names_key_and_fix() {
+    let e = parse("[tokens]\nmax_ttl = \"forever\"\n", &[]).unwrap_err();
+    assert_eq!(e.key, "tokens.max_ttl");
+    assert!(e.fix.contains("5m"));
+}
+
+#[test]
+fn unreadable_jwks_file_names_key() {
+    let e = parse(
+        "[[clients]]\nid = \"a\"\njwks_file = \"/nonexistent/x.json\"\naudiences = [\"x\"]\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "clients[0].jwks_file");
+}
+
+#[test]
+fn private_key_material_is_refused() {
+    let text = "[[clients]]\nid = \"a\"\naudiences = [\"x\"]\njwks = { keys = [ { kty = \"OKP\", crv = \"Ed25519\", x = \"AA\", d = \"BB\" } ] }\n";
+    let e = parse(text, &[]).unwrap_err();
+    assert!(e.problem.contains("private"), "{e}");
+}
+
+#[test]
+fn ttl_rules() {
+    assert_eq!(
+        parse("[tokens]\ndefault_ttl = \"2h\"\n", &[])
+            .unwrap_err()
+            .key,
+        "tokens.default_ttl"
+    );
+    assert_eq!(
+        parse("[tokens]\nmax_ttl = \"48h\"\ndefault_ttl = \"1m\"\n", &[])
+            .unwrap_err()
+            .key,
+        "tokens.max_ttl"
+    );
+    assert_eq!(
+        parse("[tokens]\nsigning_alg = \"HS256\"\n", &[])
+            .unwrap_err()
+            .key,
+        "tokens.signing_alg"
+    );
+}
+
+#[test]
+fn issuer_must_be_https_off_loopback() {
+    assert_eq!(
+        parse("issuer = \"http://sts.example.com\"\n", &[])
+            .unwrap_err()
+            .key,
+        "issuer"
+    );
+    assert!(parse("issuer = \"https://sts.example.com\"\n", &[]).is_ok());
+}

@@ -1,0 +1,90 @@
+//! mayfly's cryptography, and the only crate that names the crypto backend (aws-lc-rs).
+//!
+//! - [`SigningKey`]: server and client signing keys (EdDSA, ES256, ES384) held parsed, so each
+//!   JWS costs one signature and no key parsing.
+//! - [`VerifyingKeys`]: a registered JWK Set and an algorithm allow-list; verification itself is
+//!   done by `jsonwebtoken`.
+//! - [`Kek`]: AES-256-GCM key encryption at rest.
+//!
+//! It does not decide anything about claims (lifetimes, audiences): that is the engine's job.
+#![forbid(unsafe_code)]
+
+mod kek;
+mod signer;
+mod verify;
+
+pub use kek::Kek;
+pub use signer::{KeyAlg, SigningKey};
+pub use verify::{ASSERTION_ALGS, Verified, VerifyError, VerifyingKeys};
+
+use aws_lc_rs::rand::SecureRandom;
+use base64::Engine;
+
+/// Crypto failures that are not about a peer's input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// The random generator failed.
+    #[error("the system random generator failed")]
+    Random,
+    /// Key material could not be generated, parsed or used.
+    #[error("key error: {0}")]
+    Key(&'static str),
+    /// Decryption failed: wrong master key or tampered data.
+    #[error("cannot decrypt: wrong master key, or the stored key was altered")]
+    Decrypt,
+    /// Serialization failed.
+    #[error("cannot serialize: {0}")]
+    Serialize(String),
+}
+
+/// `n` random bytes from the system generator.
+pub fn random_bytes(n: usize) -> Result<Vec<u8>, CryptoError> {
+    let mut buf = vec![0u8; n];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(buf)
+}
+
+/// A random identifier: 128 bits, base64url without padding (used for `jti`).
+pub fn random_id() -> Result<String, CryptoError> {
+    Ok(b64(&random_bytes(16)?))
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A short, non-reversible fingerprint of a secret (first 12 hex chars of its SHA-256), for logs.
+pub fn fingerprint(secret: &[u8]) -> String {
+    sha256(secret)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Lower-case hex.
+pub fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time equality for secrets.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    #[allow(deprecated)] // still the constant-time primitive aws-lc-rs offers
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+pub(crate) fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+pub(crate) fn unb64(s: &str) -> Result<Vec<u8>, CryptoError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| CryptoError::Key("bad base64url"))
+}

@@ -1,0 +1,79 @@
+//! Wire types for mayfly: OAuth 2.0 token requests and responses, RFC error codes, server
+//! metadata, introspection responses.
+//!
+//! This crate is serde only. It does no I/O and no cryptography; parsing a request body into
+//! [`TokenRequest`] checks shape (required, duplicate and unknown-grant parameters), never trust.
+#![forbid(unsafe_code)]
+
+mod error;
+mod form;
+mod metadata;
+
+pub use error::{ErrorCode, ErrorResponse};
+pub use form::{Form, FormError};
+pub use metadata::ServerMetadata;
+
+use serde::{Deserialize, Serialize};
+
+/// `client_assertion_type` for RFC 7523 client authentication (`private_key_jwt`).
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// `grant_type` of the OAuth 2.0 client credentials grant.
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// The `typ` header value of an RFC 9068 JWT access token.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The access token (a JWT per RFC 9068).
+    pub access_token: String,
+    /// Always `Bearer` for now.
+    pub token_type: String,
+    /// Lifetime in seconds.
+    pub expires_in: u64,
+    /// Granted scopes, space separated; present when any were granted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scope: Option<String>,
+}
+
+/// Introspection response (RFC 7662 §2.2). Inactive tokens carry nothing but `active: false`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IntrospectionResponse {
+    /// Whether the token is currently active.
+    pub active: bool,
+    /// Space-separated scopes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scope: Option<String>,
+    /// Client the token was issued to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_id: Option<String>,
+    /// Token type (`Bearer`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token_type: Option<String>,
+    /// Expiry (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exp: Option<i64>,
+    /// Issued at (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iat: Option<i64>,
+    /// Subject.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sub: Option<String>,
+    /// Audience.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub aud: Option<String>,
+    /// Issuer.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iss: Option<String>,
+    /// Token identifier.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jti: Option<String>,
+}
+
+impl IntrospectionResponse {
+    /// The answer for any token that is not active, whatever the reason (RFC 7662 §2.2).
+    pub fn inactive() -> Self {
+        Self::default()
+    }
+}
