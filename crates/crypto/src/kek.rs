@@ -9,6 +9,7 @@ use crate::{CryptoError, random_bytes};
 /// The master key that encrypts signing keys at rest. Never printed: `Debug` shows a fingerprint.
 pub struct Kek {
     key: LessSafeKey,
+    audit_key: aws_lc_rs::hmac::Key,
     fingerprint: String,
 }
 
@@ -36,8 +37,18 @@ impl Kek {
         }
         let key =
             UnboundKey::new(&AES_256_GCM, raw).map_err(|_| CryptoError::Key("bad AES-256 key"))?;
+        // A separate key for the audit chain, derived so that one master key serves both and
+        // neither use can be turned against the other.
+        let derive = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, raw);
+        let audit_raw = Zeroizing::new(
+            aws_lc_rs::hmac::sign(&derive, b"mayfly audit chain v1")
+                .as_ref()
+                .to_vec(),
+        );
+        let audit_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &audit_raw);
         Ok(Self {
             key: LessSafeKey::new(key),
+            audit_key,
             fingerprint: crate::fingerprint(raw),
         })
     }
@@ -53,6 +64,15 @@ impl Kek {
     /// Fingerprint safe to log.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// HMAC-SHA256 of `data` under the audit-chain key: only a holder of the master key can
+    /// forge a chain link, so rewriting the database is not enough to hide an edit.
+    pub fn audit_mac(&self, data: &[u8]) -> [u8; 32] {
+        let tag = aws_lc_rs::hmac::sign(&self.audit_key, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Encrypt; `aad` binds the ciphertext to its context (the key id), so rows cannot be swapped.

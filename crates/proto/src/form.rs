@@ -21,15 +21,16 @@ pub enum FormError {
 /// Parsed form parameters; every name at most once.
 #[derive(Debug, Default, Clone)]
 pub struct Form {
-    params: HashMap<String, String>,
+    params: HashMap<String, Vec<String>>,
 }
 
 /// Parameters a request may carry at most; bounds the work done on hostile bodies.
 pub const MAX_PARAMS: usize = 64;
 
 impl Form {
-    /// Parse a form body. A repeated name is an error; empty values are dropped.
-    pub fn parse(body: &[u8]) -> Result<Self, FormError> {
+    /// Parse a form body. A repeated name is an error unless it is listed in `repeatable`
+    /// (RFC 8707 lets `resource` repeat); empty values are dropped.
+    pub fn parse(body: &[u8], repeatable: &[&str]) -> Result<Self, FormError> {
         if std::str::from_utf8(body).is_err() {
             return Err(FormError::Malformed);
         }
@@ -42,17 +43,30 @@ impl Form {
             if params.len() >= MAX_PARAMS {
                 return Err(FormError::TooMany);
             }
-            if params.insert(k.to_string(), v.into_owned()).is_some() {
+            let values: &mut Vec<String> = params.entry(k.to_string()).or_default();
+            if !values.is_empty() && !repeatable.contains(&k.as_ref()) {
                 return Err(FormError::Duplicate(k.into_owned()));
             }
+            values.push(v.into_owned());
         }
-        params.retain(|_, v| !v.is_empty());
+        params.retain(|_, v| {
+            v.retain(|x| !x.is_empty());
+            !v.is_empty()
+        });
         Ok(Self { params })
     }
 
     /// The value of a parameter, if present and non-empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str)
+        self.params
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Every non-empty value of a repeatable parameter.
+    pub fn get_all(&self, name: &str) -> &[String] {
+        self.params.get(name).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -63,30 +77,37 @@ mod tests {
     #[test]
     fn duplicates_are_refused_even_when_empty() {
         assert_eq!(
-            Form::parse(b"a=1&a=2").unwrap_err(),
+            Form::parse(b"a=1&a=2", &[]).unwrap_err(),
             FormError::Duplicate("a".into())
         );
         assert_eq!(
-            Form::parse(b"a=&a=2").unwrap_err(),
+            Form::parse(b"a=&a=2", &[]).unwrap_err(),
             FormError::Duplicate("a".into())
         );
     }
 
     #[test]
     fn decodes_and_drops_empty() {
-        let f = Form::parse(b"scope=read+write&resource=https%3A%2F%2Fx&e=").unwrap();
+        let f = Form::parse(
+            b"scope=read+write&resource=https%3A%2F%2Fx&resource=y&e=",
+            &["resource"],
+        )
+        .unwrap();
         assert_eq!(f.get("scope"), Some("read write"));
-        assert_eq!(f.get("resource"), Some("https://x"));
+        assert_eq!(f.get_all("resource"), ["https://x", "y"]);
         assert_eq!(f.get("e"), None);
     }
 
     #[test]
     fn malformed() {
         assert_eq!(
-            Form::parse(&[0xff, b'=', b'1']).unwrap_err(),
+            Form::parse(&[0xff, b'=', b'1'], &[]).unwrap_err(),
             FormError::Malformed
         );
-        assert_eq!(Form::parse(b"a=%ff").unwrap_err(), FormError::Malformed);
-        assert_eq!(Form::parse(b"=1").unwrap_err(), FormError::Malformed);
+        assert_eq!(
+            Form::parse(b"a=%ff", &[]).unwrap_err(),
+            FormError::Malformed
+        );
+        assert_eq!(Form::parse(b"=1", &[]).unwrap_err(), FormError::Malformed);
     }
 }

@@ -1,1 +1,60 @@
-//! placeholder
+//! The HTTP front of mayfly (axum): `/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`,
+//! metadata, `/jwks.json`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Handlers are thin: parse the form, run the engine's steps, commit the audit event through
+//! the store, answer. Engine denials become HTTP responses in exactly one function,
+//! [`error::denial_response`].
+#![forbid(unsafe_code)]
+
+mod clients;
+pub mod error;
+mod handlers;
+mod keyring;
+mod metrics_setup;
+mod state;
+
+pub use clients::{ClientError, client_from_config, client_from_stored};
+pub use state::{App, AppOptions, StartError};
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+/// Build the router for `app`.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(handlers::token))
+        .route("/oauth2/introspect", post(handlers::introspect))
+        .route("/oauth2/revoke", post(handlers::revoke))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(handlers::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(handlers::metadata))
+        .route("/jwks.json", get(handlers::jwks))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            handlers::deadline,
+        ))
+        .with_state(app)
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router(app);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,1 +1,159 @@
-//! placeholder
+//! Storage for mayfly on SQLite (embedded default, WAL) or PostgreSQL, through one portable
+//! schema and sqlx's `Any` driver: signing keys (encrypted), the replay cache, revocations,
+//! run-time clients and the hash-chained audit log with group commit.
+//!
+//! Not here: deciding anything. The engine decides; this crate remembers.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod clients;
+mod keys;
+
+pub use audit::{
+    AuditLog, AuditSink, ChainReport, CommitOutcome, Pending, StoredEvent, TamperKind,
+};
+pub use clients::StoredClient;
+pub use keys::StoredKey;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, ConnectOptions, Executor, SqlSafeStr};
+
+/// Storage failures. Messages name the operation; they never contain secrets.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error during {op}: {source}")]
+    Db {
+        /// What we were doing.
+        op: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data is not what we wrote.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A crypto operation failed (wrong master key, usually).
+    #[error("{0}")]
+    Crypto(#[from] mayfly_crypto::CryptoError),
+    /// The audit committer has stopped.
+    #[error("the audit log writer has stopped")]
+    AuditClosed,
+    /// Writing the audit JSON lines failed.
+    #[error("cannot write audit output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A connection pool to the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl Store {
+    /// Open the SQLite database at `path` (created if missing), in WAL mode with full sync.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::open(&url).await
+    }
+
+    /// Open a store by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) and migrate it.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        let opts = AnyConnectOptions::from_str(url).map_err(db("parse database URL"))?;
+        // SQL text is never logged by the driver at info: it carries no secrets, but it is noise.
+        let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // FULL: a committed audit event survives power loss, not only a crash.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(db("connect"))?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Delete replay records and revocations whose tokens/assertions have expired.
+    pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let a = sqlx::query("DELETE FROM used_jti WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db("purge jti"))?;
+        let b = sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db("purge revocations"))?;
+        Ok(a.rows_affected() + b.rows_affected())
+    }
+
+    /// Whether the token `jti` has been revoked.
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("revocation lookup"))?;
+        Ok(row.is_some())
+    }
+
+    /// The pool, for the audit committer.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}

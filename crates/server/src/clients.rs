@@ -1,0 +1,179 @@
+//! The client registry: clients from the config file plus those added at run time to the store.
+//! Lookups are in memory; the store part is reloaded periodically and, rate-limited, on a miss.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use mayfly_config::{ClientConfig, JwksSource};
+use mayfly_crypto::VerifyingKeys;
+use mayfly_store::{Store, StoredClient};
+use mayfly_sts::Client;
+
+/// A client definition that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("client `{id}`: {problem}")]
+pub struct ClientError {
+    /// The client id.
+    pub id: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Build an engine client from config. `jwks_uri` clients are fetched once at start-up here.
+pub async fn client_from_config(
+    c: &ClientConfig,
+    global_max_ttl: i64,
+) -> Result<Client, ClientError> {
+    let err = |p: String| ClientError {
+        id: c.id.clone(),
+        problem: p,
+    };
+    let set = match &c.jwks {
+        JwksSource::Static(v) => v.clone(),
+        JwksSource::Uri(url) => fetch_jwks(url).await.map_err(err)?,
+    };
+    let keys = VerifyingKeys::from_jwks(&set).map_err(|e| err(e.to_string()))?;
+    let max_ttl = c
+        .max_ttl
+        .map_or(global_max_ttl, |t| (t.as_secs() as i64).min(global_max_ttl));
+    Ok(Client {
+        id: c.id.clone(),
+        keys: Arc::new(keys),
+        audiences: c.audiences.clone(),
+        scopes: c.scopes.clone(),
+        max_ttl,
+    })
+}
+
+/// Build an engine client from a stored (run-time) registration.
+pub fn client_from_stored(c: &StoredClient, global_max_ttl: i64) -> Result<Client, ClientError> {
+    let err = |p: String| ClientError {
+        id: c.id.clone(),
+        problem: p,
+    };
+    let set: serde_json::Value = serde_json::from_str(&c.jwks).map_err(|e| err(e.to_string()))?;
+    let keys = VerifyingKeys::from_jwks(&set).map_err(|e| err(e.to_string()))?;
+    let max_ttl = c.max_ttl.map_or(global_max_ttl, |t| t.min(global_max_ttl));
+    Ok(Client {
+        id: c.id.clone(),
+        keys: Arc::new(keys),
+        audiences: c.audiences.clone(),
+        scopes: c.scopes.clone(),
+        max_ttl,
+    })
+}
+
+async fn fetch_jwks(url: &url::Url) -> Result<serde_json::Value, String> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if bytes.len() > 256 * 1024 {
+        return Err(format!("{url} returned more than 256 KiB"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not a JWK Set: {e}"))
+}
+
+/// All clients, by id.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    from_config: HashMap<String, Arc<Client>>,
+    from_store: RwLock<HashMap<String, Arc<Client>>>,
+    last_miss_reload: std::sync::Mutex<i64>,
+    max_ttl: i64,
+}
+
+impl Registry {
+    pub(crate) fn new(config: Vec<Client>, max_ttl: i64) -> Self {
+        Self {
+            from_config: config
+                .into_iter()
+                .map(|c| (c.id.clone(), Arc::new(c)))
+                .collect(),
+            from_store: RwLock::new(HashMap::new()),
+            last_miss_reload: std::sync::Mutex::new(i64::MIN),
+            max_ttl,
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Client>> {
+        if let Some(c) = self.from_config.get(id) {
+            return Some(c.clone());
+        }
+        self.from_store.read().ok()?.get(id).cloned()
+    }
+
+    /// Every id and its scopes (for metadata).
+    pub(crate) fn all_scopes(&self) -> Vec<String> {
+        let mut s: Vec<String> = self
+            .from_config
+            .values()
+            .flat_map(|c| c.scopes.clone())
+            .collect();
+        if let Ok(m) = self.from_store.read() {
+            s.extend(m.values().flat_map(|c| c.scopes.clone()));
+        }
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    /// Reload run-time clients. Config clients win on an id clash.
+    pub(crate) async fn reload(&self, store: &Store) -> Result<(), mayfly_store::StoreError> {
+        let stored = store.list_clients().await?;
+        let mut map = HashMap::with_capacity(stored.len());
+        for c in &stored {
+            if self.from_config.contains_key(&c.id) {
+                continue;
+            }
+            match client_from_stored(c, self.max_ttl) {
+                Ok(client) => {
+                    map.insert(c.id.clone(), Arc::new(client));
+                }
+                Err(e) => {
+                    tracing::warn!(client = %c.id, error = %e, "skipping unusable stored client")
+                }
+            }
+        }
+        if let Ok(mut m) = self.from_store.write() {
+            *m = map;
+        }
+        Ok(())
+    }
+
+    /// On a miss, reload at most once per second so unknown ids cannot hammer the database.
+    pub(crate) async fn get_or_reload(
+        &self,
+        id: &str,
+        store: &Store,
+        now: i64,
+    ) -> Option<Arc<Client>> {
+        if let Some(c) = self.get(id) {
+            return Some(c);
+        }
+        let due = match self.last_miss_reload.lock() {
+            Ok(mut last) if *last < now => {
+                *last = now;
+                true
+            }
+            _ => false,
+        };
+        if due {
+            if let Err(e) = self.reload(store).await {
+                tracing::warn!(error = %e, "cannot reload clients");
+            }
+            return self.get(id);
+        }
+        None
+    }
+}

@@ -1,0 +1,432 @@
+//! Endpoint handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mayfly_proto::{
+    Form, GRANT_CLIENT_CREDENTIALS, IntrospectionResponse, JWT_BEARER_ASSERTION_TYPE, TokenResponse,
+};
+use mayfly_store::{CommitOutcome, Pending};
+use mayfly_sts::{
+    AuditEvent, AuthenticatedClient, Client, Decision, Denial, EventKind, TokenParams,
+    authenticate_assertion, check_access_token, claimed_client_id, decide, mint,
+};
+
+use crate::error::denial_response;
+use crate::state::App;
+
+/// Longest client id echoed into a denial's audit event.
+const MAX_CLAIMED_ID: usize = 128;
+
+/// Read the body as a form within the size limit.
+async fn read_form(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    repeatable: &[&str],
+) -> Result<Form, Denial> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    {
+        return Err(Denial::NotAForm);
+    }
+    let limit = app.0.config.server.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Denial::BodyTooLarge(limit))?;
+    Form::parse(&bytes, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
+}
+
+/// What we know of the caller when a request is refused.
+#[derive(Default)]
+struct Caller {
+    claimed: Option<String>,
+}
+
+/// Authenticate the client of a request by its `private_key_jwt` assertion. The assertion's jti
+/// is consumed later, atomically with the request's audit event.
+async fn authenticate(
+    app: &App,
+    form: &Form,
+    now: i64,
+    caller: &mut Caller,
+) -> Result<(Arc<Client>, AuthenticatedClient), Denial> {
+    let assertion_type = form.get("client_assertion_type");
+    let assertion = form.get("client_assertion");
+    let (assertion_type, assertion) = match (assertion_type, assertion) {
+        (None, None) => return Err(Denial::MissingClientAuth),
+        (Some(t), Some(a)) => (t, a),
+        (None, Some(_)) => return Err(Denial::MissingParameter("client_assertion_type")),
+        (Some(_), None) => return Err(Denial::MissingParameter("client_assertion")),
+    };
+    if assertion_type != JWT_BEARER_ASSERTION_TYPE {
+        return Err(Denial::UnsupportedAssertionType);
+    }
+    caller.claimed = form
+        .get("client_id")
+        .map(|s| s.chars().take(MAX_CLAIMED_ID).collect());
+    let claimed = claimed_client_id(assertion)?;
+    caller.claimed = Some(claimed.clone());
+    let client = app
+        .0
+        .clients
+        .get_or_reload(&claimed, &app.0.store, now)
+        .await
+        .ok_or(Denial::UnknownClient)?;
+    let auth = authenticate_assertion(
+        &app.0.settings,
+        &client,
+        assertion,
+        form.get("client_id"),
+        now,
+    )?;
+    Ok((client, auth))
+}
+
+fn source(addr: &SocketAddr) -> Option<String> {
+    Some(addr.ip().to_string())
+}
+
+/// Record a denial (durably), count it, and build the error response.
+async fn deny(
+    app: &App,
+    endpoint: &'static str,
+    d: Denial,
+    caller: Caller,
+    src: Option<String>,
+    grant: Option<&str>,
+) -> Response {
+    let mut e = AuditEvent::new(EventKind::Deny, app.0.clock.now(), Decision::Deny);
+    e.client = caller.claimed;
+    e.grant = grant.map(|g| g.chars().take(64).collect());
+    e.source = src;
+    e.reason = Some(d.reason().to_string());
+    tracing::info!(
+        endpoint,
+        reason = d.reason(),
+        client = e.client.as_deref().unwrap_or("-"),
+        "request denied"
+    );
+    metrics::counter!("mayfly_denials_total", "endpoint" => endpoint, "reason" => d.reason())
+        .increment(1);
+    if d != Denial::ReplayedJti {
+        // A replay was already recorded atomically with the jti check.
+        if let Err(err) = app.0.audit.commit(Pending::event(e)).await {
+            tracing::error!(error = %err, "cannot record a denial");
+            return denial_response(&Denial::Unavailable);
+        }
+    }
+    denial_response(&d)
+}
+
+fn no_store(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn observe(endpoint: &'static str, started: Instant) {
+    metrics::histogram!("mayfly_request_duration_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// `POST /oauth2/token`.
+pub(crate) async fn token(
+    State(app): State<App>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut caller = Caller::default();
+    let mut grant_type = None;
+    let result = async {
+        let form = read_form(&app, &parts.headers, body, &["resource"]).await?;
+        grant_type = form.get("grant_type").map(str::to_string);
+        let gt = form.get("grant_type").ok_or(Denial::MissingParameter("grant_type"))?;
+        if gt != GRANT_CLIENT_CREDENTIALS {
+            return Err(Denial::UnsupportedGrantType(gt.chars().take(64).collect()));
+        }
+        let now = app.0.clock.now();
+        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let requested_ttl = match form.get("expires_in") {
+            None => None,
+            Some(v) => Some(v.parse::<i64>().map_err(|_| Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into()))?),
+        };
+        let params = TokenParams {
+            scope: form.get("scope").map(str::to_string),
+            resources: form.get_all("resource").to_vec(),
+            audience: form.get("audience").map(str::to_string),
+            requested_ttl,
+        };
+        let grant = decide(&app.0.settings, &client, &params)?;
+        let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
+        let keys = app.keys();
+        let minted = mint(&app.0.settings, &grant, &keys.current, now, jti)?;
+        let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
+        e.client = Some(grant.client_id.clone());
+        e.grant = Some(GRANT_CLIENT_CREDENTIALS.into());
+        e.audience = Some(grant.audience.clone());
+        e.scopes = grant.scopes.clone();
+        e.jti = Some(minted.jti.clone());
+        e.exp = Some(minted.exp);
+        e.source = source(&addr);
+        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
+        let pending = Pending { event: e, consume_jti: Some((auth.client_id.clone(), auth.jti.clone(), keep_until)), revoke: None };
+        match app.0.audit.commit(pending).await {
+            Ok(CommitOutcome::Committed(_)) => {}
+            Ok(CommitOutcome::Replay(_)) => return Err(Denial::ReplayedJti),
+            Err(err) => {
+                tracing::error!(error = %err, "audit commit failed; token withheld");
+                return Err(Denial::Unavailable);
+            }
+        }
+        tracing::info!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
+        metrics::counter!("mayfly_tokens_issued_total", "client" => grant.client_id.clone(), "grant" => GRANT_CLIENT_CREDENTIALS).increment(1);
+        Ok(TokenResponse {
+            access_token: minted.token,
+            token_type: "Bearer".into(),
+            expires_in: grant.ttl as u64,
+            scope: (!grant.scopes.is_empty()).then(|| grant.scopes.join(" ")),
+        })
+    }
+    .await;
+    let resp = match result {
+        Ok(body) => no_store(axum::Json(body).into_response()),
+        Err(d) => {
+            deny(
+                &app,
+                "token",
+                d,
+                caller,
+                source(&addr),
+                grant_type.as_deref(),
+            )
+            .await
+        }
+    };
+    observe("token", started);
+    resp
+}
+
+/// `POST /oauth2/introspect` (RFC 7662).
+pub(crate) async fn introspect(
+    State(app): State<App>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut caller = Caller::default();
+    let result = async {
+        let form = read_form(&app, &parts.headers, body, &[]).await?;
+        let now = app.0.clock.now();
+        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
+        let keys = app.keys();
+        let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
+        let visible = claims
+            .filter(|c| c.client_id == client.id || client.audiences.iter().any(|a| a == &c.aud));
+        let active = match &visible {
+            Some(c) => !app
+                .0
+                .store
+                .is_revoked(&c.jti)
+                .await
+                .map_err(|_| Denial::Unavailable)?,
+            None => false,
+        };
+        let mut e = AuditEvent::new(EventKind::Introspect, now, Decision::Allow);
+        e.client = Some(client.id.clone());
+        e.jti = visible.as_ref().map(|c| c.jti.clone());
+        e.source = source(&addr);
+        e.reason = Some(if active { "active" } else { "inactive" }.into());
+        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
+        let pending = Pending {
+            event: e,
+            consume_jti: Some((auth.client_id, auth.jti, keep_until)),
+            revoke: None,
+        };
+        match app.0.audit.commit(pending).await {
+            Ok(CommitOutcome::Committed(_)) => {}
+            Ok(CommitOutcome::Replay(_)) => return Err(Denial::ReplayedJti),
+            Err(_) => return Err(Denial::Unavailable),
+        }
+        Ok(match visible {
+            Some(c) if active => IntrospectionResponse {
+                active: true,
+                scope: c.scope,
+                client_id: Some(c.client_id),
+                token_type: Some("Bearer".into()),
+                exp: Some(c.exp),
+                iat: Some(c.iat),
+                sub: Some(c.sub),
+                aud: Some(c.aud),
+                iss: Some(c.iss),
+                jti: Some(c.jti),
+            },
+            _ => IntrospectionResponse::inactive(),
+        })
+    }
+    .await;
+    let resp = match result {
+        Ok(body) => no_store(axum::Json(body).into_response()),
+        Err(d) => deny(&app, "introspect", d, caller, source(&addr), None).await,
+    };
+    observe("introspect", started);
+    resp
+}
+
+/// `POST /oauth2/revoke` (RFC 7009).
+pub(crate) async fn revoke(
+    State(app): State<App>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut caller = Caller::default();
+    let result = async {
+        let form = read_form(&app, &parts.headers, body, &[]).await?;
+        let now = app.0.clock.now();
+        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
+        let keys = app.keys();
+        // Invalid, expired or foreign tokens: nothing to do, and RFC 7009 §2.2 says answer 200.
+        let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
+        if let Some(c) = &claims {
+            if c.client_id != client.id {
+                return Err(Denial::NotTokenOwner);
+            }
+        }
+        let mut e = AuditEvent::new(EventKind::Revoke, now, Decision::Allow);
+        e.client = Some(client.id.clone());
+        e.jti = claims.as_ref().map(|c| c.jti.clone());
+        e.exp = claims.as_ref().map(|c| c.exp);
+        e.source = source(&addr);
+        e.reason = Some(
+            if claims.is_some() {
+                "revoked"
+            } else {
+                "not_a_live_token"
+            }
+            .into(),
+        );
+        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
+        let revoke = claims.map(|c| (c.jti, c.client_id, c.exp));
+        let pending = Pending {
+            event: e,
+            consume_jti: Some((auth.client_id, auth.jti, keep_until)),
+            revoke,
+        };
+        match app.0.audit.commit(pending).await {
+            Ok(CommitOutcome::Committed(_)) => Ok(()),
+            Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
+            Err(_) => Err(Denial::Unavailable),
+        }
+    }
+    .await;
+    let resp = match result {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(d) => deny(&app, "revoke", d, caller, source(&addr), None).await,
+    };
+    observe("revoke", started);
+    resp
+}
+
+/// Server metadata (RFC 8414) and OpenID configuration.
+pub(crate) async fn metadata(State(app): State<App>) -> Response {
+    let mut r = (StatusCode::OK, app.0.metadata.clone()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+/// The JWK Set: current, next and retired-but-live keys.
+pub(crate) async fn jwks(State(app): State<App>) -> Response {
+    let keys = app.keys();
+    let mut r = (StatusCode::OK, keys.jwks.clone()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    let cc = format!("public, max-age={}", app.0.schedule.jwks_max_age());
+    if let Ok(v) = HeaderValue::from_str(&cc) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// Liveness.
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers.
+pub(crate) async fn readyz(State(app): State<App>) -> Response {
+    if app.0.store.ping().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+    }
+}
+
+/// Prometheus text format.
+pub(crate) async fn metrics(State(app): State<App>) -> Response {
+    match &app.0.prometheus {
+        Some(h) => {
+            let mut r = h.render().into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Anything else.
+pub(crate) async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "not_found"})),
+    )
+        .into_response()
+}
+
+/// Per-request deadline: a request that takes longer is answered 503 and dropped.
+pub(crate) async fn deadline(State(app): State<App>, req: Request, next: Next) -> Response {
+    let limit = app.0.config.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => denial_response(&Denial::Unavailable),
+    }
+}

@@ -1,0 +1,213 @@
+//! Application state, start-up and the periodic tick (key schedule, client reload, purge).
+
+use std::sync::{Arc, RwLock};
+
+use mayfly_config::{Config, SigningAlg};
+use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_proto::ServerMetadata;
+use mayfly_store::{AuditLog, AuditSink, Pending, Store, StoreError};
+use mayfly_sts::keys::{self, Schedule};
+use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, Settings};
+
+use crate::clients::{ClientError, Registry, client_from_config};
+use crate::keyring::{self, KeySnapshot};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A configured client is unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No signing key could be made current.
+    #[error("no signing key is current after planning; check the system clock")]
+    NoKey,
+}
+
+/// What the binary (or a test) hands the server.
+pub struct AppOptions {
+    /// Validated config.
+    pub config: Config,
+    /// Issuer identifier (configured, or derived from the bound address).
+    pub issuer: String,
+    /// The store.
+    pub store: Store,
+    /// The master key.
+    pub kek: Arc<Kek>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Where the audit JSON lines go.
+    pub audit_sink: AuditSink,
+}
+
+pub(crate) struct Inner {
+    pub settings: Settings,
+    pub config: Config,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub kek: Arc<Kek>,
+    pub clock: Arc<dyn Clock>,
+    pub clients: Registry,
+    pub keys: RwLock<Arc<KeySnapshot>>,
+    pub schedule: Schedule,
+    pub alg: KeyAlg,
+    pub metadata: bytes::Bytes,
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// The running application; cheap to clone.
+#[derive(Clone)]
+pub struct App(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "App({})", self.0.settings.issuer)
+    }
+}
+
+fn metadata(issuer: &str, scopes: Vec<String>, alg: KeyAlg) -> ServerMetadata {
+    let algs: Vec<String> = ["ES256", "ES384", "EdDSA", "RS256", "PS256"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let methods = vec!["private_key_jwt".to_string()];
+    ServerMetadata {
+        issuer: issuer.to_string(),
+        token_endpoint: format!("{issuer}/oauth2/token"),
+        jwks_uri: format!("{issuer}/jwks.json"),
+        introspection_endpoint: format!("{issuer}/oauth2/introspect"),
+        revocation_endpoint: format!("{issuer}/oauth2/revoke"),
+        grant_types_supported: vec!["client_credentials".into()],
+        response_types_supported: vec![],
+        token_endpoint_auth_methods_supported: methods.clone(),
+        token_endpoint_auth_signing_alg_values_supported: algs.clone(),
+        introspection_endpoint_auth_methods_supported: methods.clone(),
+        introspection_endpoint_auth_signing_alg_values_supported: algs.clone(),
+        revocation_endpoint_auth_methods_supported: methods,
+        revocation_endpoint_auth_signing_alg_values_supported: algs,
+        scopes_supported: scopes,
+        access_token_signing_alg_values_supported: vec![alg.name().to_string()],
+    }
+}
+
+impl App {
+    /// Build the app: load clients, plan keys, start the audit committer.
+    pub async fn start(o: AppOptions) -> Result<App, StartError> {
+        let issuer = o.issuer.trim_end_matches('/').to_string();
+        let t = &o.config.tokens;
+        let max_ttl = t.max_ttl.as_secs() as i64;
+        let settings = Settings {
+            token_endpoint: format!("{issuer}/oauth2/token"),
+            issuer: issuer.clone(),
+            default_ttl: t.default_ttl.as_secs() as i64,
+            max_ttl,
+            clock_skew: t.clock_skew.as_secs() as i64,
+            max_assertion_lifetime: t.max_assertion_lifetime.as_secs() as i64,
+        };
+        let mut config_clients = Vec::with_capacity(o.config.clients.len());
+        for c in &o.config.clients {
+            config_clients.push(client_from_config(c, max_ttl).await?);
+        }
+        let clients = Registry::new(config_clients, max_ttl);
+        clients.reload(&o.store).await?;
+        let alg = match t.signing_alg {
+            SigningAlg::EdDSA => KeyAlg::EdDSA,
+            SigningAlg::ES256 => KeyAlg::ES256,
+        };
+        let schedule = keyring::schedule(t);
+        let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink);
+        let now = o.clock.now();
+        let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
+        let md = metadata(&issuer, clients.all_scopes(), alg);
+        let metadata = bytes::Bytes::from(serde_json::to_vec(&md).unwrap_or_default());
+        Ok(App(Arc::new(Inner {
+            settings,
+            config: o.config,
+            store: o.store,
+            audit,
+            kek: o.kek,
+            clock: o.clock,
+            clients,
+            keys: RwLock::new(Arc::new(snap)),
+            schedule,
+            alg,
+            metadata,
+            prometheus: crate::metrics_setup::handle(),
+        })))
+    }
+
+    /// The issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.0.settings.issuer
+    }
+
+    /// Run the schedule at the clock's current time: rotate keys when due, reload run-time
+    /// clients, purge expired replay records. The binary calls this every few seconds; tests
+    /// call it after moving a fake clock.
+    pub async fn tick(&self) -> Result<(), StartError> {
+        let i = &self.0;
+        let now = i.clock.now();
+        let snap = plan_and_load(&i.store, &i.kek, &i.audit, &i.schedule, i.alg, now).await?;
+        if let Ok(mut k) = i.keys.write() {
+            *k = Arc::new(snap);
+        }
+        i.clients.reload(&i.store).await?;
+        i.store.purge_expired(now - i.settings.clock_skew).await?;
+        Ok(())
+    }
+
+    /// How often [`App::tick`] should run, in seconds.
+    pub fn tick_interval(&self) -> u64 {
+        (self.0.schedule.rotation / 20).clamp(1, 10) as u64
+    }
+
+    /// Kids of the published keys at the last tick, current key first (for tests and tools).
+    pub fn published_kids(&self) -> Vec<String> {
+        let Ok(k) = self.0.keys.read() else {
+            return vec![];
+        };
+        let now = self.0.clock.now();
+        let mut kids: Vec<String> = keys::published(&k.times, now)
+            .map(|t| t.kid.clone())
+            .collect();
+        kids.sort_by_key(|kid| kid != k.current.kid());
+        kids
+    }
+
+    pub(crate) fn keys(&self) -> Arc<KeySnapshot> {
+        match self.0.keys.read() {
+            Ok(k) => k.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Plan the key schedule at `now`, apply it (auditing each change), and load a snapshot.
+async fn plan_and_load(
+    store: &Store,
+    kek: &Kek,
+    audit: &AuditLog,
+    schedule: &Schedule,
+    alg: KeyAlg,
+    now: i64,
+) -> Result<KeySnapshot, StartError> {
+    let stored = store.load_keys(kek).await?;
+    let times: Vec<_> = stored.iter().map(|k| k.times.clone()).collect();
+    let actions = keys::plan(&times, now, schedule);
+    let stored = if actions.is_empty() {
+        stored
+    } else {
+        for (what, kid) in store.apply_key_actions(&actions, now, alg, kek).await? {
+            let mut e = AuditEvent::new(EventKind::KeyRotation, now, Decision::Allow);
+            e.jti = Some(kid.clone());
+            e.reason = Some(what.to_string());
+            audit.commit(Pending::event(e)).await?;
+            tracing::info!(kid = %kid, action = what, "signing key schedule");
+        }
+        store.load_keys(kek).await?
+    };
+    keyring::snapshot(stored, now).ok_or(StartError::NoKey)
+}

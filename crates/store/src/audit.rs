@@ -1,0 +1,400 @@
+//! The audit log: append-only, chained with HMAC-SHA256 under a key derived from the master key,
+//! written by one committer task in batches (group commit) so that a token's event is durable
+//! before the token leaves, at the cost of one fsync per batch rather than per event.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use mayfly_crypto::{Kek, hex};
+use mayfly_sts::{AuditEvent, Decision, EventKind};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Store, StoreError, db};
+
+/// The `prev_hash` of the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Largest batch in one transaction.
+const MAX_BATCH: usize = 512;
+/// Requests waiting for the committer at most; beyond this, callers wait (back-pressure).
+const QUEUE: usize = 4096;
+
+/// Where the JSON-lines copy goes.
+#[derive(Debug)]
+pub enum AuditSink {
+    /// Nowhere.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// An append-only file.
+    File(std::fs::File),
+}
+
+/// One event to append, with the state changes that must commit atomically with it.
+#[derive(Debug)]
+pub struct Pending {
+    /// The event.
+    pub event: AuditEvent,
+    /// Consume a client assertion's jti: (client_id, jti, keep until). A jti already present
+    /// turns the event into a `replayed_jti` denial and the outcome into [`CommitOutcome::Replay`].
+    pub consume_jti: Option<(String, String, i64)>,
+    /// Revoke a token: (jti, client_id, its exp).
+    pub revoke: Option<(String, String, i64)>,
+}
+
+impl Pending {
+    /// Just an event.
+    pub fn event(event: AuditEvent) -> Self {
+        Self {
+            event,
+            consume_jti: None,
+            revoke: None,
+        }
+    }
+}
+
+/// What happened to a [`Pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Appended with this sequence number.
+    Committed(i64),
+    /// The jti had been used: a denial was appended instead, with this sequence number.
+    Replay(i64),
+}
+
+type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
+
+/// Handle to the committer; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<(Pending, Reply)>,
+}
+
+impl AuditLog {
+    /// Start the committer task on the current tokio runtime.
+    pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(committer(store, kek, sink, rx));
+        Self { tx }
+    }
+
+    /// Append `p` and wait until it is durable.
+    pub async fn commit(&self, p: Pending) -> Result<CommitOutcome, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send((p, reply))
+            .await
+            .map_err(|_| StoreError::AuditClosed)?;
+        match wait.await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
+            Err(_) => Err(StoreError::AuditClosed),
+        }
+    }
+}
+
+async fn committer(
+    store: Store,
+    kek: Arc<Kek>,
+    mut sink: AuditSink,
+    mut rx: mpsc::Receiver<(Pending, Reply)>,
+) {
+    let mut batch: Vec<(Pending, Reply)> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut items: Vec<Pending> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        for (p, r) in batch.drain(..) {
+            items.push(p);
+            replies.push(r);
+        }
+        match append_batch(&store, &kek, &mut items).await {
+            Ok((outcomes, lines)) => {
+                if let Err(e) = write_lines(&mut sink, &lines) {
+                    tracing::error!(error = %e, "cannot write the audit JSON lines; the store holds every event");
+                }
+                for (r, o) in replies.into_iter().zip(outcomes) {
+                    let _ = r.send(Ok(o));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = items.len(), "audit batch failed; refusing the requests in it");
+                for r in replies {
+                    let _ = r.send(Err("audit log unavailable".into()));
+                }
+            }
+        }
+    }
+}
+
+fn write_lines(sink: &mut AuditSink, lines: &[String]) -> std::io::Result<()> {
+    fn put(w: &mut dyn Write, lines: &[String]) -> std::io::Result<()> {
+        for l in lines {
+            w.write_all(l.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    }
+    match sink {
+        AuditSink::Off => Ok(()),
+        AuditSink::Stdout => put(&mut std::io::stdout().lock(), lines),
+        AuditSink::Stderr => put(&mut std::io::stderr().lock(), lines),
+        AuditSink::File(f) => put(f, lines),
+    }
+}
+
+/// The chain link of an event.
+fn link(kek: &Kek, prev_hash: &str, seq: i64, body: &str) -> String {
+    let mut data = Vec::with_capacity(prev_hash.len() + body.len() + 24);
+    data.extend_from_slice(prev_hash.as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(seq.to_string().as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(body.as_bytes());
+    hex(&kek.audit_mac(&data))
+}
+
+fn kind_name(k: EventKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn append_batch(
+    store: &Store,
+    kek: &Kek,
+    items: &mut [Pending],
+) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(db("begin audit batch"))?;
+    let now = items.first().map_or(0, |p| p.event.ts);
+    // Take the lock first (see the migration), then read the head under it.
+    sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1")
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("lock audit head"))?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("read audit head"))?;
+    let mut seq: i64 = head.try_get("seq").map_err(db("read audit head"))?;
+    let mut prev: String = head.try_get("hash").map_err(db("read audit head"))?;
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut lines = Vec::with_capacity(items.len());
+    for p in items.iter_mut() {
+        let mut replay = false;
+        if let Some((client, jti, until)) = &p.consume_jti {
+            let r = sqlx::query("INSERT INTO used_jti (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(client).bind(jti).bind(*until)
+                .execute(&mut *tx).await.map_err(db("consume jti"))?;
+            if r.rows_affected() == 0 {
+                replay = true;
+                let e = &mut p.event;
+                e.kind = EventKind::Deny;
+                e.decision = Decision::Deny;
+                e.reason = Some("replayed_jti".into());
+                e.jti = None;
+                e.exp = None;
+            }
+        }
+        if let (false, Some((jti, client, exp))) = (replay, &p.revoke) {
+            sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
+                .execute(&mut *tx).await.map_err(db("revoke token"))?;
+        }
+        seq += 1;
+        let body =
+            serde_json::to_string(&p.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let hash = link(kek, &prev, seq, &body);
+        sqlx::query("INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(seq).bind(p.event.ts).bind(kind_name(p.event.kind)).bind(p.event.jti.as_deref()).bind(&body).bind(&prev).bind(&hash)
+            .execute(&mut *tx).await.map_err(db("append audit event"))?;
+        let mut line =
+            serde_json::to_value(&p.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(o) = line.as_object_mut() {
+            o.insert("seq".into(), seq.into());
+            o.insert("hash".into(), hash.clone().into());
+        }
+        lines.push(line.to_string());
+        outcomes.push(if replay {
+            CommitOutcome::Replay(seq)
+        } else {
+            CommitOutcome::Committed(seq)
+        });
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(&prev)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("advance audit head"))?;
+    tx.commit().await.map_err(db("commit audit batch"))?;
+    Ok((outcomes, lines))
+}
+
+/// An event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Sequence number (1, 2, ...).
+    pub seq: i64,
+    /// The event JSON as chained.
+    pub body: String,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+/// What kind of tampering `verify` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TamperKind {
+    /// The event's content no longer matches its hash.
+    Edited,
+    /// Events are missing before this one.
+    Missing,
+    /// The event is out of order or its link to the previous one is broken.
+    Reordered,
+    /// The indexed columns disagree with the chained body.
+    ColumnMismatch,
+    /// Events were removed from the end of the log.
+    Truncated,
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Clone)]
+pub struct ChainReport {
+    /// Events read.
+    pub events: u64,
+    /// Hash of the last event (compare with the SIEM copy).
+    pub head: String,
+    /// Problems, in order: (seq, kind, detail).
+    pub problems: Vec<(i64, TamperKind, String)>,
+}
+
+impl Store {
+    /// The last `n` events, oldest first.
+    pub async fn audit_tail(&self, n: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body, prev_hash, hash FROM audit_events ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(n)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db("read audit tail"))?;
+        let mut out: Vec<StoredEvent> = rows.iter().map(row_event).collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Events whose jti column is `jti` (tokens, introspections and revocations of it).
+    pub async fn audit_by_jti(&self, jti: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, body, prev_hash, hash FROM audit_events WHERE jti = $1 ORDER BY seq",
+        )
+        .bind(jti)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db("read audit events"))?;
+        rows.iter().map(row_event).collect()
+    }
+
+    /// Walk the whole chain and report every edited, deleted or reordered event.
+    pub async fn audit_verify(&self, kek: &Kek) -> Result<ChainReport, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, kind, jti, body, prev_hash, hash FROM audit_events ORDER BY seq",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db("read audit log"))?;
+        let mut problems = Vec::new();
+        let mut expected_seq = 1i64;
+        let mut prev = GENESIS.to_string();
+        for r in &rows {
+            let e = row_event(r)?;
+            if e.seq != expected_seq {
+                problems.push((
+                    e.seq,
+                    TamperKind::Missing,
+                    format!("events {expected_seq}..{} are missing", e.seq - 1),
+                ));
+            } else if e.prev_hash != prev {
+                problems.push((
+                    e.seq,
+                    TamperKind::Reordered,
+                    "does not link to the event before it".into(),
+                ));
+            }
+            if link(kek, &e.prev_hash, e.seq, &e.body) != e.hash {
+                problems.push((
+                    e.seq,
+                    TamperKind::Edited,
+                    "content does not match its hash".into(),
+                ));
+            } else if let Ok(ev) = serde_json::from_str::<AuditEvent>(&e.body) {
+                let ts: i64 = r.try_get("ts").map_err(db("read audit log"))?;
+                let kind: String = r.try_get("kind").map_err(db("read audit log"))?;
+                let jti: Option<String> = r.try_get("jti").map_err(db("read audit log"))?;
+                if ts != ev.ts || kind != kind_name(ev.kind) || jti != ev.jti {
+                    problems.push((
+                        e.seq,
+                        TamperKind::ColumnMismatch,
+                        "ts/kind/jti columns differ from the chained event".into(),
+                    ));
+                }
+            } else {
+                problems.push((
+                    e.seq,
+                    TamperKind::Edited,
+                    "content is not an audit event".into(),
+                ));
+            }
+            expected_seq = e.seq + 1;
+            prev = e.hash;
+        }
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(self.pool())
+            .await
+            .map_err(db("read audit head"))?;
+        let head_seq: i64 = head.try_get("seq").map_err(db("read audit head"))?;
+        let head_hash: String = head.try_get("hash").map_err(db("read audit head"))?;
+        if head_seq != expected_seq - 1 || head_hash != prev {
+            problems.push((
+                head_seq,
+                TamperKind::Truncated,
+                format!(
+                    "the log ends at {} but the head says {head_seq}",
+                    expected_seq - 1
+                ),
+            ));
+        }
+        Ok(ChainReport {
+            events: rows.len() as u64,
+            head: prev,
+            problems,
+        })
+    }
+}
+
+fn row_event(r: &sqlx::any::AnyRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        seq: r.try_get("seq").map_err(db("read audit event"))?,
+        body: r.try_get("body").map_err(db("read audit event"))?,
+        prev_hash: r.try_get("prev_hash").map_err(db("read audit event"))?,
+        hash: r.try_get("hash").map_err(db("read audit event"))?,
+    })
+}

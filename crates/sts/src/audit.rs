@@ -1,0 +1,85 @@
+//! Audit events: what happened, to whom, and why; never a token, assertion or key.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A token was issued.
+    Issue,
+    /// A token request was refused.
+    Deny,
+    /// A token was introspected.
+    Introspect,
+    /// A token was revoked.
+    Revoke,
+    /// Signing keys changed (created, activated, retired, removed).
+    KeyRotation,
+    /// A client was registered or removed at run time.
+    ClientChange,
+}
+
+/// Allowed or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Allowed.
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+/// One audit event, before the store gives it a sequence number and chains it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Time (seconds since the epoch).
+    pub ts: i64,
+    /// Kind.
+    pub kind: EventKind,
+    /// Client (as authenticated; for denials, as claimed, clipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Grant type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The token's jti (issue, introspect, revoke) or key id (key rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The token's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Source address of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Allowed or refused.
+    pub decision: Decision,
+    /// Machine-readable reason (see `Denial::reason`), or a short note for allowed events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl AuditEvent {
+    /// A new event of `kind` at `ts` with everything else empty.
+    pub fn new(kind: EventKind, ts: i64, decision: Decision) -> Self {
+        Self {
+            ts,
+            kind,
+            client: None,
+            grant: None,
+            audience: None,
+            scopes: Vec::new(),
+            jti: None,
+            exp: None,
+            source: None,
+            decision,
+            reason: None,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Client authentication with an RFC 7523 JWT assertion (`private_key_jwt`, RFC 7521 §4.2).
+
+use mayfly_crypto::{ASSERTION_ALGS, VerifyError};
+use serde_json::Value;
+
+use crate::{Client, Denial, Settings};
+
+/// Longest `jti` we store; longer ones are refused rather than truncated.
+const MAX_JTI_LEN: usize = 256;
+
+/// A client whose assertion verified. The caller must still consume `jti` (single use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedClient {
+    /// The client_id.
+    pub client_id: String,
+    /// The assertion's `jti`.
+    pub jti: String,
+    /// The assertion's `exp`: the replay record must be kept at least until then (plus skew).
+    pub assertion_exp: i64,
+}
+
+/// The client an assertion claims to be (its `sub`, else `iss`), read *without* verification so
+/// the caller can look up the keys to verify it with. Never trust this value otherwise.
+pub fn claimed_client_id(assertion: &str) -> Result<String, Denial> {
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+        .map_err(|_| Denial::MalformedAssertion)?;
+    claims
+        .get("sub")
+        .or_else(|| claims.get("iss"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string)
+        .ok_or(Denial::MissingClaim("sub"))
+}
+
+fn int_claim(claims: &Value, name: &'static str) -> Result<Option<i64>, Denial> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .or_else(|| v.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or(Denial::MissingClaim(name)),
+    }
+}
+
+/// Verify a client assertion for `client` at time `now`. `client_id_param` is the request's
+/// `client_id`, which must agree when present.
+pub fn authenticate_assertion(
+    settings: &Settings,
+    client: &Client,
+    assertion: &str,
+    client_id_param: Option<&str>,
+    now: i64,
+) -> Result<AuthenticatedClient, Denial> {
+    let verified = client
+        .keys
+        .verify(assertion, ASSERTION_ALGS)
+        .map_err(|e| match e {
+            VerifyError::AlgNotAllowed(a) => Denial::AlgorithmNotAllowed(a),
+            VerifyError::UnknownKey => Denial::UnknownKey,
+            VerifyError::BadSignature => Denial::BadSignature,
+            VerifyError::Malformed | VerifyError::BadJwks(_) => Denial::MalformedAssertion,
+            _ => Denial::MalformedAssertion,
+        })?;
+    let c = &verified.claims;
+    let iss = c
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(Denial::MissingClaim("iss"))?;
+    let sub = c
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or(Denial::MissingClaim("sub"))?;
+    if iss != client.id || sub != client.id {
+        return Err(Denial::IssuerSubjectMismatch);
+    }
+    if client_id_param.is_some_and(|p| p != client.id) {
+        return Err(Denial::ClientIdMismatch);
+    }
+    let aud_ok = match c.get("aud") {
+        Some(Value::String(a)) => settings.accepted_assertion_audience(a),
+        Some(Value::Array(list)) => {
+            !list.is_empty()
+                && list.iter().all(|a| {
+                    a.as_str()
+                        .is_some_and(|a| settings.accepted_assertion_audience(a))
+                })
+        }
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(Denial::BadAudience);
+    }
+    let exp = int_claim(c, "exp")?.ok_or(Denial::MissingClaim("exp"))?;
+    let skew = settings.clock_skew;
+    if exp + skew <= now {
+        return Err(Denial::AssertionExpired);
+    }
+    if exp > now + settings.max_assertion_lifetime + skew {
+        return Err(Denial::AssertionLifetimeTooLong(
+            settings.max_assertion_lifetime,
+        ));
+    }
+    for name in ["nbf", "iat"] {
+        if int_claim(c, name)?.is_some_and(|t| t > now + skew) {
+            return Err(Denial::AssertionNotYetValid);
+        }
+    }
+    let jti = c
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+        .ok_or(Denial::MissingClaim("jti"))?;
+    Ok(AuthenticatedClient {
+        client_id: client.id.clone(),
+        jti: jti.to_string(),
+        assertion_exp: exp,
+    })
+}
