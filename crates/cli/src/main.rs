@@ -1,1 +1,244 @@
-fn main() {}
+//! `mayfly`: short-lived, audience-scoped credentials instead of static API keys.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod keyfile;
+mod server;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// mayfly: workloads prove what they are and get short-lived, audience-scoped tokens.
+#[derive(Parser)]
+#[command(name = "mayfly", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the token service (embedded default without --config: 127.0.0.1:8080, ./mayfly-data).
+    Server {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Signing keys of this server.
+    Keys {
+        /// TOML config file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// The audit log.
+    Audit {
+        /// TOML config file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Generate a client key pair as JWK files (PREFIX.private.jwk.json, mode 0600, and PREFIX.jwks.json).
+    Keygen {
+        /// Algorithm: ES256, ES384 or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Key id (default: the key's RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Output prefix.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Clients registered at run time (beside those in the config file).
+    Client {
+        /// TOML config file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: ClientCmd,
+    },
+    /// Get or inspect tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate FILE (and the files it names) without starting anything.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// List signing keys and their schedule.
+    List,
+    /// Start signing with the next key now; the current one stays published until its tokens expire.
+    Rotate {
+        /// Rotate even if the next key was published too recently for JWKS caches to have it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Print the last events as JSON lines.
+    Tail {
+        /// How many.
+        #[arg(short, long, default_value_t = 20)]
+        n: i64,
+    },
+    /// Check the whole chain; exit 1 and name every edited, deleted or reordered event.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Register a client.
+    Add {
+        /// client_id.
+        #[arg(long)]
+        id: String,
+        /// Its public JWK Set file (from `mayfly keygen`).
+        #[arg(long)]
+        jwks_file: PathBuf,
+        /// An audience it may request (repeat for several).
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// A scope it may request (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime cap, e.g. 10m.
+        #[arg(long)]
+        max_ttl: Option<String>,
+    },
+    /// List clients (config and run time).
+    List,
+    /// Remove a run-time client.
+    Remove {
+        /// client_id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Get a token with client credentials and private_key_jwt; prints the access token.
+    Get {
+        /// Issuer URL.
+        #[arg(long, env = "MAYFLY_ISSUER")]
+        issuer: String,
+        /// client_id.
+        #[arg(long)]
+        client_id: String,
+        /// Private JWK file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Audience (sent as RFC 8707 resource).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Scopes, space separated.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Requested lifetime in seconds (can only shorten).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// Print the whole JSON response instead of the token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a token against the issuer's JWKS and show its claims and time left.
+    Inspect {
+        /// The token ('-' reads standard input).
+        token: String,
+        /// Issuer URL.
+        #[arg(long, env = "MAYFLY_ISSUER")]
+        issuer: String,
+        /// Expected audience.
+        #[arg(long)]
+        audience: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mayfly: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mayfly: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Server { config } => server::run(config).await,
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => admin::config_check(&file).await,
+        Cmd::Keys { config, cmd } => match cmd {
+            KeysCmd::List => admin::keys_list(config).await,
+            KeysCmd::Rotate { force } => admin::keys_rotate(config, force).await,
+        },
+        Cmd::Audit { config, cmd } => match cmd {
+            AuditCmd::Tail { n } => admin::audit_tail(config, n).await,
+            AuditCmd::Verify => admin::audit_verify(config).await,
+        },
+        Cmd::Keygen { alg, kid, out } => keyfile::keygen(&alg, kid.as_deref(), &out),
+        Cmd::Client { config, cmd } => match cmd {
+            ClientCmd::Add {
+                id,
+                jwks_file,
+                audiences,
+                scopes,
+                max_ttl,
+            } => admin::client_add(config, id, &jwks_file, audiences, scopes, max_ttl).await,
+            ClientCmd::List => admin::client_list(config).await,
+            ClientCmd::Remove { id } => admin::client_remove(config, &id).await,
+        },
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Get {
+                issuer,
+                client_id,
+                key,
+                audience,
+                scope,
+                expires_in,
+                json,
+            } => token::get(&issuer, &client_id, &key, audience, scope, expires_in, json).await,
+            TokenCmd::Inspect {
+                token,
+                issuer,
+                audience,
+            } => token::inspect(&token, &issuer, audience.as_deref()).await,
+        },
+    }
+}

@@ -1,0 +1,295 @@
+//! Operator commands that work on the store directly (safe beside a running server).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use mayfly_crypto::KeyAlg;
+use mayfly_store::{AuditLog, AuditSink, Pending, StoredClient, TamperKind};
+use mayfly_sts::keys::{self, KeyTimes};
+use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
+
+use crate::server::{load_config, open_store};
+
+fn now() -> i64 {
+    SystemClock.now()
+}
+
+fn when(t: i64) -> String {
+    let d = t - now();
+    if d >= 0 {
+        format!(
+            "in {}",
+            humantime::format_duration(std::time::Duration::from_secs(d as u64))
+        )
+    } else {
+        format!(
+            "{} ago",
+            humantime::format_duration(std::time::Duration::from_secs((-d) as u64))
+        )
+    }
+}
+
+/// `mayfly config check FILE`.
+pub async fn config_check(file: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = mayfly_config::Config::load(file)?;
+    let max_ttl = cfg.tokens.max_ttl.as_secs() as i64;
+    for c in &cfg.clients {
+        mayfly_server::client_from_config(c, max_ttl).await?;
+    }
+    println!(
+        "{}: ok ({} clients, listen {}, signing {:?})",
+        file.display(),
+        cfg.clients.len(),
+        cfg.listen,
+        cfg.tokens.signing_alg
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly keys list`.
+pub async fn keys_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    let kek = crate::keyfile::master_key(&cfg.data_dir, false)?;
+    let stored = store.load_keys(&kek).await?;
+    let times: Vec<KeyTimes> = stored.iter().map(|k| k.times.clone()).collect();
+    let t = now();
+    let current = keys::current(&times, t).map(|k| k.kid.clone());
+    println!(
+        "{:<44} {:<6} {:<9} {:<22} {:<22} {}",
+        "KID", "ALG", "STATE", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS"
+    );
+    for k in &stored {
+        let s = &k.times;
+        let state = if Some(&s.kid) == current.as_ref() {
+            "current"
+        } else if s.not_before > t {
+            "next"
+        } else if s.expires_at > t {
+            "retired"
+        } else {
+            "expired"
+        };
+        println!(
+            "{:<44} {:<6} {:<9} {:<22} {:<22} {}",
+            s.kid,
+            k.key.alg().name(),
+            state,
+            when(s.not_before),
+            when(s.not_after),
+            when(s.expires_at)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly keys rotate`.
+pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, false)?);
+    let sched = keys::Schedule {
+        rotation: cfg.tokens.key_rotation.as_secs() as i64,
+        max_ttl: cfg.tokens.max_ttl.as_secs() as i64,
+        skew: cfg.tokens.clock_skew.as_secs() as i64,
+    };
+    let alg = match cfg.tokens.signing_alg {
+        mayfly_config::SigningAlg::EdDSA => KeyAlg::EdDSA,
+        mayfly_config::SigningAlg::ES256 => KeyAlg::ES256,
+    };
+    let t = now();
+    let times: Vec<KeyTimes> = store
+        .load_keys(&kek)
+        .await?
+        .iter()
+        .map(|k| k.times.clone())
+        .collect();
+    let Some(actions) = keys::rotate_now(&times, t, &sched) else {
+        bail!("no current and next key to rotate: start the server once so it creates them");
+    };
+    if let Some(keys::KeyAction::Reschedule(next)) = actions.get(1) {
+        let published_for = t - next.created_at;
+        if published_for < sched.jwks_max_age() && !force {
+            bail!(
+                "the next key {} has been published for only {published_for}s, less than the JWKS cache lifetime ({}s): verifiers may not know it yet. Wait, or pass --force",
+                next.kid,
+                sched.jwks_max_age()
+            );
+        }
+    }
+    let audit = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off);
+    let mut done = store.apply_key_actions(&actions, t, alg, &kek).await?;
+    let times: Vec<KeyTimes> = store
+        .load_keys(&kek)
+        .await?
+        .iter()
+        .map(|k| k.times.clone())
+        .collect();
+    done.extend(
+        store
+            .apply_key_actions(&keys::plan(&times, t, &sched), t, alg, &kek)
+            .await?,
+    );
+    for (what, kid) in &done {
+        let mut e = AuditEvent::new(EventKind::KeyRotation, t, Decision::Allow);
+        e.jti = Some(kid.clone());
+        e.reason = Some(format!("manual_{what}"));
+        audit.commit(Pending::event(e)).await?;
+        println!("{what} {kid}");
+    }
+    println!("rotated; a running server picks the new key up within seconds");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly audit tail`.
+pub async fn audit_tail(config: Option<PathBuf>, n: i64) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    for e in store.audit_tail(n.clamp(1, 100_000)).await? {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&e.body).unwrap_or(serde_json::Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("seq".into(), e.seq.into());
+            o.insert("hash".into(), e.hash.into());
+        }
+        println!("{v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly audit verify`.
+pub async fn audit_verify(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    let kek = crate::keyfile::master_key(&cfg.data_dir, false)?;
+    let report = store.audit_verify(&kek).await?;
+    if report.problems.is_empty() {
+        println!(
+            "audit log intact: {} events, head {}",
+            report.events, report.head
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (seq, kind, detail) in &report.problems {
+        let what = match kind {
+            TamperKind::Edited => "EDITED",
+            TamperKind::Missing => "DELETED",
+            TamperKind::Reordered => "REORDERED",
+            TamperKind::ColumnMismatch => "EDITED",
+            TamperKind::Truncated => "TRUNCATED",
+        };
+        println!("event {seq}: {what}: {detail}");
+    }
+    println!(
+        "audit log TAMPERED: {} problems in {} events",
+        report.problems.len(),
+        report.events
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// `mayfly client add`.
+pub async fn client_add(
+    config: Option<PathBuf>,
+    id: String,
+    jwks_file: &Path,
+    audiences: Vec<String>,
+    scopes: Vec<String>,
+    max_ttl: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    if cfg.clients.iter().any(|c| c.id == id) {
+        bail!("client `{id}` is defined in the config file; edit it there");
+    }
+    let jwks = std::fs::read_to_string(jwks_file)
+        .with_context(|| format!("cannot read {}", jwks_file.display()))?;
+    let max_ttl = match max_ttl {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_duration(&t)
+                .with_context(|| format!("--max-ttl {t}: write a duration like 10m"))?
+                .as_secs() as i64,
+        ),
+    };
+    let stored = StoredClient {
+        id: id.clone(),
+        jwks,
+        audiences,
+        scopes,
+        max_ttl,
+        created_at: now(),
+    };
+    // Same checks as the server applies when it loads the client.
+    mayfly_server::client_from_stored(&stored, cfg.tokens.max_ttl.as_secs() as i64)?;
+    if serde_json::from_str::<serde_json::Value>(&stored.jwks)?
+        .to_string()
+        .contains("\"d\"")
+    {
+        bail!(
+            "{} holds a private key; register the public NAME.jwks.json",
+            jwks_file.display()
+        );
+    }
+    let store = open_store(&cfg).await?;
+    if !store.add_client(&stored).await? {
+        bail!("client `{id}` already exists; remove it first");
+    }
+    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, true)?);
+    let audit = AuditLog::start(store.clone(), kek, AuditSink::Off);
+    let mut e = AuditEvent::new(EventKind::ClientChange, now(), Decision::Allow);
+    e.client = Some(id.clone());
+    e.reason = Some("client_added".into());
+    e.audience = stored.audiences.first().cloned();
+    e.scopes = stored.scopes.clone();
+    audit.commit(Pending::event(e)).await?;
+    println!("added client {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly client list`.
+pub async fn client_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    println!(
+        "{:<32} {:<8} {:<40} {}",
+        "ID", "SOURCE", "AUDIENCES", "SCOPES"
+    );
+    for c in &cfg.clients {
+        println!(
+            "{:<32} {:<8} {:<40} {}",
+            c.id,
+            "config",
+            c.audiences.join(","),
+            c.scopes.join(" ")
+        );
+    }
+    for c in store.list_clients().await? {
+        println!(
+            "{:<32} {:<8} {:<40} {}",
+            c.id,
+            "store",
+            c.audiences.join(","),
+            c.scopes.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly client remove`.
+pub async fn client_remove(config: Option<PathBuf>, id: &str) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config.as_deref())?;
+    let store = open_store(&cfg).await?;
+    if !store.remove_client(id).await? {
+        bail!("no run-time client `{id}` (config clients are removed by editing the file)");
+    }
+    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, true)?);
+    let audit = AuditLog::start(store.clone(), kek, AuditSink::Off);
+    let mut e = AuditEvent::new(EventKind::ClientChange, now(), Decision::Allow);
+    e.client = Some(id.to_string());
+    e.reason = Some("client_removed".into());
+    audit.commit(Pending::event(e)).await?;
+    println!("removed client {id}");
+    Ok(ExitCode::SUCCESS)
+}
