@@ -97,7 +97,12 @@ fn openid_client_and_jose_interop() {
         )
     };
     match status {
-        None => panic!("{}", report(&format!("`node --test` did not finish within {NODE_DEADLINE:?}"))),
+        None => panic!(
+            "{}",
+            report(&format!(
+                "`node --test` did not finish within {NODE_DEADLINE:?}"
+            ))
+        ),
         Some(s) if !s.success() => panic!("{}", report(&format!("`node --test` failed: {s}"))),
         Some(_) => println!("{}", report("`node --test` passed")),
     }

@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end tests: the real `mayfly` binary (or the real server in process, where a fake
+//! clock is needed) spoken to over HTTP on loopback, as clients would.
+
+mod crash;
+mod fixture;
+mod interop_node;
+mod issuance;
+mod no_secrets;
+mod rejections;
+mod rotation;
+mod support;

@@ -34,7 +34,15 @@ pub fn keygen(dir: &Path, name: &str, alg: &str) -> (PathBuf, PathBuf) {
     let prefix = dir.join(name);
     let (code, _o, e) = run_cli(
         dir,
-        &["keygen", "--alg", alg, "--kid", name, "--out", prefix.to_str().unwrap()],
+        &[
+            "keygen",
+            "--alg",
+            alg,
+            "--kid",
+            name,
+            "--out",
+            prefix.to_str().unwrap(),
+        ],
     );
     assert_eq!(code, 0, "keygen failed: {e}");
     (
@@ -55,7 +63,11 @@ pub struct ServerProcess {
     pub stderr: Arc<Mutex<String>>,
 }
 
-fn drain(r: impl std::io::Read + Send + 'static, buf: Arc<Mutex<String>>, tx: Option<std::sync::mpsc::Sender<String>>) {
+fn drain(
+    r: impl std::io::Read + Send + 'static,
+    buf: Arc<Mutex<String>>,
+    tx: Option<std::sync::mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
@@ -100,7 +112,12 @@ impl ServerProcess {
                             .unwrap()
                             .trim_end_matches('/')
                             .to_string();
-                        return ServerProcess { issuer: url, child, stdout, stderr };
+                        return ServerProcess {
+                            issuer: url,
+                            child,
+                            stdout,
+                            stderr,
+                        };
                     }
                 }
                 Err(_) => {

@@ -31,7 +31,7 @@ impl Form {
     /// Parse a form body. A repeated name is an error unless it is listed in `repeatable`
     /// (RFC 8707 lets `resource` repeat); empty values are dropped.
     pub fn parse(body: &[u8], repeatable: &[&str]) -> Result<Self, FormError> {
-        if std::str::from_utf8(body).is_err() {
+        if std::str::from_utf8(body).is_err() || !escapes_well_formed(body) {
             return Err(FormError::Malformed);
         }
         let mut params = HashMap::new();
@@ -68,6 +68,17 @@ impl Form {
     pub fn get_all(&self, name: &str) -> &[String] {
         self.params.get(name).map_or(&[], Vec::as_slice)
     }
+}
+
+/// Every `%` starts a two-hex-digit escape (form_urlencoded passes bad ones through verbatim).
+fn escapes_well_formed(body: &[u8]) -> bool {
+    body.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| {
+            body.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        })
 }
 
 #[cfg(test)]
@@ -109,5 +120,10 @@ mod tests {
             FormError::Malformed
         );
         assert_eq!(Form::parse(b"=1", &[]).unwrap_err(), FormError::Malformed);
+        assert_eq!(
+            Form::parse(b"a=%zz", &[]).unwrap_err(),
+            FormError::Malformed
+        );
+        assert_eq!(Form::parse(b"a=%2", &[]).unwrap_err(), FormError::Malformed);
     }
 }

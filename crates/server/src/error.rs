@@ -25,11 +25,12 @@ pub fn denial_response(d: &Denial) -> Response {
     let mut resp = (status, axum::Json(body)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        // RFC 6749 §5.2 asks for a challenge with 401; name the scheme clients must use.
+    if *d == Denial::HttpAuthNotSupported {
+        // RFC 6749 §5.2: a client that tried the Authorization header gets a challenge in the
+        // scheme it used. Assertion-based failures get none (there is no scheme to name).
         h.insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("private_key_jwt realm=\"mayfly\", error=\"invalid_client\""),
+            HeaderValue::from_static("Basic realm=\"mayfly\""),
         );
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -46,7 +47,13 @@ mod tests {
     fn mapping() {
         let r = denial_response(&Denial::BadSignature);
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
+        let r = denial_response(&Denial::HttpAuthNotSupported);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"mayfly\""
+        );
         assert_eq!(
             denial_response(&Denial::ScopeNotAllowed("x".into())).status(),
             StatusCode::BAD_REQUEST

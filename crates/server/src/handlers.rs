@@ -61,10 +61,14 @@ struct Caller {
 /// is consumed later, atomically with the request's audit event.
 async fn authenticate(
     app: &App,
+    headers: &HeaderMap,
     form: &Form,
     now: i64,
     caller: &mut Caller,
 ) -> Result<(Arc<Client>, AuthenticatedClient), Denial> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(Denial::HttpAuthNotSupported);
+    }
     let assertion_type = form.get("client_assertion_type");
     let assertion = form.get("client_assertion");
     let (assertion_type, assertion) = match (assertion_type, assertion) {
@@ -163,7 +167,7 @@ pub(crate) async fn token(
             return Err(Denial::UnsupportedGrantType(gt.chars().take(64).collect()));
         }
         let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
         let requested_ttl = match form.get("expires_in") {
             None => None,
             Some(v) => Some(v.parse::<i64>().map_err(|_| Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into()))?),
@@ -236,7 +240,7 @@ pub(crate) async fn introspect(
     let result = async {
         let form = read_form(&app, &parts.headers, body, &[]).await?;
         let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
         let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
         let keys = app.keys();
         let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
@@ -304,7 +308,7 @@ pub(crate) async fn revoke(
     let result = async {
         let form = read_form(&app, &parts.headers, body, &[]).await?;
         let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &form, now, &mut caller).await?;
+        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
         let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
         let keys = app.keys();
         // Invalid, expired or foreign tokens: nothing to do, and RFC 7009 §2.2 says answer 200.

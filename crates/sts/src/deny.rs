@@ -28,6 +28,11 @@ pub enum Denial {
         "client authentication is required: send client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer and a client_assertion (private_key_jwt)"
     )]
     MissingClientAuth,
+    /// The client tried HTTP authentication (client_secret_basic), which mayfly does not offer.
+    #[error(
+        "HTTP Basic client authentication (client secrets) is not supported: use private_key_jwt"
+    )]
+    HttpAuthNotSupported,
     /// The assertion type is not jwt-bearer.
     #[error("client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer")]
     UnsupportedAssertionType,
@@ -106,6 +111,7 @@ impl Denial {
             | InvalidParameter(..) => ErrorCode::InvalidRequest,
             UnsupportedGrantType(_) => ErrorCode::UnsupportedGrantType,
             MissingClientAuth
+            | HttpAuthNotSupported
             | UnsupportedAssertionType
             | MalformedAssertion
             | AlgorithmNotAllowed(_)
@@ -139,6 +145,7 @@ impl Denial {
             InvalidParameter(..) => "invalid_parameter",
             UnsupportedGrantType(_) => "unsupported_grant_type",
             MissingClientAuth => "missing_client_auth",
+            HttpAuthNotSupported => "http_auth_not_supported",
             UnsupportedAssertionType => "unsupported_assertion_type",
             MalformedAssertion => "malformed_assertion",
             AlgorithmNotAllowed(_) => "algorithm_not_allowed",
