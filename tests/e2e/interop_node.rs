@@ -20,26 +20,41 @@ fn interop_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/node"))
 }
 
+/// What a finished (or killed) child left: its status (`None` if killed at the deadline), stdout
+/// and stderr.
+type Finished = (Option<ExitStatus>, String, String);
+
 /// Run `cmd` to completion (or kill it at `deadline`), collecting stdout and stderr.
-fn run_with_deadline(mut cmd: Command, deadline: Duration) -> (Option<ExitStatus>, String, String) {
+fn run_with_deadline(mut cmd: Command, deadline: Duration) -> std::io::Result<Finished> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start `node` (is Node.js 20+ on PATH?): {e}"));
-    let collect = |mut r: Box<dyn Read + Send>| {
+        .spawn()?;
+    let collect = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
             String::from_utf8_lossy(&buf).into_owned()
         })
     };
-    let out = collect(Box::new(child.stdout.take().unwrap()));
-    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let out = collect(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = collect(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
     let until = Instant::now() + deadline;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.try_wait()? {
             break Some(status);
         }
         if Instant::now() >= until {
@@ -49,7 +64,11 @@ fn run_with_deadline(mut cmd: Command, deadline: Duration) -> (Option<ExitStatus
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    (status, out.join().unwrap(), err.join().unwrap())
+    let text = |h: std::thread::JoinHandle<String>| {
+        h.join()
+            .unwrap_or_else(|_| "<reader thread panicked>".into())
+    };
+    Ok((status, text(out), text(err)))
 }
 
 #[test]
@@ -87,7 +106,8 @@ fn openid_client_and_jose_interop() {
         .env("MAYFLY_AUDIENCE", AUDIENCE)
         .env("MAYFLY_SCOPE", SCOPE)
         .env_remove("NODE_OPTIONS");
-    let (status, stdout, stderr) = run_with_deadline(cmd, NODE_DEADLINE);
+    let (status, stdout, stderr) = run_with_deadline(cmd, NODE_DEADLINE)
+        .unwrap_or_else(|e| panic!("could not run `node --test` (is Node.js 20+ on PATH?): {e}"));
 
     let report = |what: &str| {
         format!(

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `mayfly` binary (or the real server in process, where a fake
 //! clock is needed) spoken to over HTTP on loopback, as clients would.
 
+// Test helpers: a failure should stop the test where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod crash;
 mod fixture;
 mod interop_node;

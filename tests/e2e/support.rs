@@ -122,6 +122,7 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("server did not start: {}", stderr.lock().unwrap());
                 }
             }

@@ -57,9 +57,17 @@ pub async fn keys_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let times: Vec<KeyTimes> = stored.iter().map(|k| k.times.clone()).collect();
     let t = now();
     let current = keys::current(&times, t).map(|k| k.kid.clone());
+    let head = [
+        "KID",
+        "ALG",
+        "STATE",
+        "SIGNS FROM",
+        "SIGNS UNTIL",
+        "LEAVES JWKS",
+    ];
     println!(
         "{:<44} {:<6} {:<9} {:<22} {:<22} {}",
-        "KID", "ALG", "STATE", "SIGNS FROM", "SIGNS UNTIL", "LEAVES JWKS"
+        head[0], head[1], head[2], head[3], head[4], head[5]
     );
     for k in &stored {
         let s = &k.times;
@@ -252,10 +260,8 @@ pub async fn client_add(
 pub async fn client_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = load_config(config.as_deref())?;
     let store = open_store(&cfg).await?;
-    println!(
-        "{:<32} {:<8} {:<40} {}",
-        "ID", "SOURCE", "AUDIENCES", "SCOPES"
-    );
+    let head = ["ID", "SOURCE", "AUDIENCES", "SCOPES"];
+    println!("{:<32} {:<8} {:<40} {}", head[0], head[1], head[2], head[3]);
     for c in &cfg.clients {
         println!(
             "{:<32} {:<8} {:<40} {}",

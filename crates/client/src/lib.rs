@@ -192,10 +192,8 @@ pub fn verify_access_token(
     if v.claims.get("iss").and_then(Value::as_str) != Some(issuer.trim_end_matches('/')) {
         return Err(ClientError::Invalid("issued by another issuer".into()));
     }
-    if let Some(a) = audience {
-        if v.claims.get("aud").and_then(Value::as_str) != Some(a) {
-            return Err(ClientError::Invalid("audience does not match".into()));
-        }
+    if audience.is_some_and(|a| v.claims.get("aud").and_then(Value::as_str) != Some(a)) {
+        return Err(ClientError::Invalid("audience does not match".into()));
     }
     Ok(v.claims)
 }

@@ -160,12 +160,10 @@ impl SigningKey {
                 ));
             }
         };
-        if let Some(a) = s("alg") {
-            if a != alg.name() {
-                return Err(CryptoError::Key(
-                    "the JWK's `alg` does not match its key type",
-                ));
-            }
+        if s("alg").is_some_and(|a| a != alg.name()) {
+            return Err(CryptoError::Key(
+                "the JWK's `alg` does not match its key type",
+            ));
         }
         Self::assemble(alg, s("kid"), inner)
     }

@@ -169,13 +169,10 @@ impl VerifyingKeys {
         validation.leeway = 0;
         let mut matched = false;
         for e in &self.entries {
-            if !e.algs.contains(&header.alg) {
+            let kid_differs =
+                matches!((&header.kid, &e.kid), (Some(want), Some(have)) if want != have);
+            if !e.algs.contains(&header.alg) || kid_differs {
                 continue;
-            }
-            if let (Some(want), Some(have)) = (&header.kid, &e.kid) {
-                if want != have {
-                    continue;
-                }
             }
             matched = true;
             match jsonwebtoken::decode::<Value>(token, &e.key, &validation) {

@@ -313,10 +313,8 @@ pub(crate) async fn revoke(
         let keys = app.keys();
         // Invalid, expired or foreign tokens: nothing to do, and RFC 7009 §2.2 says answer 200.
         let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
-        if let Some(c) = &claims {
-            if c.client_id != client.id {
-                return Err(Denial::NotTokenOwner);
-            }
+        if claims.as_ref().is_some_and(|c| c.client_id != client.id) {
+            return Err(Denial::NotTokenOwner);
         }
         let mut e = AuditEvent::new(EventKind::Revoke, now, Decision::Allow);
         e.client = Some(client.id.clone());

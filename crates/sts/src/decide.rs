@@ -39,10 +39,8 @@ fn clip(s: &str) -> String {
 /// Decide a client_credentials grant.
 pub fn decide(settings: &Settings, client: &Client, params: &TokenParams) -> Result<Grant, Denial> {
     let mut targets: Vec<&str> = params.resources.iter().map(String::as_str).collect();
-    if let Some(a) = params.audience.as_deref() {
-        if !targets.contains(&a) {
-            targets.push(a);
-        }
+    if let Some(a) = params.audience.as_deref().filter(|a| !targets.contains(a)) {
+        targets.push(a);
     }
     let audience = match targets.as_slice() {
         [] => match client.audiences.as_slice() {
