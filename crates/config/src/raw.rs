@@ -115,7 +115,7 @@ impl RawConfig {
             None => None,
             Some(text) => Some(parse_issuer(src, text)?),
         };
-        let data_dir = base.join(self.data_dir.as_deref().unwrap_or("./mayfly-data"));
+        let data_dir = resolve(base, self.data_dir.as_deref().unwrap_or("./mayfly-data"));
 
         let t = &self.tokens;
         let default_ttl = duration(src, "tokens.default_ttl", t.default_ttl.as_ref(), "5m")?;
@@ -183,7 +183,7 @@ impl RawConfig {
 
         let audit = AuditConfig {
             output: self.audit.output.unwrap_or_default(),
-            path: self.audit.path.as_deref().map(|p| base.join(p)),
+            path: self.audit.path.as_deref().map(|p| resolve(base, p)),
         };
         if audit.output == AuditOutput::File && audit.path.is_none() {
             return Err(ConfigError::new(
@@ -247,6 +247,15 @@ impl RawConfig {
     }
 }
 
+/// A path from the file, relative to the file's folder (kept as written when that is `.`).
+fn resolve(base: &Path, p: &str) -> std::path::PathBuf {
+    if base == Path::new(".") {
+        std::path::PathBuf::from(p)
+    } else {
+        base.join(p)
+    }
+}
+
 fn parse_issuer(src: &str, text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| {
         ConfigError::new(
@@ -299,7 +308,7 @@ impl RawClient {
         }
         let jwks = match (self.jwks_file, self.jwks, self.jwks_uri) {
             (Some(file), None, None) => {
-                let path = base.join(&file);
+                let path = resolve(base, &file);
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError::new(src, key("jwks_file"), format!("cannot read `{}`: {e}", path.display()), "create it with `mayfly keygen` or correct the path (relative paths start at the config file's folder)")
                 })?;

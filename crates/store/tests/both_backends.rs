@@ -1,0 +1,209 @@
+//! The store's contract, run against SQLite (a real file) and PostgreSQL (the server on this
+//! machine, a fresh database per test).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::sync::Arc;
+
+use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_store::{AuditLog, AuditSink, CommitOutcome, Pending, Store, StoredClient, TamperKind};
+use mayfly_sts::keys::{self, Schedule};
+use mayfly_sts::{AuditEvent, Decision, EventKind};
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+struct Db {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Best effort: a fresh runtime, since Drop cannot be async.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Executor;
+                    if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN).await {
+                        let _ = pool
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    Db {
+        store,
+        _dir: Some(dir),
+        pg_name: None,
+    }
+}
+
+async fn postgres() -> Db {
+    use sqlx::Executor;
+    let name = format!(
+        "mayfly_test_{}",
+        mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
+    );
+    let admin = sqlx::PgPool::connect(PG_ADMIN).await.expect(
+        "PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts it",
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    admin.close().await;
+    let store = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .unwrap();
+    Db {
+        store,
+        _dir: None,
+        pg_name: Some(name),
+    }
+}
+
+fn kek() -> Arc<Kek> {
+    Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap())
+}
+
+fn issue(jti: &str) -> AuditEvent {
+    let mut e = AuditEvent::new(EventKind::Issue, 1_000, Decision::Allow);
+    e.client = Some("svc".into());
+    e.jti = Some(jti.into());
+    e.scopes = vec!["read".into()];
+    e
+}
+
+async fn audit_chain_replay_and_revocation(db: Db) {
+    let s = &db.store;
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off);
+    // Concurrent commits batch together; each jti is consumed once.
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            let p = Pending {
+                event: issue(&format!("t{i}")),
+                consume_jti: Some(("svc".into(), format!("a{}", i % 25), 2_000)),
+                revoke: None,
+            };
+            log.commit(p).await.unwrap()
+        }));
+    }
+    let mut committed = 0;
+    let mut replays = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            CommitOutcome::Committed(_) => committed += 1,
+            CommitOutcome::Replay(_) => replays += 1,
+        }
+    }
+    assert_eq!(
+        (committed, replays),
+        (25, 25),
+        "each assertion jti is accepted exactly once"
+    );
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 50);
+
+    // Revocation commits atomically with its event.
+    let mut e = AuditEvent::new(EventKind::Revoke, 1_001, Decision::Allow);
+    e.jti = Some("t1".into());
+    log.commit(Pending {
+        event: e,
+        consume_jti: None,
+        revoke: Some(("t1".into(), "svc".into(), 5_000)),
+    })
+    .await
+    .unwrap();
+    assert!(s.is_revoked("t1").await.unwrap());
+    assert!(!s.is_revoked("t2").await.unwrap());
+    // Purge drops replay records and revocations past their expiry.
+    assert!(s.purge_expired(10_000).await.unwrap() >= 26);
+    assert!(!s.is_revoked("t1").await.unwrap());
+
+    // A wrong master key cannot vouch for the chain.
+    let other = Kek::from_bytes(&[8u8; 32]).unwrap();
+    let bad = s.audit_verify(&other).await.unwrap();
+    assert!(
+        bad.problems
+            .iter()
+            .any(|(seq, k, _)| *seq == 1 && *k == TamperKind::Edited)
+    );
+}
+
+async fn keys_and_clients(db: Db) {
+    let s = &db.store;
+    let k = kek();
+    let sched = Schedule {
+        rotation: 3600,
+        max_ttl: 600,
+        skew: 30,
+    };
+    let actions = keys::plan(&[], 1_000, &sched);
+    s.apply_key_actions(&actions, 1_000, KeyAlg::EdDSA, &k)
+        .await
+        .unwrap();
+    let loaded = s.load_keys(&k).await.unwrap();
+    assert_eq!(loaded.len(), 2);
+    let times: Vec<_> = loaded.iter().map(|k| k.times.clone()).collect();
+    assert_eq!(
+        keys::current(&times, 1_000).unwrap().kid,
+        loaded[0].key.kid()
+    );
+    // Sealed under the master key: another key cannot open them.
+    assert!(
+        s.load_keys(&Kek::from_bytes(&[9u8; 32]).unwrap())
+            .await
+            .is_err()
+    );
+
+    let c = StoredClient {
+        id: "rt".into(),
+        jwks: r#"{"keys":[]}"#.into(),
+        audiences: vec!["https://a".into()],
+        scopes: vec!["read".into()],
+        max_ttl: Some(60),
+        created_at: 5,
+    };
+    assert!(s.add_client(&c).await.unwrap());
+    assert!(!s.add_client(&c).await.unwrap(), "ids are unique");
+    assert_eq!(s.list_clients().await.unwrap(), vec![c]);
+    assert!(s.remove_client("rt").await.unwrap());
+    assert!(!s.remove_client("rt").await.unwrap());
+}
+
+#[tokio::test]
+async fn audit_sqlite() {
+    audit_chain_replay_and_revocation(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn audit_postgres() {
+    audit_chain_replay_and_revocation(postgres().await).await;
+}
+
+#[tokio::test]
+async fn keys_clients_sqlite() {
+    keys_and_clients(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn keys_clients_postgres() {
+    keys_and_clients(postgres().await).await;
+}
