@@ -4,10 +4,12 @@
 // Test helpers: a failure should stop the test where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod crash;
 mod fixture;
 mod interop_node;
 mod issuance;
+mod jwks_uri;
 mod no_secrets;
 mod rejections;
 mod rotation;

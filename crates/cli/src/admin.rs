@@ -231,15 +231,6 @@ pub async fn client_add(
     };
     // Same checks as the server applies when it loads the client.
     mayfly_server::client_from_stored(&stored, cfg.tokens.max_ttl.as_secs() as i64)?;
-    if serde_json::from_str::<serde_json::Value>(&stored.jwks)?
-        .to_string()
-        .contains("\"d\"")
-    {
-        bail!(
-            "{} holds a private key; register the public NAME.jwks.json",
-            jwks_file.display()
-        );
-    }
     let store = open_store(&cfg).await?;
     if !store.add_client(&stored).await? {
         bail!("client `{id}` already exists; remove it first");

@@ -124,6 +124,15 @@ impl VerifyingKeys {
             .ok_or(VerifyError::BadJwks("no `keys` array".into()))?;
         let mut entries = Vec::with_capacity(keys.len());
         for k in keys {
+            if ["d", "p", "q", "dp", "dq", "qi", "k"]
+                .iter()
+                .any(|m| k.get(m).is_some())
+            {
+                return Err(VerifyError::BadJwks(
+                    "the set holds private or symmetric key material; register only public keys"
+                        .into(),
+                ));
+            }
             if k.get("use").and_then(Value::as_str) == Some("enc") {
                 continue;
             }

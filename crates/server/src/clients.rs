@@ -87,18 +87,32 @@ async fn fetch_jwks(url: &url::Url) -> Result<serde_json::Value, String> {
 /// All clients, by id.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    from_config: HashMap<String, Arc<Client>>,
+    from_config: RwLock<HashMap<String, Arc<Client>>>,
+    /// Config clients whose keys live at a `jwks_uri`: their config, and when we last fetched
+    /// (on schedule, on an unknown kid).
+    uri_sources: HashMap<String, (ClientConfig, std::sync::Mutex<(i64, i64)>)>,
     from_store: RwLock<HashMap<String, Arc<Client>>>,
     last_miss_reload: std::sync::Mutex<i64>,
     max_ttl: i64,
 }
 
 impl Registry {
-    pub(crate) fn new(config: Vec<Client>, max_ttl: i64) -> Self {
+    pub(crate) fn new(config: Vec<Client>, uri_sources: Vec<ClientConfig>, max_ttl: i64) -> Self {
         Self {
-            from_config: config
+            from_config: RwLock::new(
+                config
+                    .into_iter()
+                    .map(|c| (c.id.clone(), Arc::new(c)))
+                    .collect(),
+            ),
+            uri_sources: uri_sources
                 .into_iter()
-                .map(|c| (c.id.clone(), Arc::new(c)))
+                .map(|c| {
+                    (
+                        c.id.clone(),
+                        (c, std::sync::Mutex::new((i64::MIN / 2, i64::MIN / 2))),
+                    )
+                })
                 .collect(),
             from_store: RwLock::new(HashMap::new()),
             last_miss_reload: std::sync::Mutex::new(i64::MIN),
@@ -107,19 +121,57 @@ impl Registry {
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Client>> {
-        if let Some(c) = self.from_config.get(id) {
+        if let Some(c) = self.from_config.read().ok()?.get(id) {
             return Some(c.clone());
         }
         self.from_store.read().ok()?.get(id).cloned()
+    }
+
+    fn is_config_client(&self, id: &str) -> bool {
+        self.from_config.read().is_ok_and(|m| m.contains_key(id))
+    }
+
+    /// Refetch the JWKS of a `jwks_uri` client. `on_miss` (an unknown kid) refetches at most
+    /// every 30 s, the schedule every 5 minutes; either way a fetch resets the schedule.
+    /// Returns whether new keys were installed. A failed fetch keeps the old keys.
+    pub(crate) async fn refresh_uri(&self, id: &str, now: i64, on_miss: bool) -> bool {
+        let Some((cfg, last)) = self.uri_sources.get(id) else {
+            return false;
+        };
+        match last.lock() {
+            Ok(mut l) if on_miss && now - l.1 >= 30 => *l = (now, now),
+            Ok(mut l) if !on_miss && now - l.0 >= 300 => l.0 = now,
+            _ => return false,
+        }
+        match client_from_config(cfg, self.max_ttl).await {
+            Ok(c) => {
+                if let Ok(mut m) = self.from_config.write() {
+                    m.insert(id.to_string(), Arc::new(c));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(client = %id, error = %e, "cannot refresh the client's jwks_uri; keeping its previous keys");
+                false
+            }
+        }
+    }
+
+    /// Refresh every `jwks_uri` client that is due.
+    pub(crate) async fn refresh_all_uris(&self, now: i64) {
+        let ids: Vec<String> = self.uri_sources.keys().cloned().collect();
+        for id in ids {
+            self.refresh_uri(&id, now, false).await;
+        }
     }
 
     /// Every id and its scopes (for metadata).
     pub(crate) fn all_scopes(&self) -> Vec<String> {
         let mut s: Vec<String> = self
             .from_config
-            .values()
-            .flat_map(|c| c.scopes.clone())
-            .collect();
+            .read()
+            .map(|m| m.values().flat_map(|c| c.scopes.clone()).collect())
+            .unwrap_or_default();
         if let Ok(m) = self.from_store.read() {
             s.extend(m.values().flat_map(|c| c.scopes.clone()));
         }
@@ -133,7 +185,7 @@ impl Registry {
         let stored = store.list_clients().await?;
         let mut map = HashMap::with_capacity(stored.len());
         for c in &stored {
-            if self.from_config.contains_key(&c.id) {
+            if self.is_config_client(&c.id) {
                 continue;
             }
             match client_from_stored(c, self.max_ttl) {

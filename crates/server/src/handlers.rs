@@ -91,14 +91,17 @@ async fn authenticate(
         .get_or_reload(&claimed, &app.0.store, now)
         .await
         .ok_or(Denial::UnknownClient)?;
-    let auth = authenticate_assertion(
-        &app.0.settings,
-        &client,
-        assertion,
-        form.get("client_id"),
-        now,
-    )?;
-    Ok((client, auth))
+    let client_id = form.get("client_id");
+    match authenticate_assertion(&app.0.settings, &client, assertion, client_id, now) {
+        // A jwks_uri client may have rotated: refetch (at most every 30 s) and try once more.
+        Err(Denial::UnknownKey) if app.0.clients.refresh_uri(&client.id, now, true).await => {
+            let client = app.0.clients.get(&claimed).ok_or(Denial::UnknownClient)?;
+            let auth = authenticate_assertion(&app.0.settings, &client, assertion, client_id, now)?;
+            Ok((client, auth))
+        }
+        Ok(auth) => Ok((client, auth)),
+        Err(d) => Err(d),
+    }
 }
 
 fn source(addr: &SocketAddr) -> Option<String> {

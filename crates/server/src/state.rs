@@ -111,7 +111,14 @@ impl App {
         for c in &o.config.clients {
             config_clients.push(client_from_config(c, max_ttl).await?);
         }
-        let clients = Registry::new(config_clients, max_ttl);
+        let uri_sources = o
+            .config
+            .clients
+            .iter()
+            .filter(|c| matches!(c.jwks, mayfly_config::JwksSource::Uri(_)))
+            .cloned()
+            .collect();
+        let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
         let alg = match t.signing_alg {
             SigningAlg::EdDSA => KeyAlg::EdDSA,
@@ -155,6 +162,8 @@ impl App {
             *k = Arc::new(snap);
         }
         i.clients.reload(&i.store).await?;
+        // Clients that publish their keys at a URL rotate them on their own schedule.
+        i.clients.refresh_all_uris(now).await;
         i.store.purge_expired(now - i.settings.clock_skew).await?;
         Ok(())
     }
