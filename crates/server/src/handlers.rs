@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,8 +15,8 @@ use mayfly_proto::{
 };
 use mayfly_store::{CommitOutcome, Pending};
 use mayfly_sts::{
-    AuditEvent, AuthenticatedClient, Client, Decision, Denial, EventKind, TokenParams,
-    authenticate_assertion, check_access_token, claimed_client_id, decide, mint,
+    AccessTokenClaims, AuditEvent, AuthenticatedClient, Client, Decision, Denial, EventKind,
+    TokenParams, authenticate_assertion, check_access_token, claimed_client_id, decide, mint,
 };
 
 use crate::error::denial_response;
@@ -152,6 +153,48 @@ fn observe(endpoint: &'static str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
+/// Commit `event` atomically with consuming the caller's assertion jti (and, for revocation,
+/// recording the revoked token). A jti seen before turns into `ReplayedJti`.
+async fn commit_consuming(
+    app: &App,
+    event: AuditEvent,
+    auth: AuthenticatedClient,
+    revoke: Option<(String, String, i64)>,
+) -> Result<(), Denial> {
+    let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
+    let pending = Pending {
+        event,
+        consume_jti: Some((auth.client_id, auth.jti, keep_until)),
+        revoke,
+    };
+    match app.0.audit.commit(pending).await {
+        Ok(CommitOutcome::Committed(_)) => Ok(()),
+        Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
+        Err(err) => {
+            tracing::error!(error = %err, "audit commit failed; the response is withheld");
+            Err(Denial::Unavailable)
+        }
+    }
+}
+
+/// Answer a request: the JSON body with `no-store`, or the recorded denial; and time it.
+async fn respond<T: serde::Serialize>(
+    app: &App,
+    endpoint: &'static str,
+    addr: &SocketAddr,
+    started: Instant,
+    caller: Caller,
+    grant: Option<&str>,
+    result: Result<T, Denial>,
+) -> Response {
+    let resp = match result {
+        Ok(body) => no_store(axum::Json(body).into_response()),
+        Err(d) => deny(app, endpoint, d, caller, source(addr), grant).await,
+    };
+    observe(endpoint, started);
+    resp
+}
+
 /// `POST /oauth2/token`.
 pub(crate) async fn token(
     State(app): State<App>,
@@ -173,7 +216,9 @@ pub(crate) async fn token(
         let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
         let requested_ttl = match form.get("expires_in") {
             None => None,
-            Some(v) => Some(v.parse::<i64>().map_err(|_| Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into()))?),
+            Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into())
+            })?),
         };
         let params = TokenParams {
             scope: form.get("scope").map(str::to_string),
@@ -183,8 +228,7 @@ pub(crate) async fn token(
         };
         let grant = decide(&app.0.settings, &client, &params)?;
         let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
-        let keys = app.keys();
-        let minted = mint(&app.0.settings, &grant, &keys.current, now, jti)?;
+        let minted = mint(&app.0.settings, &grant, &app.keys().current, now, jti)?;
         let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
         e.client = Some(grant.client_id.clone());
         e.grant = Some(GRANT_CLIENT_CREDENTIALS.into());
@@ -193,16 +237,8 @@ pub(crate) async fn token(
         e.jti = Some(minted.jti.clone());
         e.exp = Some(minted.exp);
         e.source = source(&addr);
-        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
-        let pending = Pending { event: e, consume_jti: Some((auth.client_id.clone(), auth.jti.clone(), keep_until)), revoke: None };
-        match app.0.audit.commit(pending).await {
-            Ok(CommitOutcome::Committed(_)) => {}
-            Ok(CommitOutcome::Replay(_)) => return Err(Denial::ReplayedJti),
-            Err(err) => {
-                tracing::error!(error = %err, "audit commit failed; token withheld");
-                return Err(Denial::Unavailable);
-            }
-        }
+        // The token leaves only once its event (and the assertion's single use) is durable.
+        commit_consuming(&app, e, auth, None).await?;
         tracing::info!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
         metrics::counter!("mayfly_tokens_issued_total", "client" => grant.client_id.clone(), "grant" => GRANT_CLIENT_CREDENTIALS).increment(1);
         Ok(TokenResponse {
@@ -213,22 +249,44 @@ pub(crate) async fn token(
         })
     }
     .await;
-    let resp = match result {
-        Ok(body) => no_store(axum::Json(body).into_response()),
-        Err(d) => {
-            deny(
-                &app,
-                "token",
-                d,
-                caller,
-                source(&addr),
-                grant_type.as_deref(),
-            )
-            .await
-        }
-    };
-    observe("token", started);
-    resp
+    respond(
+        &app,
+        "token",
+        &addr,
+        started,
+        caller,
+        grant_type.as_deref(),
+        result,
+    )
+    .await
+}
+
+/// What introspection and revocation share: an authenticated caller and the token it names
+/// (with its claims when it is a live token of ours).
+struct TokenQuery {
+    client: Arc<Client>,
+    auth: AuthenticatedClient,
+    claims: Option<AccessTokenClaims>,
+    now: i64,
+}
+
+async fn token_query(
+    app: &App,
+    parts: &Parts,
+    body: Body,
+    caller: &mut Caller,
+) -> Result<TokenQuery, Denial> {
+    let form = read_form(app, &parts.headers, body, &[]).await?;
+    let now = app.0.clock.now();
+    let (client, auth) = authenticate(app, &parts.headers, &form, now, caller).await?;
+    let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
+    let claims = check_access_token(&app.0.settings, &app.keys().verifying, token, now);
+    Ok(TokenQuery {
+        client,
+        auth,
+        claims,
+        now,
+    })
 }
 
 /// `POST /oauth2/introspect` (RFC 7662).
@@ -241,12 +299,13 @@ pub(crate) async fn introspect(
     let (parts, body) = req.into_parts();
     let mut caller = Caller::default();
     let result = async {
-        let form = read_form(&app, &parts.headers, body, &[]).await?;
-        let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
-        let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
-        let keys = app.keys();
-        let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
+        let TokenQuery {
+            client,
+            auth,
+            claims,
+            now,
+        } = token_query(&app, &parts, body, &mut caller).await?;
+        // A client sees its own tokens and tokens meant for its audiences; others are inactive.
         let visible = claims
             .filter(|c| c.client_id == client.id || client.audiences.iter().any(|a| a == &c.aud));
         let active = match &visible {
@@ -263,17 +322,7 @@ pub(crate) async fn introspect(
         e.jti = visible.as_ref().map(|c| c.jti.clone());
         e.source = source(&addr);
         e.reason = Some(if active { "active" } else { "inactive" }.into());
-        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
-        let pending = Pending {
-            event: e,
-            consume_jti: Some((auth.client_id, auth.jti, keep_until)),
-            revoke: None,
-        };
-        match app.0.audit.commit(pending).await {
-            Ok(CommitOutcome::Committed(_)) => {}
-            Ok(CommitOutcome::Replay(_)) => return Err(Denial::ReplayedJti),
-            Err(_) => return Err(Denial::Unavailable),
-        }
+        commit_consuming(&app, e, auth, None).await?;
         Ok(match visible {
             Some(c) if active => IntrospectionResponse {
                 active: true,
@@ -291,12 +340,7 @@ pub(crate) async fn introspect(
         })
     }
     .await;
-    let resp = match result {
-        Ok(body) => no_store(axum::Json(body).into_response()),
-        Err(d) => deny(&app, "introspect", d, caller, source(&addr), None).await,
-    };
-    observe("introspect", started);
-    resp
+    respond(&app, "introspect", &addr, started, caller, None, result).await
 }
 
 /// `POST /oauth2/revoke` (RFC 7009).
@@ -309,13 +353,13 @@ pub(crate) async fn revoke(
     let (parts, body) = req.into_parts();
     let mut caller = Caller::default();
     let result = async {
-        let form = read_form(&app, &parts.headers, body, &[]).await?;
-        let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
-        let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
-        let keys = app.keys();
+        let TokenQuery {
+            client,
+            auth,
+            claims,
+            now,
+        } = token_query(&app, &parts, body, &mut caller).await?;
         // Invalid, expired or foreign tokens: nothing to do, and RFC 7009 §2.2 says answer 200.
-        let claims = check_access_token(&app.0.settings, &keys.verifying, token, now);
         if claims.as_ref().is_some_and(|c| c.client_id != client.id) {
             return Err(Denial::NotTokenOwner);
         }
@@ -332,26 +376,12 @@ pub(crate) async fn revoke(
             }
             .into(),
         );
-        let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
         let revoke = claims.map(|c| (c.jti, c.client_id, c.exp));
-        let pending = Pending {
-            event: e,
-            consume_jti: Some((auth.client_id, auth.jti, keep_until)),
-            revoke,
-        };
-        match app.0.audit.commit(pending).await {
-            Ok(CommitOutcome::Committed(_)) => Ok(()),
-            Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
-            Err(_) => Err(Denial::Unavailable),
-        }
+        commit_consuming(&app, e, auth, revoke).await?;
+        Ok(serde_json::json!({}))
     }
     .await;
-    let resp = match result {
-        Ok(()) => no_store(StatusCode::OK.into_response()),
-        Err(d) => deny(&app, "revoke", d, caller, source(&addr), None).await,
-    };
-    observe("revoke", started);
-    resp
+    respond(&app, "revoke", &addr, started, caller, None, result).await
 }
 
 /// Server metadata (RFC 8414) and OpenID configuration.
