@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mayfly_crypto::KeyAlg;
 use mayfly_store::{AuditLog, AuditSink, Pending, StoredClient, TamperKind};
 use mayfly_sts::keys::{self, KeyTimes};
 use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
@@ -14,6 +13,40 @@ use crate::server::{load_config, open_store};
 
 fn now() -> i64 {
     SystemClock.now()
+}
+
+/// What every store command opens: the config and the store it names.
+struct Ctx {
+    cfg: mayfly_config::Config,
+    store: mayfly_store::Store,
+}
+
+impl Ctx {
+    async fn open(config: Option<PathBuf>) -> anyhow::Result<Self> {
+        let cfg = load_config(config.as_deref())?;
+        let store = open_store(&cfg).await?;
+        Ok(Self { cfg, store })
+    }
+
+    fn kek(&self, create: bool) -> anyhow::Result<Arc<mayfly_crypto::Kek>> {
+        Ok(Arc::new(crate::keyfile::master_key(
+            &self.cfg.data_dir,
+            create,
+        )?))
+    }
+
+    /// Append events to the audit chain (the JSON-lines copy is the server's job).
+    async fn record(
+        &self,
+        kek: Arc<mayfly_crypto::Kek>,
+        events: Vec<AuditEvent>,
+    ) -> anyhow::Result<()> {
+        let audit = AuditLog::start(self.store.clone(), kek, AuditSink::Off);
+        for e in events {
+            audit.commit(Pending::event(e)).await?;
+        }
+        Ok(())
+    }
 }
 
 fn when(t: i64) -> String {
@@ -50,10 +83,8 @@ pub async fn config_check(file: &Path) -> anyhow::Result<ExitCode> {
 
 /// `mayfly keys list`.
 pub async fn keys_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
-    let kek = crate::keyfile::master_key(&cfg.data_dir, false)?;
-    let stored = store.load_keys(&kek).await?;
+    let ctx = Ctx::open(config).await?;
+    let stored = ctx.store.load_keys(&*ctx.kek(false)?).await?;
     let times: Vec<KeyTimes> = stored.iter().map(|k| k.times.clone()).collect();
     let t = now();
     let current = keys::current(&times, t).map(|k| k.kid.clone());
@@ -95,26 +126,15 @@ pub async fn keys_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 /// `mayfly keys rotate`.
 pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
-    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, false)?);
-    let sched = keys::Schedule {
-        rotation: cfg.tokens.key_rotation.as_secs() as i64,
-        max_ttl: cfg.tokens.max_ttl.as_secs() as i64,
-        skew: cfg.tokens.clock_skew.as_secs() as i64,
-    };
-    let alg = match cfg.tokens.signing_alg {
-        mayfly_config::SigningAlg::EdDSA => KeyAlg::EdDSA,
-        mayfly_config::SigningAlg::ES256 => KeyAlg::ES256,
-    };
+    let ctx = Ctx::open(config).await?;
+    let kek = ctx.kek(false)?;
+    let (sched, alg) = mayfly_server::keyring::key_policy(&ctx.cfg.tokens);
     let t = now();
-    let times: Vec<KeyTimes> = store
-        .load_keys(&kek)
-        .await?
-        .iter()
-        .map(|k| k.times.clone())
-        .collect();
-    let Some(actions) = keys::rotate_now(&times, t, &sched) else {
+    let times = |keys: Vec<mayfly_store::StoredKey>| -> Vec<KeyTimes> {
+        keys.into_iter().map(|k| k.times).collect()
+    };
+    let Some(actions) = keys::rotate_now(&times(ctx.store.load_keys(&kek).await?), t, &sched)
+    else {
         bail!("no current and next key to rotate: start the server once so it creates them");
     };
     if let Some(keys::KeyAction::Reschedule(next)) = actions.get(1) {
@@ -127,24 +147,25 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
             );
         }
     }
-    let audit = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off);
-    let mut done = store.apply_key_actions(&actions, t, alg, &kek).await?;
-    let times: Vec<KeyTimes> = store
-        .load_keys(&kek)
-        .await?
-        .iter()
-        .map(|k| k.times.clone())
-        .collect();
+    let audit = AuditLog::start(ctx.store.clone(), kek.clone(), AuditSink::Off);
+    let apply = |actions: Vec<keys::KeyAction>| {
+        let (store, kek, audit) = (&ctx.store, &kek, &audit);
+        async move {
+            mayfly_server::keyring::apply_and_record(store, kek, audit, &actions, t, alg, "manual_")
+                .await
+        }
+    };
+    let mut done = apply(actions).await?;
+    // A new next key, published from now.
     done.extend(
-        store
-            .apply_key_actions(&keys::plan(&times, t, &sched), t, alg, &kek)
-            .await?,
+        apply(keys::plan(
+            &times(ctx.store.load_keys(&kek).await?),
+            t,
+            &sched,
+        ))
+        .await?,
     );
     for (what, kid) in &done {
-        let mut e = AuditEvent::new(EventKind::KeyRotation, t, Decision::Allow);
-        e.jti = Some(kid.clone());
-        e.reason = Some(format!("manual_{what}"));
-        audit.commit(Pending::event(e)).await?;
         println!("{what} {kid}");
     }
     println!("rotated; a running server picks the new key up within seconds");
@@ -153,9 +174,8 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
 
 /// `mayfly audit tail`.
 pub async fn audit_tail(config: Option<PathBuf>, n: i64) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
-    for e in store.audit_tail(n.clamp(1, 100_000)).await? {
+    let ctx = Ctx::open(config).await?;
+    for e in ctx.store.audit_tail(n.clamp(1, 100_000)).await? {
         let mut v: serde_json::Value =
             serde_json::from_str(&e.body).unwrap_or(serde_json::Value::Null);
         if let Some(o) = v.as_object_mut() {
@@ -169,10 +189,8 @@ pub async fn audit_tail(config: Option<PathBuf>, n: i64) -> anyhow::Result<ExitC
 
 /// `mayfly audit verify`.
 pub async fn audit_verify(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
-    let kek = crate::keyfile::master_key(&cfg.data_dir, false)?;
-    let report = store.audit_verify(&kek).await?;
+    let ctx = Ctx::open(config).await?;
+    let report = ctx.store.audit_verify(&*ctx.kek(false)?).await?;
     if report.problems.is_empty() {
         println!(
             "audit log intact: {} events, head {}",
@@ -231,26 +249,26 @@ pub async fn client_add(
     };
     // Same checks as the server applies when it loads the client.
     mayfly_server::client_from_stored(&stored, cfg.tokens.max_ttl.as_secs() as i64)?;
-    let store = open_store(&cfg).await?;
-    if !store.add_client(&stored).await? {
+    let ctx = Ctx {
+        store: open_store(&cfg).await?,
+        cfg,
+    };
+    if !ctx.store.add_client(&stored).await? {
         bail!("client `{id}` already exists; remove it first");
     }
-    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, true)?);
-    let audit = AuditLog::start(store.clone(), kek, AuditSink::Off);
     let mut e = AuditEvent::new(EventKind::ClientChange, now(), Decision::Allow);
     e.client = Some(id.clone());
     e.reason = Some("client_added".into());
     e.audience = stored.audiences.first().cloned();
     e.scopes = stored.scopes.clone();
-    audit.commit(Pending::event(e)).await?;
+    ctx.record(ctx.kek(true)?, vec![e]).await?;
     println!("added client {id}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `mayfly client list`.
 pub async fn client_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
+    let Ctx { cfg, store } = Ctx::open(config).await?;
     let head = ["ID", "SOURCE", "AUDIENCES", "SCOPES"];
     println!("{:<32} {:<8} {:<40} {}", head[0], head[1], head[2], head[3]);
     for c in &cfg.clients {
@@ -276,17 +294,14 @@ pub async fn client_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 /// `mayfly client remove`.
 pub async fn client_remove(config: Option<PathBuf>, id: &str) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config.as_deref())?;
-    let store = open_store(&cfg).await?;
-    if !store.remove_client(id).await? {
+    let ctx = Ctx::open(config).await?;
+    if !ctx.store.remove_client(id).await? {
         bail!("no run-time client `{id}` (config clients are removed by editing the file)");
     }
-    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, true)?);
-    let audit = AuditLog::start(store.clone(), kek, AuditSink::Off);
     let mut e = AuditEvent::new(EventKind::ClientChange, now(), Decision::Allow);
     e.client = Some(id.to_string());
     e.reason = Some("client_removed".into());
-    audit.commit(Pending::event(e)).await?;
+    ctx.record(ctx.kek(true)?, vec![e]).await?;
     println!("removed client {id}");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use mayfly_crypto::{SigningKey, VerifyingKeys};
-use mayfly_store::StoredKey;
-use mayfly_sts::keys::{self, KeyTimes, Schedule};
+use mayfly_crypto::{Kek, KeyAlg, SigningKey, VerifyingKeys};
+use mayfly_store::{AuditLog, Pending, Store, StoreError, StoredKey};
+use mayfly_sts::keys::{self, KeyAction, KeyTimes, Schedule};
+use mayfly_sts::{AuditEvent, Decision, EventKind};
 
 /// One consistent view of the keys.
 #[derive(Debug)]
@@ -46,11 +47,38 @@ pub(crate) fn snapshot(stored: Vec<StoredKey>, now: i64) -> Option<KeySnapshot> 
     })
 }
 
-/// The schedule from the config.
-pub(crate) fn schedule(cfg: &mayfly_config::TokensConfig) -> Schedule {
-    Schedule {
+/// The key schedule and signing algorithm the config asks for.
+pub fn key_policy(cfg: &mayfly_config::TokensConfig) -> (Schedule, KeyAlg) {
+    let schedule = Schedule {
         rotation: cfg.key_rotation.as_secs() as i64,
         max_ttl: cfg.max_ttl.as_secs() as i64,
         skew: cfg.clock_skew.as_secs() as i64,
+    };
+    let alg = match cfg.signing_alg {
+        mayfly_config::SigningAlg::EdDSA => KeyAlg::EdDSA,
+        mayfly_config::SigningAlg::ES256 => KeyAlg::ES256,
+    };
+    (schedule, alg)
+}
+
+/// Carry out key actions and append one audit event per change (reason prefixed by `note`,
+/// e.g. `"manual_"`). Returns what was done, as (action, kid).
+pub async fn apply_and_record(
+    store: &Store,
+    kek: &Kek,
+    audit: &AuditLog,
+    actions: &[KeyAction],
+    now: i64,
+    alg: KeyAlg,
+    note: &str,
+) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let done = store.apply_key_actions(actions, now, alg, kek).await?;
+    for (what, kid) in &done {
+        let mut e = AuditEvent::new(EventKind::KeyRotation, now, Decision::Allow);
+        e.jti = Some(kid.clone());
+        e.reason = Some(format!("{note}{what}"));
+        audit.commit(Pending::event(e)).await?;
+        tracing::info!(kid = %kid, action = *what, "signing key schedule");
     }
+    Ok(done)
 }

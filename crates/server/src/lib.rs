@@ -9,7 +9,7 @@
 mod clients;
 pub mod error;
 mod handlers;
-mod keyring;
+pub mod keyring;
 mod metrics_setup;
 mod state;
 

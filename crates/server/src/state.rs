@@ -2,12 +2,12 @@
 
 use std::sync::{Arc, RwLock};
 
-use mayfly_config::{Config, SigningAlg};
+use mayfly_config::Config;
 use mayfly_crypto::{Kek, KeyAlg};
 use mayfly_proto::ServerMetadata;
-use mayfly_store::{AuditLog, AuditSink, Pending, Store, StoreError};
+use mayfly_store::{AuditLog, AuditSink, Store, StoreError};
 use mayfly_sts::keys::{self, Schedule};
-use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, Settings};
+use mayfly_sts::{Clock, Settings};
 
 use crate::clients::{ClientError, Registry, client_from_config};
 use crate::keyring::{self, KeySnapshot};
@@ -120,11 +120,7 @@ impl App {
             .collect();
         let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
-        let alg = match t.signing_alg {
-            SigningAlg::EdDSA => KeyAlg::EdDSA,
-            SigningAlg::ES256 => KeyAlg::ES256,
-        };
-        let schedule = keyring::schedule(t);
+        let (schedule, alg) = keyring::key_policy(t);
         let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink);
         let now = o.clock.now();
         let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
@@ -209,13 +205,7 @@ async fn plan_and_load(
     let stored = if actions.is_empty() {
         stored
     } else {
-        for (what, kid) in store.apply_key_actions(&actions, now, alg, kek).await? {
-            let mut e = AuditEvent::new(EventKind::KeyRotation, now, Decision::Allow);
-            e.jti = Some(kid.clone());
-            e.reason = Some(what.to_string());
-            audit.commit(Pending::event(e)).await?;
-            tracing::info!(kid = %kid, action = what, "signing key schedule");
-        }
+        keyring::apply_and_record(store, kek, audit, &actions, now, alg, "").await?;
         store.load_keys(kek).await?
     };
     keyring::snapshot(stored, now).ok_or(StartError::NoKey)
