@@ -71,10 +71,6 @@ impl ClientKey {
         Ok(Self { pair, kid })
     }
 
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
     /// Signs an ES256 JWT over `claims` with this key's kid in the header.
     pub fn sign(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
         let header = json!({ "alg": "ES256", "typ": "JWT", "kid": self.kid });

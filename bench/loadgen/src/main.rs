@@ -34,7 +34,7 @@ enum Command {
         out: PathBuf,
     },
     /// Send token requests and print a JSON report on stdout.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Single-thread crypto ceiling: ES256 verify + Ed25519 sign per iteration.
     Ceiling {
         /// Seconds to spend on each of the three measurements.
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Keygen { out } => keys::keygen(&out),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ceiling { seconds } => ceiling::ceiling(seconds),
     }
 }

@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Runtime threads for the HTTP client (1 = a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The server's process id, to report its CPU use (and the rest of the machine's) during
+    /// the measured phase.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -89,6 +93,8 @@ struct Report {
     reconnects: usize,
     elapsed_s: f64,
     tokens_per_s: f64,
+    /// CPU use in cores during the measured phase.
+    cpu: CpuUse,
     latency_ms: Option<Latency>,
     /// Open loop only: how late the load generator picked up requests after their scheduled time
     /// (large values mean all connections were busy, or the generator itself fell behind).
@@ -262,6 +268,78 @@ async fn send(
     Ok((parts.status, bytes))
 }
 
+/// A process's user + system CPU seconds, from /proc/PID/stat (Linux only; None elsewhere).
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux architecture this benchmark targets.
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds the whole machine spent busy (all but idle and iowait), from /proc/stat.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some(busy / 100.0)
+}
+
+/// CPU use during the measured phase, in cores (CPU seconds per wall second).
+#[derive(Serialize, Default)]
+struct CpuUse {
+    /// The load generator itself: near 1.0 on its one pinned core would make it the limit.
+    client: Option<f64>,
+    /// The server (with --server-pid): near 1.0 on one core means the server was CPU-bound.
+    server: Option<f64>,
+    /// Everything else on the machine (with --server-pid): noise from other work, if well
+    /// above zero.
+    other: Option<f64>,
+}
+
+struct CpuSample {
+    client: Option<f64>,
+    server: Option<f64>,
+    machine: Option<f64>,
+    at: Instant,
+}
+
+impl CpuSample {
+    fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            client: process_cpu_seconds("self"),
+            server: server_pid.and_then(|p| process_cpu_seconds(&p.to_string())),
+            machine: machine_busy_seconds(),
+            at: Instant::now(),
+        }
+    }
+
+    fn since(&self, before: &CpuSample) -> CpuUse {
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        let d = |a: Option<f64>, b: Option<f64>| Some((a? - b?) / wall);
+        let client = d(self.client, before.client);
+        let server = d(self.server, before.server);
+        let machine = d(self.machine, before.machine);
+        let other = match (machine, server, client) {
+            (Some(m), Some(s), Some(c)) => Some((m - s - c).max(0.0)),
+            _ => None,
+        };
+        CpuUse {
+            client,
+            server,
+            other,
+        }
+    }
+}
+
 fn error_key(status: StatusCode, body: &[u8]) -> String {
     let code = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -284,7 +362,9 @@ fn inspect_token(body: &[u8]) -> Option<(serde_json::Value, Vec<String>)> {
 
 async fn worker(shared: Arc<Shared>, source: Arc<Source>) -> WorkerResult {
     let mut r = WorkerResult::default();
-    let mut conn = None;
+    // Connect before the first request so connection set-up is not part of its latency; a
+    // failure here is retried (and counted) at the first request.
+    let mut conn = connect(shared.target.addr).await.ok();
     while let Some((i, scheduled)) = source.next().await {
         let picked = Instant::now();
         let start = scheduled.unwrap_or(picked);
@@ -465,7 +545,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let open_loop = dispatch.is_some();
+    let cpu0 = CpuSample::take(args.server_pid);
     let p = rt.block_on(phase(shared, source, args.concurrency, dispatch));
+    let cpu1 = CpuSample::take(args.server_pid);
 
     let mut report = Report {
         label: args.label.clone(),
@@ -488,6 +570,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         reconnects: 0,
         elapsed_s: 0.0,
         tokens_per_s: 0.0,
+        cpu: CpuUse::default(),
         latency_ms: None,
         pickup_lag_ms: None,
         token_header: None,
@@ -518,6 +601,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if report.elapsed_s > 0.0 {
         report.tokens_per_s = report.ok as f64 / report.elapsed_s;
     }
+    report.cpu = cpu1.since(&cpu0);
     report.latency_ms = latency(&mut lats);
     report.pickup_lag_ms = latency(&mut lags);
 
