@@ -239,7 +239,8 @@ pub(crate) async fn token(
         e.source = source(&addr);
         // The token leaves only once its event (and the assertion's single use) is durable.
         commit_consuming(&app, e, auth, None).await?;
-        tracing::info!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
+        // debug, not info: the audit log already has one line per token, durably.
+        tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
         metrics::counter!("mayfly_tokens_issued_total", "client" => grant.client_id.clone(), "grant" => GRANT_CLIENT_CREDENTIALS).increment(1);
         Ok(TokenResponse {
             access_token: minted.token,

@@ -117,7 +117,7 @@ async fn committer(
             items.push(p);
             replies.push(r);
         }
-        match append_batch(&store, &kek, &mut items).await {
+        match append_batch(&store, &kek, &mut items, !matches!(sink, AuditSink::Off)).await {
             Ok((outcomes, lines)) => {
                 if let Err(e) = write_lines(&mut sink, &lines) {
                     tracing::error!(error = %e, "cannot write the audit JSON lines; the store holds every event");
@@ -170,10 +170,81 @@ fn kind_name(k: EventKind) -> String {
         .unwrap_or_default()
 }
 
+/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bind-parameter limits, and a
+/// bounded number of statement shapes for the prepared-statement cache.
+const ROWS_PER_INSERT: usize = 64;
+
+/// `PREFIX ($1, $2, ...), (...) SUFFIX` for `rows` rows of `cols` columns.
+fn values_sql(prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(prefix.len() + suffix.len() + rows * cols * 6);
+    s.push_str(prefix);
+    let mut n = 0;
+    for r in 0..rows {
+        s.push_str(if r == 0 { " (" } else { ", (" });
+        for c in 0..cols {
+            n += 1;
+            let _ = write!(s, "{}${n}", if c == 0 { "" } else { ", " });
+        }
+        s.push(')');
+    }
+    s.push_str(suffix);
+    s
+}
+
+/// Consume the batch's assertion jtis; returns, per item, whether its jti was already used
+/// (earlier, or by an earlier item of this same batch).
+async fn consume_jtis(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    items: &[Pending],
+) -> Result<Vec<bool>, StoreError> {
+    use std::collections::HashSet;
+    let mut first: HashSet<(&str, &str)> = HashSet::new();
+    let mut fresh: Vec<(&str, &str, i64)> = Vec::new();
+    for p in items {
+        if let Some((client, jti, until)) = &p.consume_jti {
+            if first.insert((client, jti)) {
+                fresh.push((client, jti, *until));
+            }
+        }
+    }
+    let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
+    for chunk in fresh.chunks(ROWS_PER_INSERT) {
+        let sql = values_sql(
+            "INSERT INTO used_jti (client_id, jti, expires_at) VALUES",
+            3,
+            chunk.len(),
+            " ON CONFLICT DO NOTHING RETURNING client_id, jti",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (client, jti, until) in chunk {
+            q = q.bind(*client).bind(*jti).bind(*until);
+        }
+        for row in q.fetch_all(&mut **tx).await.map_err(db("consume jti"))? {
+            let client: String = row.try_get("client_id").map_err(db("consume jti"))?;
+            let jti: String = row.try_get("jti").map_err(db("consume jti"))?;
+            inserted.insert((client, jti));
+        }
+    }
+    // An item is fresh if its (client, jti) was inserted now, and only the first such item.
+    let mut claimed: HashSet<(&str, &str)> = HashSet::new();
+    Ok(items
+        .iter()
+        .map(|p| match &p.consume_jti {
+            None => false,
+            Some((client, jti, _)) => {
+                let key = (client.as_str(), jti.as_str());
+                !(inserted.contains(&(client.clone(), jti.clone())) && claimed.insert(key))
+            }
+        })
+        .collect())
+}
+
 async fn append_batch(
     store: &Store,
     kek: &Kek,
     items: &mut [Pending],
+    want_lines: bool,
 ) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
     let mut tx = store
         .pool()
@@ -181,37 +252,31 @@ async fn append_batch(
         .await
         .map_err(db("begin audit batch"))?;
     let now = items.first().map_or(0, |p| p.event.ts);
-    // Take the lock first (see the migration), then read the head under it.
-    sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1")
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("lock audit head"))?;
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("read audit head"))?;
+    // Writing the head first takes the lock (see the migration); RETURNING reads it under it.
+    let head =
+        sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1 RETURNING seq, hash")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("lock audit head"))?;
     let mut seq: i64 = head.try_get("seq").map_err(db("read audit head"))?;
     let mut prev: String = head.try_get("hash").map_err(db("read audit head"))?;
+
+    let replays = consume_jtis(&mut tx, items).await?;
     let mut outcomes = Vec::with_capacity(items.len());
-    let mut lines = Vec::with_capacity(items.len());
-    for p in items.iter_mut() {
-        let mut replay = false;
-        if let Some((client, jti, until)) = &p.consume_jti {
-            let r = sqlx::query("INSERT INTO used_jti (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(client).bind(jti).bind(*until)
-                .execute(&mut *tx).await.map_err(db("consume jti"))?;
-            if r.rows_affected() == 0 {
-                replay = true;
-                let e = &mut p.event;
-                e.kind = EventKind::Deny;
-                e.decision = Decision::Deny;
-                e.reason = Some("replayed_jti".into());
-                e.jti = None;
-                e.exp = None;
-            }
-        }
-        if let (false, Some((jti, client, exp))) = (replay, &p.revoke) {
+    let mut lines = Vec::with_capacity(if want_lines { items.len() } else { 0 });
+    // (seq, ts, kind, jti, body, prev_hash, hash) per event.
+    let mut rows: Vec<(i64, i64, String, Option<String>, String, String, String)> =
+        Vec::with_capacity(items.len());
+    for (p, replay) in items.iter_mut().zip(replays) {
+        if replay {
+            let e = &mut p.event;
+            e.kind = EventKind::Deny;
+            e.decision = Decision::Deny;
+            e.reason = Some("replayed_jti".into());
+            e.jti = None;
+            e.exp = None;
+        } else if let Some((jti, client, exp)) = &p.revoke {
             sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
                 .execute(&mut *tx).await.map_err(db("revoke token"))?;
@@ -220,22 +285,52 @@ async fn append_batch(
         let body =
             serde_json::to_string(&p.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let hash = link(kek, &prev, seq, &body);
-        sqlx::query("INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(seq).bind(p.event.ts).bind(kind_name(p.event.kind)).bind(p.event.jti.as_deref()).bind(&body).bind(&prev).bind(&hash)
-            .execute(&mut *tx).await.map_err(db("append audit event"))?;
-        let mut line =
-            serde_json::to_value(&p.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Some(o) = line.as_object_mut() {
-            o.insert("seq".into(), seq.into());
-            o.insert("hash".into(), hash.clone().into());
+        if want_lines {
+            let mut line =
+                serde_json::to_value(&p.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(o) = line.as_object_mut() {
+                o.insert("seq".into(), seq.into());
+                o.insert("hash".into(), hash.clone().into());
+            }
+            lines.push(line.to_string());
         }
-        lines.push(line.to_string());
         outcomes.push(if replay {
             CommitOutcome::Replay(seq)
         } else {
             CommitOutcome::Committed(seq)
         });
-        prev = hash;
+        let prev_hash = std::mem::replace(&mut prev, hash.clone());
+        rows.push((
+            seq,
+            p.event.ts,
+            kind_name(p.event.kind),
+            p.event.jti.clone(),
+            body,
+            prev_hash,
+            hash,
+        ));
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = values_sql(
+            "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES",
+            7,
+            chunk.len(),
+            "",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, ts, kind, jti, body, prev_hash, hash) in chunk {
+            q = q
+                .bind(*seq)
+                .bind(*ts)
+                .bind(kind.as_str())
+                .bind(jti.as_deref())
+                .bind(body.as_str())
+                .bind(prev_hash.as_str())
+                .bind(hash.as_str());
+        }
+        q.execute(&mut *tx)
+            .await
+            .map_err(db("append audit events"))?;
     }
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(seq)

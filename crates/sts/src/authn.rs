@@ -22,14 +22,17 @@ pub struct AuthenticatedClient {
 /// The client an assertion claims to be (its `sub`, else `iss`), read *without* verification so
 /// the caller can look up the keys to verify it with. Never trust this value otherwise.
 pub fn claimed_client_id(assertion: &str) -> Result<String, Denial> {
-    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+    #[derive(serde::Deserialize)]
+    struct Claimed {
+        sub: Option<String>,
+        iss: Option<String>,
+    }
+    let claims: Claimed = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
         .map_err(|_| Denial::MalformedAssertion)?;
     claims
-        .get("sub")
-        .or_else(|| claims.get("iss"))
-        .and_then(Value::as_str)
+        .sub
+        .or(claims.iss)
         .filter(|s| !s.is_empty() && s.len() <= 128)
-        .map(str::to_string)
         .ok_or(Denial::MissingClaim("sub"))
 }
 
