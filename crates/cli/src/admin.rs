@@ -41,7 +41,7 @@ impl Ctx {
         kek: Arc<mayfly_crypto::Kek>,
         events: Vec<AuditEvent>,
     ) -> anyhow::Result<()> {
-        let audit = AuditLog::start(self.store.clone(), kek, AuditSink::Off);
+        let audit = AuditLog::start(self.store.clone(), kek, AuditSink::Off, 0);
         for e in events {
             audit.commit(Pending::event(e)).await?;
         }
@@ -147,7 +147,7 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
             );
         }
     }
-    let audit = AuditLog::start(ctx.store.clone(), kek.clone(), AuditSink::Off);
+    let audit = AuditLog::start(ctx.store.clone(), kek.clone(), AuditSink::Off, 0);
     let apply = |actions: Vec<keys::KeyAction>| {
         let (store, kek, audit) = (&ctx.store, &kek, &audit);
         async move {

@@ -121,7 +121,9 @@ impl App {
         let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
         let (schedule, alg) = keyring::key_policy(t);
-        let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink);
+        // A consumed assertion jti is remembered for as long as that assertion could be accepted.
+        let replay_window = settings.max_assertion_lifetime + 2 * settings.clock_skew;
+        let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink, replay_window);
         let now = o.clock.now();
         let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
         let md = metadata(&issuer, clients.all_scopes(), alg);

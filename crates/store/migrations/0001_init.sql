@@ -44,7 +44,8 @@ CREATE TABLE audit_events (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE INDEX audit_events_jti ON audit_events (jti);
+-- By time, for rebuilding the replay window at start; lookups by jti scan (operator tools only).
+CREATE INDEX audit_events_ts ON audit_events (ts);
 
 -- One row: the chain head. Every append updates it first, which takes the write lock (SQLite)
 -- or the row lock (PostgreSQL), so writers in several processes append one at a time.

@@ -2,6 +2,7 @@
 //! written by one committer task in batches (group commit) so that a token's event is durable
 //! before the token leaves, at the cost of one fsync per batch rather than per event.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -74,10 +75,12 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Start the committer task on the current tokio runtime.
-    pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink) -> Self {
+    /// Start the committer task on the current tokio runtime. `replay_window` is how long (in
+    /// seconds) a consumed assertion jti must be remembered: the longest assertion lifetime plus
+    /// twice the clock skew. Tools that consume no jtis pass 0.
+    pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink, replay_window: i64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(committer(store, kek, sink, rx));
+        tokio::spawn(committer(store, kek, sink, rx, replay_window));
         Self { tx }
     }
 
@@ -96,28 +99,103 @@ impl AuditLog {
     }
 }
 
+/// How single use of assertion jtis is enforced.
+enum ReplayGuard {
+    /// SQLite: one process owns the file, so a map in the committer is authoritative. It holds a
+    /// 128-bit digest of (client, jti) and when it may be forgotten, and is rebuilt from the
+    /// audit events of the replay window at start. No random-key index is written per token.
+    Local {
+        seen: HashMap<u128, i64>,
+        window: i64,
+    },
+    /// PostgreSQL: replicas share the `used_jti` table (its primary key decides).
+    Shared,
+}
+
+fn replay_key(client: &str, jti: &str) -> u128 {
+    let mut data = Vec::with_capacity(client.len() + jti.len() + 1);
+    data.extend_from_slice(client.as_bytes());
+    data.push(0);
+    data.extend_from_slice(jti.as_bytes());
+    let d = mayfly_crypto::sha256(&data);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(k)
+}
+
+impl ReplayGuard {
+    async fn new(store: &Store, window: i64) -> Result<Self, StoreError> {
+        if store.backend() == crate::Backend::Postgres {
+            return Ok(Self::Shared);
+        }
+        let mut seen = HashMap::new();
+        if window > 0 {
+            let since = mayfly_sts::Clock::now(&mayfly_sts::SystemClock) - window;
+            let rows = sqlx::query("SELECT body FROM audit_events WHERE ts >= $1 ORDER BY seq")
+                .bind(since)
+                .fetch_all(store.pool())
+                .await
+                .map_err(db("rebuild replay window"))?;
+            for r in rows {
+                let body: String = r.try_get("body").map_err(db("rebuild replay window"))?;
+                if let Ok(e) = serde_json::from_str::<AuditEvent>(&body) {
+                    if let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti) {
+                        seen.insert(replay_key(client, jti), e.ts + window);
+                    }
+                }
+            }
+        }
+        Ok(Self::Local { seen, window })
+    }
+}
+
 async fn committer(
     store: Store,
     kek: Arc<Kek>,
     mut sink: AuditSink,
     mut rx: mpsc::Receiver<(Pending, Reply)>,
+    replay_window: i64,
 ) {
+    let mut guard = match ReplayGuard::new(&store, replay_window).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot rebuild the replay window; refusing all requests");
+            while let Some((_, r)) = rx.recv().await {
+                let _ = r.send(Err("audit log unavailable".into()));
+            }
+            return;
+        }
+    };
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     let mut batch: Vec<(Pending, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut batches: u64 = 0;
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &mut batch).await;
         let mut items: Vec<Pending> = Vec::with_capacity(batch.len());
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         for (p, r) in batch.drain(..) {
             items.push(p);
             replies.push(r);
         }
-        match append_batch(&store, &kek, &mut items, !matches!(sink, AuditSink::Off)).await {
+        // One connection for the committer: its page cache stays warm between batches.
+        if conn.is_none() {
+            conn = store.pool().acquire().await.ok();
+        }
+        let result = match conn.as_mut() {
+            Some(c) => {
+                append_batch(
+                    c,
+                    &kek,
+                    &mut items,
+                    &mut guard,
+                    !matches!(sink, AuditSink::Off),
+                )
+                .await
+            }
+            None => Err(StoreError::AuditClosed),
+        };
+        match result {
             Ok((outcomes, lines)) => {
                 if let Err(e) = write_lines(&mut sink, &lines) {
                     tracing::error!(error = %e, "cannot write the audit JSON lines; the store holds every event");
@@ -127,11 +205,39 @@ async fn committer(
                 }
             }
             Err(e) => {
+                conn = None;
                 tracing::error!(error = %e, events = items.len(), "audit batch failed; refusing the requests in it");
                 for r in replies {
                     let _ = r.send(Err("audit log unavailable".into()));
                 }
             }
+        }
+        batches += 1;
+        if let (ReplayGuard::Local { seen, .. }, true) = (&mut guard, batches % 1024 == 0) {
+            let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
+            seen.retain(|_, until| *until > now);
+        }
+    }
+}
+
+/// Grow a batch while requests keep arriving: take what is queued, let the tasks that are
+/// about to commit run once, and stop when that brought nothing (or the batch is full, or 2 ms
+/// have passed). Idle, this costs one yield; under load it turns many small commits into few.
+async fn gather(rx: &mut mpsc::Receiver<(Pending, Reply)>, batch: &mut Vec<(Pending, Reply)>) {
+    let started = std::time::Instant::now();
+    loop {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if batch.len() >= MAX_BATCH || started.elapsed() > std::time::Duration::from_millis(2) {
+            return;
+        }
+        tokio::task::yield_now().await;
+        if rx.is_empty() {
+            return;
         }
     }
 }
@@ -241,16 +347,14 @@ async fn consume_jtis(
 }
 
 async fn append_batch(
-    store: &Store,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     kek: &Kek,
     items: &mut [Pending],
+    guard: &mut ReplayGuard,
     want_lines: bool,
 ) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(db("begin audit batch"))?;
+    use sqlx::Connection;
+    let mut tx = conn.begin().await.map_err(db("begin audit batch"))?;
     let now = items.first().map_or(0, |p| p.event.ts);
     // Writing the head first takes the lock (see the migration); RETURNING reads it under it.
     let head =
@@ -262,7 +366,33 @@ async fn append_batch(
     let mut seq: i64 = head.try_get("seq").map_err(db("read audit head"))?;
     let mut prev: String = head.try_get("hash").map_err(db("read audit head"))?;
 
-    let replays = consume_jtis(&mut tx, items).await?;
+    for p in items.iter_mut() {
+        p.event.assertion_jti = p.consume_jti.as_ref().map(|(_, jti, _)| jti.clone());
+    }
+    let replays = match guard {
+        ReplayGuard::Shared => consume_jtis(&mut tx, items).await?,
+        ReplayGuard::Local { seen, .. } => {
+            let mut batch_seen = std::collections::HashSet::new();
+            items
+                .iter()
+                .map(|p| match &p.consume_jti {
+                    None => false,
+                    Some((client, jti, _)) => {
+                        let k = replay_key(client, jti);
+                        seen.contains_key(&k) || !batch_seen.insert(k)
+                    }
+                })
+                .collect()
+        }
+    };
+    let fresh: Vec<(u128, i64)> = items
+        .iter()
+        .zip(&replays)
+        .filter_map(|(p, replay)| match (&p.consume_jti, replay) {
+            (Some((client, jti, _)), false) => Some((replay_key(client, jti), p.event.ts)),
+            _ => None,
+        })
+        .collect();
     let mut outcomes = Vec::with_capacity(items.len());
     let mut lines = Vec::with_capacity(if want_lines { items.len() } else { 0 });
     // (seq, ts, kind, jti, body, prev_hash, hash) per event.
@@ -339,6 +469,12 @@ async fn append_batch(
         .await
         .map_err(db("advance audit head"))?;
     tx.commit().await.map_err(db("commit audit batch"))?;
+    // Remember the consumed jtis only once they are durable.
+    if let ReplayGuard::Local { seen, window } = guard {
+        for (k, ts) in fresh {
+            seen.insert(k, ts + *window);
+        }
+    }
     Ok((outcomes, lines))
 }
 

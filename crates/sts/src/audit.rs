@@ -52,6 +52,9 @@ pub struct AuditEvent {
     /// The token's jti (issue, introspect, revoke) or key id (key rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The jti of the client assertion that authenticated the request (single use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_jti: Option<String>,
     /// The token's expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -76,6 +79,7 @@ impl AuditEvent {
             audience: None,
             scopes: Vec::new(),
             jti: None,
+            assertion_jti: None,
             exp: None,
             source: None,
             decision,
