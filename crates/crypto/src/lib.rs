@@ -62,15 +62,18 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// A short, non-reversible fingerprint of a secret (first 12 hex chars of its SHA-256), for logs.
 pub fn fingerprint(secret: &[u8]) -> String {
-    sha256(secret)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha256(secret)[..6])
 }
 
 /// Lower-case hex.
 pub fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(data.len() * 2);
+    for b in data {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// Constant-time equality for secrets.
