@@ -115,6 +115,16 @@ impl RawConfig {
             None => None,
             Some(text) => Some(parse_issuer(src, text)?),
         };
+        let listen_addr: std::net::SocketAddr = listen;
+        if issuer.is_none() && !listen_addr.ip().is_loopback() {
+            // http://0.0.0.0:8080 or a private address is not a name clients can rely on.
+            return Err(ConfigError::new(
+                src,
+                "issuer",
+                format!("listening on {listen_addr} needs an explicit issuer"),
+                "set issuer = \"https://sts.example.com\" (the URL clients use; TLS terminated in front)",
+            ));
+        }
         let data_dir = resolve(base, self.data_dir.as_deref().unwrap_or("./mayfly-data"));
 
         let t = &self.tokens;

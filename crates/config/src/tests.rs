@@ -138,3 +138,18 @@ fn issuer_must_be_https_off_loopback() {
     );
     assert!(parse("issuer = \"https://sts.example.com\"\n", &[]).is_ok());
 }
+
+#[test]
+fn non_loopback_listen_needs_an_issuer() {
+    assert_eq!(
+        parse("listen = \"0.0.0.0:8080\"\n", &[]).unwrap_err().key,
+        "issuer"
+    );
+    assert!(
+        parse(
+            "listen = \"0.0.0.0:8080\"\nissuer = \"https://sts.example.com\"\n",
+            &[]
+        )
+        .is_ok()
+    );
+}
