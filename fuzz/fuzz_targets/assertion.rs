@@ -11,6 +11,7 @@ struct Ctx {
     settings: Settings,
     client: Client,
     keys: VerifyingKeys,
+    signer: SigningKey,
 }
 
 fn ctx() -> &'static Ctx {
@@ -35,7 +36,7 @@ fn ctx() -> &'static Ctx {
             scopes: vec!["read".into()],
             max_ttl: 3600,
         };
-        Ctx { settings, client, keys }
+        Ctx { settings, client, keys, signer: k }
     })
 }
 
@@ -45,4 +46,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = mayfly_sts::claimed_client_id(text);
     let _ = mayfly_sts::authenticate_assertion(&c.settings, &c.client, text, Some("svc"), 1_800_000_000);
     let _ = mayfly_sts::check_access_token(&c.settings, &c.keys, text, 1_800_000_000);
+    // Past the signature: fuzzed claims, validly signed, through every claim rule.
+    if let Ok(claims) = serde_json::from_str::<serde_json::Value>(text) {
+        if let Ok(signed) = c.signer.sign_jwt(None, &claims) {
+            let _ = mayfly_sts::authenticate_assertion(&c.settings, &c.client, &signed, None, 1_800_000_000);
+        }
+    }
 });

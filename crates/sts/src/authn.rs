@@ -97,10 +97,14 @@ pub fn authenticate_assertion(
     }
     let exp = int_claim(c, "exp")?.ok_or(Denial::MissingClaim("exp"))?;
     let skew = settings.clock_skew;
-    if exp + skew <= now {
+    if exp.saturating_add(skew) <= now {
         return Err(Denial::AssertionExpired);
     }
-    if exp > now + settings.max_assertion_lifetime + skew {
+    if exp
+        > now
+            .saturating_add(settings.max_assertion_lifetime)
+            .saturating_add(skew)
+    {
         return Err(Denial::AssertionLifetimeTooLong(
             settings.max_assertion_lifetime,
         ));
@@ -120,4 +124,59 @@ pub fn authenticate_assertion(
         jti: jti.to_string(),
         assertion_exp: exp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mayfly_crypto::{KeyAlg, SigningKey, VerifyingKeys};
+    use serde_json::json;
+
+    use super::*;
+
+    fn setup() -> (Settings, Client, SigningKey) {
+        let k = SigningKey::generate(KeyAlg::ES256, Some("k")).unwrap();
+        let keys = VerifyingKeys::from_jwks(&json!({"keys": [k.public_jwk()]})).unwrap();
+        let settings = Settings {
+            issuer: "https://sts".into(),
+            token_endpoint: "https://sts/oauth2/token".into(),
+            default_ttl: 300,
+            max_ttl: 3600,
+            clock_skew: 30,
+            max_assertion_lifetime: 300,
+        };
+        let client = Client {
+            id: "svc".into(),
+            keys: Arc::new(keys),
+            audiences: vec![],
+            scopes: vec![],
+            max_ttl: 3600,
+        };
+        (settings, client, k)
+    }
+
+    /// Found by the `assertion` fuzz target: time arithmetic on hostile claims must not overflow.
+    #[test]
+    fn extreme_times_are_refused_not_overflowed() {
+        let (s, c, k) = setup();
+        let now = 1_800_000_000;
+        for (exp, want) in [
+            (json!(i64::MAX), Denial::AssertionLifetimeTooLong(300)),
+            (json!(i64::MIN), Denial::AssertionExpired),
+            (json!(1e300), Denial::AssertionLifetimeTooLong(300)),
+            (json!("soon"), Denial::MissingClaim("exp")),
+        ] {
+            let a = k.sign_jwt(None, &json!({"iss": "svc", "sub": "svc", "aud": "https://sts", "jti": "j", "exp": exp})).unwrap();
+            assert_eq!(
+                authenticate_assertion(&s, &c, &a, None, now).unwrap_err(),
+                want
+            );
+        }
+        let a = k.sign_jwt(None, &json!({"iss": "svc", "sub": "svc", "aud": "https://sts", "jti": "j", "exp": now + 60, "nbf": i64::MAX})).unwrap();
+        assert_eq!(
+            authenticate_assertion(&s, &c, &a, None, now).unwrap_err(),
+            Denial::AssertionNotYetValid
+        );
+    }
 }
