@@ -138,10 +138,10 @@ impl ReplayGuard {
                 .map_err(db("rebuild replay window"))?;
             for r in rows {
                 let body: String = r.try_get("body").map_err(db("rebuild replay window"))?;
-                if let Ok(e) = serde_json::from_str::<AuditEvent>(&body) {
-                    if let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti) {
-                        seen.insert(replay_key(client, jti), e.ts + window);
-                    }
+                if let Ok(e) = serde_json::from_str::<AuditEvent>(&body)
+                    && let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti)
+                {
+                    seen.insert(replay_key(client, jti), e.ts + window);
                 }
             }
         }
@@ -213,7 +213,8 @@ async fn committer(
             }
         }
         batches += 1;
-        if let (ReplayGuard::Local { seen, .. }, true) = (&mut guard, batches % 1024 == 0) {
+        if let (ReplayGuard::Local { seen, .. }, true) = (&mut guard, batches.is_multiple_of(1024))
+        {
             let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
             seen.retain(|_, until| *until > now);
         }
@@ -308,10 +309,10 @@ async fn consume_jtis(
     let mut first: HashSet<(&str, &str)> = HashSet::new();
     let mut fresh: Vec<(&str, &str, i64)> = Vec::new();
     for p in items {
-        if let Some((client, jti, until)) = &p.consume_jti {
-            if first.insert((client, jti)) {
-                fresh.push((client, jti, *until));
-            }
+        if let Some((client, jti, until)) = &p.consume_jti
+            && first.insert((client, jti))
+        {
+            fresh.push((client, jti, *until));
         }
     }
     let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
@@ -344,6 +345,17 @@ async fn consume_jtis(
             }
         })
         .collect())
+}
+
+/// One `audit_events` row, as inserted.
+struct EventRow {
+    seq: i64,
+    ts: i64,
+    kind: String,
+    jti: Option<String>,
+    body: String,
+    prev_hash: String,
+    hash: String,
 }
 
 async fn append_batch(
@@ -396,8 +408,7 @@ async fn append_batch(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut lines = Vec::with_capacity(if want_lines { items.len() } else { 0 });
     // (seq, ts, kind, jti, body, prev_hash, hash) per event.
-    let mut rows: Vec<(i64, i64, String, Option<String>, String, String, String)> =
-        Vec::with_capacity(items.len());
+    let mut rows: Vec<EventRow> = Vec::with_capacity(items.len());
     for (p, replay) in items.iter_mut().zip(replays) {
         if replay {
             let e = &mut p.event;
@@ -430,15 +441,15 @@ async fn append_batch(
             CommitOutcome::Committed(seq)
         });
         let prev_hash = std::mem::replace(&mut prev, hash.clone());
-        rows.push((
+        rows.push(EventRow {
             seq,
-            p.event.ts,
-            kind_name(p.event.kind),
-            p.event.jti.clone(),
+            ts: p.event.ts,
+            kind: kind_name(p.event.kind),
+            jti: p.event.jti.clone(),
             body,
             prev_hash,
             hash,
-        ));
+        });
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let sql = values_sql(
@@ -448,15 +459,15 @@ async fn append_batch(
             "",
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, ts, kind, jti, body, prev_hash, hash) in chunk {
+        for r in chunk {
             q = q
-                .bind(*seq)
-                .bind(*ts)
-                .bind(kind.as_str())
-                .bind(jti.as_deref())
-                .bind(body.as_str())
-                .bind(prev_hash.as_str())
-                .bind(hash.as_str());
+                .bind(r.seq)
+                .bind(r.ts)
+                .bind(r.kind.as_str())
+                .bind(r.jti.as_deref())
+                .bind(r.body.as_str())
+                .bind(r.prev_hash.as_str())
+                .bind(r.hash.as_str());
         }
         q.execute(&mut *tx)
             .await
