@@ -19,48 +19,53 @@ pub struct ClientError {
     pub problem: String,
 }
 
-/// Build an engine client from config. `jwks_uri` clients are fetched once at start-up here.
+/// The one place a registration becomes an engine client: keys verified usable, lifetime capped.
+fn build(
+    id: &str,
+    set: Result<serde_json::Value, String>,
+    audiences: &[String],
+    scopes: &[String],
+    max_ttl: Option<i64>,
+    global_max_ttl: i64,
+) -> Result<Client, ClientError> {
+    let err = |problem: String| ClientError {
+        id: id.to_string(),
+        problem,
+    };
+    let keys = VerifyingKeys::from_jwks(&set.map_err(err)?).map_err(|e| err(e.to_string()))?;
+    Ok(Client {
+        id: id.to_string(),
+        keys: Arc::new(keys),
+        audiences: audiences.to_vec(),
+        scopes: scopes.to_vec(),
+        max_ttl: max_ttl.map_or(global_max_ttl, |t| t.min(global_max_ttl)),
+    })
+}
+
+/// Build an engine client from config. `jwks_uri` clients are fetched here.
 pub async fn client_from_config(
     c: &ClientConfig,
     global_max_ttl: i64,
 ) -> Result<Client, ClientError> {
-    let err = |p: String| ClientError {
-        id: c.id.clone(),
-        problem: p,
-    };
     let set = match &c.jwks {
-        JwksSource::Static(v) => v.clone(),
-        JwksSource::Uri(url) => fetch_jwks(url).await.map_err(err)?,
+        JwksSource::Static(v) => Ok(v.clone()),
+        JwksSource::Uri(url) => fetch_jwks(url).await,
     };
-    let keys = VerifyingKeys::from_jwks(&set).map_err(|e| err(e.to_string()))?;
-    let max_ttl = c
-        .max_ttl
-        .map_or(global_max_ttl, |t| (t.as_secs() as i64).min(global_max_ttl));
-    Ok(Client {
-        id: c.id.clone(),
-        keys: Arc::new(keys),
-        audiences: c.audiences.clone(),
-        scopes: c.scopes.clone(),
-        max_ttl,
-    })
+    let max_ttl = c.max_ttl.map(|t| t.as_secs() as i64);
+    build(&c.id, set, &c.audiences, &c.scopes, max_ttl, global_max_ttl)
 }
 
 /// Build an engine client from a stored (run-time) registration.
 pub fn client_from_stored(c: &StoredClient, global_max_ttl: i64) -> Result<Client, ClientError> {
-    let err = |p: String| ClientError {
-        id: c.id.clone(),
-        problem: p,
-    };
-    let set: serde_json::Value = serde_json::from_str(&c.jwks).map_err(|e| err(e.to_string()))?;
-    let keys = VerifyingKeys::from_jwks(&set).map_err(|e| err(e.to_string()))?;
-    let max_ttl = c.max_ttl.map_or(global_max_ttl, |t| t.min(global_max_ttl));
-    Ok(Client {
-        id: c.id.clone(),
-        keys: Arc::new(keys),
-        audiences: c.audiences.clone(),
-        scopes: c.scopes.clone(),
-        max_ttl,
-    })
+    let set = serde_json::from_str(&c.jwks).map_err(|e| e.to_string());
+    build(
+        &c.id,
+        set,
+        &c.audiences,
+        &c.scopes,
+        c.max_ttl,
+        global_max_ttl,
+    )
 }
 
 async fn fetch_jwks(url: &url::Url) -> Result<serde_json::Value, String> {
