@@ -269,25 +269,19 @@ pub async fn client_add(
 /// `mayfly client list`.
 pub async fn client_list(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let Ctx { cfg, store } = Ctx::open(config).await?;
-    let head = ["ID", "SOURCE", "AUDIENCES", "SCOPES"];
-    println!("{:<32} {:<8} {:<40} {}", head[0], head[1], head[2], head[3]);
-    for c in &cfg.clients {
+    let row = |id: &str, source: &str, audiences: &[String], scopes: &[String]| {
         println!(
-            "{:<32} {:<8} {:<40} {}",
-            c.id,
-            "config",
-            c.audiences.join(","),
-            c.scopes.join(" ")
+            "{id:<32} {source:<8} {:<40} {}",
+            audiences.join(","),
+            scopes.join(" ")
         );
+    };
+    row("ID", "SOURCE", &["AUDIENCES".into()], &["SCOPES".into()]);
+    for c in &cfg.clients {
+        row(&c.id, "config", &c.audiences, &c.scopes);
     }
     for c in store.list_clients().await? {
-        println!(
-            "{:<32} {:<8} {:<40} {}",
-            c.id,
-            "store",
-            c.audiences.join(","),
-            c.scopes.join(" ")
-        );
+        row(&c.id, "store", &c.audiences, &c.scopes);
     }
     Ok(ExitCode::SUCCESS)
 }

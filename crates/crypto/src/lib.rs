@@ -76,12 +76,6 @@ pub fn hex(data: &[u8]) -> String {
     out
 }
 
-/// Constant-time equality for secrets.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    #[allow(deprecated)] // still the constant-time primitive aws-lc-rs offers
-    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
-}
-
 pub(crate) fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }

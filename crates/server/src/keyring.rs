@@ -17,8 +17,6 @@ pub(crate) struct KeySnapshot {
     pub verifying: Arc<VerifyingKeys>,
     /// The JWKS document.
     pub jwks: bytes::Bytes,
-    /// Key times, for `keys list` and tests.
-    pub times: Vec<KeyTimes>,
 }
 
 /// Build a snapshot from stored keys at `now`; `None` when no key signs now.
@@ -43,7 +41,6 @@ pub(crate) fn snapshot(stored: Vec<StoredKey>, now: i64) -> Option<KeySnapshot> 
         current: current?,
         verifying: Arc::new(verifying),
         jwks,
-        times,
     })
 }
 

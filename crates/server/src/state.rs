@@ -171,19 +171,6 @@ impl App {
         (self.0.schedule.rotation / 20).clamp(1, 10) as u64
     }
 
-    /// Kids of the published keys at the last tick, current key first (for tests and tools).
-    pub fn published_kids(&self) -> Vec<String> {
-        let Ok(k) = self.0.keys.read() else {
-            return vec![];
-        };
-        let now = self.0.clock.now();
-        let mut kids: Vec<String> = keys::published(&k.times, now)
-            .map(|t| t.kid.clone())
-            .collect();
-        kids.sort_by_key(|kid| kid != k.current.kid());
-        kids
-    }
-
     pub(crate) fn keys(&self) -> Arc<KeySnapshot> {
         match self.0.keys.read() {
             Ok(k) => k.clone(),

@@ -543,18 +543,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Events whose jti column is `jti` (tokens, introspections and revocations of it).
-    pub async fn audit_by_jti(&self, jti: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, body, prev_hash, hash FROM audit_events WHERE jti = $1 ORDER BY seq",
-        )
-        .bind(jti)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db("read audit events"))?;
-        rows.iter().map(row_event).collect()
-    }
-
     /// Walk the whole chain and report every edited, deleted or reordered event.
     pub async fn audit_verify(&self, kek: &Kek) -> Result<ChainReport, StoreError> {
         let rows = sqlx::query(
