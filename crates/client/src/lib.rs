@@ -184,7 +184,7 @@ pub fn verify_access_token(
     audience: Option<&str>,
 ) -> Result<Value, ClientError> {
     let v = keys
-        .verify(token, &[Algorithm::EdDSA, Algorithm::ES256])
+        .verify::<Value>(token, &[Algorithm::EdDSA, Algorithm::ES256])
         .map_err(|e| ClientError::Invalid(e.to_string()))?;
     if v.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
         return Err(ClientError::Invalid("typ is not at+jwt".into()));

@@ -219,6 +219,15 @@ impl RawConfig {
             self.server.request_timeout.as_ref(),
             "10s",
         )?;
+        // The store's replay-window rebuild relies on no request outliving this bound.
+        if request_timeout > Duration::from_secs(300) || request_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                src,
+                "server.request_timeout",
+                "must be between 100ms and 5m",
+                "use the default 10s",
+            ));
+        }
 
         let mut clients: Vec<ClientConfig> = Vec::with_capacity(self.clients.len());
         for (i, c) in self.clients.into_iter().enumerate() {

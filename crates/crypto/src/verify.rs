@@ -39,11 +39,34 @@ pub enum VerifyError {
 
 /// A verified JWS: its header and its claims (not yet checked for time, audience or issuer).
 #[derive(Debug)]
-pub struct Verified {
+pub struct Verified<T = Value> {
     /// The protected header.
     pub header: Header,
-    /// The payload as JSON.
-    pub claims: Value,
+    /// The payload, deserialised.
+    pub claims: T,
+}
+
+/// Every algorithm a registered key may carry, each with the signature-only validation used
+/// for it, built once: time and audience are the caller's to check, against its own clock.
+fn validation(alg: Algorithm) -> Option<&'static Validation> {
+    static ALL: std::sync::OnceLock<Vec<(Algorithm, Validation)>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        ASSERTION_ALGS
+            .iter()
+            .map(|&a| {
+                let mut v = Validation::new(a);
+                v.validate_exp = false;
+                v.validate_nbf = false;
+                v.validate_aud = false;
+                v.required_spec_claims = HashSet::new();
+                v.leeway = 0;
+                (a, v)
+            })
+            .collect()
+    })
+    .iter()
+    .find(|(a, _)| *a == alg)
+    .map(|(_, v)| v)
 }
 
 struct Entry {
@@ -165,17 +188,17 @@ impl VerifyingKeys {
 
     /// Verify a compact JWS whose algorithm is in `allowed`. Time and audience claims are the
     /// caller's to check, against its own clock.
-    pub fn verify(&self, token: &str, allowed: &[Algorithm]) -> Result<Verified, VerifyError> {
+    pub fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        allowed: &[Algorithm],
+    ) -> Result<Verified<T>, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if !allowed.contains(&header.alg) {
             return Err(VerifyError::AlgNotAllowed(format!("{:?}", header.alg)));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::new();
-        validation.leeway = 0;
+        let validation = validation(header.alg)
+            .ok_or_else(|| VerifyError::AlgNotAllowed(format!("{:?}", header.alg)))?;
         let mut matched = false;
         for e in &self.entries {
             let kid_differs =
@@ -184,7 +207,7 @@ impl VerifyingKeys {
                 continue;
             }
             matched = true;
-            match jsonwebtoken::decode::<Value>(token, &e.key, &validation) {
+            match jsonwebtoken::decode::<T>(token, &e.key, validation) {
                 Ok(data) => {
                     return Ok(Verified {
                         header: data.header,
@@ -223,7 +246,7 @@ mod tests {
         for alg in [KeyAlg::EdDSA, KeyAlg::ES256, KeyAlg::ES384] {
             let k = SigningKey::generate(alg, None).unwrap();
             let t = k.sign_jwt(Some("at+jwt"), &json!({"sub": "x"})).unwrap();
-            let v = set(&[&k]).verify(&t, ASSERTION_ALGS).unwrap();
+            let v = set(&[&k]).verify::<Value>(&t, ASSERTION_ALGS).unwrap();
             assert_eq!(v.claims["sub"], "x");
             assert_eq!(v.header.typ.as_deref(), Some("at+jwt"));
             assert_eq!(v.header.kid.as_deref(), Some(k.kid()));
@@ -236,13 +259,13 @@ mod tests {
         let b = SigningKey::generate(KeyAlg::ES256, Some("a")).unwrap();
         let t = b.sign_jwt(None, &json!({"sub": "x"})).unwrap();
         assert_eq!(
-            set(&[&a]).verify(&t, ASSERTION_ALGS).unwrap_err(),
+            set(&[&a]).verify::<Value>(&t, ASSERTION_ALGS).unwrap_err(),
             VerifyError::BadSignature
         );
         let c = SigningKey::generate(KeyAlg::ES256, Some("c")).unwrap();
         let t = c.sign_jwt(None, &json!({"sub": "x"})).unwrap();
         assert_eq!(
-            set(&[&a]).verify(&t, ASSERTION_ALGS).unwrap_err(),
+            set(&[&a]).verify::<Value>(&t, ASSERTION_ALGS).unwrap_err(),
             VerifyError::UnknownKey
         );
     }

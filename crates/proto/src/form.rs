@@ -1,7 +1,7 @@
 //! `application/x-www-form-urlencoded` bodies with the OAuth rules that no parameter may appear
 //! twice (RFC 6749 §3.2) and that a parameter sent without a value counts as absent (§3.1).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 /// Why a form body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,55 +18,61 @@ pub enum FormError {
     TooMany,
 }
 
-/// Parsed form parameters; every name at most once.
+/// Parsed form parameters; every name at most once (except the repeatable ones). Values borrow
+/// from the body wherever no decoding was needed, so a typical request allocates nothing here.
 #[derive(Debug, Default, Clone)]
-pub struct Form {
-    params: HashMap<String, Vec<String>>,
+pub struct Form<'a> {
+    /// (name, value) in body order, empty values already dropped. A linear scan beats hashing
+    /// for the handful of parameters an OAuth request carries (at most [`MAX_PARAMS`]).
+    params: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 /// Parameters a request may carry at most; bounds the work done on hostile bodies.
 pub const MAX_PARAMS: usize = 64;
 
-impl Form {
+impl<'a> Form<'a> {
     /// Parse a form body. A repeated name is an error unless it is listed in `repeatable`
-    /// (RFC 8707 lets `resource` repeat); empty values are dropped.
-    pub fn parse(body: &[u8], repeatable: &[&str]) -> Result<Self, FormError> {
+    /// (RFC 8707 lets `resource` repeat), even when a value is empty; empty values are then
+    /// dropped.
+    pub fn parse(body: &'a [u8], repeatable: &[&str]) -> Result<Self, FormError> {
         if std::str::from_utf8(body).is_err() || !escapes_well_formed(body) {
             return Err(FormError::Malformed);
         }
-        let mut params = HashMap::new();
+        let mut params: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8);
+        let mut pairs = 0usize;
         for (k, v) in form_urlencoded::parse(body) {
             // form_urlencoded decodes lossily; a replacement character means bad escapes.
             if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') || k.is_empty() {
                 return Err(FormError::Malformed);
             }
-            if params.len() >= MAX_PARAMS {
+            pairs += 1;
+            if pairs > MAX_PARAMS {
                 return Err(FormError::TooMany);
             }
-            let values: &mut Vec<String> = params.entry(k.to_string()).or_default();
-            if !values.is_empty() && !repeatable.contains(&k.as_ref()) {
+            if !repeatable.contains(&k.as_ref()) && params.iter().any(|(n, _)| *n == k) {
                 return Err(FormError::Duplicate(k.into_owned()));
             }
-            values.push(v.into_owned());
+            params.push((k, v));
         }
-        params.retain(|_, v| {
-            v.retain(|x| !x.is_empty());
-            !v.is_empty()
-        });
+        params.retain(|(_, v)| !v.is_empty());
         Ok(Self { params })
     }
 
     /// The value of a parameter, if present and non-empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.params
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
 
-    /// Every non-empty value of a repeatable parameter.
-    pub fn get_all(&self, name: &str) -> &[String] {
-        self.params.get(name).map_or(&[], Vec::as_slice)
+    /// Every non-empty value of a repeatable parameter, in body order.
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
+            .collect()
     }
 }
 

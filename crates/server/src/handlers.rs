@@ -25,13 +25,12 @@ use crate::state::App;
 /// Longest client id echoed into a denial's audit event.
 const MAX_CLAIMED_ID: usize = 128;
 
-/// Read the body as a form within the size limit.
-async fn read_form(
+/// Read a form body within the size limit; [`parse_form`] then reads it without copying.
+async fn read_form_body(
     app: &App,
     headers: &HeaderMap,
     body: Body,
-    repeatable: &[&str],
-) -> Result<Form, Denial> {
+) -> Result<axum::body::Bytes, Denial> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -46,10 +45,13 @@ async fn read_form(
         return Err(Denial::NotAForm);
     }
     let limit = app.0.config.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Denial::BodyTooLarge(limit))?;
-    Form::parse(&bytes, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
+        .map_err(|_| Denial::BodyTooLarge(limit))
+}
+
+fn parse_form<'a>(body: &'a [u8], repeatable: &[&str]) -> Result<Form<'a>, Denial> {
+    Form::parse(body, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
 }
 
 /// What we know of the caller when a request is refused.
@@ -63,7 +65,7 @@ struct Caller {
 async fn authenticate(
     app: &App,
     headers: &HeaderMap,
-    form: &Form,
+    form: &Form<'_>,
     now: i64,
     caller: &mut Caller,
 ) -> Result<(Arc<Client>, AuthenticatedClient), Denial> {
@@ -206,7 +208,8 @@ pub(crate) async fn token(
     let mut caller = Caller::default();
     let mut grant_type = None;
     let result = async {
-        let form = read_form(&app, &parts.headers, body, &["resource"]).await?;
+        let body = read_form_body(&app, &parts.headers, body).await?;
+        let form = parse_form(&body, &["resource"])?;
         grant_type = form.get("grant_type").map(str::to_string);
         let gt = form.get("grant_type").ok_or(Denial::MissingParameter("grant_type"))?;
         if gt != GRANT_CLIENT_CREDENTIALS {
@@ -222,7 +225,11 @@ pub(crate) async fn token(
         };
         let params = TokenParams {
             scope: form.get("scope").map(str::to_string),
-            resources: form.get_all("resource").to_vec(),
+            resources: form
+                .get_all("resource")
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             audience: form.get("audience").map(str::to_string),
             requested_ttl,
         };
@@ -277,7 +284,8 @@ async fn token_query(
     body: Body,
     caller: &mut Caller,
 ) -> Result<TokenQuery, Denial> {
-    let form = read_form(app, &parts.headers, body, &[]).await?;
+    let body = read_form_body(app, &parts.headers, body).await?;
+    let form = parse_form(&body, &[])?;
     let now = app.0.clock.now();
     let (client, auth) = authenticate(app, &parts.headers, &form, now, caller).await?;
     let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;

@@ -150,10 +150,15 @@ impl App {
     }
 
     /// Run the schedule at the clock's current time: rotate keys when due, reload run-time
-    /// clients, purge expired replay records. The binary calls this every few seconds; tests
+    /// clients, purge expired replay records, drain the metrics recorder. The binary calls this every few seconds; tests
     /// call it after moving a fake clock.
     pub async fn tick(&self) -> Result<(), StartError> {
         let i = &self.0;
+        // Histogram samples pile up in the recorder until drained: without this, memory would
+        // grow with traffic whenever nobody scrapes /metrics.
+        if let Some(p) = &i.prometheus {
+            p.run_upkeep();
+        }
         let now = i.clock.now();
         let snap = plan_and_load(&i.store, &i.kek, &i.audit, &i.schedule, i.alg, now).await?;
         if let Ok(mut k) = i.keys.write() {

@@ -11,13 +11,18 @@ use mayfly_sts::{AuditEvent, Decision, EventKind};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Store, StoreError, db};
+use crate::{Backend, Store, StoreError, db};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Largest batch in one transaction.
 const MAX_BATCH: usize = 512;
+/// How far (seconds) an event's time may trail the commit order: far more than any request is
+/// allowed to take. Bounds the replay-window rebuild's walk back through the log.
+const REBUILD_SLACK: i64 = 600;
+/// Events read per query while rebuilding the replay window.
+const REBUILD_PAGE: i64 = 1000;
 /// Requests waiting for the committer at most; beyond this, callers wait (back-pressure).
 const QUEUE: usize = 4096;
 
@@ -131,17 +136,39 @@ impl ReplayGuard {
         let mut seen = HashMap::new();
         if window > 0 {
             let since = mayfly_sts::Clock::now(&mayfly_sts::SystemClock) - window;
-            let rows = sqlx::query("SELECT body FROM audit_events WHERE ts >= $1 ORDER BY seq")
-                .bind(since)
+            // Walk back from the newest event. Events are appended in commit order and stamped
+            // when their request was handled, so once one is older than `since` by more than any
+            // request may take, every earlier one is too.
+            let stop = since - REBUILD_SLACK;
+            let mut before = i64::MAX;
+            'pages: loop {
+                let rows = sqlx::query(
+                    "SELECT seq, ts, body FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                )
+                .bind(before)
+                .bind(REBUILD_PAGE)
                 .fetch_all(store.pool())
                 .await
                 .map_err(db("rebuild replay window"))?;
-            for r in rows {
-                let body: String = r.try_get("body").map_err(db("rebuild replay window"))?;
-                if let Ok(e) = serde_json::from_str::<AuditEvent>(&body)
-                    && let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti)
-                {
-                    seen.insert(replay_key(client, jti), e.ts + window);
+                if rows.is_empty() {
+                    break;
+                }
+                for r in rows {
+                    let seq: i64 = r.try_get("seq").map_err(db("rebuild replay window"))?;
+                    let ts: i64 = r.try_get("ts").map_err(db("rebuild replay window"))?;
+                    before = seq;
+                    if ts < stop {
+                        break 'pages;
+                    }
+                    if ts < since {
+                        continue;
+                    }
+                    let body: String = r.try_get("body").map_err(db("rebuild replay window"))?;
+                    if let Ok(e) = serde_json::from_str::<AuditEvent>(&body)
+                        && let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti)
+                    {
+                        seen.insert(replay_key(client, jti), e.ts + window);
+                    }
                 }
             }
         }
@@ -186,6 +213,7 @@ async fn committer(
             Some(c) => {
                 append_batch(
                     c,
+                    store.backend(),
                     &kek,
                     &mut items,
                     &mut guard,
@@ -281,8 +309,10 @@ fn kind_name(k: EventKind) -> String {
 /// bounded number of statement shapes for the prepared-statement cache.
 const ROWS_PER_INSERT: usize = 64;
 
-/// `PREFIX ($1, $2, ...), (...) SUFFIX` for `rows` rows of `cols` columns.
-fn values_sql(prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
+/// `PREFIX ($1, $2, ...), (...) SUFFIX` for `rows` rows of `cols` columns. SQLite gets
+/// anonymous `?` placeholders instead: it looks up named ones by a linear scan per bind, which
+/// made a full batch's binding quadratic.
+fn values_sql(backend: Backend, prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(prefix.len() + suffix.len() + rows * cols * 6);
     s.push_str(prefix);
@@ -291,7 +321,11 @@ fn values_sql(prefix: &str, cols: usize, rows: usize, suffix: &str) -> String {
         s.push_str(if r == 0 { " (" } else { ", (" });
         for c in 0..cols {
             n += 1;
-            let _ = write!(s, "{}${n}", if c == 0 { "" } else { ", " });
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = match backend {
+                Backend::Sqlite => write!(s, "{sep}?"),
+                Backend::Postgres => write!(s, "{sep}${n}"),
+            };
         }
         s.push(')');
     }
@@ -318,6 +352,7 @@ async fn consume_jtis(
     let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
     for chunk in fresh.chunks(ROWS_PER_INSERT) {
         let sql = values_sql(
+            Backend::Postgres,
             "INSERT INTO used_jti (client_id, jti, expires_at) VALUES",
             3,
             chunk.len(),
@@ -360,6 +395,7 @@ struct EventRow {
 
 async fn append_batch(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
     kek: &Kek,
     items: &mut [Pending],
     guard: &mut ReplayGuard,
@@ -453,6 +489,7 @@ async fn append_batch(
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let sql = values_sql(
+            backend,
             "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES",
             7,
             chunk.len(),

@@ -71,14 +71,33 @@ pub struct Store {
     backend: Backend,
 }
 
-fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+/// The migrations for `backend`. A version may differ between backends where one of them
+/// gains from a layout the other cannot express; a database only ever sees one backend's set.
+fn migrator(backend: Backend) -> Migrator {
+    let m = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_string().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        m(1, "init", include_str!("../migrations/0001_init.sql")),
+        match backend {
+            Backend::Sqlite => m(
+                2,
+                "sqlite audit rowid",
+                include_str!("../migrations/0002_sqlite_audit_rowid.sql"),
+            ),
+            Backend::Postgres => m(
+                2,
+                "postgres noop",
+                include_str!("../migrations/0002_postgres_noop.sql"),
+            ),
+        },
+    ])
 }
 
 impl Store {
@@ -113,7 +132,7 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(db("connect"))?;
-        migrator().run(&pool).await?;
+        migrator(backend).run(&pool).await?;
         Ok(Self { pool, backend })
     }
 

@@ -147,6 +147,60 @@ async fn audit_chain_replay_and_revocation(db: Db) {
     );
 }
 
+/// A restarted server still refuses every assertion jti consumed within the replay window (on
+/// SQLite the committer rebuilds its map by walking the log back from the newest event, over
+/// more than one page), and does not let one from before the window block anything.
+async fn replay_window_survives_restart(db: Db) {
+    use mayfly_sts::Clock;
+    let s = &db.store;
+    let now = mayfly_sts::SystemClock.now();
+    let window = 600;
+    let at = |ts: i64, jti: &str, assertion: &str, keep: i64| {
+        let mut e = issue(jti);
+        e.ts = ts;
+        Pending {
+            event: e,
+            consume_jti: Some(("svc".into(), assertion.into(), keep)),
+            revoke: None,
+        }
+    };
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let old = now - 100_000;
+    assert!(matches!(
+        first.commit(at(old, "t-old", "a-old", old + window)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    let mut handles = Vec::new();
+    for i in 0..1_100 {
+        let log = first.clone();
+        let p = at(now, &format!("t{i}"), &format!("a{i}"), now + window);
+        handles.push(tokio::spawn(async move { log.commit(p).await.unwrap() }));
+    }
+    for h in handles {
+        assert!(matches!(h.await.unwrap(), CommitOutcome::Committed(_)));
+    }
+    drop(first);
+    s.purge_expired(now).await.unwrap();
+
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    for a in ["a0", "a550", "a1099"] {
+        assert!(
+            matches!(
+                second.commit(at(now, "t-again", a, now + window)).await.unwrap(),
+                CommitOutcome::Replay(_)
+            ),
+            "{a} must stay consumed across the restart"
+        );
+    }
+    assert!(matches!(
+        second.commit(at(now, "t-new", "a-old", now + window)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 1 + 1_100 + 3 + 1);
+}
+
 async fn keys_and_clients(db: Db) {
     let s = &db.store;
     let k = kek();
@@ -196,6 +250,62 @@ async fn audit_sqlite() {
 #[tokio::test]
 async fn audit_postgres() {
     audit_chain_replay_and_revocation(postgres().await).await;
+}
+
+#[tokio::test]
+async fn replay_window_sqlite() {
+    replay_window_survives_restart(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn replay_window_postgres() {
+    replay_window_survives_restart(postgres().await).await;
+}
+
+/// A database written by the first schema keeps every audit event, byte for byte, when the
+/// SQLite-only migration 2 moves the log into a rowid table.
+#[tokio::test]
+async fn sqlite_migration_2_keeps_the_log() {
+    use sqlx::Executor;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        let v1 = Migrator::with_migrations(vec![Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(include_str!("../migrations/0001_init.sql")),
+            false,
+        )]);
+        v1.run(&pool).await.unwrap();
+        for seq in 1..=3 {
+            pool.execute(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) \
+                 VALUES ({seq}, {seq}, 'issue', 'j{seq}', '{{\"n\":{seq}}}', 'p{seq}', 'h{seq}')"
+            )))
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::open_sqlite(&path).await.unwrap();
+    let tail = store.audit_tail(10).await.unwrap();
+    let got: Vec<_> = tail
+        .iter()
+        .map(|e| (e.seq, e.body.as_str(), e.prev_hash.as_str(), e.hash.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, r#"{"n":1}"#, "p1", "h1"),
+            (2, r#"{"n":2}"#, "p2", "h2"),
+            (3, r#"{"n":3}"#, "p3", "h3")
+        ]
+    );
 }
 
 #[tokio::test]

@@ -36,8 +36,22 @@ pub fn claimed_client_id(assertion: &str) -> Result<String, Denial> {
         .ok_or(Denial::MissingClaim("sub"))
 }
 
-fn int_claim(claims: &Value, name: &'static str) -> Result<Option<i64>, Denial> {
-    match claims.get(name) {
+/// The claims an assertion is checked on. Each is kept as raw JSON so that a claim of the wrong
+/// type is reported by name; everything else in the payload is skipped, not stored. A claim
+/// that appears twice makes the payload malformed.
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: Option<Value>,
+    sub: Option<Value>,
+    aud: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+    jti: Option<Value>,
+}
+
+fn int_claim(claim: Option<&Value>, name: &'static str) -> Result<Option<i64>, Denial> {
+    match claim {
         None => Ok(None),
         Some(v) => v
             .as_i64()
@@ -58,7 +72,7 @@ pub fn authenticate_assertion(
 ) -> Result<AuthenticatedClient, Denial> {
     let verified = client
         .keys
-        .verify(assertion, ASSERTION_ALGS)
+        .verify::<AssertionClaims>(assertion, ASSERTION_ALGS)
         .map_err(|e| match e {
             VerifyError::AlgNotAllowed(a) => Denial::AlgorithmNotAllowed(a),
             VerifyError::UnknownKey => Denial::UnknownKey,
@@ -68,11 +82,13 @@ pub fn authenticate_assertion(
         })?;
     let c = &verified.claims;
     let iss = c
-        .get("iss")
+        .iss
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or(Denial::MissingClaim("iss"))?;
     let sub = c
-        .get("sub")
+        .sub
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or(Denial::MissingClaim("sub"))?;
     if iss != client.id || sub != client.id {
@@ -81,7 +97,7 @@ pub fn authenticate_assertion(
     if client_id_param.is_some_and(|p| p != client.id) {
         return Err(Denial::ClientIdMismatch);
     }
-    let aud_ok = match c.get("aud") {
+    let aud_ok = match &c.aud {
         Some(Value::String(a)) => settings.accepted_assertion_audience(a),
         Some(Value::Array(list)) => {
             !list.is_empty()
@@ -95,7 +111,7 @@ pub fn authenticate_assertion(
     if !aud_ok {
         return Err(Denial::BadAudience);
     }
-    let exp = int_claim(c, "exp")?.ok_or(Denial::MissingClaim("exp"))?;
+    let exp = int_claim(c.exp.as_ref(), "exp")?.ok_or(Denial::MissingClaim("exp"))?;
     let skew = settings.clock_skew;
     if exp.saturating_add(skew) <= now {
         return Err(Denial::AssertionExpired);
@@ -109,13 +125,14 @@ pub fn authenticate_assertion(
             settings.max_assertion_lifetime,
         ));
     }
-    for name in ["nbf", "iat"] {
-        if int_claim(c, name)?.is_some_and(|t| t > now + skew) {
+    for (claim, name) in [(&c.nbf, "nbf"), (&c.iat, "iat")] {
+        if int_claim(claim.as_ref(), name)?.is_some_and(|t| t > now + skew) {
             return Err(Denial::AssertionNotYetValid);
         }
     }
     let jti = c
-        .get("jti")
+        .jti
+        .as_ref()
         .and_then(Value::as_str)
         .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
         .ok_or(Denial::MissingClaim("jti"))?;
