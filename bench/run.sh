@@ -7,8 +7,9 @@
 # Knobs (environment; BENCH_ because mayfly refuses unknown MAYFLY_* variables):
 #   BENCH_REPEAT (3): interleaved rounds (ceiling, mayfly, oidc-provider); medians are reported
 #   BENCH_CLOSED_SECONDS (15): length of each closed-loop run, capped at
-#   BENCH_MAYFLY_REQUESTS (150000) / BENCH_OIDC_REQUESTS (40000) presigned assertions
-#   BENCH_CONC (32): connections in closed loop (64 in open loop)
+#   BENCH_MAYFLY_REQUESTS (200000) / BENCH_OIDC_REQUESTS (40000) presigned assertions
+#   BENCH_CONC (64): connections in the closed loop that measures the peak (64 in open loop)
+#   BENCH_CONC_LOW (32): a shorter closed loop per round with fewer connections, for comparison
 #   BENCH_OPEN_SECONDS (20): length of the open-loop run at half the peak rate
 #   BENCH_CEILING_SECONDS (2): per measurement (four per round)
 #   BENCH_SKIP_BUILD=1, OUT=DIR (default bench/results/<UTC time>)
@@ -21,11 +22,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-BENCH_MAYFLY_REQUESTS=${BENCH_MAYFLY_REQUESTS:-150000}
+BENCH_MAYFLY_REQUESTS=${BENCH_MAYFLY_REQUESTS:-200000}
 BENCH_OIDC_REQUESTS=${BENCH_OIDC_REQUESTS:-40000}
 BENCH_CLOSED_SECONDS=${BENCH_CLOSED_SECONDS:-15}
 BENCH_REPEAT=${BENCH_REPEAT:-3}
-BENCH_CONC=${BENCH_CONC:-32}
+BENCH_CONC=${BENCH_CONC:-64}
+BENCH_CONC_LOW=${BENCH_CONC_LOW:-32}
 BENCH_OPEN_SECONDS=${BENCH_OPEN_SECONDS:-20}
 BENCH_CEILING_SECONDS=${BENCH_CEILING_SECONDS:-2}
 BENCH_MAYFLY_PORT=${BENCH_MAYFLY_PORT:-18080}
@@ -219,6 +221,12 @@ for i in $(seq 1 "$BENCH_REPEAT"); do
     --requests "$BENCH_MAYFLY_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
   loadgen "oidc-closed-$i" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
     --requests "$BENCH_OIDC_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
+  # Fewer connections: mayfly waits on its fsync with every request it holds, so it needs more
+  # requests in flight than a server that writes nothing to keep its core busy.
+  loadgen "mayfly-low-$i" "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" \
+    --requests "$BENCH_MAYFLY_REQUESTS" --concurrency "$BENCH_CONC_LOW" --duration 8
+  loadgen "oidc-low-$i" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
+    --requests "$BENCH_OIDC_REQUESTS" --concurrency "$BENCH_CONC_LOW" --duration 8
 done
 
 PEAK=$(median_rate mayfly-closed)

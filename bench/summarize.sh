@@ -52,6 +52,9 @@ echo "| | mayfly | oidc-provider | mayfly vs oidc-provider |"
 echo "|---|---|---|---|"
 echo "| tokens/s, one server core, closed loop, $(all mayfly-closed .concurrency | cut -d, -f1) connections (median of rounds) | $(num "$M_TPS" %.0f) | $(num "$O_TPS" %.0f) | $(num "$R_OIDC" %.1fx) (median of per-round ratios) |"
 echo "| ... each round | $(all mayfly-closed '.tokens_per_s | round') | $(all oidc-closed '.tokens_per_s | round') | ${R_OIDC_ALL:--} |"
+R_LOW=$(paired mayfly-low .tokens_per_s oidc-low .tokens_per_s | median)
+R_LOW_CEIL=$(paired mayfly-low .tokens_per_s ceiling .ceiling_ops_per_s | median)
+echo "| ... with $(all mayfly-low .concurrency | cut -d, -f1) connections, 8 s per round (median; each round) | $(num "$(med mayfly-low .tokens_per_s)" %.0f) ($(all mayfly-low '.tokens_per_s | round')); $(awk -v r="$R_LOW_CEIL" 'BEGIN { if (r == "null" || r == "") print "-"; else printf "%.0f%%", 100 * r }') of the ceiling | $(num "$(med oidc-low .tokens_per_s)" %.0f) ($(all oidc-low '.tokens_per_s | round')) | $(num "$R_LOW" %.1fx) |"
 echo "| ... p50 / p99 latency (ms), closed loop | $(num "$(med mayfly-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med mayfly-closed .latency_ms.p99_ms)" %.2f) | $(num "$(med oidc-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med oidc-closed .latency_ms.p99_ms)" %.2f) | |"
 cpu_str() { # PREFIX
   med "$1" '"server \(((.cpu.server // 0) * 100 | round / 100)), load generator \(((.cpu.client // 0) * 100 | round / 100)), other \(((.cpu.other // 0) * 100 | round / 100))"' | tr -d '"'
