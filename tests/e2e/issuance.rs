@@ -105,7 +105,11 @@ async fn metadata_jwks_health_metrics() {
         assert_eq!(md["jwks_uri"], format!("{iss}/jwks.json"));
         assert_eq!(
             md["grant_types_supported"],
-            serde_json::json!(["client_credentials"])
+            serde_json::json!([
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            ])
         );
         assert_eq!(
             md["token_endpoint_auth_methods_supported"],

@@ -131,6 +131,22 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     });
 
+    #[cfg(unix)]
+    {
+        // SIGHUP: rebuild the policy set now (an invalid one is refused; the old one stays).
+        let reloader = app.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        reloader.reload_policy();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; policies reload on change only"),
+        }
+    }
+
     eprintln!(
         "mayfly: listening on {issuer} (data in {}, {n_clients} configured clients)",
         data_dir.display()

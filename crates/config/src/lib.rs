@@ -114,6 +114,46 @@ pub struct ClientConfig {
     pub max_ttl: Option<Duration>,
 }
 
+/// Where a trusted issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum IssuerKeys {
+    /// A JWK Set given inline or read from `jwks_file`.
+    Static(serde_json::Value),
+    /// Fetched (and cached) from this URL.
+    Uri(url::Url),
+    /// Found through `{issuer}/.well-known/openid-configuration`.
+    Discovery(url::Url),
+}
+
+/// `[[issuers]]`: a platform whose identity tokens mayfly accepts as subject tokens.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Short name (policies see it as the `issuer` attribute).
+    pub name: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// `kubernetes`, `github-actions`, `gitlab-ci` or `spiffe-jwt-svid`.
+    pub preset: Option<String>,
+    /// Its keys.
+    pub keys: IssuerKeys,
+    /// A subject token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms (`None`: the preset's, or RS256 and ES256).
+    pub algorithms: Option<Vec<String>>,
+    /// Oldest `iat` accepted.
+    pub max_token_age: Duration,
+    /// Identity template (`None`: the preset's).
+    pub identity: Option<String>,
+    /// Extra policy attributes: (name, JSON pointer).
+    pub attributes: Vec<(String, String)>,
+    /// Each token may be exchanged once (by `jti`).
+    pub one_time_use: bool,
+    /// A registered client must authenticate as well.
+    pub client_auth_required: bool,
+    /// Lifetime cap for tokens from this issuer's subject tokens.
+    pub max_ttl: Option<Duration>,
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,6 +173,12 @@ pub struct Config {
     pub server: ServerLimits,
     /// Clients registered in config.
     pub clients: Vec<ClientConfig>,
+    /// SPIFFE trust domain of the identities mayfly maps (default: the issuer's host).
+    pub trust_domain: String,
+    /// Directory of Cedar policies and their schema (`None`: policies generated from clients).
+    pub policy_dir: Option<PathBuf>,
+    /// Trusted issuers of subject tokens.
+    pub issuers: Vec<IssuerConfig>,
 }
 
 impl Config {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::{
-    AuditConfig, ClientConfig, Config, ConfigError, JwksSource, ServerLimits, SigningAlg,
-    TokensConfig,
+    AuditConfig, ClientConfig, Config, ConfigError, IssuerConfig, IssuerKeys, JwksSource,
+    ServerLimits, SigningAlg, TokensConfig,
 };
 
 #[derive(Debug, Deserialize, Default)]
@@ -25,6 +25,41 @@ pub(crate) struct RawConfig {
     server: RawServer,
     #[serde(default)]
     clients: Vec<RawClient>,
+    trust_domain: Option<String>,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    name: String,
+    issuer: String,
+    preset: Option<String>,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    jwks_file: Option<String>,
+    jwks: Option<toml::Value>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    max_token_age: Option<String>,
+    identity: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    one_time_use: bool,
+    client_auth: Option<String>,
+    max_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -243,7 +278,61 @@ impl RawConfig {
             clients.push(client);
         }
 
+        let trust_domain = match &self.trust_domain {
+            Some(td) => td.clone(),
+            None => issuer
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .unwrap_or("127.0.0.1")
+                .to_ascii_lowercase(),
+        };
+        if trust_domain.is_empty()
+            || !trust_domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::new(
+                src,
+                "trust_domain",
+                format!("`{trust_domain}` is not a SPIFFE trust domain name"),
+                "use lowercase letters, digits, `.`, `-` and `_`, e.g. trust_domain = \"example.org\"",
+            ));
+        }
+        let policy_dir = self.policy.dir.as_deref().map(|d| resolve(base, d));
+        let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(self.issuers.len());
+        for (i, raw) in self.issuers.into_iter().enumerate() {
+            let iss = raw.validate(src, base, i)?;
+            if issuers.iter().any(|o| o.name == iss.name) {
+                return Err(ConfigError::new(
+                    src,
+                    format!("issuers[{i}].name"),
+                    format!("issuer name `{}` is used twice", iss.name),
+                    "give each [[issuers]] entry a distinct name",
+                ));
+            }
+            if issuers.iter().any(|o| o.issuer == iss.issuer) {
+                return Err(ConfigError::new(
+                    src,
+                    format!("issuers[{i}].issuer"),
+                    format!("issuer `{}` is configured twice", iss.issuer),
+                    "merge the two entries: a token's `iss` must pick exactly one",
+                ));
+            }
+            if iss.max_ttl.is_some_and(|t| t > max_ttl) {
+                return Err(ConfigError::new(
+                    src,
+                    format!("issuers[{i}].max_ttl"),
+                    "is above tokens.max_ttl",
+                    "shorten it (or leave it out to use tokens.max_ttl)",
+                ));
+            }
+            issuers.push(iss);
+        }
+
         Ok(Config {
+            trust_domain,
+            policy_dir,
+            issuers,
             listen,
             issuer,
             data_dir,
@@ -309,6 +398,164 @@ fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+const ISSUER_ALGS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA"];
+
+impl RawIssuer {
+    fn validate(self, src: &str, base: &Path, i: usize) -> Result<IssuerConfig, ConfigError> {
+        let key = |k: &str| format!("issuers[{i}].{k}");
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::new(
+                src,
+                key("name"),
+                "must be 1 to 64 letters, digits, `-`, `_` or `.`",
+                "pick a short name like \"k8s-prod\"",
+            ));
+        }
+        if self.issuer.is_empty() {
+            return Err(ConfigError::new(
+                src,
+                key("issuer"),
+                "is empty",
+                "write the exact `iss` value of the tokens, e.g. \"https://token.actions.githubusercontent.com\"",
+            ));
+        }
+        const PRESETS: &[&str] = &["kubernetes", "github-actions", "gitlab-ci", "spiffe-jwt-svid"];
+        if let Some(p) = self.preset.as_deref().filter(|p| !PRESETS.contains(p)) {
+            return Err(ConfigError::new(
+                src,
+                key("preset"),
+                format!("unknown preset `{p}`"),
+                "use one of \"kubernetes\", \"github-actions\", \"gitlab-ci\", \"spiffe-jwt-svid\", or set identity yourself",
+            ));
+        }
+        if self.preset.is_none() && self.identity.is_none() {
+            return Err(ConfigError::new(
+                src,
+                key("identity"),
+                "an issuer needs an identity template or a preset",
+                "set preset = \"kubernetes\" (or another preset), or identity = \"spiffe://{trust_domain}/...{/claim}...\"",
+            ));
+        }
+        let keys = match (self.jwks_uri, self.discovery, self.jwks_file, self.jwks) {
+            (Some(uri), false, None, None) => IssuerKeys::Uri(fetch_url(src, &key("jwks_uri"), &uri)?),
+            (None, true, None, None) => {
+                let base_url = fetch_url(src, &key("issuer"), &self.issuer)?;
+                IssuerKeys::Discovery(base_url)
+            }
+            (None, false, Some(file), None) => {
+                let path = resolve(base, &file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(src, key("jwks_file"), format!("cannot read `{}`: {e}", path.display()), "correct the path (relative paths start at the config file's folder)")
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    ConfigError::new(src, key("jwks_file"), format!("`{}` is not JSON: {e}", path.display()), "the file must hold a JWK Set: {\"keys\": [...]}")
+                })?;
+                IssuerKeys::Static(v)
+            }
+            (None, false, None, Some(inline)) => IssuerKeys::Static(
+                serde_json::to_value(inline).map_err(|e| {
+                    ConfigError::new(src, key("jwks"), format!("cannot be read as JSON: {e}"), "write jwks = { keys = [ ... ] }")
+                })?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    src,
+                    key("jwks_uri"),
+                    "exactly one of jwks_uri, discovery = true, jwks_file and jwks must be set",
+                    "keep one of the four",
+                ));
+            }
+        };
+        if let IssuerKeys::Static(v) = &keys {
+            check_public_jwks(v).map_err(|p| {
+                ConfigError::new(src, key("jwks"), p, "give the issuer's public JWK Set")
+            })?;
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                src,
+                key("audiences"),
+                "a subject token's aud must be checked against at least one value",
+                "list the audience the platform puts in tokens meant for mayfly, e.g. audiences = [\"mayfly\"]",
+            ));
+        }
+        let algorithms = match self.algorithms {
+            None => None,
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(ConfigError::new(src, key("algorithms"), "is empty", "list at least one of RS256, PS256, ES256, ES384, EdDSA"));
+                }
+                if let Some(bad) = list.iter().find(|a| !ISSUER_ALGS.contains(&a.as_str())) {
+                    return Err(ConfigError::new(
+                        src,
+                        key("algorithms"),
+                        format!("`{bad}` is not accepted (never `none`, never HMAC)"),
+                        "use RS256, PS256, ES256, ES384 or EdDSA",
+                    ));
+                }
+                Some(list)
+            }
+        };
+        let max_token_age = duration(src, &key("max_token_age"), self.max_token_age.as_ref(), "1h")?;
+        if max_token_age.is_zero() || max_token_age > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::new(src, key("max_token_age"), "must be between 1s and 7 days", "use the default 1h, or the platform's token lifetime"));
+        }
+        let client_auth_required = match self.client_auth.as_deref().unwrap_or("optional") {
+            "optional" => false,
+            "required" => true,
+            other => {
+                return Err(ConfigError::new(src, key("client_auth"), format!("`{other}` is not a rule"), "use \"optional\" (the subject token is the credential) or \"required\""));
+            }
+        };
+        for (name, ptr) in &self.attributes {
+            if !ptr.starts_with('/') {
+                return Err(ConfigError::new(src, key(&format!("attributes.{name}")), format!("`{ptr}` is not a JSON pointer"), "write a pointer into the token's claims, e.g. \"/kubernetes.io/namespace\""));
+            }
+        }
+        let max_ttl = match self.max_ttl {
+            None => None,
+            Some(t) => Some(duration(src, &key("max_ttl"), Some(&t), "")?),
+        };
+        Ok(IssuerConfig {
+            name: self.name,
+            issuer: self.issuer,
+            preset: self.preset,
+            keys,
+            audiences: self.audiences,
+            algorithms,
+            max_token_age,
+            identity: self.identity,
+            attributes: self.attributes.into_iter().collect(),
+            one_time_use: self.one_time_use,
+            client_auth_required,
+            max_ttl,
+        })
+    }
+}
+
+/// A URL mayfly fetches keys from: https, or http on loopback only.
+fn fetch_url(src: &str, key: &str, text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| {
+        ConfigError::new(src, key, format!("`{text}` is not a URL ({e})"), "write an https URL")
+    })?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(ConfigError::new(
+            src,
+            key,
+            "keys fetched over plain http can be swapped in transit",
+            "use an https URL (plain http is allowed on loopback only)",
+        ));
+    }
+    Ok(url)
 }
 
 impl RawClient {

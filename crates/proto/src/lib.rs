@@ -20,6 +20,16 @@ pub const JWT_BEARER_ASSERTION_TYPE: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// `grant_type` of the OAuth 2.0 client credentials grant.
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// OAuth 2.0 Token Exchange (RFC 8693 §2.1).
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// JWT bearer authorization grant (RFC 7523 §2.1).
+pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// Token type identifier: a JWT (RFC 8693 §3).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Token type identifier: an OpenID Connect ID token (RFC 8693 §3).
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Token type identifier: an OAuth access token (RFC 8693 §3).
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// The `typ` header value of an RFC 9068 JWT access token.
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
@@ -35,6 +45,9 @@ pub struct TokenResponse {
     /// Granted scopes, space separated; present when any were granted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub scope: Option<String>,
+    /// Token exchange only (RFC 8693 §2.2.1): the type of the issued token.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issued_token_type: Option<String>,
 }
 
 /// Introspection response (RFC 7662 §2.2). Inactive tokens carry nothing but `active: false`.

@@ -132,6 +132,19 @@ impl Registry {
         self.from_store.read().ok()?.get(id).cloned()
     }
 
+    /// Every client, config ones first (sorted by id within each part).
+    pub(crate) fn all(&self) -> Vec<Arc<Client>> {
+        let mut v: Vec<Arc<Client>> = self
+            .from_config
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        if let Ok(m) = self.from_store.read() {
+            v.extend(m.values().cloned());
+        }
+        v
+    }
+
     fn is_config_client(&self, id: &str) -> bool {
         self.from_config.read().is_ok_and(|m| m.contains_key(id))
     }

@@ -11,12 +11,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mayfly_proto::{
-    Form, GRANT_CLIENT_CREDENTIALS, IntrospectionResponse, JWT_BEARER_ASSERTION_TYPE, TokenResponse,
+    Form, GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE, IntrospectionResponse,
+    JWT_BEARER_ASSERTION_TYPE, TokenResponse,
 };
 use mayfly_store::{CommitOutcome, Pending};
 use mayfly_sts::{
-    AccessTokenClaims, AuditEvent, AuthenticatedClient, Client, Decision, Denial, EventKind,
-    TokenParams, authenticate_assertion, check_access_token, claimed_client_id, decide, mint,
+    AccessTokenClaims, AuditEvent, AuthenticatedClient, Client, Decision, DecideInput, Denial,
+    EventKind, Grant, Principal, PrincipalKind, TokenParams, authenticate_assertion,
+    check_access_token, claimed_client_id, decide, mint,
 };
 
 use crate::error::denial_response;
@@ -54,15 +56,20 @@ fn parse_form<'a>(body: &'a [u8], repeatable: &[&str]) -> Result<Form<'a>, Denia
     Form::parse(body, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
 }
 
-/// What we know of the caller when a request is refused.
+/// What we know of the caller when a request is refused (for its audit event).
 #[derive(Default)]
-struct Caller {
-    claimed: Option<String>,
+pub(crate) struct Caller {
+    pub claimed: Option<String>,
+    pub subject_issuer: Option<String>,
+    pub subject: Option<String>,
+    pub identity: Option<String>,
+    pub actor: Option<String>,
+    pub policies: Vec<String>,
 }
 
 /// Authenticate the client of a request by its `private_key_jwt` assertion. The assertion's jti
 /// is consumed later, atomically with the request's audit event.
-async fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     headers: &HeaderMap,
     form: &Form<'_>,
@@ -107,7 +114,7 @@ async fn authenticate(
     }
 }
 
-fn source(addr: &SocketAddr) -> Option<String> {
+pub(crate) fn source(addr: &SocketAddr) -> Option<String> {
     Some(addr.ip().to_string())
 }
 
@@ -122,6 +129,11 @@ async fn deny(
 ) -> Response {
     let mut e = AuditEvent::new(EventKind::Deny, app.0.clock.now(), Decision::Deny);
     e.client = caller.claimed;
+    e.subject_issuer = caller.subject_issuer;
+    e.subject = caller.subject.map(|s| s.chars().take(256).collect());
+    e.identity = caller.identity;
+    e.actor = caller.actor;
+    e.policies = caller.policies;
     e.grant = grant.map(|g| g.chars().take(64).collect());
     e.source = src;
     e.reason = Some(d.reason().to_string());
@@ -133,7 +145,8 @@ async fn deny(
     );
     metrics::counter!("mayfly_denials_total", "endpoint" => endpoint, "reason" => d.reason())
         .increment(1);
-    if d != Denial::ReplayedJti {
+    let recorded = |d: &Denial| matches!(d, Denial::ReplayedJti | Denial::SubjectReplayed);
+    if !(recorded(&d) || matches!(&d, Denial::InvalidGrant(inner) if recorded(inner))) {
         // A replay was already recorded atomically with the jti check.
         if let Err(err) = app.0.audit.commit(Pending::event(e)).await {
             tracing::error!(error = %err, "cannot record a denial");
@@ -163,15 +176,29 @@ async fn commit_consuming(
     auth: AuthenticatedClient,
     revoke: Option<(String, String, i64)>,
 ) -> Result<(), Denial> {
-    let keep_until = auth.assertion_exp + app.0.settings.clock_skew;
+    commit_event(app, event, Some(auth), None, revoke).await
+}
+
+/// Commit `event` atomically with consuming single-use values: the client assertion's jti and
+/// a one-time subject token's (issuer name, jti, keep until).
+pub(crate) async fn commit_event(
+    app: &App,
+    event: AuditEvent,
+    auth: Option<AuthenticatedClient>,
+    subject: Option<(String, String, i64)>,
+    revoke: Option<(String, String, i64)>,
+) -> Result<(), Denial> {
+    let skew = app.0.settings.clock_skew;
     let pending = Pending {
         event,
-        consume_jti: Some((auth.client_id, auth.jti, keep_until)),
+        consume_jti: auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew)),
+        consume_subject: subject,
         revoke,
     };
     match app.0.audit.commit(pending).await {
         Ok(CommitOutcome::Committed(_)) => Ok(()),
         Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
+        Ok(CommitOutcome::SubjectReplay(_)) => Err(Denial::SubjectReplayed),
         Err(err) => {
             tracing::error!(error = %err, "audit commit failed; the response is withheld");
             Err(Denial::Unavailable)
@@ -197,6 +224,101 @@ async fn respond<T: serde::Serialize>(
     resp
 }
 
+/// The expires_in, scope, resource and audience parameters.
+pub(crate) fn token_params(form: &Form<'_>) -> Result<TokenParams, Denial> {
+    let requested_ttl = match form.get("expires_in") {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+            Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into())
+        })?),
+    };
+    Ok(TokenParams {
+        scope: form.get("scope").map(str::to_string),
+        resources: form
+            .get_all("resource")
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        audience: form.get("audience").map(str::to_string),
+        requested_ttl,
+    })
+}
+
+/// Sign `grant`, record it (with the single-use values it consumes), and build the answer.
+pub(crate) async fn issue(
+    app: &App,
+    grant: Grant,
+    grant_type: &'static str,
+    mut e: AuditEvent,
+    auth: Option<AuthenticatedClient>,
+    subject: Option<(String, String, i64)>,
+    now: i64,
+) -> Result<TokenResponse, Denial> {
+    let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
+    let minted = mint(&app.0.settings, &grant, &app.keys().current, now, jti)?;
+    e.grant = Some(grant_type.into());
+    e.audience = Some(grant.audience.clone());
+    e.scopes = grant.scopes.clone();
+    e.jti = Some(minted.jti.clone());
+    e.exp = Some(minted.exp);
+    e.policies = grant.policies.clone();
+    // Workload identities are unbounded: only registered clients become metric labels.
+    let client_label = auth
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |a| a.client_id.clone());
+    // The token leaves only once its event (and each single use) is durable.
+    commit_event(app, e, auth, subject, None).await?;
+    // debug, not info: the audit log already has one line per token, durably.
+    tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
+    metrics::counter!("mayfly_tokens_issued_total", "client" => client_label, "grant" => grant_type).increment(1);
+    Ok(TokenResponse {
+        access_token: minted.token,
+        token_type: "Bearer".into(),
+        expires_in: grant.ttl as u64,
+        scope: (!grant.scopes.is_empty()).then(|| grant.scopes.join(" ")),
+        issued_token_type: None,
+    })
+}
+
+async fn client_credentials(
+    app: &App,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+    now: i64,
+    addr: &SocketAddr,
+    caller: &mut Caller,
+) -> Result<TokenResponse, Denial> {
+    let (client, auth) = authenticate(app, headers, form, now, caller).await?;
+    let params = token_params(form)?;
+    let input = DecideInput {
+        principal: Principal {
+            kind: PrincipalKind::Client,
+            id: &client.id,
+            attrs: &[],
+        },
+        client_id: &client.id,
+        authenticated_client: Some(&client.id),
+        grant_type: GRANT_CLIENT_CREDENTIALS,
+        default_audiences: &client.audiences,
+        ttl_cap: client.max_ttl,
+        subject_exp: None,
+        act: None,
+        source: &addr.ip().to_string(),
+        now,
+    };
+    let grant = decide(
+        &app.0.settings,
+        &app.0.policies,
+        input,
+        &params,
+        &mut caller.policies,
+    )?;
+    let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
+    e.client = Some(grant.client_id.clone());
+    e.source = source(addr);
+    issue(app, grant, GRANT_CLIENT_CREDENTIALS, e, Some(auth), None, now).await
+}
+
 /// `POST /oauth2/token`.
 pub(crate) async fn token(
     State(app): State<App>,
@@ -212,49 +334,33 @@ pub(crate) async fn token(
         let form = parse_form(&body, &["resource"])?;
         grant_type = form.get("grant_type").map(str::to_string);
         let gt = form.get("grant_type").ok_or(Denial::MissingParameter("grant_type"))?;
-        if gt != GRANT_CLIENT_CREDENTIALS {
-            return Err(Denial::UnsupportedGrantType(gt.chars().take(64).collect()));
-        }
         let now = app.0.clock.now();
-        let (client, auth) = authenticate(&app, &parts.headers, &form, now, &mut caller).await?;
-        let requested_ttl = match form.get("expires_in") {
-            None => None,
-            Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                Denial::InvalidParameter("expires_in", "must be a whole number of seconds".into())
-            })?),
-        };
-        let params = TokenParams {
-            scope: form.get("scope").map(str::to_string),
-            resources: form
-                .get_all("resource")
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-            audience: form.get("audience").map(str::to_string),
-            requested_ttl,
-        };
-        let grant = decide(&app.0.settings, &client, &params)?;
-        let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
-        let minted = mint(&app.0.settings, &grant, &app.keys().current, now, jti)?;
-        let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
-        e.client = Some(grant.client_id.clone());
-        e.grant = Some(GRANT_CLIENT_CREDENTIALS.into());
-        e.audience = Some(grant.audience.clone());
-        e.scopes = grant.scopes.clone();
-        e.jti = Some(minted.jti.clone());
-        e.exp = Some(minted.exp);
-        e.source = source(&addr);
-        // The token leaves only once its event (and the assertion's single use) is durable.
-        commit_consuming(&app, e, auth, None).await?;
-        // debug, not info: the audit log already has one line per token, durably.
-        tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
-        metrics::counter!("mayfly_tokens_issued_total", "client" => grant.client_id.clone(), "grant" => GRANT_CLIENT_CREDENTIALS).increment(1);
-        Ok(TokenResponse {
-            access_token: minted.token,
-            token_type: "Bearer".into(),
-            expires_in: grant.ttl as u64,
-            scope: (!grant.scopes.is_empty()).then(|| grant.scopes.join(" ")),
-        })
+        match gt {
+            GRANT_CLIENT_CREDENTIALS => {
+                client_credentials(&app, &parts.headers, &form, now, &addr, &mut caller).await
+            }
+            GRANT_TOKEN_EXCHANGE => {
+                crate::exchange::token_exchange(&app, &parts.headers, &form, now, &addr, &mut caller)
+                    .await
+            }
+            // RFC 7523 §3.1: a bad assertion grant is `invalid_grant`.
+            GRANT_JWT_BEARER => crate::exchange::jwt_bearer(&app, &parts.headers, &form, now, &addr, &mut caller)
+                .await
+                .map_err(|d| match d {
+                    d @ (Denial::InvalidSubjectToken(_)
+                    | Denial::UntrustedIssuer
+                    | Denial::SubjectWrongAudience
+                    | Denial::SubjectExpired
+                    | Denial::SubjectTooOld(_)
+                    | Denial::SubjectAlgorithmNotAllowed(_)
+                    | Denial::SubjectUnknownKey
+                    | Denial::SubjectReplayed
+                    | Denial::IdentityMapping(_)
+                    | Denial::LifetimeBeyondSubject(_)) => Denial::InvalidGrant(Box::new(d)),
+                    d => d,
+                }),
+            other => Err(Denial::UnsupportedGrantType(other.chars().take(64).collect())),
+        }
     }
     .await;
     respond(

@@ -1,4 +1,5 @@
-//! The HTTP front of mayfly (axum): `/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`,
+//! The HTTP front of mayfly (axum): `/oauth2/token` (client credentials, token exchange, JWT
+//! bearer), `/oauth2/introspect`, `/oauth2/revoke`,
 //! metadata, `/jwks.json`, `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Handlers are thin: parse the form, run the engine's steps, commit the audit event through
@@ -8,9 +9,12 @@
 
 mod clients;
 pub mod error;
+mod exchange;
 mod handlers;
+pub mod issuers;
 pub mod keyring;
 mod metrics_setup;
+mod policy;
 mod state;
 
 pub use clients::{ClientError, client_from_config, client_from_stored};

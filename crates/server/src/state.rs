@@ -22,6 +22,12 @@ pub enum StartError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A trusted issuer is unusable.
+    #[error(transparent)]
+    Issuer(#[from] crate::issuers::IssuerError),
+    /// The policy set is invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] mayfly_policy::PolicyError),
     /// No signing key could be made current.
     #[error("no signing key is current after planning; check the system clock")]
     NoKey,
@@ -55,6 +61,8 @@ pub(crate) struct Inner {
     pub schedule: Schedule,
     pub alg: KeyAlg,
     pub metadata: bytes::Bytes,
+    pub issuers: crate::issuers::Issuers,
+    pub policies: crate::policy::Policies,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
@@ -80,7 +88,11 @@ fn metadata(issuer: &str, scopes: Vec<String>, alg: KeyAlg) -> ServerMetadata {
         jwks_uri: format!("{issuer}/jwks.json"),
         introspection_endpoint: format!("{issuer}/oauth2/introspect"),
         revocation_endpoint: format!("{issuer}/oauth2/revoke"),
-        grant_types_supported: vec!["client_credentials".into()],
+        grant_types_supported: vec![
+            mayfly_proto::GRANT_CLIENT_CREDENTIALS.into(),
+            mayfly_proto::GRANT_TOKEN_EXCHANGE.into(),
+            mayfly_proto::GRANT_JWT_BEARER.into(),
+        ],
         response_types_supported: vec![],
         token_endpoint_auth_methods_supported: methods.clone(),
         token_endpoint_auth_signing_alg_values_supported: algs.clone(),
@@ -120,6 +132,11 @@ impl App {
             .collect();
         let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
+        let issuers = crate::issuers::Issuers::new(&o.config.issuers, max_ttl)?;
+        let policies = crate::policy::Policies::load(
+            o.config.policy_dir.clone(),
+            crate::policy::grants(clients.all().iter().map(|c| c.as_ref())),
+        )?;
         let (schedule, alg) = keyring::key_policy(t);
         // A consumed assertion jti is remembered for as long as that assertion could be accepted.
         let replay_window = settings.max_assertion_lifetime + 2 * settings.clock_skew;
@@ -140,6 +157,8 @@ impl App {
             schedule,
             alg,
             metadata,
+            issuers,
+            policies,
             prometheus: crate::metrics_setup::handle(),
         })))
     }
@@ -167,8 +186,20 @@ impl App {
         i.clients.reload(&i.store).await?;
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients.refresh_all_uris(now).await;
+        // A changed policy directory or client list compiles into a new set (or is refused).
+        i.policies.reload(self.client_grants(), false);
         i.store.purge_expired(now - i.settings.clock_skew).await?;
         Ok(())
+    }
+
+    /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
+    /// one is refused and the previous set stays.
+    pub fn reload_policy(&self) -> bool {
+        self.0.policies.reload(self.client_grants(), true)
+    }
+
+    fn client_grants(&self) -> Vec<mayfly_policy::ClientGrant> {
+        crate::policy::grants(self.0.clients.all().iter().map(|c| c.as_ref()))
     }
 
     /// How often [`App::tick`] should run, in seconds.

@@ -47,6 +47,9 @@ pub struct Pending {
     /// Consume a client assertion's jti: (client_id, jti, keep until). A jti already present
     /// turns the event into a `replayed_jti` denial and the outcome into [`CommitOutcome::Replay`].
     pub consume_jti: Option<(String, String, i64)>,
+    /// Consume a one-time subject token: (issuer name, jti, keep until). A jti already present
+    /// turns the outcome into [`CommitOutcome::SubjectReplay`].
+    pub consume_subject: Option<(String, String, i64)>,
     /// Revoke a token: (jti, client_id, its exp).
     pub revoke: Option<(String, String, i64)>,
 }
@@ -57,9 +60,41 @@ impl Pending {
         Self {
             event,
             consume_jti: None,
+            consume_subject: None,
             revoke: None,
         }
     }
+
+    /// The single-use keys this item consumes: (namespace, jti, keep until, what it is). Subject
+    /// tokens live in the namespace `issuer NAME`, which no client id can equal (client ids
+    /// have no spaces).
+    fn keys(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &str, i64, Used)> {
+        let a = self
+            .consume_jti
+            .as_ref()
+            .map(|(c, j, u)| (std::borrow::Cow::Borrowed(c.as_str()), j.as_str(), *u, Used::Assertion));
+        let s = self.consume_subject.as_ref().map(|(i, j, u)| {
+            (
+                std::borrow::Cow::Owned(subject_ns(i)),
+                j.as_str(),
+                *u,
+                Used::Subject,
+            )
+        });
+        a.into_iter().chain(s)
+    }
+}
+
+/// The replay namespace of a trusted issuer's subject tokens.
+fn subject_ns(issuer: &str) -> String {
+    format!("issuer {issuer}")
+}
+
+/// Which single-use value was already used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Used {
+    Assertion,
+    Subject,
 }
 
 /// What happened to a [`Pending`].
@@ -67,8 +102,10 @@ impl Pending {
 pub enum CommitOutcome {
     /// Appended with this sequence number.
     Committed(i64),
-    /// The jti had been used: a denial was appended instead, with this sequence number.
+    /// The assertion jti had been used: a denial was appended instead, with this sequence number.
     Replay(i64),
+    /// The one-time subject token had been used: a denial was appended instead.
+    SubjectReplay(i64),
 }
 
 type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
@@ -164,10 +201,13 @@ impl ReplayGuard {
                         continue;
                     }
                     let body: String = r.try_get("body").map_err(db("rebuild replay window"))?;
-                    if let Ok(e) = serde_json::from_str::<AuditEvent>(&body)
-                        && let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti)
-                    {
-                        seen.insert(replay_key(client, jti), e.ts + window);
+                    if let Ok(e) = serde_json::from_str::<AuditEvent>(&body) {
+                        if let (Some(client), Some(jti)) = (&e.client, &e.assertion_jti) {
+                            seen.insert(replay_key(client, jti), e.ts + window);
+                        }
+                        if let (Some(iss), Some(jti)) = (&e.subject_issuer, &e.subject_jti) {
+                            seen.insert(replay_key(&subject_ns(iss), jti), e.ts + window);
+                        }
                     }
                 }
             }
@@ -333,20 +373,26 @@ fn values_sql(backend: Backend, prefix: &str, cols: usize, rows: usize, suffix: 
     s
 }
 
-/// Consume the batch's assertion jtis; returns, per item, whether its jti was already used
-/// (earlier, or by an earlier item of this same batch).
+/// Consume the batch's single-use keys in the shared table; returns, per item, which of its keys
+/// was already used (earlier, or by an earlier item of this same batch), if any.
 async fn consume_jtis(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     items: &[Pending],
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<Vec<Option<Used>>, StoreError> {
     use std::collections::HashSet;
+    let keys: Vec<Vec<(String, String, i64, Used)>> = items
+        .iter()
+        .map(|p| {
+            p.keys()
+                .map(|(ns, j, u, w)| (ns.into_owned(), j.to_string(), u, w))
+                .collect()
+        })
+        .collect();
     let mut first: HashSet<(&str, &str)> = HashSet::new();
     let mut fresh: Vec<(&str, &str, i64)> = Vec::new();
-    for p in items {
-        if let Some((client, jti, until)) = &p.consume_jti
-            && first.insert((client, jti))
-        {
-            fresh.push((client, jti, *until));
+    for (ns, jti, until, _) in keys.iter().flatten() {
+        if first.insert((ns, jti)) {
+            fresh.push((ns, jti, *until));
         }
     }
     let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
@@ -359,25 +405,29 @@ async fn consume_jtis(
             " ON CONFLICT DO NOTHING RETURNING client_id, jti",
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (client, jti, until) in chunk {
-            q = q.bind(*client).bind(*jti).bind(*until);
+        for (ns, jti, until) in chunk {
+            q = q.bind(*ns).bind(*jti).bind(*until);
         }
         for row in q.fetch_all(&mut **tx).await.map_err(db("consume jti"))? {
-            let client: String = row.try_get("client_id").map_err(db("consume jti"))?;
+            let ns: String = row.try_get("client_id").map_err(db("consume jti"))?;
             let jti: String = row.try_get("jti").map_err(db("consume jti"))?;
-            inserted.insert((client, jti));
+            inserted.insert((ns, jti));
         }
     }
-    // An item is fresh if its (client, jti) was inserted now, and only the first such item.
-    let mut claimed: HashSet<(&str, &str)> = HashSet::new();
-    Ok(items
-        .iter()
-        .map(|p| match &p.consume_jti {
-            None => false,
-            Some((client, jti, _)) => {
-                let key = (client.as_str(), jti.as_str());
-                !(inserted.contains(&(client.clone(), jti.clone())) && claimed.insert(key))
+    // A key is fresh if it was inserted now, and only for the first item that claims it.
+    let mut claimed: HashSet<(String, String)> = HashSet::new();
+    Ok(keys
+        .into_iter()
+        .map(|ks| {
+            let mut used = None;
+            for (ns, jti, _, what) in ks {
+                let k = (ns, jti);
+                let fresh_now = inserted.contains(&k) && claimed.insert(k);
+                if !fresh_now && used.is_none() {
+                    used = Some(what);
+                }
             }
+            used
         })
         .collect())
 }
@@ -416,41 +466,56 @@ async fn append_batch(
 
     for p in items.iter_mut() {
         p.event.assertion_jti = p.consume_jti.as_ref().map(|(_, jti, _)| jti.clone());
+        if let Some((iss, jti, _)) = &p.consume_subject {
+            p.event.subject_issuer = Some(iss.clone());
+            p.event.subject_jti = Some(jti.clone());
+        }
     }
-    let replays = match guard {
+    let used: Vec<Option<Used>> = match guard {
         ReplayGuard::Shared => consume_jtis(&mut tx, items).await?,
         ReplayGuard::Local { seen, .. } => {
             let mut batch_seen = std::collections::HashSet::new();
             items
                 .iter()
-                .map(|p| match &p.consume_jti {
-                    None => false,
-                    Some((client, jti, _)) => {
-                        let k = replay_key(client, jti);
-                        seen.contains_key(&k) || !batch_seen.insert(k)
+                .map(|p| {
+                    let mut used = None;
+                    for (ns, jti, _, what) in p.keys() {
+                        let k = replay_key(&ns, jti);
+                        if (seen.contains_key(&k) || !batch_seen.insert(k)) && used.is_none() {
+                            used = Some(what);
+                        }
                     }
+                    used
                 })
                 .collect()
         }
     };
     let fresh: Vec<(u128, i64)> = items
         .iter()
-        .zip(&replays)
-        .filter_map(|(p, replay)| match (&p.consume_jti, replay) {
-            (Some((client, jti, _)), false) => Some((replay_key(client, jti), p.event.ts)),
-            _ => None,
+        .zip(&used)
+        .filter(|(_, u)| u.is_none())
+        .flat_map(|(p, _)| {
+            p.keys()
+                .map(|(ns, jti, _, _)| (replay_key(&ns, jti), p.event.ts))
+                .collect::<Vec<_>>()
         })
         .collect();
     let mut outcomes = Vec::with_capacity(items.len());
     let mut lines = Vec::with_capacity(if want_lines { items.len() } else { 0 });
     // (seq, ts, kind, jti, body, prev_hash, hash) per event.
     let mut rows: Vec<EventRow> = Vec::with_capacity(items.len());
-    for (p, replay) in items.iter_mut().zip(replays) {
-        if replay {
+    for (p, used) in items.iter_mut().zip(used) {
+        if let Some(what) = used {
             let e = &mut p.event;
             e.kind = EventKind::Deny;
             e.decision = Decision::Deny;
-            e.reason = Some("replayed_jti".into());
+            e.reason = Some(
+                match what {
+                    Used::Assertion => "replayed_jti",
+                    Used::Subject => "subject_replayed",
+                }
+                .into(),
+            );
             e.jti = None;
             e.exp = None;
         } else if let Some((jti, client, exp)) = &p.revoke {
@@ -471,10 +536,10 @@ async fn append_batch(
             }
             lines.push(line.to_string());
         }
-        outcomes.push(if replay {
-            CommitOutcome::Replay(seq)
-        } else {
-            CommitOutcome::Committed(seq)
+        outcomes.push(match used {
+            Some(Used::Assertion) => CommitOutcome::Replay(seq),
+            Some(Used::Subject) => CommitOutcome::SubjectReplay(seq),
+            None => CommitOutcome::Committed(seq),
         });
         let prev_hash = std::mem::replace(&mut prev, hash.clone());
         rows.push(EventRow {

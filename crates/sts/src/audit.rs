@@ -55,6 +55,24 @@ pub struct AuditEvent {
     /// The jti of the client assertion that authenticated the request (single use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assertion_jti: Option<String>,
+    /// Token exchange: the trusted issuer (name) of the subject token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_issuer: Option<String>,
+    /// Token exchange: the subject token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Token exchange: the subject token's `jti` (one-time use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_jti: Option<String>,
+    /// The mapped workload identity (the new token's `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Delegation: the actor's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The policies that decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
     /// The token's expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -80,6 +98,12 @@ impl AuditEvent {
             scopes: Vec::new(),
             jti: None,
             assertion_jti: None,
+            subject_issuer: None,
+            subject: None,
+            subject_jti: None,
+            identity: None,
+            actor: None,
+            policies: Vec::new(),
             exp: None,
             source: None,
             decision,

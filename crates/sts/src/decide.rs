@@ -1,7 +1,11 @@
-//! Decide what a token may carry: one audience, a subset of the client's scopes, a lifetime that
-//! a request can only shorten. Default deny: nothing is granted that the client was not given.
+//! Decide what a token may carry: one audience, the scopes policy allows, a lifetime that a
+//! request can only shorten and that never outlives the subject token. Default deny: every
+//! audience and scope goes through the [`Authorizer`].
 
-use crate::{Client, Denial, Settings};
+use serde_json::Value;
+
+use crate::authz::{ACTION_TOKEN, AuthzQuery, Principal};
+use crate::{Authorizer, Denial, Settings};
 
 /// What the request asked for (already parsed from the form).
 #[derive(Debug, Clone, Default)]
@@ -16,12 +20,37 @@ pub struct TokenParams {
     pub requested_ttl: Option<i64>,
 }
 
+/// Everything the decision needs besides the request parameters.
+#[derive(Debug, Clone)]
+pub struct DecideInput<'a> {
+    /// Who asks.
+    pub principal: Principal<'a>,
+    /// The token's `client_id` claim.
+    pub client_id: &'a str,
+    /// The authenticated client, if any (policy context).
+    pub authenticated_client: Option<&'a str>,
+    /// The grant type (policy context, audit).
+    pub grant_type: &'a str,
+    /// The audience to use when the request names none: only when there is exactly one.
+    pub default_audiences: &'a [String],
+    /// Lifetime cap of the client or issuer, seconds.
+    pub ttl_cap: i64,
+    /// The subject token's `exp`: the new token never outlives it.
+    pub subject_exp: Option<i64>,
+    /// Delegation: the `act` claim for the new token.
+    pub act: Option<Value>,
+    /// Source address, or "".
+    pub source: &'a str,
+    /// Now.
+    pub now: i64,
+}
+
 /// What will be minted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
-    /// The client.
+    /// The `client_id` claim.
     pub client_id: String,
-    /// The subject (the client itself for client_credentials).
+    /// The subject (the client for client_credentials, the workload identity otherwise).
     pub subject: String,
     /// The one audience.
     pub audience: String,
@@ -29,6 +58,10 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Lifetime in seconds.
     pub ttl: i64,
+    /// The `act` claim (RFC 8693 §4.1), for delegation.
+    pub act: Option<Value>,
+    /// The policies that decided, for the audit event.
+    pub policies: Vec<String>,
 }
 
 /// Echo at most this much of a refused value back in an error description.
@@ -36,25 +69,24 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Decide a client_credentials grant.
-pub fn decide(settings: &Settings, client: &Client, params: &TokenParams) -> Result<Grant, Denial> {
+/// The one audience a request names (`resource`s and `audience` together), or the only default.
+pub fn target(params: &TokenParams, defaults: &[String]) -> Result<String, Denial> {
     let mut targets: Vec<&str> = params.resources.iter().map(String::as_str).collect();
     if let Some(a) = params.audience.as_deref().filter(|a| !targets.contains(a)) {
         targets.push(a);
     }
-    let audience = match targets.as_slice() {
-        [] => match client.audiences.as_slice() {
-            [only] => only.clone(),
-            _ => return Err(Denial::TargetRequired),
+    match targets.as_slice() {
+        [] => match defaults {
+            [only] => Ok(only.clone()),
+            _ => Err(Denial::TargetRequired),
         },
-        [one] => {
-            if !client.audiences.iter().any(|a| a == one) {
-                return Err(Denial::TargetNotAllowed(clip(one)));
-            }
-            (*one).to_string()
-        }
-        _ => return Err(Denial::MultipleTargets),
-    };
+        [one] => Ok((*one).to_string()),
+        _ => Err(Denial::MultipleTargets),
+    }
+}
+
+/// The requested scopes, deduplicated, in order.
+pub fn requested_scopes(params: &TokenParams) -> Vec<String> {
     let mut scopes: Vec<String> = Vec::new();
     for s in params
         .scope
@@ -63,29 +95,185 @@ pub fn decide(settings: &Settings, client: &Client, params: &TokenParams) -> Res
         .split(' ')
         .filter(|s| !s.is_empty())
     {
-        if !client.scopes.iter().any(|c| c == s) {
-            return Err(Denial::ScopeNotAllowed(clip(s)));
-        }
         if !scopes.iter().any(|x| x == s) {
             scopes.push(s.to_string());
         }
     }
-    let cap = client.max_ttl.min(settings.max_ttl);
-    let ttl = match params.requested_ttl {
+    scopes
+}
+
+/// Decide a grant through `authz`: the audience (action `token`), then each scope. The ids of
+/// the deciding policies are appended to `trace` whether the answer is yes or no, so that a
+/// denial's audit event names the policy that refused.
+pub fn decide(
+    settings: &Settings,
+    authz: &dyn Authorizer,
+    input: DecideInput<'_>,
+    params: &TokenParams,
+    trace: &mut Vec<String>,
+) -> Result<Grant, Denial> {
+    let audience = target(params, input.default_audiences)?;
+    let scopes = requested_scopes(params);
+    let left = input.subject_exp.map(|exp| exp - input.now);
+    let mut cap = input.ttl_cap.min(settings.max_ttl);
+    let asked = match params.requested_ttl {
         Some(t) if t <= 0 => {
             return Err(Denial::InvalidParameter(
                 "expires_in",
                 "must be a positive number of seconds".into(),
             ));
         }
-        Some(t) => t.min(cap),
-        None => settings.default_ttl.min(cap),
+        Some(t) => {
+            if let Some(left) = left.filter(|l| t > *l) {
+                return Err(Denial::LifetimeBeyondSubject(left.max(0)));
+            }
+            t
+        }
+        None => settings.default_ttl,
     };
+    let q = |action: &'static str| AuthzQuery {
+        principal: input.principal,
+        action,
+        audience: &audience,
+        grant_type: input.grant_type,
+        requested_ttl: asked,
+        source: input.source,
+        now: input.now,
+        client_id: input.authenticated_client.unwrap_or(""),
+        actor: act_sub(input.act.as_ref()).unwrap_or(""),
+    };
+    let d = authz.authorize(&q(ACTION_TOKEN));
+    trace.extend(d.policies);
+    if !d.allow {
+        return Err(Denial::TargetNotAllowed(clip(&audience)));
+    }
+    if let Some(m) = d.max_ttl {
+        cap = cap.min(m);
+    }
+    for s in &scopes {
+        let d = authz.authorize(&AuthzQuery {
+            action: s,
+            ..q(ACTION_TOKEN)
+        });
+        for p in d.policies {
+            if !trace.contains(&p) {
+                trace.push(p);
+            }
+        }
+        if !d.allow {
+            return Err(Denial::ScopeNotAllowed(clip(s)));
+        }
+        if let Some(m) = d.max_ttl {
+            cap = cap.min(m);
+        }
+    }
+    let mut ttl = asked.min(cap);
+    if let Some(left) = left {
+        ttl = ttl.min(left);
+    }
+    if ttl <= 0 {
+        return Err(Denial::SubjectExpired);
+    }
     Ok(Grant {
-        client_id: client.id.clone(),
-        subject: client.id.clone(),
+        client_id: input.client_id.to_string(),
+        subject: input.principal.id.to_string(),
         audience,
         scopes,
         ttl,
+        act: input.act,
+        policies: trace.clone(),
     })
+}
+
+fn act_sub(act: Option<&Value>) -> Option<&str> {
+    act?.get("sub")?.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{AuthzDecision, PrincipalKind};
+
+    /// Allows audience `a` with scopes `r`, capped at 120 s by "p1".
+    struct Fixed;
+    impl Authorizer for Fixed {
+        fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
+            let allow = q.audience == "a" && (q.action == ACTION_TOKEN || q.action == "r");
+            AuthzDecision {
+                allow,
+                policies: if allow { vec!["p1".into()] } else { vec![] },
+                max_ttl: Some(120),
+            }
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            issuer: "https://sts".into(),
+            token_endpoint: "https://sts/oauth2/token".into(),
+            default_ttl: 300,
+            max_ttl: 3600,
+            clock_skew: 30,
+            max_assertion_lifetime: 300,
+        }
+    }
+
+    fn input(subject_exp: Option<i64>) -> DecideInput<'static> {
+        DecideInput {
+            principal: Principal {
+                kind: PrincipalKind::Workload,
+                id: "spiffe://td/w",
+                attrs: &[],
+            },
+            client_id: "spiffe://td/w",
+            authenticated_client: None,
+            grant_type: "g",
+            default_audiences: &[],
+            ttl_cap: 3600,
+            subject_exp,
+            act: None,
+            source: "",
+            now: 1000,
+        }
+    }
+
+    fn params(aud: &str, scope: &str, ttl: Option<i64>) -> TokenParams {
+        TokenParams {
+            scope: Some(scope.into()),
+            resources: vec![],
+            audience: Some(aud.into()),
+            requested_ttl: ttl,
+        }
+    }
+
+    #[test]
+    fn policy_decides_audience_scopes_and_cap() {
+        let s = settings();
+        let g = decide(&s, &Fixed, input(None), &params("a", "r r", None), &mut vec![]).unwrap();
+        assert_eq!(
+            (g.scopes, g.ttl, g.policies),
+            (vec!["r".to_string()], 120, vec!["p1".to_string()])
+        );
+        assert_eq!(
+            decide(&s, &Fixed, input(None), &params("b", "r", None), &mut vec![]).unwrap_err(),
+            Denial::TargetNotAllowed("b".into())
+        );
+        assert_eq!(
+            decide(&s, &Fixed, input(None), &params("a", "w", None), &mut vec![]).unwrap_err(),
+            Denial::ScopeNotAllowed("w".into())
+        );
+    }
+
+    #[test]
+    fn never_outlives_the_subject() {
+        let s = settings();
+        // Default lifetime is clamped to what the subject has left.
+        let g = decide(&s, &Fixed, input(Some(1060)), &params("a", "r", None), &mut vec![]).unwrap();
+        assert_eq!(g.ttl, 60);
+        // Explicitly asking for more is refused.
+        assert_eq!(
+            decide(&s, &Fixed, input(Some(1060)), &params("a", "r", Some(90)), &mut vec![]).unwrap_err(),
+            Denial::LifetimeBeyondSubject(60)
+        );
+    }
 }

@@ -21,7 +21,7 @@ pub enum Denial {
     #[error("invalid parameter `{0}`: {1}")]
     InvalidParameter(&'static str, String),
     /// The grant type is not supported.
-    #[error("grant_type `{0}` is not supported; use client_credentials")]
+    #[error("grant_type `{0}` is not supported; use client_credentials, urn:ietf:params:oauth:grant-type:token-exchange or urn:ietf:params:oauth:grant-type:jwt-bearer")]
     UnsupportedGrantType(String),
     /// No client authentication was presented.
     #[error(
@@ -80,10 +80,10 @@ pub enum Denial {
     #[error("client_assertion jti has already been used")]
     ReplayedJti,
     /// A requested scope is not allowed for this client.
-    #[error("scope `{0}` is not allowed for this client")]
+    #[error("scope `{0}` is not allowed (for this principal and audience)")]
     ScopeNotAllowed(String),
     /// A requested audience/resource is not allowed for this client.
-    #[error("audience `{0}` is not allowed for this client")]
+    #[error("audience `{0}` is not allowed for this principal")]
     TargetNotAllowed(String),
     /// No audience was named and the client has several.
     #[error("name the audience with `resource` or `audience`; this client may call several")]
@@ -94,6 +94,54 @@ pub enum Denial {
     /// The caller may not act on this token.
     #[error("the token was not issued to this client")]
     NotTokenOwner,
+    /// The subject (or actor) token is not acceptable; the reason is fixed text.
+    #[error("subject_token is not acceptable: {0}")]
+    InvalidSubjectToken(&'static str),
+    /// The subject token comes from an issuer that is not trusted.
+    #[error("subject_token issuer is not trusted; add it under [[issuers]]")]
+    UntrustedIssuer,
+    /// The subject token's `aud` names none of the issuer's configured audiences.
+    #[error("subject_token aud names none of the audiences configured for its issuer")]
+    SubjectWrongAudience,
+    /// The subject token has expired (beyond the skew).
+    #[error("subject_token has expired")]
+    SubjectExpired,
+    /// The subject token was issued longer ago than the issuer's `max_token_age`.
+    #[error("subject_token is older than its issuer's max_token_age ({0}s)")]
+    SubjectTooOld(i64),
+    /// The subject token's algorithm is not in the issuer's allow-list.
+    #[error("subject_token algorithm {0} is not accepted for its issuer")]
+    SubjectAlgorithmNotAllowed(String),
+    /// No key of the issuer matches the subject token's kid, even after a refresh.
+    #[error("no key of the subject_token's issuer matches its kid, even after refreshing the issuer's keys")]
+    SubjectUnknownKey,
+    /// The subject token was already exchanged and its issuer requires one-time use.
+    #[error("subject_token has already been used; its issuer allows one exchange per token")]
+    SubjectReplayed,
+    /// The identity template cannot be filled from the subject token.
+    #[error("cannot map the subject_token to a workload identity: {0}")]
+    IdentityMapping(String),
+    /// A `subject_token_type` or `actor_token_type` mayfly does not accept.
+    #[error("token type `{0}` is not supported; use urn:ietf:params:oauth:token-type:jwt, :id_token or :access_token")]
+    UnsupportedSubjectTokenType(String),
+    /// A `requested_token_type` mayfly cannot issue.
+    #[error("requested_token_type `{0}` cannot be issued; mayfly issues urn:ietf:params:oauth:token-type:access_token (a JWT)")]
+    UnsupportedRequestedTokenType(String),
+    /// Re-exchanging a mayfly token asked for a scope it does not carry.
+    #[error("scope `{0}` is not in the subject token; re-exchange can only narrow scopes")]
+    ScopeWidening(String),
+    /// Re-exchanging a mayfly token asked for another audience.
+    #[error("re-exchange can only keep or narrow the subject token's audience")]
+    AudienceWidening,
+    /// The requested lifetime exceeds what the subject token has left.
+    #[error("requested lifetime exceeds the subject_token's remaining lifetime ({0}s)")]
+    LifetimeBeyondSubject(i64),
+    /// This issuer's tokens are exchanged only by an authenticated client.
+    #[error("client authentication is required for subject tokens of this issuer")]
+    ClientAuthRequired,
+    /// RFC 7523 §2.1: a problem with the `assertion` grant is `invalid_grant`.
+    #[error("{0}")]
+    InvalidGrant(Box<Denial>),
     /// The store is unavailable.
     #[error("the service is temporarily unavailable")]
     Unavailable,
@@ -126,8 +174,27 @@ impl Denial {
             | AssertionLifetimeTooLong(_)
             | AssertionNotYetValid
             | ReplayedJti => ErrorCode::InvalidClient,
-            ScopeNotAllowed(_) => ErrorCode::InvalidScope,
-            TargetNotAllowed(_) | TargetRequired | MultipleTargets => ErrorCode::InvalidTarget,
+            ScopeNotAllowed(_) | ScopeWidening(_) => ErrorCode::InvalidScope,
+            TargetNotAllowed(_)
+            | TargetRequired
+            | MultipleTargets
+            | AudienceWidening => ErrorCode::InvalidTarget,
+            // RFC 8693 §2.2.2: an invalid or unacceptable subject or actor token is
+            // `invalid_request`.
+            InvalidSubjectToken(_)
+            | UntrustedIssuer
+            | SubjectWrongAudience
+            | SubjectExpired
+            | SubjectTooOld(_)
+            | SubjectAlgorithmNotAllowed(_)
+            | SubjectUnknownKey
+            | SubjectReplayed
+            | IdentityMapping(_)
+            | UnsupportedSubjectTokenType(_)
+            | UnsupportedRequestedTokenType(_)
+            | LifetimeBeyondSubject(_) => ErrorCode::InvalidRequest,
+            ClientAuthRequired => ErrorCode::InvalidClient,
+            InvalidGrant(_) => ErrorCode::InvalidGrant,
             NotTokenOwner => ErrorCode::UnauthorizedClient,
             Unavailable => ErrorCode::TemporarilyUnavailable,
             Internal => ErrorCode::ServerError,
@@ -165,6 +232,22 @@ impl Denial {
             TargetRequired => "target_required",
             MultipleTargets => "multiple_targets",
             NotTokenOwner => "not_token_owner",
+            InvalidSubjectToken(_) => "invalid_subject_token",
+            UntrustedIssuer => "untrusted_issuer",
+            SubjectWrongAudience => "subject_wrong_audience",
+            SubjectExpired => "subject_expired",
+            SubjectTooOld(_) => "subject_too_old",
+            SubjectAlgorithmNotAllowed(_) => "subject_algorithm_not_allowed",
+            SubjectUnknownKey => "subject_unknown_key",
+            SubjectReplayed => "subject_replayed",
+            IdentityMapping(_) => "identity_mapping",
+            UnsupportedSubjectTokenType(_) => "unsupported_subject_token_type",
+            UnsupportedRequestedTokenType(_) => "unsupported_requested_token_type",
+            ScopeWidening(_) => "scope_widening",
+            AudienceWidening => "audience_widening",
+            LifetimeBeyondSubject(_) => "lifetime_beyond_subject",
+            ClientAuthRequired => "client_auth_required",
+            InvalidGrant(inner) => inner.reason(),
             Unavailable => "unavailable",
             Internal => "internal",
         }

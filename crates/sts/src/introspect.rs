@@ -27,6 +27,9 @@ pub struct AccessTokenClaims {
     pub exp: i64,
     /// Token id.
     pub jti: String,
+    /// Delegation chain (RFC 8693 §4.1), when the token was issued to an actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
 }
 
 /// Verify that `token` is a live access token we issued: our signature (`keys` = our published
@@ -39,12 +42,12 @@ pub fn check_access_token(
     now: i64,
 ) -> Option<AccessTokenClaims> {
     let verified = keys
-        .verify(token, &[Algorithm::EdDSA, Algorithm::ES256])
+        .verify::<AccessTokenClaims>(token, &[Algorithm::EdDSA, Algorithm::ES256])
         .ok()?;
     if verified.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
         return None;
     }
-    let claims: AccessTokenClaims = serde_json::from_value(verified.claims).ok()?;
+    let claims = verified.claims;
     if claims.iss != settings.issuer || claims.exp <= now {
         return None;
     }

@@ -5,14 +5,19 @@
 //! Time comes in as an argument from a [`Clock`], so every lifetime, skew and rotation rule is
 //! tested with [`ManualClock`].
 //!
-//! Not here: HTTP, storage, policy languages (a later issue adds Cedar in its own crate).
+//! Not here: HTTP, storage, key fetching, policy languages (the server plugs the Cedar engine in
+//! through [`Authorizer`]).
 #![forbid(unsafe_code)]
 
 mod audit;
 mod authn;
+pub mod authz;
 mod clock;
 mod decide;
 mod deny;
+mod exchange;
+pub mod federation;
+pub mod identity;
 mod introspect;
 pub mod keys;
 mod mint;
@@ -20,7 +25,9 @@ mod mint;
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use decide::{Grant, TokenParams, decide};
+pub use authz::{Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
+pub use decide::{DecideInput, Grant, TokenParams, decide, requested_scopes, target};
+pub use exchange::{act_claim, narrow};
 pub use deny::Denial;
 pub use introspect::{AccessTokenClaims, check_access_token};
 pub use mint::{MintedToken, mint};

@@ -32,6 +32,8 @@ struct Claims<'a> {
     iat: i64,
     exp: i64,
     jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a serde_json::Value>,
 }
 
 /// Sign `grant` with `key` at `now`; `jti` must be fresh and unique (128 random bits).
@@ -52,6 +54,7 @@ pub fn mint(
         iat: now,
         exp,
         jti: &jti,
+        act: grant.act.as_ref(),
     };
     let token = key
         .sign_jwt(Some(ACCESS_TOKEN_TYP), &claims)

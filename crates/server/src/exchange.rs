@@ -1,0 +1,347 @@
+//! Token exchange (RFC 8693) and the JWT bearer grant (RFC 7523 §2.1): a subject token from a
+//! trusted issuer (or one of our own tokens, to narrow it) becomes a short-lived token for one
+//! audience, decided by the same policy path as every other grant.
+
+use std::net::SocketAddr;
+
+use axum::http::HeaderMap;
+use mayfly_proto::{
+    Form, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN,
+    TOKEN_TYPE_JWT, TokenResponse,
+};
+use mayfly_sts::federation::{ClientAuthRule, SubjectIdentity, claimed_issuer, verify_subject_token};
+use mayfly_sts::{
+    AccessTokenClaims, AuditEvent, Authorizer, AuthenticatedClient, Decision, DecideInput, Denial,
+    EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
+};
+use serde_json::Value;
+
+use crate::handlers::{Caller, authenticate, issue, source, token_params};
+use crate::state::App;
+
+/// A subject (or actor) token, verified and mapped.
+enum Verified {
+    /// From a trusted issuer.
+    Federated {
+        id: SubjectIdentity,
+        client_auth: ClientAuthRule,
+        one_time: bool,
+        ttl_cap: i64,
+    },
+    /// One of our own live access tokens.
+    Ours(AccessTokenClaims),
+}
+
+impl Verified {
+    fn identity(&self) -> &str {
+        match self {
+            Self::Federated { id, .. } => &id.identity,
+            Self::Ours(c) => &c.sub,
+        }
+    }
+}
+
+/// Verify a JWT from a trusted issuer: pick the issuer by its (unverified) `iss`, verify with
+/// its cached keys, and on an unknown `kid` refetch them once (rate-limited) and retry.
+async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
+    let iss = claimed_issuer(token)?;
+    let issuer = app.0.issuers.find(&iss).ok_or(Denial::UntrustedIssuer)?;
+    let verify = |keys: &mayfly_crypto::VerifyingKeys| {
+        verify_subject_token(
+            &app.0.settings,
+            &issuer.trusted,
+            keys,
+            token,
+            &app.0.config.trust_domain,
+            now,
+        )
+    };
+    let keys = app.0.issuers.keys(&issuer, now).await;
+    let result = match &keys {
+        Some(k) => verify(k),
+        None => Err(Denial::SubjectUnknownKey),
+    };
+    let id = match result {
+        Err(Denial::SubjectUnknownKey) => {
+            if !app.0.issuers.refresh_on_unknown_kid(&issuer, now).await {
+                return Err(match keys {
+                    Some(_) => Denial::SubjectUnknownKey,
+                    // Never fetched: the issuer is unreachable, not the token wrong.
+                    None => Denial::Unavailable,
+                });
+            }
+            let keys = app
+                .0
+                .issuers
+                .keys(&issuer, now)
+                .await
+                .ok_or(Denial::Unavailable)?;
+            verify(&keys)?
+        }
+        other => other?,
+    };
+    Ok(Verified::Federated {
+        id,
+        client_auth: issuer.trusted.client_auth,
+        one_time: issuer.trusted.one_time_use,
+        ttl_cap: issuer.trusted.max_ttl,
+    })
+}
+
+/// One of our own tokens, live and not revoked.
+async fn ours(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
+    let claims = check_access_token(&app.0.settings, &app.keys().verifying, token, now)
+        .ok_or(Denial::InvalidSubjectToken(
+            "not an active access token of this server",
+        ))?;
+    if app
+        .0
+        .store
+        .is_revoked(&claims.jti)
+        .await
+        .map_err(|_| Denial::Unavailable)?
+    {
+        return Err(Denial::InvalidSubjectToken(
+            "not an active access token of this server",
+        ));
+    }
+    Ok(Verified::Ours(claims))
+}
+
+async fn by_type(app: &App, token: &str, token_type: &str, now: i64) -> Result<Verified, Denial> {
+    match token_type {
+        TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN => federated(app, token, now).await,
+        TOKEN_TYPE_ACCESS_TOKEN => ours(app, token, now).await,
+        other => Err(Denial::UnsupportedSubjectTokenType(
+            other.chars().take(80).collect(),
+        )),
+    }
+}
+
+/// Authenticate the client when it sent an assertion (or must).
+async fn optional_client(
+    app: &App,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+    now: i64,
+    caller: &mut Caller,
+) -> Result<Option<AuthenticatedClient>, Denial> {
+    if form.get("client_assertion").is_none()
+        && form.get("client_assertion_type").is_none()
+        && !headers.contains_key(axum::http::header::AUTHORIZATION)
+    {
+        return Ok(None);
+    }
+    let (_, auth) = authenticate(app, headers, form, now, caller).await?;
+    Ok(Some(auth))
+}
+
+fn note_subject(caller: &mut Caller, v: &Verified) {
+    match v {
+        Verified::Federated { id, .. } => {
+            caller.subject_issuer = Some(id.issuer_name.clone());
+            caller.subject = Some(id.subject.clone());
+            caller.identity = Some(id.identity.clone());
+        }
+        Verified::Ours(c) => {
+            caller.subject_issuer = Some("mayfly".into());
+            caller.subject = Some(c.sub.clone());
+            caller.identity = Some(c.sub.clone());
+        }
+    }
+}
+
+/// Decide and issue for a verified subject (shared by both grants).
+#[allow(clippy::too_many_arguments)] // one call site per grant; a struct would only rename them
+async fn finish(
+    app: &App,
+    subject: Verified,
+    actor: Option<Verified>,
+    auth: Option<AuthenticatedClient>,
+    form: &Form<'_>,
+    grant_type: &'static str,
+    now: i64,
+    addr: &SocketAddr,
+    caller: &mut Caller,
+) -> Result<TokenResponse, Denial> {
+    let params = token_params(form)?;
+    let prior_act: Option<&Value> = match &subject {
+        Verified::Ours(c) => c.act.as_ref(),
+        Verified::Federated { .. } => None,
+    };
+    let act = match &actor {
+        Some(a) => {
+            caller.actor = Some(a.identity().to_string());
+            Some(act_claim(a.identity(), prior_act)?)
+        }
+        None => prior_act.cloned(),
+    };
+    let client_id_auth = auth.as_ref().map(|a| a.client_id.clone());
+    let src = addr.ip().to_string();
+    let (grant, mut e, consume) = match &subject {
+        Verified::Federated {
+            id,
+            client_auth,
+            one_time,
+            ttl_cap,
+        } => {
+            if *client_auth == ClientAuthRule::Required && auth.is_none() {
+                return Err(Denial::ClientAuthRequired);
+            }
+            let input = DecideInput {
+                principal: Principal {
+                    kind: PrincipalKind::Workload,
+                    id: &id.identity,
+                    attrs: &id.attrs,
+                },
+                client_id: client_id_auth.as_deref().unwrap_or(&id.identity),
+                authenticated_client: client_id_auth.as_deref(),
+                grant_type,
+                default_audiences: &[],
+                ttl_cap: *ttl_cap,
+                subject_exp: Some(id.exp),
+                act,
+                source: &src,
+                now,
+            };
+            let grant = decide(
+                &app.0.settings,
+                &app.0.policies as &dyn Authorizer,
+                input,
+                &params,
+                &mut caller.policies,
+            )?;
+            let consume = match (&id.jti, one_time) {
+                (Some(jti), true) => Some((
+                    id.issuer_name.clone(),
+                    jti.clone(),
+                    id.exp + app.0.settings.clock_skew,
+                )),
+                _ => None,
+            };
+            let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
+            e.subject_issuer = Some(id.issuer_name.clone());
+            e.subject = Some(id.subject.clone());
+            e.identity = Some(id.identity.clone());
+            (grant, e, consume)
+        }
+        Verified::Ours(orig) => {
+            let (params, narrowing) = narrow(orig, &params)?;
+            let kind = if orig.sub.starts_with("spiffe://") {
+                PrincipalKind::Workload
+            } else {
+                PrincipalKind::Client
+            };
+            let input = DecideInput {
+                principal: Principal {
+                    kind,
+                    id: &orig.sub,
+                    attrs: &[],
+                },
+                client_id: client_id_auth.as_deref().unwrap_or(&orig.client_id),
+                authenticated_client: client_id_auth.as_deref(),
+                grant_type,
+                default_audiences: &[],
+                ttl_cap: app.0.settings.max_ttl,
+                subject_exp: Some(orig.exp),
+                act,
+                source: &src,
+                now,
+            };
+            let grant = decide(
+                &app.0.settings,
+                &narrowing,
+                input,
+                &params,
+                &mut caller.policies,
+            )?;
+            let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
+            e.subject_issuer = Some("mayfly".into());
+            e.subject = Some(orig.sub.clone());
+            e.identity = Some(orig.sub.clone());
+            (grant, e, None)
+        }
+    };
+    e.client = client_id_auth;
+    e.actor = caller.actor.clone();
+    e.source = source(addr);
+    issue(app, grant, grant_type, e, auth, consume, now).await
+}
+
+/// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`.
+pub(crate) async fn token_exchange(
+    app: &App,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+    now: i64,
+    addr: &SocketAddr,
+    caller: &mut Caller,
+) -> Result<TokenResponse, Denial> {
+    if let Some(t) = form.get("requested_token_type")
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(Denial::UnsupportedRequestedTokenType(
+            t.chars().take(80).collect(),
+        ));
+    }
+    let token = form
+        .get("subject_token")
+        .ok_or(Denial::MissingParameter("subject_token"))?;
+    let token_type = form
+        .get("subject_token_type")
+        .ok_or(Denial::MissingParameter("subject_token_type"))?;
+    let auth = optional_client(app, headers, form, now, caller).await?;
+    let subject = by_type(app, token, token_type, now).await?;
+    note_subject(caller, &subject);
+    let actor = match (form.get("actor_token"), form.get("actor_token_type")) {
+        (None, None) => None,
+        (Some(t), Some(tt)) => Some(by_type(app, t, tt, now).await?),
+        (Some(_), None) => return Err(Denial::MissingParameter("actor_token_type")),
+        (None, Some(_)) => return Err(Denial::MissingParameter("actor_token")),
+    };
+    let mut resp = finish(
+        app,
+        subject,
+        actor,
+        auth,
+        form,
+        GRANT_TOKEN_EXCHANGE,
+        now,
+        addr,
+        caller,
+    )
+    .await?;
+    resp.issued_token_type = Some(TOKEN_TYPE_ACCESS_TOKEN.into());
+    Ok(resp)
+}
+
+/// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with `assertion` from a trusted
+/// issuer, under the same trust rules as a token-exchange subject token.
+pub(crate) async fn jwt_bearer(
+    app: &App,
+    headers: &HeaderMap,
+    form: &Form<'_>,
+    now: i64,
+    addr: &SocketAddr,
+    caller: &mut Caller,
+) -> Result<TokenResponse, Denial> {
+    let token = form
+        .get("assertion")
+        .ok_or(Denial::MissingParameter("assertion"))?;
+    let auth = optional_client(app, headers, form, now, caller).await?;
+    let subject = federated(app, token, now).await?;
+    note_subject(caller, &subject);
+    finish(
+        app,
+        subject,
+        None,
+        auth,
+        form,
+        GRANT_JWT_BEARER,
+        now,
+        addr,
+        caller,
+    )
+    .await
+}

@@ -1,0 +1,243 @@
+//! Workload-identity federation: verify a subject token from a trusted issuer (a Kubernetes
+//! projected service-account token, a GitHub Actions or GitLab CI OIDC token, a SPIFFE JWT-SVID)
+//! and map it to the workload identity that policy and the new token's `sub` use.
+//!
+//! Not here: fetching the issuer's keys (the server caches them) or deciding what the workload
+//! may have (policy).
+
+use jsonwebtoken::Algorithm;
+use mayfly_crypto::{ASSERTION_ALGS, VerifyError, VerifyingKeys};
+use serde_json::Value;
+
+use crate::identity::IdentityTemplate;
+use crate::{Denial, Settings};
+
+/// Longest subject-token `jti` we store for one-time use.
+const MAX_JTI_LEN: usize = 256;
+
+/// Whether a token exchange through this issuer needs client authentication too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthRule {
+    /// The subject token alone is the credential; a client assertion, when sent, is checked.
+    Optional,
+    /// A registered client must authenticate as well (`private_key_jwt`).
+    Required,
+}
+
+/// An issuer whose tokens mayfly accepts as subject tokens.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// Short name (from config); also the `issuer` attribute policies see.
+    pub name: String,
+    /// The `iss` value its tokens carry.
+    pub issuer: String,
+    /// A subject token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted (never `none`, never HMAC).
+    pub algorithms: Vec<Algorithm>,
+    /// Oldest `iat` accepted, in seconds before now.
+    pub max_token_age: i64,
+    /// How the workload identity is built from the claims.
+    pub identity: IdentityTemplate,
+    /// Policy attributes: (name, JSON pointer into the claims). Absent claims are left out.
+    pub attributes: Vec<(String, String)>,
+    /// Each subject token `jti` may be exchanged once.
+    pub one_time_use: bool,
+    /// Client authentication rule.
+    pub client_auth: ClientAuthRule,
+    /// Lifetime cap for tokens minted from this issuer's tokens, seconds.
+    pub max_ttl: i64,
+}
+
+/// A verified subject token, mapped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectIdentity {
+    /// The trusted issuer's name.
+    pub issuer_name: String,
+    /// The token's `sub` claim.
+    pub subject: String,
+    /// The mapped workload identity (a SPIFFE ID).
+    pub identity: String,
+    /// Policy attributes (`issuer` and `subject` first).
+    pub attrs: Vec<(String, String)>,
+    /// The token's `jti`, if any.
+    pub jti: Option<String>,
+    /// The token's `exp`.
+    pub exp: i64,
+}
+
+/// The unverified `iss` of a JWT, to pick the issuer whose keys verify it. Never trust it
+/// otherwise.
+pub fn claimed_issuer(token: &str) -> Result<String, Denial> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let c: Iss = jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|_| Denial::InvalidSubjectToken("not a well-formed signed JWT"))?;
+    c.iss
+        .filter(|s| !s.is_empty() && s.len() <= 512)
+        .ok_or(Denial::InvalidSubjectToken("no `iss` claim"))
+}
+
+fn int(claims: &Value, name: &str) -> Option<i64> {
+    claims
+        .get(name)
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+}
+
+/// Verify `token` as issued by `issuer` (whose keys are `keys`) at `now`, and map it.
+pub fn verify_subject_token(
+    settings: &Settings,
+    issuer: &TrustedIssuer,
+    keys: &VerifyingKeys,
+    token: &str,
+    trust_domain: &str,
+    now: i64,
+) -> Result<SubjectIdentity, Denial> {
+    let allowed: Vec<Algorithm> = issuer
+        .algorithms
+        .iter()
+        .copied()
+        .filter(|a| ASSERTION_ALGS.contains(a))
+        .collect();
+    let verified = keys
+        .verify::<Value>(token, &allowed)
+        .map_err(|e| match e {
+            VerifyError::AlgNotAllowed(a) => Denial::SubjectAlgorithmNotAllowed(a),
+            VerifyError::UnknownKey => Denial::SubjectUnknownKey,
+            VerifyError::BadSignature => {
+                Denial::InvalidSubjectToken("signature does not verify")
+            }
+            _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
+        })?;
+    let c = &verified.claims;
+    if c.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+        return Err(Denial::UntrustedIssuer);
+    }
+    let aud_ok = match c.get("aud") {
+        Some(Value::String(a)) => issuer.audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list.iter().any(|a| {
+            a.as_str()
+                .is_some_and(|a| issuer.audiences.iter().any(|x| x == a))
+        }),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(Denial::SubjectWrongAudience);
+    }
+    let skew = settings.clock_skew;
+    let exp = int(c, "exp").ok_or(Denial::InvalidSubjectToken("no `exp` claim"))?;
+    if exp.saturating_add(skew) <= now {
+        return Err(Denial::SubjectExpired);
+    }
+    if int(c, "nbf").is_some_and(|t| t > now.saturating_add(skew)) {
+        return Err(Denial::InvalidSubjectToken("not yet valid (nbf)"));
+    }
+    match int(c, "iat") {
+        Some(iat) if iat > now.saturating_add(skew) => {
+            return Err(Denial::InvalidSubjectToken("issued in the future (iat)"));
+        }
+        Some(iat) if now.saturating_sub(iat) > issuer.max_token_age => {
+            return Err(Denial::SubjectTooOld(issuer.max_token_age));
+        }
+        // Without `iat`, a token that stays valid longer than the age limit is as good as old.
+        None if exp.saturating_sub(now) > issuer.max_token_age => {
+            return Err(Denial::SubjectTooOld(issuer.max_token_age));
+        }
+        _ => {}
+    }
+    let subject = c
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(Denial::InvalidSubjectToken("no `sub` claim"))?
+        .to_string();
+    let jti = c
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+        .map(str::to_string);
+    if issuer.one_time_use && jti.is_none() {
+        return Err(Denial::InvalidSubjectToken(
+            "this issuer's tokens are single-use and need a `jti`",
+        ));
+    }
+    let identity = issuer
+        .identity
+        .render(c, trust_domain)
+        .map_err(|e| Denial::IdentityMapping(e.to_string()))?;
+    let mut attrs = vec![
+        ("issuer".to_string(), issuer.name.clone()),
+        ("subject".to_string(), subject.clone()),
+    ];
+    for (name, ptr) in &issuer.attributes {
+        if let Some(Value::String(v)) = c.pointer(ptr) {
+            attrs.push((name.clone(), v.clone()));
+        }
+    }
+    Ok(SubjectIdentity {
+        issuer_name: issuer.name.clone(),
+        subject,
+        identity,
+        attrs,
+        jti,
+        exp,
+    })
+}
+
+/// Claim mappings and defaults of the presets.
+#[derive(Debug, Clone)]
+pub struct Preset {
+    /// Identity template.
+    pub identity: &'static str,
+    /// Algorithms.
+    pub algorithms: &'static [Algorithm],
+    /// Policy attributes: (name, JSON pointer).
+    pub attributes: &'static [(&'static str, &'static str)],
+}
+
+/// The preset named `name`, if any: `kubernetes`, `github-actions`, `gitlab-ci`,
+/// `spiffe-jwt-svid`.
+pub fn preset(name: &str) -> Option<Preset> {
+    use Algorithm::*;
+    Some(match name {
+        "kubernetes" => Preset {
+            identity: "spiffe://{trust_domain}/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.io/serviceaccount/name}",
+            algorithms: &[RS256, ES256],
+            attributes: &[
+                ("namespace", "/kubernetes.io/namespace"),
+                ("service_account", "/kubernetes.io/serviceaccount/name"),
+            ],
+        },
+        "github-actions" => Preset {
+            identity: "spiffe://{trust_domain}/github/{/repository}/{/ref}",
+            algorithms: &[RS256],
+            attributes: &[
+                ("repository", "/repository"),
+                ("repository_owner", "/repository_owner"),
+                ("ref", "/ref"),
+                ("environment", "/environment"),
+                ("workflow", "/workflow"),
+                ("actor", "/actor"),
+            ],
+        },
+        "gitlab-ci" => Preset {
+            identity: "spiffe://{trust_domain}/gitlab/{/project_path}/{/ref_type}/{/ref}",
+            algorithms: &[RS256],
+            attributes: &[
+                ("project_path", "/project_path"),
+                ("ref", "/ref"),
+                ("environment", "/environment"),
+                ("pipeline_source", "/pipeline_source"),
+                ("actor", "/user_login"),
+            ],
+        },
+        "spiffe-jwt-svid" => Preset {
+            identity: "{/sub}",
+            algorithms: &[ES256, ES384, RS256, PS256],
+            attributes: &[],
+        },
+        _ => return None,
+    })
+}
