@@ -6,6 +6,7 @@
 
 mod cli;
 mod crash;
+mod federation;
 mod fixture;
 mod interop_node;
 mod issuance;

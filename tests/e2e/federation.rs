@@ -1,0 +1,703 @@
+//! Workload-identity federation, in process over real HTTP with a fake clock: subject tokens
+//! shaped exactly like a Kubernetes projected service-account token and a GitHub Actions OIDC
+//! token, from a test issuer that serves its keys on loopback, exchanged (RFC 8693) and
+//! presented as JWT bearer grants (RFC 7523), decided by Cedar policies from a directory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mayfly_crypto::{Kek, KeyAlg, SigningKey};
+use mayfly_server::{App, AppOptions};
+use mayfly_store::{AuditSink, Store};
+use mayfly_sts::{Clock, ManualClock};
+use serde_json::{Value, json};
+
+use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
+use crate::support::TEST_MASTER_KEY;
+
+const API: &str = "https://api.example.test";
+const DEPLOY: &str = "https://deploy.example.test";
+const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+const GHA_ISS: &str = "https://token.actions.githubusercontent.com";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const TT_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+const SCHEMA: &str = r#"
+entity Client;
+entity Audience;
+entity Workload = {
+  issuer: String, subject: String,
+  namespace?: String, service_account?: String, repository?: String, repository_owner?: String,
+  ref?: String, environment?: String, workflow?: String, actor?: String, project_path?: String,
+  pipeline_source?: String, trust_domain?: String,
+};
+type RequestContext = {
+  grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String,
+};
+action "token", "read", "write", "deploy" appliesTo {
+  principal: [Client, Workload], resource: [Audience], context: RequestContext,
+};
+"#;
+
+const POLICIES: &str = r#"
+@id("payments-read")
+permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
+when { principal.issuer == "k8s-prod" && principal has namespace && principal.namespace == "payments" };
+
+@id("deploy-from-main")
+@max_ttl("10m")
+permit(principal is Workload, action in [Action::"token", Action::"deploy"], resource == Audience::"https://deploy.example.test")
+when { principal.issuer == "github" && principal has repository && principal.repository == "octo-org/octo-repo"
+       && principal has ref && principal.ref == "refs/heads/main" };
+
+@id("no-kube-system")
+forbid(principal is Workload, action, resource)
+when { principal has namespace && principal.namespace == "kube-system" };
+"#;
+
+/// The platform side: two issuers' key sets on loopback, with fetch counters and an outage switch.
+struct TestIssuer {
+    base: String,
+    k8s_keys: Arc<Mutex<Vec<Value>>>,
+    down: Arc<Mutex<bool>>,
+    k8s_fetches: Arc<AtomicUsize>,
+}
+
+impl TestIssuer {
+    async fn start(k8s: &SigningKey, gha: &SigningKey) -> TestIssuer {
+        let k8s_keys = Arc::new(Mutex::new(vec![k8s.public_jwk().clone()]));
+        let gha_keys = Arc::new(Mutex::new(vec![gha.public_jwk().clone()]));
+        let down = Arc::new(Mutex::new(false));
+        let k8s_fetches = Arc::new(AtomicUsize::new(0));
+        let serve = |keys: Arc<Mutex<Vec<Value>>>, down: Arc<Mutex<bool>>, n: Option<Arc<AtomicUsize>>| {
+            move || {
+                let (keys, down, n) = (keys.clone(), down.clone(), n.clone());
+                async move {
+                    if let Some(n) = n {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if *down.lock().unwrap() {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("cache-control", "no-store")], String::new());
+                    }
+                    let body = json!({"keys": *keys.lock().unwrap()}).to_string();
+                    (axum::http::StatusCode::OK, [("cache-control", "public, max-age=60")], body)
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route(
+                "/k8s/jwks",
+                axum::routing::get(serve(k8s_keys.clone(), down.clone(), Some(k8s_fetches.clone()))),
+            )
+            .route(
+                "/gha/jwks",
+                axum::routing::get(serve(gha_keys, down.clone(), None)),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestIssuer {
+            base,
+            k8s_keys,
+            down,
+            k8s_fetches,
+        }
+    }
+}
+
+struct Fed {
+    dir: tempfile::TempDir,
+    issuer: String,
+    clock: Arc<ManualClock>,
+    app: App,
+    store: Store,
+    idp: TestIssuer,
+    k8s: SigningKey,
+    gha: SigningKey,
+    gateway: SigningKey,
+    http: reqwest::Client,
+}
+
+impl Fed {
+    async fn start() -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-1")).unwrap();
+        let gha = SigningKey::generate(KeyAlg::ES256, Some("gha-1")).unwrap();
+        let gateway = SigningKey::generate(KeyAlg::ES256, Some("gw")).unwrap();
+        let idp = TestIssuer::start(&k8s, &gha).await;
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/schema.cedarschema"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
+        std::fs::write(
+            dir.path().join("gateway.jwks.json"),
+            json!({"keys": [gateway.public_jwk()]}).to_string(),
+        )
+        .unwrap();
+        let base = &idp.base;
+        let text = format!(
+            r#"trust_domain = "example.org"
+[tokens]
+max_ttl = "1h"
+[policy]
+dir = "policies"
+[[clients]]
+id = "gateway"
+jwks_file = "gateway.jwks.json"
+audiences = ["{API}"]
+scopes = ["read"]
+[[issuers]]
+name = "k8s-prod"
+issuer = "{K8S_ISS}"
+preset = "kubernetes"
+jwks_uri = "{base}/k8s/jwks"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+max_token_age = "1h"
+[[issuers]]
+name = "github"
+issuer = "{GHA_ISS}"
+preset = "github-actions"
+jwks_uri = "{base}/gha/jwks"
+audiences = ["https://github.com/octo-org"]
+algorithms = ["ES256"]
+max_token_age = "10m"
+one_time_use = true
+"#
+        );
+        let config =
+            mayfly_config::Config::from_toml_str(&text, "fed.toml", dir.path(), &[]).unwrap();
+        let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
+            .await
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(now()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let app = App::start(AppOptions {
+            config,
+            issuer: issuer.clone(),
+            store: store.clone(),
+            kek: Arc::new(Kek::from_base64(TEST_MASTER_KEY).unwrap()),
+            clock: clock.clone(),
+            audit_sink: AuditSink::Off,
+        })
+        .await
+        .unwrap();
+        tokio::spawn(mayfly_server::serve(
+            listener,
+            app.clone(),
+            std::future::pending(),
+        ));
+        Fed {
+            dir,
+            issuer,
+            clock,
+            app,
+            store,
+            idp,
+            k8s,
+            gha,
+            gateway,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A Kubernetes projected service-account token (the claims the kubelet requests).
+    fn k8s_claims(&self, ns: &str, sa: &str) -> Value {
+        let n = self.clock.now();
+        json!({
+            "aud": ["mayfly"],
+            "exp": n + 3600,
+            "iat": n,
+            "nbf": n,
+            "iss": K8S_ISS,
+            "jti": mayfly_crypto::random_id().unwrap(),
+            "kubernetes.io": {
+                "namespace": ns,
+                "node": {"name": "node-1", "uid": "6f2c1c9e-0c2a-4a1e-9f1f-3b4c5d6e7f80"},
+                "pod": {"name": format!("{sa}-7d9f8b6c5-x2k4q"), "uid": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"},
+                "serviceaccount": {"name": sa, "uid": "9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a"}
+            },
+            "sub": format!("system:serviceaccount:{ns}:{sa}")
+        })
+    }
+
+    /// A GitHub Actions OIDC token (the claims GitHub documents), for a push to `git_ref`.
+    fn gha_claims(&self, git_ref: &str) -> Value {
+        let n = self.clock.now();
+        json!({
+            "jti": mayfly_crypto::random_id().unwrap(),
+            "sub": format!("repo:octo-org/octo-repo:ref:{git_ref}"),
+            "aud": "https://github.com/octo-org",
+            "ref": git_ref,
+            "sha": "d6e0b3a2c1f4e5d6a7b8c9d0e1f2a3b4c5d6e7f8",
+            "repository": "octo-org/octo-repo",
+            "repository_owner": "octo-org",
+            "repository_owner_id": "1342004",
+            "repository_id": "74",
+            "repository_visibility": "private",
+            "run_id": "6229494860",
+            "run_number": "42",
+            "run_attempt": "1",
+            "actor": "octocat",
+            "actor_id": "583231",
+            "workflow": "deploy",
+            "workflow_ref": format!("octo-org/octo-repo/.github/workflows/deploy.yml@{git_ref}"),
+            "workflow_sha": "d6e0b3a2c1f4e5d6a7b8c9d0e1f2a3b4c5d6e7f8",
+            "job_workflow_ref": format!("octo-org/octo-repo/.github/workflows/deploy.yml@{git_ref}"),
+            "job_workflow_sha": "d6e0b3a2c1f4e5d6a7b8c9d0e1f2a3b4c5d6e7f8",
+            "head_ref": "",
+            "base_ref": "",
+            "event_name": "push",
+            "ref_type": "branch",
+            "environment": "production",
+            "runner_environment": "github-hosted",
+            "iss": GHA_ISS,
+            "nbf": n,
+            "iat": n,
+            "exp": n + 300
+        })
+    }
+
+    async fn post(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/oauth2/token", self.issuer))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded(form))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn exchange(&self, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", EXCHANGE),
+            ("subject_token", subject),
+            ("subject_token_type", TT_JWT),
+        ];
+        form.extend_from_slice(extra);
+        self.post(&form).await
+    }
+
+    /// The newest audit events (bodies), newest last.
+    async fn audit(&self, n: i64) -> Vec<Value> {
+        self.store
+            .audit_tail(n)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.body).unwrap())
+            .collect()
+    }
+
+    fn gateway_assertion(&self) -> String {
+        let n = self.clock.now();
+        self.gateway
+            .sign_jwt(
+                None,
+                &json!({"iss": "gateway", "sub": "gateway", "aud": self.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}),
+            )
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_and_github_tokens_exchanged_under_policy() {
+    let f = Fed::start().await;
+
+    // Kubernetes: allowed by `payments-read` -> sub is the mapped SPIFFE ID.
+    let sa = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let (s, body) = f
+        .exchange(&sa, &[("audience", API), ("scope", "read")])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(body["token_type"], "Bearer");
+    let t = peek(body["access_token"].as_str().unwrap());
+    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(t["aud"], API);
+    assert_eq!(t["scope"], "read");
+    assert!(t.get("act").is_none());
+    let e = f.audit(1).await.pop().unwrap();
+    assert_eq!(e["kind"], "issue");
+    assert_eq!(e["grant"], EXCHANGE);
+    assert_eq!(e["subject_issuer"], "k8s-prod");
+    assert_eq!(e["subject"], "system:serviceaccount:payments:api");
+    assert_eq!(e["identity"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(e["policies"], json!(["payments-read"]));
+
+    // With an actor: the new token carries the act claim (RFC 8693 §4.1).
+    let actor = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "batch")).unwrap();
+    let (s, body) = f
+        .exchange(
+            &sa,
+            &[
+                ("audience", API),
+                ("scope", "read"),
+                ("actor_token", &actor),
+                ("actor_token_type", TT_JWT),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let delegated = body["access_token"].as_str().unwrap().to_string();
+    let t = peek(&delegated);
+    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(
+        t["act"],
+        json!({"sub": "spiffe://example.org/ns/payments/sa/batch"})
+    );
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["actor"],
+        "spiffe://example.org/ns/payments/sa/batch"
+    );
+    // Re-exchanging that token with a further actor nests the chain, and may only narrow.
+    let gw_actor = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "gateway")).unwrap();
+    let (s, body) = f
+        .post(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &delegated),
+            ("subject_token_type", TT_ACCESS),
+            ("actor_token", &gw_actor),
+            ("actor_token_type", TT_JWT),
+        ])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        peek(body["access_token"].as_str().unwrap())["act"],
+        json!({"sub": "spiffe://example.org/ns/payments/sa/gateway", "act": {"sub": "spiffe://example.org/ns/payments/sa/batch"}})
+    );
+
+    // Denied by policy: the forbid decides, and the audit event names it.
+    let ks = f.k8s.sign_jwt(None, &f.k8s_claims("kube-system", "api")).unwrap();
+    let got = f.exchange(&ks, &[("audience", API), ("scope", "read")]).await;
+    assert_error(&got, 400, "invalid_target");
+    let e = f.audit(1).await.pop().unwrap();
+    assert_eq!(e["decision"], "deny");
+    assert_eq!(e["reason"], "target_not_allowed");
+    assert_eq!(e["policies"], json!(["no-kube-system"]));
+    assert_eq!(e["identity"], "spiffe://example.org/ns/kube-system/sa/api");
+    // A scope no policy grants: invalid_scope.
+    let got = f.exchange(&sa, &[("audience", API), ("scope", "write")]).await;
+    assert_error(&got, 400, "invalid_scope");
+
+    // GitHub Actions: a push to main may deploy, capped at 10 minutes by @max_ttl.
+    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
+    let (s, body) = f
+        .exchange(
+            &main,
+            &[("audience", DEPLOY), ("scope", "deploy"), ("expires_in", "3600")],
+        )
+        .await;
+    // The subject token has 300 s left: asking for more is refused ...
+    assert_error(&(s, body), 400, "invalid_request");
+    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
+    let (s, body) = f.exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    assert_eq!(s, 200, "{body}");
+    let t = peek(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        t["sub"],
+        "spiffe://example.org/github/octo-org/octo-repo/refs/heads/main"
+    );
+    // ... and the default 5 minutes is clamped to what the subject token has left.
+    assert_eq!(t["exp"].as_i64().unwrap() - t["iat"].as_i64().unwrap(), 300);
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["policies"],
+        json!(["deploy-from-main"])
+    );
+    // One-time use: the same GitHub token again is refused, and recorded.
+    let got = f.exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    assert_error(&got, 400, "invalid_request");
+    assert_eq!(f.audit(1).await.pop().unwrap()["reason"], "subject_replayed");
+    // A feature branch may not deploy: default deny.
+    let branch = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/feature")).unwrap();
+    let got = f.exchange(&branch, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    assert_error(&got, 400, "invalid_target");
+
+    // The same trust rules as a JWT bearer grant (RFC 7523 §2.1); its errors are invalid_grant.
+    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
+    let (s, body) = f
+        .post(&[
+            ("grant_type", JWT_BEARER),
+            ("assertion", &main),
+            ("audience", DEPLOY),
+            ("scope", "deploy"),
+        ])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.get("issued_token_type").is_none());
+    let got = f
+        .post(&[("grant_type", JWT_BEARER), ("assertion", &main), ("audience", DEPLOY)])
+        .await;
+    assert_error(&got, 400, "invalid_grant");
+
+    // A client may authenticate as well; the token then names it as client_id.
+    let sa2 = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let a = f.gateway_assertion();
+    let (s, body) = f
+        .exchange(
+            &sa2,
+            &[
+                ("audience", API),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(peek(body["access_token"].as_str().unwrap())["client_id"], "gateway");
+
+    // The metadata advertises both grants.
+    let md: Value = f
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", f.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grants = md["grant_types_supported"].as_array().unwrap();
+    assert!(grants.contains(&json!(EXCHANGE)) && grants.contains(&json!(JWT_BEARER)));
+}
+
+#[tokio::test]
+async fn every_rejection_has_its_error() {
+    let f = Fed::start().await;
+    let n = f.clock.now();
+    let k8s = |c: &Value| f.k8s.sign_jwt(None, c).unwrap();
+    let good = f.k8s_claims("payments", "api");
+    let ask = [("audience", API), ("scope", "read")];
+
+    // Untrusted issuer.
+    let mut c = good.clone();
+    c["iss"] = json!("https://evil.example");
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // Wrong audience.
+    let mut c = good.clone();
+    c["aud"] = json!(["someone-else"]);
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // Expired (beyond the skew).
+    let mut c = good.clone();
+    c["exp"] = json!(n - 60);
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // Too old: issued before max_token_age.
+    let mut c = good.clone();
+    c["iat"] = json!(n - 7200);
+    c["nbf"] = json!(n - 7200);
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // Algorithm outside the issuer's allow-list (EdDSA under a kid the issuer publishes).
+    let ed = SigningKey::generate(KeyAlg::EdDSA, Some("ed-1")).unwrap();
+    f.idp.k8s_keys.lock().unwrap().push(ed.public_jwk().clone());
+    assert_error(
+        &f.exchange(&ed.sign_jwt(None, &good).unwrap(), &ask).await,
+        400,
+        "invalid_request",
+    );
+    // Identity template claim missing.
+    let mut c = good.clone();
+    c["kubernetes.io"]["serviceaccount"] = json!({"uid": "x"});
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // A claim that would make an unsafe SPIFFE path segment.
+    let mut c = good.clone();
+    c["kubernetes.io"]["namespace"] = json!("..");
+    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
+    // Lifetime beyond the subject's.
+    let mut c = good.clone();
+    c["exp"] = json!(n + 120);
+    let got = f
+        .exchange(&k8s(&c), &[("audience", API), ("scope", "read"), ("expires_in", "600")])
+        .await;
+    assert_error(&got, 400, "invalid_request");
+    // Unsupported subject token type, missing subject_token_type.
+    let got = f
+        .post(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &k8s(&good)),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2"),
+        ])
+        .await;
+    assert_error(&got, 400, "invalid_request");
+    let got = f
+        .post(&[("grant_type", EXCHANGE), ("subject_token", &k8s(&good))])
+        .await;
+    assert_error(&got, 400, "invalid_request");
+    // Every denial above was recorded with its reason.
+    let reasons: Vec<String> = f
+        .audit(10)
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    for r in [
+        "untrusted_issuer",
+        "subject_wrong_audience",
+        "subject_expired",
+        "subject_too_old",
+        "subject_algorithm_not_allowed",
+        "identity_mapping",
+        "lifetime_beyond_subject",
+        "unsupported_subject_token_type",
+    ] {
+        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
+    }
+
+    // Re-exchange of one of our tokens can only narrow it.
+    let (s, body) = f.exchange(&k8s(&good), &ask).await;
+    assert_eq!(s, 200, "{body}");
+    let ours = body["access_token"].as_str().unwrap().to_string();
+    let fr = &f;
+    let re = |scope: &'static str, aud: &'static str| {
+        let ours = ours.clone();
+        async move {
+            fr.post(&[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &ours),
+                ("subject_token_type", TT_ACCESS),
+                ("scope", scope),
+                ("audience", aud),
+            ])
+            .await
+        }
+    };
+    assert_error(&re("read write", API).await, 400, "invalid_scope");
+    assert_error(&re("read", DEPLOY).await, 400, "invalid_target");
+    let (s, body) = re("read", API).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["policies"][0]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("narrowing")
+    );
+}
+
+#[tokio::test]
+async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
+    let f = Fed::start().await;
+    let ask = [("audience", API), ("scope", "read")];
+    let sa = || f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let (s, body) = f.exchange(&sa(), &ask).await;
+    assert_eq!(s, 200, "{body}");
+    let fetches = || f.idp.k8s_fetches.load(Ordering::SeqCst);
+    assert_eq!(fetches(), 1, "first use fetches the keys");
+
+    // A burst of 1,000 requests under a kid the issuer does not publish: at most one fetch.
+    let rogue = SigningKey::generate(KeyAlg::ES256, Some("rogue")).unwrap();
+    let forged = rogue.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    f.clock.advance(31);
+    let before = fetches();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (http, url, forged, sem) = (
+            f.http.clone(),
+            format!("{}/oauth2/token", f.issuer),
+            forged.clone(),
+            sem.clone(),
+        );
+        set.spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let body = serde_urlencoded(&[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &forged),
+                ("subject_token_type", TT_JWT),
+                ("audience", API),
+            ]);
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (s, v)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_error(&r.unwrap(), 400, "invalid_request");
+    }
+    assert!(
+        fetches() - before <= 1,
+        "{} fetches for one burst",
+        fetches() - before
+    );
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["reason"],
+        "subject_unknown_key"
+    );
+
+    // The issuer rotates: a new kid is accepted once a refresh is allowed again.
+    let k2 = SigningKey::generate(KeyAlg::ES256, Some("k8s-2")).unwrap();
+    f.idp.k8s_keys.lock().unwrap().push(k2.public_jwk().clone());
+    f.clock.advance(31);
+    let n = fetches();
+    let (s, body) = f
+        .exchange(&k2.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap(), &ask)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(fetches(), n + 1);
+
+    // Outage: the issuer's key endpoint is down and the cache is stale; cached keys still verify.
+    *f.idp.down.lock().unwrap() = true;
+    f.clock.advance(600);
+    let n = fetches();
+    let (s, body) = f.exchange(&sa(), &ask).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(fetches(), n + 1, "one attempt to refresh, which failed");
+    let (s, _) = f.exchange(&sa(), &ask).await;
+    assert_eq!(s, 200);
+    assert_eq!(fetches(), n + 1, "failed attempts are rate-limited too");
+    let _ = &f.dir;
+}
+
+#[tokio::test]
+async fn policy_reload_applies_valid_sets_and_refuses_invalid_ones() {
+    let f = Fed::start().await;
+    let sa = || f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let write = [("audience", API), ("scope", "write")];
+    assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
+
+    // A valid change applies without a restart, on the next tick.
+    let extra = r#"@id("payments-write")
+permit(principal is Workload, action == Action::"write", resource == Audience::"https://api.example.test")
+when { principal has namespace && principal.namespace == "payments" };
+"#;
+    std::fs::write(f.dir.path().join("policies/write.cedar"), extra).unwrap();
+    f.app.tick().await.unwrap();
+    let (s, body) = f.exchange(&sa(), &write).await;
+    assert_eq!(s, 200, "{body}");
+
+    // An invalid set (here: an attribute the schema does not have) is refused whole; the
+    // previous set stays in force, also when reloading by hand (SIGHUP).
+    std::fs::write(
+        f.dir.path().join("policies/bad.cedar"),
+        "permit(principal is Workload, action, resource) when { principal.colour == \"red\" };",
+    )
+    .unwrap();
+    f.app.tick().await.unwrap();
+    assert!(!f.app.reload_policy());
+    let (s, body) = f.exchange(&sa(), &write).await;
+    assert_eq!(s, 200, "{body}");
+    let got = f
+        .exchange(&sa(), &[("audience", DEPLOY), ("scope", "deploy")])
+        .await;
+    assert_error(&got, 400, "invalid_target");
+
+    // Fixed: it applies.
+    std::fs::remove_file(f.dir.path().join("policies/bad.cedar")).unwrap();
+    std::fs::remove_file(f.dir.path().join("policies/write.cedar")).unwrap();
+    assert!(f.app.reload_policy());
+    assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
+}
