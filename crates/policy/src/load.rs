@@ -1,0 +1,509 @@
+//! Loading: read a directory, parse the schema and the files, generate the sugar, assign ids,
+//! read annotations, validate the whole set, then slice it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Effect, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, ResourceConstraint, Schema, ValidationMode, Validator,
+};
+
+use crate::engine::{PolicyEngine, PolicyInfo};
+use crate::error::{PolicyError, ValidationProblem};
+use crate::schema::{self, Types};
+use crate::slice::{Index, Scoped};
+use crate::text::{cedar_string, diag_message, diag_position, line_col, parse_ttl};
+use crate::{ClientGrant, PrincipalKind, sugar};
+
+/// The schema's file name in a policy directory.
+pub(crate) const SCHEMA_FILE: &str = "schema.cedarschema";
+/// Largest file read from a policy directory.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Most `.cedar` files read from a policy directory.
+const MAX_FILES: usize = 1000;
+
+/// `schema.cedarschema` and the `*.cedar` files of `dir`, sorted by name.
+pub(crate) fn read_dir(dir: &Path) -> Result<(String, Vec<(String, String)>), PolicyError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PolicyError::Io { path, source }
+    };
+    let schema_path = dir.join(SCHEMA_FILE);
+    if !schema_path.is_file() {
+        if !dir.is_dir() {
+            return Err(PolicyError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            });
+        }
+        return Err(PolicyError::MissingSchema {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let schema = read_bounded(&schema_path)?;
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        // Editors' and ConfigMaps' hidden files (`.#a.cedar`, `..data`) are not policies.
+        if name.starts_with('.') || !name.ends_with(".cedar") || !path.is_file() {
+            continue;
+        }
+        if names.len() == MAX_FILES {
+            return Err(PolicyError::TooManyFiles {
+                dir: dir.to_path_buf(),
+                limit: MAX_FILES,
+            });
+        }
+        names.push((name.to_string(), path));
+    }
+    names.sort();
+    let mut files = Vec::with_capacity(names.len());
+    for (name, path) in names {
+        files.push((name, read_bounded(&path)?));
+    }
+    Ok((schema, files))
+}
+
+fn read_bounded(path: &Path) -> Result<String, PolicyError> {
+    let io = |source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut buf = String::new();
+    let n = f
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut buf)
+        .map_err(io)? as u64;
+    if n > MAX_FILE_BYTES {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(n);
+        return Err(PolicyError::FileTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    Ok(buf)
+}
+
+/// One parsed policy with where it came from.
+struct Loaded {
+    policy: Policy,
+    info: PolicyInfo,
+    /// The whole text its source positions refer to (its file, or its own text).
+    source: usize,
+}
+
+/// Build an engine. `schema_text` is `None` for the built-in schema (sugar only).
+pub(crate) fn build(
+    schema_text: Option<&str>,
+    files: &[(String, String)],
+    clients: &[ClientGrant],
+) -> Result<PolicyEngine, PolicyError> {
+    let types = Types::new()?;
+    let generated = sugar::generate(clients)?;
+    let (schema_file, schema_src) = match schema_text {
+        Some(s) => (SCHEMA_FILE.to_string(), s.to_string()),
+        None => (
+            "(built-in schema)".to_string(),
+            schema::builtin_schema(
+                clients
+                    .iter()
+                    .flat_map(|c| c.scopes.iter().map(String::as_str)),
+            ),
+        ),
+    };
+    let schema = schema::parse(&schema_file, &schema_src)?;
+    if schema_text.is_some() {
+        check_sugar_in_schema(&schema, &types, &schema_file, &generated)?;
+        schema::check_user_schema(&schema, &types, &schema_file)?;
+    }
+    let action_ancestors = schema::action_ancestors(&schema, &types, &schema_file)?;
+
+    let mut sources: Vec<&str> = Vec::new();
+    let mut loaded: Vec<Loaded> = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (name, text) in files {
+        sources.push(text);
+        for l in parse_file(name, text, sources.len() - 1)? {
+            remember(&mut seen, &l.info)?;
+            loaded.push(l);
+        }
+    }
+    for g in &generated {
+        sources.push(&g.text);
+        let policy = Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| {
+            PolicyError::Internal {
+                message: format!("generated policy `{}` does not parse: {e}", g.id),
+            }
+        })?;
+        let info = PolicyInfo {
+            id: g.id.clone(),
+            origin: sugar::origin(&g.client),
+            line: 0,
+            forbid: false,
+            max_ttl: None,
+            text: g.text.clone(),
+        };
+        remember(&mut seen, &info)?;
+        loaded.push(Loaded {
+            policy,
+            info,
+            source: sources.len() - 1,
+        });
+    }
+
+    let all = PolicySet::from_policies(loaded.iter().map(|l| l.policy.clone())).map_err(|e| {
+        PolicyError::Internal {
+            message: format!("assembling the set: {e}"),
+        }
+    })?;
+    let warnings = validate(&schema, &all, &loaded, &sources)?;
+
+    let grouped_actions = grouped_action_entities(&schema, &types, &schema_file)?;
+    let scoped: Vec<Scoped> = loaded
+        .iter()
+        .map(|l| scope_of(&l.policy, &types, &action_ancestors))
+        .collect();
+    let index = Index::build(&scoped)?;
+
+    let fingerprint = fingerprint(&schema_src, files, &generated);
+    let infos: Vec<PolicyInfo> = loaded.into_iter().map(|l| l.info).collect();
+    let by_id = infos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.clone(), i))
+        .collect();
+    Ok(PolicyEngine {
+        types,
+        all,
+        index,
+        infos,
+        by_id,
+        grouped_actions,
+        fingerprint,
+        warnings,
+        authorizer: Authorizer::new(),
+    })
+}
+
+fn remember(seen: &mut HashMap<String, String>, info: &PolicyInfo) -> Result<(), PolicyError> {
+    if let Some(first) = seen.get(&info.id) {
+        return Err(PolicyError::DuplicateId {
+            id: info.id.clone(),
+            first: first.clone(),
+            second: info.location(),
+        });
+    }
+    seen.insert(info.id.clone(), info.location());
+    Ok(())
+}
+
+/// The stem of a policy file name: `k8s.cedar` -> `k8s`.
+fn stem(name: &str) -> &str {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    base.strip_suffix(".cedar").unwrap_or(base)
+}
+
+fn parse_file(name: &str, text: &str, source: usize) -> Result<Vec<Loaded>, PolicyError> {
+    let set = PolicySet::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .iter()
+            .next()
+            .and_then(|first| diag_position(first, text))
+            .unwrap_or((0, 0));
+        let mut message = e
+            .iter()
+            .next()
+            .map(|first| diag_message(first))
+            .unwrap_or_else(|| e.to_string());
+        let more = e.iter().count().saturating_sub(1);
+        if more > 0 {
+            message.push_str(&format!(" (and {more} more error(s))"));
+        }
+        PolicyError::Parse {
+            file: name.to_string(),
+            line,
+            column,
+            message,
+        }
+    })?;
+    // The parser names policies `policy0`, `policy1`, ... in file order (templates included).
+    let mut ordered: BTreeMap<usize, (bool, String, Option<Policy>)> = BTreeMap::new();
+    for p in set.policies() {
+        ordered.insert(
+            parser_index(p.id()),
+            (false, p.to_string(), Some(p.clone())),
+        );
+    }
+    for t in set.templates() {
+        ordered.insert(parser_index(t.id()), (true, t.to_string(), None));
+    }
+    let mut out = Vec::with_capacity(ordered.len());
+    let mut cursor = 0;
+    for (index, (template, ptext, policy)) in ordered.into_values().enumerate() {
+        let start = text
+            .get(cursor..)
+            .and_then(|rest| rest.find(&ptext))
+            .map_or(cursor, |at| cursor + at);
+        cursor = start + ptext.len();
+        let line = line_col(text, start).0;
+        let auto_id = format!("{}:{index}", stem(name));
+        let Some(policy) = policy.filter(|_| !template) else {
+            return Err(PolicyError::Template {
+                file: name.to_string(),
+                line,
+                id: auto_id,
+            });
+        };
+        let id = match policy.annotation("id") {
+            Some("") => {
+                return Err(PolicyError::EmptyId {
+                    file: name.to_string(),
+                    line,
+                    index,
+                });
+            }
+            Some(id) => id.to_string(),
+            None => auto_id,
+        };
+        let forbid = policy.effect() == Effect::Forbid;
+        let max_ttl = match policy.annotation("max_ttl") {
+            None => None,
+            Some(v) => {
+                let bad = |problem: String| PolicyError::BadMaxTtl {
+                    file: name.to_string(),
+                    id: id.clone(),
+                    value: v.to_string(),
+                    problem,
+                };
+                if forbid {
+                    return Err(bad("is on a forbid, where it has no effect".into()));
+                }
+                Some(parse_ttl(v).map_err(bad)?)
+            }
+        };
+        out.push(Loaded {
+            policy: policy.new_id(PolicyId::new(&id)),
+            info: PolicyInfo {
+                id,
+                origin: name.to_string(),
+                line,
+                forbid,
+                max_ttl,
+                text: ptext,
+            },
+            source,
+        });
+    }
+    Ok(out)
+}
+
+fn parser_index(id: &PolicyId) -> usize {
+    id.to_string()
+        .strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+fn check_sugar_in_schema(
+    schema: &Schema,
+    types: &Types,
+    file: &str,
+    generated: &[sugar::SugarPolicy],
+) -> Result<(), PolicyError> {
+    let Some(first) = generated.first() else {
+        return Ok(());
+    };
+    let declared: Vec<_> = schema.entity_types().collect();
+    for (t, fix) in [
+        (&types.client, "declare `entity Client;`"),
+        (
+            &types.workload,
+            "declare `entity Workload = { issuer: String, subject: String, ... };`",
+        ),
+        (&types.audience, "declare `entity Audience;`"),
+    ] {
+        if !declared.contains(&t) {
+            return Err(PolicyError::SugarNotInSchema {
+                file: file.into(),
+                client: first.client.clone(),
+                what: format!("entity type `{t}`"),
+                fix: fix.into(),
+            });
+        }
+    }
+    for g in generated {
+        for a in &g.actions {
+            let uid = types.action_uid(a);
+            if !schema.actions().any(|x| x == &uid) {
+                return Err(PolicyError::SugarNotInSchema {
+                    file: file.into(),
+                    client: g.client.clone(),
+                    what: format!("action `{a}`"),
+                    fix: format!(
+                        "declare `action {} appliesTo {{ principal: [Client, Workload], resource: [Audience], context: RequestContext }};` in the schema, or remove the scope from the client",
+                        cedar_string(a)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Strict validation of the whole set; errors refuse it, warnings are returned.
+fn validate(
+    schema: &Schema,
+    all: &PolicySet,
+    loaded: &[Loaded],
+    sources: &[&str],
+) -> Result<Vec<String>, PolicyError> {
+    let by_id: HashMap<&str, &Loaded> = loaded.iter().map(|l| (l.info.id.as_str(), l)).collect();
+    let locate = |id: &PolicyId, diag: &dyn miette::Diagnostic| -> (String, usize, usize) {
+        let Some(l) = by_id.get(AsRef::<str>::as_ref(id)) else {
+            return (String::from("?"), 0, 0);
+        };
+        let (line, column) = sources
+            .get(l.source)
+            .and_then(|src| diag_position(diag, src))
+            .unwrap_or((l.info.line, 0));
+        (l.info.origin.clone(), line, column)
+    };
+    let result = Validator::new(schema.clone()).validate(all, ValidationMode::Strict);
+    let problems: Vec<ValidationProblem> = result
+        .validation_errors()
+        .map(|e| {
+            let (file, line, column) = locate(e.policy_id(), e);
+            ValidationProblem {
+                file,
+                line,
+                column,
+                policy: e.policy_id().to_string(),
+                message: diag_message(e),
+            }
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(PolicyError::Validation { problems });
+    }
+    Ok(result
+        .validation_warnings()
+        .map(|w| {
+            let (file, line, column) = locate(w.policy_id(), w);
+            format!(
+                "{file}:{line}:{column}: policy `{}`: {}",
+                w.policy_id(),
+                diag_message(w)
+            )
+        })
+        .collect())
+}
+
+/// Actions that are members of action groups, as entities carrying their ancestors, so that
+/// `action in Action::"group"` holds at evaluation.
+fn grouped_action_entities(
+    schema: &Schema,
+    types: &Types,
+    file: &str,
+) -> Result<HashMap<String, cedar_policy::Entity>, PolicyError> {
+    let entities = schema.action_entities().map_err(|e| PolicyError::Schema {
+        file: file.into(),
+        message: format!("action hierarchy: {e}"),
+    })?;
+    let mut out = HashMap::new();
+    for uid in schema.actions() {
+        if uid.type_name() != &types.action {
+            continue;
+        }
+        if entities
+            .ancestors(uid)
+            .is_some_and(|mut a| a.next().is_some())
+            && let Some(e) = entities.get(uid)
+        {
+            out.insert(uid.id().unescaped().to_string(), e.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// What a policy's scope pins (see `slice`).
+fn scope_of(policy: &Policy, types: &Types, ancestors: &HashMap<String, Vec<String>>) -> Scoped {
+    let name = |uid: &EntityUid| uid.id().unescaped().to_string();
+    let expand = |listed: Vec<EntityUid>| -> Option<Vec<String>> {
+        // Every listed action itself, and every action whose ancestors include a listed one.
+        let listed: Vec<String> = listed
+            .iter()
+            .filter(|u| u.type_name() == &types.action)
+            .map(name)
+            .collect();
+        let mut out = listed.clone();
+        for (action, anc) in ancestors {
+            if anc.iter().any(|a| listed.contains(a)) && !out.contains(action) {
+                out.push(action.clone());
+            }
+        }
+        Some(out)
+    };
+    let actions = match policy.action_constraint() {
+        ActionConstraint::Any => None,
+        ActionConstraint::Eq(a) => expand(vec![a]),
+        ActionConstraint::In(list) => expand(list),
+    };
+    let audience = match policy.resource_constraint() {
+        ResourceConstraint::Eq(r) | ResourceConstraint::In(r)
+            if r.type_name() == &types.audience =>
+        {
+            Some(name(&r))
+        }
+        _ => None,
+    };
+    let principal = match policy.principal_constraint() {
+        PrincipalConstraint::Eq(p) if p.type_name() == &types.client => {
+            Some((PrincipalKind::Client, name(&p)))
+        }
+        PrincipalConstraint::Eq(p) if p.type_name() == &types.workload => {
+            Some((PrincipalKind::Workload, name(&p)))
+        }
+        _ => None,
+    };
+    Scoped {
+        policy: policy.clone(),
+        actions,
+        audience,
+        principal,
+    }
+}
+
+fn fingerprint(
+    schema: &str,
+    files: &[(String, String)],
+    generated: &[sugar::SugarPolicy],
+) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut part = |label: &str, bytes: &[u8]| {
+        ctx.update(label.as_bytes());
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    part("schema", schema.as_bytes());
+    for (name, text) in files {
+        part("file", name.as_bytes());
+        part("text", text.as_bytes());
+    }
+    for g in generated {
+        part("generated", g.text.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

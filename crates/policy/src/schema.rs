@@ -1,0 +1,280 @@
+//! The model's schema: the built-in one (sugar only) and the checks a user's schema must pass so
+//! that the entities and context mayfly supplies are exactly what the validator typed against.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    Schema,
+};
+
+use crate::error::PolicyError;
+use crate::text::cedar_string;
+use crate::{PrincipalKind, TOKEN_ACTION};
+
+/// Workload attributes that are present only when the identity carries them (all `String`).
+/// `issuer` and `subject` are always present.
+pub const WORKLOAD_OPTIONAL_ATTRS: &[&str] = &[
+    "namespace",
+    "service_account",
+    "repository",
+    "repository_owner",
+    "ref",
+    "environment",
+    "workflow",
+    "actor",
+    "project_path",
+    "pipeline_source",
+    "trust_domain",
+];
+
+/// The context record, as a schema type body.
+const CONTEXT_TYPE: &str = "{\n  grant_type: String,\n  requested_ttl: Long,\n  source: String,\n  now: Long,\n  client_id: String,\n  actor: String,\n}";
+
+/// The built-in schema used without a policy directory: the three entity types, the context, and
+/// the actions `token` plus `scopes` (deduplicated, in order).
+pub fn builtin_schema<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = String::from("// mayfly's built-in schema (no policy directory configured).\n");
+    s.push_str("entity Client;\nentity Audience;\nentity Workload = {\n  issuer: String,\n  subject: String,\n");
+    for a in WORKLOAD_OPTIONAL_ATTRS {
+        s.push_str(&format!("  {a}?: String,\n"));
+    }
+    s.push_str("};\n");
+    s.push_str(&format!("type RequestContext = {CONTEXT_TYPE};\n"));
+    let mut seen = HashSet::new();
+    let mut actions = vec![cedar_string(TOKEN_ACTION)];
+    seen.insert(TOKEN_ACTION);
+    for sc in scopes {
+        if seen.insert(sc) {
+            actions.push(cedar_string(sc));
+        }
+    }
+    s.push_str(&format!(
+        "action {} appliesTo {{\n  principal: [Client, Workload],\n  resource: [Audience],\n  context: RequestContext,\n}};\n",
+        actions.join(", ")
+    ));
+    s
+}
+
+/// Entity type names of the model, parsed once.
+#[derive(Debug, Clone)]
+pub(crate) struct Types {
+    pub client: EntityTypeName,
+    pub workload: EntityTypeName,
+    pub audience: EntityTypeName,
+    pub action: EntityTypeName,
+}
+
+impl Types {
+    pub fn new() -> Result<Self, PolicyError> {
+        let p = |n: &str| {
+            EntityTypeName::from_str(n).map_err(|e| PolicyError::Schema {
+                file: "(built in)".into(),
+                message: format!("entity type {n}: {e}"),
+            })
+        };
+        Ok(Self {
+            client: p("Client")?,
+            workload: p("Workload")?,
+            audience: p("Audience")?,
+            action: p("Action")?,
+        })
+    }
+
+    pub fn principal(&self, kind: PrincipalKind) -> &EntityTypeName {
+        match kind {
+            PrincipalKind::Client => &self.client,
+            PrincipalKind::Workload => &self.workload,
+        }
+    }
+
+    pub fn action_uid(&self, name: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.action.clone(), EntityId::new(name))
+    }
+}
+
+/// Parse a schema in Cedar schema syntax.
+pub(crate) fn parse(file: &str, text: &str) -> Result<Schema, PolicyError> {
+    match Schema::from_cedarschema_str(text) {
+        Ok((schema, _warnings)) => Ok(schema),
+        Err(e) => {
+            let at = crate::text::diag_position(&e, text)
+                .map(|(l, c)| format!("{l}:{c}: "))
+                .unwrap_or_default();
+            Err(PolicyError::Schema {
+                file: file.into(),
+                message: format!("{at}{}", crate::text::diag_message(&e)),
+            })
+        }
+    }
+}
+
+/// The actions the schema declares, by name, with the names of their ancestors (action groups).
+pub(crate) fn action_ancestors(
+    schema: &Schema,
+    types: &Types,
+    file: &str,
+) -> Result<HashMap<String, Vec<String>>, PolicyError> {
+    let entities = schema.action_entities().map_err(|e| PolicyError::Schema {
+        file: file.into(),
+        message: format!("action hierarchy: {e}"),
+    })?;
+    let mut out = HashMap::new();
+    for uid in schema.actions() {
+        if uid.type_name() != &types.action {
+            continue;
+        }
+        let anc = entities
+            .ancestors(uid)
+            .map(|it| it.map(|a| a.id().unescaped().to_string()).collect())
+            .unwrap_or_default();
+        out.insert(uid.id().unescaped().to_string(), anc);
+    }
+    Ok(out)
+}
+
+/// Check that a user's schema describes what mayfly supplies: the three entity types without
+/// parents, a Workload with `issuer`/`subject` and the optional attributes, the `token` action,
+/// and for every action mayfly could ask about: principals among Client/Workload, resource
+/// Audience, and the context record.
+pub(crate) fn check_user_schema(
+    schema: &Schema,
+    types: &Types,
+    file: &str,
+) -> Result<(), PolicyError> {
+    let mismatch = |message: String, fix: &str| PolicyError::SchemaMismatch {
+        file: file.into(),
+        message,
+        fix: fix.into(),
+    };
+    let declared: HashSet<&EntityTypeName> = schema.entity_types().collect();
+    for (t, fix) in [
+        (&types.client, "declare `entity Client;`"),
+        (
+            &types.workload,
+            "declare `entity Workload = { issuer: String, subject: String, namespace?: String, ... };` (see docs/POLICY.md)",
+        ),
+        (&types.audience, "declare `entity Audience;`"),
+    ] {
+        if !declared.contains(t) {
+            return Err(mismatch(
+                format!(
+                    "entity type `{t}` is not declared (mayfly's entity types have no namespace)"
+                ),
+                fix,
+            ));
+        }
+        if schema.ancestors(t).is_some_and(|mut a| a.next().is_some()) {
+            return Err(mismatch(
+                format!(
+                    "entity type `{t}` is declared `in` other types, but mayfly supplies no parents, so `in` on it could never hold"
+                ),
+                "drop the `in [...]` and match on attributes instead",
+            ));
+        }
+    }
+    let token = types.action_uid(TOKEN_ACTION);
+    if !schema.actions().any(|a| a == &token) {
+        return Err(mismatch(
+            "action `token` is not declared (every issuance asks it first)".into(),
+            "declare `action \"token\" appliesTo { principal: [Client, Workload], resource: [Audience], context: RequestContext };`",
+        ));
+    }
+    // The Workload entity mayfly builds: issuer and subject only, and with every optional one.
+    for full in [false, true] {
+        let e = probe_workload(types, full)?;
+        if let Err(err) = Entities::from_entities([e], Some(schema)) {
+            return Err(mismatch(
+                format!("a Workload as mayfly supplies it does not fit the schema: {err}"),
+                "declare `issuer: String, subject: String` and only optional String attributes from docs/POLICY.md",
+            ));
+        }
+    }
+    let context = probe_context()?;
+    let resource = EntityUid::from_type_name_and_id(types.audience.clone(), EntityId::new("probe"));
+    for action in schema.actions() {
+        if action.type_name() != &types.action {
+            return Err(mismatch(
+                format!("action {action} is not of type `Action` (mayfly asks Action::\"...\")"),
+                "declare actions outside any namespace",
+            ));
+        }
+        // Action groups (actions nothing applies to) are never asked for themselves.
+        let Some(principals) = schema.principals_for_action(action) else {
+            continue;
+        };
+        let principals: Vec<&EntityTypeName> = principals.collect();
+        let resources: Vec<&EntityTypeName> = schema
+            .resources_for_action(action)
+            .map(|r| r.collect())
+            .unwrap_or_default();
+        if principals.is_empty() && resources.is_empty() {
+            continue;
+        }
+        if let Some(p) = principals
+            .iter()
+            .find(|p| **p != &types.client && **p != &types.workload)
+        {
+            return Err(mismatch(
+                format!(
+                    "action {action} applies to principal type `{p}`; mayfly's principals are Client and Workload"
+                ),
+                "use `principal: [Client, Workload]` (or one of them)",
+            ));
+        }
+        if resources.iter().any(|r| *r != &types.audience) || resources.is_empty() {
+            return Err(mismatch(
+                format!("action {action} must apply to resource `Audience` only"),
+                "use `resource: [Audience]`",
+            ));
+        }
+        for p in principals {
+            let principal = EntityUid::from_type_name_and_id(p.clone(), EntityId::new("probe"));
+            if let Err(err) = Request::new(
+                principal,
+                action.clone(),
+                resource.clone(),
+                context.clone(),
+                Some(schema),
+            ) {
+                return Err(mismatch(
+                    format!(
+                        "a request for action {action} as mayfly makes it does not fit the schema: {err}"
+                    ),
+                    "give the action `context: { grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String }`",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn probe_workload(types: &Types, full: bool) -> Result<Entity, PolicyError> {
+    let uid = EntityUid::from_type_name_and_id(types.workload.clone(), EntityId::new("probe"));
+    let mut attrs = HashMap::new();
+    attrs.insert(
+        "issuer".into(),
+        RestrictedExpression::new_string("i".into()),
+    );
+    attrs.insert(
+        "subject".into(),
+        RestrictedExpression::new_string("s".into()),
+    );
+    if full {
+        for a in WORKLOAD_OPTIONAL_ATTRS {
+            attrs.insert((*a).into(), RestrictedExpression::new_string("x".into()));
+        }
+    }
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| PolicyError::Schema {
+        file: "(built in)".into(),
+        message: format!("probe entity: {e}"),
+    })
+}
+
+fn probe_context() -> Result<Context, PolicyError> {
+    crate::engine::context("", 0, "", 0, "", "").map_err(|e| PolicyError::Schema {
+        file: "(built in)".into(),
+        message: format!("probe context: {e}"),
+    })
+}

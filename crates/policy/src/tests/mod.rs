@@ -1,0 +1,97 @@
+//! Unit tests: loading and validation, decisions, sugar, slicing, test files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cases;
+mod decide;
+mod load;
+mod slicing;
+mod sugar;
+
+use crate::{ClientGrant, PolicyEngine, PolicyRequest, PrincipalKind};
+
+/// The example set in `conf/policies`, which docs/POLICY.md walks through.
+pub(crate) const EXAMPLE_SCHEMA: &str =
+    include_str!("../../../../conf/policies/schema.cedarschema");
+pub(crate) const EXAMPLE_FILES: &[(&str, &str)] = &[
+    (
+        "github-actions.cedar",
+        include_str!("../../../../conf/policies/github-actions.cedar"),
+    ),
+    (
+        "guardrails.cedar",
+        include_str!("../../../../conf/policies/guardrails.cedar"),
+    ),
+    (
+        "kubernetes.cedar",
+        include_str!("../../../../conf/policies/kubernetes.cedar"),
+    ),
+];
+pub(crate) const EXAMPLE_TESTS: &str = include_str!("../../../../conf/policies/tests.toml");
+
+/// A small schema for the tests: actions token, read, write, deploy, and `admin` grouping
+/// write and deploy.
+pub(crate) const SCHEMA: &str = r#"
+entity Client;
+entity Audience;
+entity Workload = {
+  issuer: String, subject: String,
+  namespace?: String, service_account?: String, repository?: String, repository_owner?: String,
+  ref?: String, environment?: String, workflow?: String, actor?: String, project_path?: String,
+  pipeline_source?: String, trust_domain?: String,
+};
+type Ctx = { grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String };
+action admin;
+action "token", "read" appliesTo { principal: [Client, Workload], resource: [Audience], context: Ctx };
+action "write", "deploy" in [Action::"admin"] appliesTo { principal: [Client, Workload], resource: [Audience], context: Ctx };
+"#;
+
+pub(crate) fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+pub(crate) fn engine(list: &[(&str, &str)]) -> PolicyEngine {
+    PolicyEngine::from_sources(SCHEMA, &files(list), &[]).unwrap()
+}
+
+pub(crate) fn example() -> PolicyEngine {
+    PolicyEngine::from_sources(EXAMPLE_SCHEMA, &files(EXAMPLE_FILES), &[]).unwrap()
+}
+
+pub(crate) fn grant(id: &str, audiences: &[&str], scopes: &[&str]) -> ClientGrant {
+    ClientGrant {
+        client_id: id.into(),
+        audiences: audiences.iter().map(|s| s.to_string()).collect(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// A request with default context (client_credentials, 300 s, no source, time 0).
+pub(crate) fn req<'a>(
+    kind: PrincipalKind,
+    id: &'a str,
+    attrs: &'a [(&'a str, &'a str)],
+    action: &'a str,
+    audience: &'a str,
+) -> PolicyRequest<'a> {
+    PolicyRequest {
+        principal_kind: kind,
+        principal_id: id,
+        attrs,
+        action,
+        audience,
+        grant_type: "client_credentials",
+        requested_ttl: 300,
+        source: "",
+        now: 0,
+        client_id: "",
+        actor: "",
+    }
+}
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<PolicyEngine>();
+}
