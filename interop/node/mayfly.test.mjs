@@ -13,6 +13,12 @@
 //   MAYFLY_OTHER_KEY   path to another private JWK that is NOT registered for this client
 //   MAYFLY_AUDIENCE    the resource (RFC 8707) to ask for; becomes the token's aud
 //   MAYFLY_SCOPE       space-separated scopes to ask for
+//   MAYFLY_SUBJECT_ISSUER  `iss` of a trusted Kubernetes-like issuer (preset "kubernetes",
+//                          audience "mayfly") whose policy lets namespace `payments` read MAYFLY_AUDIENCE
+//   MAYFLY_SUBJECT_KEY     path to that issuer's private JWK
+//
+// - token exchange (RFC 8693): jose signs a Kubernetes projected service-account token and
+//   openid-client's `genericGrantRequest` exchanges it, with and without client authentication.
 
 import { readFileSync } from 'node:fs';
 import assert from 'node:assert/strict';
@@ -153,6 +159,99 @@ describe('mayfly with openid-client and jose', () => {
       await assert.rejects(
         client.clientCredentialsGrant(forged, { scope, resource: audience }),
         oauthError('invalid_client'),
+      );
+    });
+  });
+
+  describe('token exchange (RFC 8693) through genericGrantRequest', () => {
+    const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+    const JWT = 'urn:ietf:params:oauth:token-type:jwt';
+    let subjectKey, subjectIssuer;
+
+    before(async () => {
+      subjectIssuer = env('MAYFLY_SUBJECT_ISSUER');
+      subjectKey = await privateKey(env('MAYFLY_SUBJECT_KEY'));
+    });
+
+    /** A Kubernetes projected service-account token for namespace `ns`, signed by jose. */
+    const serviceAccountToken = (ns, iss = subjectIssuer) =>
+      new jose.SignJWT({
+        'kubernetes.io': {
+          namespace: ns,
+          pod: { name: 'api-7d9f8b6c5-x2k4q', uid: '1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d' },
+          serviceaccount: { name: 'api', uid: '9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a' },
+        },
+      })
+        .setProtectedHeader({ alg: subjectKey.alg, kid: subjectKey.kid })
+        .setIssuer(iss)
+        .setSubject(`system:serviceaccount:${ns}:api`)
+        .setAudience(['mayfly'])
+        .setIssuedAt()
+        .setNotBefore('0s')
+        .setExpirationTime('10m')
+        .setJti(crypto.randomUUID())
+        .sign(subjectKey.key);
+
+    const verify = async (token) => {
+      const md = config.serverMetadata();
+      return jose.jwtVerify(token, jose.createRemoteJWKSet(new URL(md.jwks_uri)), {
+        issuer: md.issuer,
+        audience,
+        typ: 'at+jwt',
+      });
+    };
+
+    test('the metadata advertises the token-exchange grant', { timeout: TIMEOUT }, () => {
+      assert.ok(config.serverMetadata().grant_types_supported?.includes(EXCHANGE));
+    });
+
+    test('an authenticated client exchanges a workload token for one scoped to the workload', { timeout: TIMEOUT }, async () => {
+      const tokens = await client.genericGrantRequest(config, EXCHANGE, {
+        subject_token: await serviceAccountToken('payments'),
+        subject_token_type: JWT,
+        audience,
+        scope: 'read',
+      });
+      assert.equal(tokens.issued_token_type, 'urn:ietf:params:oauth:token-type:access_token');
+      assert.equal(tokens.token_type.toLowerCase(), 'bearer');
+      const { payload } = await verify(tokens.access_token);
+      assert.equal(payload.sub, 'spiffe://example.org/ns/payments/sa/api');
+      assert.equal(payload.client_id, clientId);
+      assert.equal(payload.scope, 'read');
+    });
+
+    test('the subject token alone is the credential (no client authentication)', { timeout: TIMEOUT }, async () => {
+      const anonymous = await discover(issuer, 'workload', client.None());
+      const tokens = await client.genericGrantRequest(anonymous, EXCHANGE, {
+        subject_token: await serviceAccountToken('payments'),
+        subject_token_type: JWT,
+        audience,
+        scope: 'read',
+      });
+      const { payload } = await verify(tokens.access_token);
+      assert.equal(payload.sub, 'spiffe://example.org/ns/payments/sa/api');
+    });
+
+    test('policy refuses another namespace with invalid_target', { timeout: TIMEOUT }, async () => {
+      await assert.rejects(
+        client.genericGrantRequest(config, EXCHANGE, {
+          subject_token: await serviceAccountToken('billing'),
+          subject_token_type: JWT,
+          audience,
+          scope: 'read',
+        }),
+        oauthError('invalid_target'),
+      );
+    });
+
+    test('a token from an untrusted issuer is invalid_request', { timeout: TIMEOUT }, async () => {
+      await assert.rejects(
+        client.genericGrantRequest(config, EXCHANGE, {
+          subject_token: await serviceAccountToken('payments', 'https://evil.example'),
+          subject_token_type: JWT,
+          audience,
+        }),
+        oauthError('invalid_request'),
       );
     });
   });

@@ -1,6 +1,7 @@
 //! Interop with npm clients nobody here wrote: `openid-client` (discovery, client_credentials with
 //! private_key_jwt and RFC 8707 resource, introspection, revocation) and `jose` (RFC 9068 access
-//! token verification against `jwks_uri`). The JavaScript lives in `interop/node/`, pinned by its
+//! token verification against `jwks_uri`), and token exchange (RFC 8693) through openid-client's
+//! `genericGrantRequest` with a Kubernetes-shaped subject token that jose signs. The JavaScript lives in `interop/node/`, pinned by its
 //! `package-lock.json`; this test starts the real server and runs `node --test` there.
 
 use std::io::Read;
@@ -13,6 +14,28 @@ use crate::support::{ServerProcess, keygen, write_config};
 const CLIENT_ID: &str = "node-client";
 const AUDIENCE: &str = "https://api.example.test";
 const SCOPE: &str = "read write";
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const INTEROP_SCHEMA: &str = r#"
+entity Client;
+entity Audience;
+entity Workload = {
+  issuer: String, subject: String, namespace?: String, service_account?: String,
+  repository?: String, repository_owner?: String, ref?: String, environment?: String,
+  workflow?: String, actor?: String, project_path?: String, pipeline_source?: String,
+  trust_domain?: String,
+};
+type RequestContext = {
+  grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String,
+};
+action "token", "read", "write" appliesTo {
+  principal: [Client, Workload], resource: [Audience], context: RequestContext,
+};
+"#;
+const INTEROP_POLICY: &str = r#"
+@id("payments-api-read")
+permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
+when { principal.issuer == "k8s" && principal has namespace && principal.namespace == "payments" };
+"#;
 /// Generous: node's own per-test timeouts (30 s) fire first; this only catches a wedged process.
 const NODE_DEADLINE: Duration = Duration::from_secs(180);
 
@@ -86,12 +109,21 @@ fn openid_client_and_jose_interop() {
     let dir = tmp.path();
     let (client_key, client_jwks) = keygen(dir, CLIENT_ID, "ES256");
     let (other_key, _other_jwks) = keygen(dir, "other", "ES256");
+    // A Kubernetes-like issuer whose tokens node signs with jose, trusted by the server.
+    let (k8s_key, k8s_jwks) = keygen(dir, "k8s-issuer", "ES256");
+    std::fs::create_dir(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/schema.cedarschema"), INTEROP_SCHEMA).unwrap();
+    std::fs::write(dir.join("policies/workloads.cedar"), INTEROP_POLICY).unwrap();
     let config = write_config(
         dir,
         &format!(
-            "[[clients]]\nid = \"{CLIENT_ID}\"\njwks_file = \"{}\"\naudiences = [\"{AUDIENCE}\"]\n\
-             scopes = [\"read\", \"write\"]\n",
-            client_jwks.display()
+            "trust_domain = \"example.org\"\n[policy]\ndir = \"policies\"\n\
+             [[clients]]\nid = \"{CLIENT_ID}\"\njwks_file = \"{}\"\naudiences = [\"{AUDIENCE}\"]\n\
+             scopes = [\"read\", \"write\"]\n\
+             [[issuers]]\nname = \"k8s\"\nissuer = \"{K8S_ISSUER}\"\npreset = \"kubernetes\"\n\
+             jwks_file = \"{}\"\naudiences = [\"mayfly\"]\nalgorithms = [\"ES256\"]\n",
+            client_jwks.display(),
+            k8s_jwks.display()
         ),
     );
     let server = ServerProcess::start(dir, &config, &[]);
@@ -105,6 +137,8 @@ fn openid_client_and_jose_interop() {
         .env("MAYFLY_OTHER_KEY", &other_key)
         .env("MAYFLY_AUDIENCE", AUDIENCE)
         .env("MAYFLY_SCOPE", SCOPE)
+        .env("MAYFLY_SUBJECT_ISSUER", K8S_ISSUER)
+        .env("MAYFLY_SUBJECT_KEY", &k8s_key)
         .env_remove("NODE_OPTIONS");
     let (status, stdout, stderr) = run_with_deadline(cmd, NODE_DEADLINE)
         .unwrap_or_else(|e| panic!("could not run `node --test` (is Node.js 20+ on PATH?): {e}"));
