@@ -5,6 +5,7 @@
 //! [`TokenRequest`] checks shape (required, duplicate and unknown-grant parameters), never trust.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod error;
 mod form;
 mod metadata;

@@ -122,22 +122,14 @@ fn trusted(c: &IssuerConfig, global_max_ttl: i64) -> Result<TrustedIssuer, Issue
     })
 }
 
-/// `max-age` from a `Cache-Control` value, clamped; `no-store`/`no-cache` give the minimum.
+/// How long to keep fetched keys, from the response's `Cache-Control`, clamped to [`TTL_RANGE`].
 pub fn cache_ttl(header: Option<&str>) -> i64 {
-    let Some(h) = header else {
-        return DEFAULT_TTL;
-    };
-    let mut ttl = None;
-    for d in h.split(',').map(str::trim) {
-        let lower = d.to_ascii_lowercase();
-        if lower == "no-store" || lower == "no-cache" {
-            return TTL_RANGE.0;
-        }
-        if let Some(v) = lower.strip_prefix("max-age=") {
-            ttl = v.trim_matches('"').parse::<i64>().ok();
-        }
+    use mayfly_proto::cache::{Freshness, freshness};
+    match header.map(freshness) {
+        Some(Freshness::DoNotKeep) => TTL_RANGE.0,
+        Some(Freshness::MaxAge(n)) => (n.min(i64::MAX as u64) as i64).clamp(TTL_RANGE.0, TTL_RANGE.1),
+        Some(Freshness::Unspecified) | None => DEFAULT_TTL,
     }
-    ttl.unwrap_or(DEFAULT_TTL).clamp(TTL_RANGE.0, TTL_RANGE.1)
 }
 
 impl Issuers {
