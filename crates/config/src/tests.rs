@@ -153,3 +153,69 @@ fn non_loopback_listen_needs_an_issuer() {
         .is_ok()
     );
 }
+
+/// The issue's `[[issuers]]` example, as written.
+#[test]
+fn issuer_example_works_as_written() {
+    let text = r#"
+issuer = "https://sts.example.com"
+[[issuers]]
+name = "k8s-prod"
+issuer = "https://kubernetes.default.svc.cluster.local"
+jwks_uri = "https://k8s.example.com/openid/v1/jwks"
+audiences = ["mayfly"]
+algorithms = ["RS256", "ES256"]
+max_token_age = "1h"
+identity = "spiffe://example.org/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.io/serviceaccount/name}"
+"#;
+    let c = parse(text, &[]).unwrap();
+    let i = &c.issuers[0];
+    assert_eq!(i.name, "k8s-prod");
+    assert!(matches!(&i.keys, IssuerKeys::Uri(u) if u.host_str() == Some("k8s.example.com")));
+    assert_eq!(i.max_token_age, Duration::from_secs(3600));
+    assert_eq!(c.trust_domain, "sts.example.com", "defaults to the issuer's host");
+    assert!(!i.one_time_use && !i.client_auth_required);
+}
+
+#[test]
+fn issuer_errors_name_the_key_and_fix() {
+    let base = "[[issuers]]\nname = \"gh\"\nissuer = \"https://token.actions.githubusercontent.com\"\naudiences = [\"mayfly\"]\n";
+    for (extra, key, needle) in [
+        ("preset = \"github-actions\"\njwks_uri = \"http://keys.example.com/jwks\"\n", "issuers[0].jwks_uri", "plain http"),
+        ("preset = \"jenkins\"\njwks_uri = \"https://k/jwks\"\n", "issuers[0].preset", "unknown preset"),
+        ("jwks_uri = \"https://k/jwks\"\n", "issuers[0].identity", "identity template or a preset"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\ndiscovery = true\n", "issuers[0].jwks_uri", "exactly one"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"HS256\"]\n", "issuers[0].algorithms", "never HMAC"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"none\"]\n", "issuers[0].algorithms", "never `none`"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nclient_auth = \"sometimes\"\n", "issuers[0].client_auth", "not a rule"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nmax_token_age = \"soon\"\n", "issuers[0].max_token_age", "not a duration"),
+        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nattributes = { env = \"environment\" }\n", "issuers[0].attributes.env", "JSON pointer"),
+    ] {
+        let e = parse(&format!("{base}{extra}"), &[]).unwrap_err();
+        assert_eq!(e.key, key, "{extra}: {e}");
+        assert!(e.to_string().contains(needle), "{extra}: {e}");
+    }
+    let twice = format!("{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n");
+    assert_eq!(parse(&twice, &[]).unwrap_err().key, "issuers[1].name");
+    let bad_td = parse("trust_domain = \"Example.ORG\"\n", &[]).unwrap_err();
+    assert_eq!(bad_td.key, "trust_domain");
+}
+
+#[test]
+fn issuers_and_policy_from_the_environment() {
+    let c = parse(
+        "",
+        &[
+            ("MAYFLY_TRUST_DOMAIN", "example.org"),
+            ("MAYFLY_POLICY_DIR", "/etc/mayfly/policies"),
+            (
+                "MAYFLY_ISSUERS",
+                r#"[{ name = "k8s", issuer = "https://k8s", preset = "kubernetes", jwks_uri = "https://k8s/jwks", audiences = ["mayfly"] }]"#,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.trust_domain, "example.org");
+    assert_eq!(c.policy_dir.as_deref(), Some(Path::new("/etc/mayfly/policies")));
+    assert_eq!(c.issuers[0].preset.as_deref(), Some("kubernetes"));
+}
