@@ -68,11 +68,13 @@ fn when(t: i64) -> String {
 pub async fn config_check(file: &Path) -> anyhow::Result<ExitCode> {
     let cfg = mayfly_config::Config::load(file)?;
     let max_ttl = cfg.tokens.max_ttl.as_secs() as i64;
+    let mut clients = Vec::with_capacity(cfg.clients.len());
     for c in &cfg.clients {
-        mayfly_server::client_from_config(c, max_ttl).await?;
+        clients.push(mayfly_server::client_from_config(c, max_ttl).await?);
     }
+    let (issuers, policies) = mayfly_server::check_issuers_and_policy(&cfg, &clients)?;
     println!(
-        "{}: ok ({} clients, listen {}, signing {:?})",
+        "{}: ok ({} clients, {issuers} trusted issuers, {policies} policies, listen {}, signing {:?})",
         file.display(),
         cfg.clients.len(),
         cfg.listen,

@@ -25,6 +25,22 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::{get, post};
 
+/// Check what [`App::start`] would refuse in the trusted issuers and the policy set, without
+/// starting: returns the number of issuers and of policies. `clients` are the registered clients
+/// whose lists become policies.
+pub fn check_issuers_and_policy(
+    config: &mayfly_config::Config,
+    clients: &[mayfly_sts::Client],
+) -> Result<(usize, usize), StartError> {
+    let max_ttl = config.tokens.max_ttl.as_secs() as i64;
+    issuers::Issuers::new(&config.issuers, max_ttl)?;
+    let engine = match &config.policy_dir {
+        Some(d) => mayfly_policy::PolicyEngine::load_dir(d, &policy::grants(clients))?,
+        None => mayfly_policy::PolicyEngine::sugar_only(&policy::grants(clients))?,
+    };
+    Ok((config.issuers.len(), engine.policy_ids().len()))
+}
+
 /// Build the router for `app`.
 pub fn router(app: App) -> Router {
     Router::new()
