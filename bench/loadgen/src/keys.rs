@@ -106,6 +106,27 @@ impl ClientKey {
     }
 }
 
+impl ClientKey {
+    /// A Kubernetes projected service-account token for `payments/api`, audience `mayfly`, valid
+    /// for an hour from `iat`.
+    pub fn service_account_token(&self, iss: &str, jti: &str, iat: u64) -> anyhow::Result<String> {
+        self.sign(&json!({
+            "aud": ["mayfly"],
+            "exp": iat + 3600,
+            "iat": iat,
+            "nbf": iat,
+            "iss": iss,
+            "jti": jti,
+            "kubernetes.io": {
+                "namespace": "payments",
+                "pod": {"name": "api-7d9f8b6c5-x2k4q", "uid": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"},
+                "serviceaccount": {"name": "api", "uid": "9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a"}
+            },
+            "sub": "system:serviceaccount:payments:api"
+        }))
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -73,6 +73,14 @@ pub struct RunArgs {
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// `client-credentials` (a fresh client assertion per request) or `token-exchange` (a fresh
+    /// Kubernetes-shaped subject token per request, signed with the same key as its issuer's, and
+    /// no client authentication).
+    #[arg(long, default_value = "client-credentials")]
+    grant: String,
+    /// token-exchange: the subject tokens' `iss`.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    subject_issuer: String,
 }
 
 #[derive(Serialize)]
@@ -152,12 +160,27 @@ fn presign(args: &RunArgs, count: usize) -> anyhow::Result<Vec<Bytes>> {
     let key = ClientKey::load(&args.key)?;
     let nonce = run_nonce()?;
     let iat = unix_now();
-    let prefix = format!(
-        "grant_type=client_credentials&client_assertion_type={}&scope={}&resource={}&client_assertion=",
-        form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        form_encode(&args.scope),
-        form_encode(&args.resource),
-    );
+    let exchange = match args.grant.as_str() {
+        "client-credentials" => false,
+        "token-exchange" => true,
+        other => anyhow::bail!("--grant {other}: use client-credentials or token-exchange"),
+    };
+    let prefix = if exchange {
+        format!(
+            "grant_type={}&subject_token_type={}&scope={}&audience={}&subject_token=",
+            form_encode("urn:ietf:params:oauth:grant-type:token-exchange"),
+            form_encode("urn:ietf:params:oauth:token-type:jwt"),
+            form_encode(&args.scope),
+            form_encode(&args.resource),
+        )
+    } else {
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&scope={}&resource={}&client_assertion=",
+            form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            form_encode(&args.scope),
+            form_encode(&args.resource),
+        )
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(count.max(1));
@@ -171,7 +194,11 @@ fn presign(args: &RunArgs, count: usize) -> anyhow::Result<Vec<Bytes>> {
                     range
                         .map(|i| {
                             let jti = format!("{nonce}-{i}");
-                            let a = key.assertion(&args.client_id, &args.aud, &jti, iat)?;
+                            let a = if exchange {
+                                key.service_account_token(&args.subject_issuer, &jti, iat)?
+                            } else {
+                                key.assertion(&args.client_id, &args.aud, &jti, iat)?
+                            };
                             Ok(Bytes::from(format!("{prefix}{a}")))
                         })
                         .collect()
