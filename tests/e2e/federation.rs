@@ -44,7 +44,7 @@ action "token", "read", "write", "deploy" appliesTo {
 const POLICIES: &str = r#"
 @id("payments-read")
 permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
-when { principal.issuer == "k8s-prod" && principal has namespace && principal.namespace == "payments" };
+when { (principal.issuer == "k8s-prod" || principal.issuer == "disco") && principal has namespace && principal.namespace == "payments" };
 
 @id("deploy-from-main")
 @max_ttl("10m")
@@ -71,32 +71,63 @@ impl TestIssuer {
         let gha_keys = Arc::new(Mutex::new(vec![gha.public_jwk().clone()]));
         let down = Arc::new(Mutex::new(false));
         let k8s_fetches = Arc::new(AtomicUsize::new(0));
-        let serve = |keys: Arc<Mutex<Vec<Value>>>, down: Arc<Mutex<bool>>, n: Option<Arc<AtomicUsize>>| {
-            move || {
-                let (keys, down, n) = (keys.clone(), down.clone(), n.clone());
-                async move {
-                    if let Some(n) = n {
-                        n.fetch_add(1, Ordering::SeqCst);
+        let serve =
+            |keys: Arc<Mutex<Vec<Value>>>, down: Arc<Mutex<bool>>, n: Option<Arc<AtomicUsize>>| {
+                move || {
+                    let (keys, down, n) = (keys.clone(), down.clone(), n.clone());
+                    async move {
+                        if let Some(n) = n {
+                            n.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if *down.lock().unwrap() {
+                            return (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                [("cache-control", "no-store")],
+                                String::new(),
+                            );
+                        }
+                        let body = json!({"keys": *keys.lock().unwrap()}).to_string();
+                        (
+                            axum::http::StatusCode::OK,
+                            [("cache-control", "public, max-age=60")],
+                            body,
+                        )
                     }
-                    if *down.lock().unwrap() {
-                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("cache-control", "no-store")], String::new());
-                    }
-                    let body = json!({"keys": *keys.lock().unwrap()}).to_string();
-                    (axum::http::StatusCode::OK, [("cache-control", "public, max-age=60")], body)
                 }
-            }
-        };
+            };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let base = format!("http://127.0.0.1:{port}");
+        let disco = json!({"issuer": base, "jwks_uri": format!("{base}/k8s/jwks")}).to_string();
+        // The same server under another host name: a redirect there leaves the origin.
+        let elsewhere = format!("http://localhost:{port}/k8s/jwks");
         let app = axum::Router::new()
             .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let d = disco.clone();
+                    async move { d }
+                }),
+            )
+            .route(
+                "/redirect",
+                axum::routing::get(move || {
+                    let to = elsewhere.clone();
+                    async move { axum::response::Redirect::temporary(&to) }
+                }),
+            )
+            .route(
                 "/k8s/jwks",
-                axum::routing::get(serve(k8s_keys.clone(), down.clone(), Some(k8s_fetches.clone()))),
+                axum::routing::get(serve(
+                    k8s_keys.clone(),
+                    down.clone(),
+                    Some(k8s_fetches.clone()),
+                )),
             )
             .route(
                 "/gha/jwks",
                 axum::routing::get(serve(gha_keys, down.clone(), None)),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         TestIssuer {
             base,
@@ -164,6 +195,20 @@ audiences = ["https://github.com/octo-org"]
 algorithms = ["ES256"]
 max_token_age = "10m"
 one_time_use = true
+[[issuers]]
+name = "disco"
+issuer = "{base}"
+preset = "kubernetes"
+discovery = true
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+[[issuers]]
+name = "redirected"
+issuer = "https://redirected.example"
+preset = "kubernetes"
+jwks_uri = "{base}/redirect"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
 "#
         );
         let config =
@@ -310,7 +355,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     let f = Fed::start().await;
 
     // Kubernetes: allowed by `payments-read` -> sub is the mapped SPIFFE ID.
-    let sa = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let sa = f
+        .k8s
+        .sign_jwt(None, &f.k8s_claims("payments", "api"))
+        .unwrap();
     let (s, body) = f
         .exchange(&sa, &[("audience", API), ("scope", "read")])
         .await;
@@ -334,7 +382,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["policies"], json!(["payments-read"]));
 
     // With an actor: the new token carries the act claim (RFC 8693 §4.1).
-    let actor = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "batch")).unwrap();
+    let actor = f
+        .k8s
+        .sign_jwt(None, &f.k8s_claims("payments", "batch"))
+        .unwrap();
     let (s, body) = f
         .exchange(
             &sa,
@@ -359,7 +410,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
         "spiffe://example.org/ns/payments/sa/batch"
     );
     // Re-exchanging that token with a further actor nests the chain, and may only narrow.
-    let gw_actor = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "gateway")).unwrap();
+    let gw_actor = f
+        .k8s
+        .sign_jwt(None, &f.k8s_claims("payments", "gateway"))
+        .unwrap();
     let (s, body) = f
         .post(&[
             ("grant_type", EXCHANGE),
@@ -376,8 +430,13 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
 
     // Denied by policy: the forbid decides, and the audit event names it.
-    let ks = f.k8s.sign_jwt(None, &f.k8s_claims("kube-system", "api")).unwrap();
-    let got = f.exchange(&ks, &[("audience", API), ("scope", "read")]).await;
+    let ks = f
+        .k8s
+        .sign_jwt(None, &f.k8s_claims("kube-system", "api"))
+        .unwrap();
+    let got = f
+        .exchange(&ks, &[("audience", API), ("scope", "read")])
+        .await;
     assert_error(&got, 400, "invalid_target");
     let e = f.audit(1).await.pop().unwrap();
     assert_eq!(e["decision"], "deny");
@@ -385,21 +444,35 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["policies"], json!(["no-kube-system"]));
     assert_eq!(e["identity"], "spiffe://example.org/ns/kube-system/sa/api");
     // A scope no policy grants: invalid_scope.
-    let got = f.exchange(&sa, &[("audience", API), ("scope", "write")]).await;
+    let got = f
+        .exchange(&sa, &[("audience", API), ("scope", "write")])
+        .await;
     assert_error(&got, 400, "invalid_scope");
 
     // GitHub Actions: a push to main may deploy, capped at 10 minutes by @max_ttl.
-    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
+    let main = f
+        .gha
+        .sign_jwt(None, &f.gha_claims("refs/heads/main"))
+        .unwrap();
     let (s, body) = f
         .exchange(
             &main,
-            &[("audience", DEPLOY), ("scope", "deploy"), ("expires_in", "3600")],
+            &[
+                ("audience", DEPLOY),
+                ("scope", "deploy"),
+                ("expires_in", "3600"),
+            ],
         )
         .await;
     // The subject token has 300 s left: asking for more is refused ...
     assert_error(&(s, body), 400, "invalid_request");
-    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
-    let (s, body) = f.exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    let main = f
+        .gha
+        .sign_jwt(None, &f.gha_claims("refs/heads/main"))
+        .unwrap();
+    let (s, body) = f
+        .exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")])
+        .await;
     assert_eq!(s, 200, "{body}");
     let t = peek(body["access_token"].as_str().unwrap());
     assert_eq!(
@@ -413,16 +486,29 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
         json!(["deploy-from-main"])
     );
     // One-time use: the same GitHub token again is refused, and recorded.
-    let got = f.exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    let got = f
+        .exchange(&main, &[("audience", DEPLOY), ("scope", "deploy")])
+        .await;
     assert_error(&got, 400, "invalid_request");
-    assert_eq!(f.audit(1).await.pop().unwrap()["reason"], "subject_replayed");
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["reason"],
+        "subject_replayed"
+    );
     // A feature branch may not deploy: default deny.
-    let branch = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/feature")).unwrap();
-    let got = f.exchange(&branch, &[("audience", DEPLOY), ("scope", "deploy")]).await;
+    let branch = f
+        .gha
+        .sign_jwt(None, &f.gha_claims("refs/heads/feature"))
+        .unwrap();
+    let got = f
+        .exchange(&branch, &[("audience", DEPLOY), ("scope", "deploy")])
+        .await;
     assert_error(&got, 400, "invalid_target");
 
     // The same trust rules as a JWT bearer grant (RFC 7523 §2.1); its errors are invalid_grant.
-    let main = f.gha.sign_jwt(None, &f.gha_claims("refs/heads/main")).unwrap();
+    let main = f
+        .gha
+        .sign_jwt(None, &f.gha_claims("refs/heads/main"))
+        .unwrap();
     let (s, body) = f
         .post(&[
             ("grant_type", JWT_BEARER),
@@ -434,12 +520,19 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(s, 200, "{body}");
     assert!(body.get("issued_token_type").is_none());
     let got = f
-        .post(&[("grant_type", JWT_BEARER), ("assertion", &main), ("audience", DEPLOY)])
+        .post(&[
+            ("grant_type", JWT_BEARER),
+            ("assertion", &main),
+            ("audience", DEPLOY),
+        ])
         .await;
     assert_error(&got, 400, "invalid_grant");
 
     // A client may authenticate as well; the token then names it as client_id.
-    let sa2 = f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let sa2 = f
+        .k8s
+        .sign_jwt(None, &f.k8s_claims("payments", "api"))
+        .unwrap();
     let a = f.gateway_assertion();
     let (s, body) = f
         .exchange(
@@ -452,12 +545,18 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(peek(body["access_token"].as_str().unwrap())["client_id"], "gateway");
+    assert_eq!(
+        peek(body["access_token"].as_str().unwrap())["client_id"],
+        "gateway"
+    );
 
     // The metadata advertises both grants.
     let md: Value = f
         .http
-        .get(format!("{}/.well-known/oauth-authorization-server", f.issuer))
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            f.issuer
+        ))
         .send()
         .await
         .unwrap()
@@ -513,7 +612,10 @@ async fn every_rejection_has_its_error() {
     let mut c = good.clone();
     c["exp"] = json!(n + 120);
     let got = f
-        .exchange(&k8s(&c), &[("audience", API), ("scope", "read"), ("expires_in", "600")])
+        .exchange(
+            &k8s(&c),
+            &[("audience", API), ("scope", "read"), ("expires_in", "600")],
+        )
         .await;
     assert_error(&got, 400, "invalid_request");
     // Unsupported subject token type, missing subject_token_type.
@@ -521,7 +623,10 @@ async fn every_rejection_has_its_error() {
         .post(&[
             ("grant_type", EXCHANGE),
             ("subject_token", &k8s(&good)),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:saml2",
+            ),
         ])
         .await;
     assert_error(&got, 400, "invalid_request");
@@ -585,7 +690,11 @@ async fn every_rejection_has_its_error() {
 async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     let f = Fed::start().await;
     let ask = [("audience", API), ("scope", "read")];
-    let sa = || f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let sa = || {
+        f.k8s
+            .sign_jwt(None, &f.k8s_claims("payments", "api"))
+            .unwrap()
+    };
     let (s, body) = f.exchange(&sa(), &ask).await;
     assert_eq!(s, 200, "{body}");
     let fetches = || f.idp.k8s_fetches.load(Ordering::SeqCst);
@@ -593,7 +702,9 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
 
     // A burst of 1,000 requests under a kid the issuer does not publish: at most one fetch.
     let rogue = SigningKey::generate(KeyAlg::ES256, Some("rogue")).unwrap();
-    let forged = rogue.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let forged = rogue
+        .sign_jwt(None, &f.k8s_claims("payments", "api"))
+        .unwrap();
     f.clock.advance(31);
     let before = fetches();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
@@ -644,7 +755,10 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     f.clock.advance(31);
     let n = fetches();
     let (s, body) = f
-        .exchange(&k2.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap(), &ask)
+        .exchange(
+            &k2.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap(),
+            &ask,
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(fetches(), n + 1);
@@ -665,7 +779,11 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
 #[tokio::test]
 async fn policy_reload_applies_valid_sets_and_refuses_invalid_ones() {
     let f = Fed::start().await;
-    let sa = || f.k8s.sign_jwt(None, &f.k8s_claims("payments", "api")).unwrap();
+    let sa = || {
+        f.k8s
+            .sign_jwt(None, &f.k8s_claims("payments", "api"))
+            .unwrap()
+    };
     let write = [("audience", API), ("scope", "write")];
     assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
 
@@ -700,4 +818,24 @@ when { principal has namespace && principal.namespace == "payments" };
     std::fs::remove_file(f.dir.path().join("policies/write.cedar")).unwrap();
     assert!(f.app.reload_policy());
     assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
+}
+
+#[tokio::test]
+async fn keys_by_discovery_and_never_across_hosts() {
+    let f = Fed::start().await;
+    let ask = [("audience", API), ("scope", "read")];
+    // Discovery: {issuer}/.well-known/openid-configuration names the jwks_uri.
+    let mut c = f.k8s_claims("payments", "api");
+    c["iss"] = json!(f.idp.base);
+    let (s, body) = f.exchange(&f.k8s.sign_jwt(None, &c).unwrap(), &ask).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        peek(body["access_token"].as_str().unwrap())["sub"],
+        "spiffe://example.org/ns/payments/sa/api"
+    );
+    // A jwks_uri that redirects to another host is not followed: no keys, so 503.
+    let mut c = f.k8s_claims("payments", "api");
+    c["iss"] = json!("https://redirected.example");
+    let got = f.exchange(&f.k8s.sign_jwt(None, &c).unwrap(), &ask).await;
+    assert_error(&got, 503, "temporarily_unavailable");
 }
