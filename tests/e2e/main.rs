@@ -12,6 +12,7 @@ mod interop_node;
 mod issuance;
 mod jwks_uri;
 mod no_secrets;
+mod policy_cli;
 mod rejections;
 mod rotation;
 mod support;

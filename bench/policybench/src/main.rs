@@ -2,7 +2,8 @@
 //! realistic set of 100 policies (20 audiences, 10 actions; principal equality, attribute
 //! conditions, two forbids). Figures go to docs/PERFORMANCE.md.
 //!
-//! `taskset -c 0 cargo run --release -p mayfly-policybench`
+//! `taskset -c 0 cargo run --release -p mayfly-policybench` (`-- --sliced-only` skips the
+//! whole-set reference runs, for profiling).
 //!
 //! Each scenario: a warm-up, then five one-second runs (decisions/s, median reported), then
 //! 100,000 individually timed calls for p50/p99 (each includes one `Instant::now()` pair, about
@@ -273,6 +274,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mix = mix();
+    // `--sliced-only` skips the whole-set reference (for profiling the request path).
+    let sliced_only = std::env::args().any(|a| a == "--sliced-only");
     println!(
         "{:<44} {:>12} {:>14} {:>8} {:>8} {:>8}",
         "scenario", "decisions/s", "ns/decision", "p50 ns", "p99 ns", "allowed"
@@ -287,6 +290,9 @@ fn main() -> ExitCode {
         ),
         ("mix of 72 requests (whole set, reference)", &mix, true),
     ] {
+        if unsliced && sliced_only {
+            continue;
+        }
         let f = measure(&engine, reqs, unsliced);
         println!(
             "{:<44} {:>12.0} {:>14.0} {:>8} {:>8} {:>5}/{}",

@@ -3,6 +3,7 @@
 
 mod admin;
 mod keyfile;
+mod policy_cmd;
 mod server;
 mod token;
 
@@ -72,6 +73,11 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
+    },
+    /// Cedar policies: check a directory, run a test file, explain a decision.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
     },
 }
 
@@ -240,5 +246,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audience,
             } => token::inspect(&token, &issuer, audience.as_deref()).await,
         },
+        Cmd::Policy { cmd } => policy_cmd::run(cmd),
     }
 }

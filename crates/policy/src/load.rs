@@ -387,7 +387,7 @@ fn validate(
                 line,
                 column,
                 policy: e.policy_id().to_string(),
-                message: diag_message(e),
+                message: without_policy_prefix(diag_message(e), e.policy_id()),
             }
         })
         .collect();
@@ -401,10 +401,19 @@ fn validate(
             format!(
                 "{file}:{line}:{column}: policy `{}`: {}",
                 w.policy_id(),
-                diag_message(w)
+                without_policy_prefix(diag_message(w), w.policy_id())
             )
         })
         .collect())
+}
+
+/// Cedar starts its messages with "for policy `id`, "; the problem line names the policy already.
+fn without_policy_prefix(message: String, id: &PolicyId) -> String {
+    let prefix = format!("for policy `{id}`, ");
+    match message.strip_prefix(&prefix) {
+        Some(rest) => rest.to_string(),
+        None => message,
+    }
 }
 
 /// Actions that are members of action groups, as entities carrying their ancestors, so that
