@@ -37,7 +37,9 @@ fn jwks(k: &SigningKey) -> String {
 
 impl Fixture {
     /// Clients: `svc` (ES256 key `svc-key`, audiences AUD and https://other.example.test,
-    /// scopes read/write) and `other` (EdDSA key `other-key`, audience AUD, scope read).
+    /// scopes read/write) and `other` (EdDSA key `other-key`, audience AUD, scope read). A
+    /// trusted issuer `k8s` (iss `https://k8s.test`) signs with `other-key`; no policy grants its
+    /// workloads anything.
     pub fn start(extra_env: &[(&str, &str)]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
@@ -47,8 +49,16 @@ impl Fixture {
         let config = write_config(
             dir.path(),
             &format!(
-                r#"[tokens]
+                r#"trust_domain = "example.org"
+[tokens]
 max_ttl = "1h"
+[[issuers]]
+name = "k8s"
+issuer = "https://k8s.test"
+preset = "kubernetes"
+jwks_file = "other.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["EdDSA"]
 [[clients]]
 id = "svc"
 jwks_file = "svc.jwks.json"

@@ -59,6 +59,51 @@ async fn no_token_assertion_or_key_in_trace_logs() {
         assert_eq!(s, 200);
     }
 
+    // Token exchange: a subject token from the trusted issuer (refused by the default-deny
+    // policy), and one of our own tokens narrowed (issued).
+    let n = now();
+    let sa = f
+        .other_key
+        .sign_jwt(
+            None,
+            &serde_json::json!({"iss": "https://k8s.test", "aud": ["mayfly"], "sub": "system:serviceaccount:payments:api",
+                "iat": n, "exp": n + 600, "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}}),
+        )
+        .unwrap();
+    secrets.push(sa.clone());
+    let (s, _, _) = f
+        .post_form(
+            "/oauth2/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &sa),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                ("audience", AUD),
+            ],
+        )
+        .await;
+    assert_eq!(s, 400);
+    let a = f.assertion();
+    let (s, b) = f
+        .token_with(&a, &[("resource", AUD), ("scope", "read")])
+        .await;
+    assert_eq!(s, 200);
+    let fresh = b["access_token"].as_str().unwrap().to_string();
+    secrets.push(a);
+    secrets.push(fresh.clone());
+    let (s, _, b) = f
+        .post_form(
+            "/oauth2/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", &fresh),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    secrets.push(b["access_token"].as_str().unwrap().to_string());
+
     // Everything the server printed: logs on stderr, audit JSON lines on stdout.
     let logs = format!(
         "{}{}",
