@@ -75,7 +75,10 @@ async fn no_token_assertion_or_key_in_trace_logs() {
         .post_form(
             "/oauth2/token",
             &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
                 ("subject_token", &sa),
                 ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
                 ("audience", AUD),
@@ -95,9 +98,15 @@ async fn no_token_assertion_or_key_in_trace_logs() {
         .post_form(
             "/oauth2/token",
             &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
                 ("subject_token", &fresh),
-                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
             ],
         )
         .await;

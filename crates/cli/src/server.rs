@@ -143,7 +143,9 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; policies reload on change only"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; policies reload on change only")
+            }
         }
     }
 

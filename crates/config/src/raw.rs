@@ -255,7 +255,9 @@ impl RawConfig {
             "10s",
         )?;
         // The store's replay-window rebuild relies on no request outliving this bound.
-        if request_timeout > Duration::from_secs(300) || request_timeout < Duration::from_millis(100) {
+        if request_timeout > Duration::from_secs(300)
+            || request_timeout < Duration::from_millis(100)
+        {
             return Err(ConfigError::new(
                 src,
                 "server.request_timeout",
@@ -427,7 +429,12 @@ impl RawIssuer {
                 "write the exact `iss` value of the tokens, e.g. \"https://token.actions.githubusercontent.com\"",
             ));
         }
-        const PRESETS: &[&str] = &["kubernetes", "github-actions", "gitlab-ci", "spiffe-jwt-svid"];
+        const PRESETS: &[&str] = &[
+            "kubernetes",
+            "github-actions",
+            "gitlab-ci",
+            "spiffe-jwt-svid",
+        ];
         if let Some(p) = self.preset.as_deref().filter(|p| !PRESETS.contains(p)) {
             return Err(ConfigError::new(
                 src,
@@ -445,7 +452,9 @@ impl RawIssuer {
             ));
         }
         let keys = match (self.jwks_uri, self.discovery, self.jwks_file, self.jwks) {
-            (Some(uri), false, None, None) => IssuerKeys::Uri(fetch_url(src, &key("jwks_uri"), &uri)?),
+            (Some(uri), false, None, None) => {
+                IssuerKeys::Uri(fetch_url(src, &key("jwks_uri"), &uri)?)
+            }
             (None, true, None, None) => {
                 let base_url = fetch_url(src, &key("issuer"), &self.issuer)?;
                 IssuerKeys::Discovery(base_url)
@@ -453,18 +462,33 @@ impl RawIssuer {
             (None, false, Some(file), None) => {
                 let path = resolve(base, &file);
                 let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(src, key("jwks_file"), format!("cannot read `{}`: {e}", path.display()), "correct the path (relative paths start at the config file's folder)")
+                    ConfigError::new(
+                        src,
+                        key("jwks_file"),
+                        format!("cannot read `{}`: {e}", path.display()),
+                        "correct the path (relative paths start at the config file's folder)",
+                    )
                 })?;
                 let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    ConfigError::new(src, key("jwks_file"), format!("`{}` is not JSON: {e}", path.display()), "the file must hold a JWK Set: {\"keys\": [...]}")
+                    ConfigError::new(
+                        src,
+                        key("jwks_file"),
+                        format!("`{}` is not JSON: {e}", path.display()),
+                        "the file must hold a JWK Set: {\"keys\": [...]}",
+                    )
                 })?;
                 IssuerKeys::Static(v)
             }
-            (None, false, None, Some(inline)) => IssuerKeys::Static(
-                serde_json::to_value(inline).map_err(|e| {
-                    ConfigError::new(src, key("jwks"), format!("cannot be read as JSON: {e}"), "write jwks = { keys = [ ... ] }")
-                })?,
-            ),
+            (None, false, None, Some(inline)) => {
+                IssuerKeys::Static(serde_json::to_value(inline).map_err(|e| {
+                    ConfigError::new(
+                        src,
+                        key("jwks"),
+                        format!("cannot be read as JSON: {e}"),
+                        "write jwks = { keys = [ ... ] }",
+                    )
+                })?)
+            }
             _ => {
                 return Err(ConfigError::new(
                     src,
@@ -491,7 +515,12 @@ impl RawIssuer {
             None => None,
             Some(list) => {
                 if list.is_empty() {
-                    return Err(ConfigError::new(src, key("algorithms"), "is empty", "list at least one of RS256, PS256, ES256, ES384, EdDSA"));
+                    return Err(ConfigError::new(
+                        src,
+                        key("algorithms"),
+                        "is empty",
+                        "list at least one of RS256, PS256, ES256, ES384, EdDSA",
+                    ));
                 }
                 if let Some(bad) = list.iter().find(|a| !ISSUER_ALGS.contains(&a.as_str())) {
                     return Err(ConfigError::new(
@@ -504,20 +533,40 @@ impl RawIssuer {
                 Some(list)
             }
         };
-        let max_token_age = duration(src, &key("max_token_age"), self.max_token_age.as_ref(), "1h")?;
+        let max_token_age = duration(
+            src,
+            &key("max_token_age"),
+            self.max_token_age.as_ref(),
+            "1h",
+        )?;
         if max_token_age.is_zero() || max_token_age > Duration::from_secs(7 * 24 * 3600) {
-            return Err(ConfigError::new(src, key("max_token_age"), "must be between 1s and 7 days", "use the default 1h, or the platform's token lifetime"));
+            return Err(ConfigError::new(
+                src,
+                key("max_token_age"),
+                "must be between 1s and 7 days",
+                "use the default 1h, or the platform's token lifetime",
+            ));
         }
         let client_auth_required = match self.client_auth.as_deref().unwrap_or("optional") {
             "optional" => false,
             "required" => true,
             other => {
-                return Err(ConfigError::new(src, key("client_auth"), format!("`{other}` is not a rule"), "use \"optional\" (the subject token is the credential) or \"required\""));
+                return Err(ConfigError::new(
+                    src,
+                    key("client_auth"),
+                    format!("`{other}` is not a rule"),
+                    "use \"optional\" (the subject token is the credential) or \"required\"",
+                ));
             }
         };
         for (name, ptr) in &self.attributes {
             if !ptr.starts_with('/') {
-                return Err(ConfigError::new(src, key(&format!("attributes.{name}")), format!("`{ptr}` is not a JSON pointer"), "write a pointer into the token's claims, e.g. \"/kubernetes.io/namespace\""));
+                return Err(ConfigError::new(
+                    src,
+                    key(&format!("attributes.{name}")),
+                    format!("`{ptr}` is not a JSON pointer"),
+                    "write a pointer into the token's claims, e.g. \"/kubernetes.io/namespace\"",
+                ));
             }
         }
         let max_ttl = match self.max_ttl {
@@ -544,7 +593,12 @@ impl RawIssuer {
 /// A URL mayfly fetches keys from: https, or http on loopback only.
 fn fetch_url(src: &str, key: &str, text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| {
-        ConfigError::new(src, key, format!("`{text}` is not a URL ({e})"), "write an https URL")
+        ConfigError::new(
+            src,
+            key,
+            format!("`{text}` is not a URL ({e})"),
+            "write an https URL",
+        )
     })?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {

@@ -173,7 +173,10 @@ identity = "spiffe://example.org/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.i
     assert_eq!(i.name, "k8s-prod");
     assert!(matches!(&i.keys, IssuerKeys::Uri(u) if u.host_str() == Some("k8s.example.com")));
     assert_eq!(i.max_token_age, Duration::from_secs(3600));
-    assert_eq!(c.trust_domain, "sts.example.com", "defaults to the issuer's host");
+    assert_eq!(
+        c.trust_domain, "sts.example.com",
+        "defaults to the issuer's host"
+    );
     assert!(!i.one_time_use && !i.client_auth_required);
 }
 
@@ -181,21 +184,59 @@ identity = "spiffe://example.org/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.i
 fn issuer_errors_name_the_key_and_fix() {
     let base = "[[issuers]]\nname = \"gh\"\nissuer = \"https://token.actions.githubusercontent.com\"\naudiences = [\"mayfly\"]\n";
     for (extra, key, needle) in [
-        ("preset = \"github-actions\"\njwks_uri = \"http://keys.example.com/jwks\"\n", "issuers[0].jwks_uri", "plain http"),
-        ("preset = \"jenkins\"\njwks_uri = \"https://k/jwks\"\n", "issuers[0].preset", "unknown preset"),
-        ("jwks_uri = \"https://k/jwks\"\n", "issuers[0].identity", "identity template or a preset"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\ndiscovery = true\n", "issuers[0].jwks_uri", "exactly one"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"HS256\"]\n", "issuers[0].algorithms", "never HMAC"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"none\"]\n", "issuers[0].algorithms", "never `none`"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nclient_auth = \"sometimes\"\n", "issuers[0].client_auth", "not a rule"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nmax_token_age = \"soon\"\n", "issuers[0].max_token_age", "not a duration"),
-        ("preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nattributes = { env = \"environment\" }\n", "issuers[0].attributes.env", "JSON pointer"),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"http://keys.example.com/jwks\"\n",
+            "issuers[0].jwks_uri",
+            "plain http",
+        ),
+        (
+            "preset = \"jenkins\"\njwks_uri = \"https://k/jwks\"\n",
+            "issuers[0].preset",
+            "unknown preset",
+        ),
+        (
+            "jwks_uri = \"https://k/jwks\"\n",
+            "issuers[0].identity",
+            "identity template or a preset",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\ndiscovery = true\n",
+            "issuers[0].jwks_uri",
+            "exactly one",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"HS256\"]\n",
+            "issuers[0].algorithms",
+            "never HMAC",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nalgorithms = [\"none\"]\n",
+            "issuers[0].algorithms",
+            "never `none`",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nclient_auth = \"sometimes\"\n",
+            "issuers[0].client_auth",
+            "not a rule",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nmax_token_age = \"soon\"\n",
+            "issuers[0].max_token_age",
+            "not a duration",
+        ),
+        (
+            "preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\nattributes = { env = \"environment\" }\n",
+            "issuers[0].attributes.env",
+            "JSON pointer",
+        ),
     ] {
         let e = parse(&format!("{base}{extra}"), &[]).unwrap_err();
         assert_eq!(e.key, key, "{extra}: {e}");
         assert!(e.to_string().contains(needle), "{extra}: {e}");
     }
-    let twice = format!("{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n");
+    let twice = format!(
+        "{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n{base}preset = \"github-actions\"\njwks_uri = \"https://k/jwks\"\n"
+    );
     assert_eq!(parse(&twice, &[]).unwrap_err().key, "issuers[1].name");
     let bad_td = parse("trust_domain = \"Example.ORG\"\n", &[]).unwrap_err();
     assert_eq!(bad_td.key, "trust_domain");
@@ -216,6 +257,9 @@ fn issuers_and_policy_from_the_environment() {
     )
     .unwrap();
     assert_eq!(c.trust_domain, "example.org");
-    assert_eq!(c.policy_dir.as_deref(), Some(Path::new("/etc/mayfly/policies")));
+    assert_eq!(
+        c.policy_dir.as_deref(),
+        Some(Path::new("/etc/mayfly/policies"))
+    );
     assert_eq!(c.issuers[0].preset.as_deref(), Some("kubernetes"));
 }

@@ -9,9 +9,11 @@ use mayfly_proto::{
     Form, GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN,
     TOKEN_TYPE_JWT, TokenResponse,
 };
-use mayfly_sts::federation::{ClientAuthRule, SubjectIdentity, claimed_issuer, verify_subject_token};
+use mayfly_sts::federation::{
+    ClientAuthRule, SubjectIdentity, claimed_issuer, verify_subject_token,
+};
 use mayfly_sts::{
-    AccessTokenClaims, AuditEvent, Authorizer, AuthenticatedClient, Decision, DecideInput, Denial,
+    AccessTokenClaims, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision, Denial,
     EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
 };
 use serde_json::Value;
@@ -90,10 +92,9 @@ async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial>
 
 /// One of our own tokens, live and not revoked.
 async fn ours(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
-    let claims = check_access_token(&app.0.settings, &app.keys().verifying, token, now)
-        .ok_or(Denial::InvalidSubjectToken(
-            "not an active access token of this server",
-        ))?;
+    let claims = check_access_token(&app.0.settings, &app.keys().verifying, token, now).ok_or(
+        Denial::InvalidSubjectToken("not an active access token of this server"),
+    )?;
     if app
         .0
         .store

@@ -16,7 +16,7 @@ use mayfly_proto::{
 };
 use mayfly_store::{CommitOutcome, Pending};
 use mayfly_sts::{
-    AccessTokenClaims, AuditEvent, AuthenticatedClient, Client, Decision, DecideInput, Denial,
+    AccessTokenClaims, AuditEvent, AuthenticatedClient, Client, DecideInput, Decision, Denial,
     EventKind, Grant, Principal, PrincipalKind, TokenParams, authenticate_assertion,
     check_access_token, claimed_client_id, decide, mint,
 };
@@ -316,7 +316,16 @@ async fn client_credentials(
     let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
     e.client = Some(grant.client_id.clone());
     e.source = source(addr);
-    issue(app, grant, GRANT_CLIENT_CREDENTIALS, e, Some(auth), None, now).await
+    issue(
+        app,
+        grant,
+        GRANT_CLIENT_CREDENTIALS,
+        e,
+        Some(auth),
+        None,
+        now,
+    )
+    .await
 }
 
 /// `POST /oauth2/token`.
@@ -333,33 +342,46 @@ pub(crate) async fn token(
         let body = read_form_body(&app, &parts.headers, body).await?;
         let form = parse_form(&body, &["resource"])?;
         grant_type = form.get("grant_type").map(str::to_string);
-        let gt = form.get("grant_type").ok_or(Denial::MissingParameter("grant_type"))?;
+        let gt = form
+            .get("grant_type")
+            .ok_or(Denial::MissingParameter("grant_type"))?;
         let now = app.0.clock.now();
         match gt {
             GRANT_CLIENT_CREDENTIALS => {
                 client_credentials(&app, &parts.headers, &form, now, &addr, &mut caller).await
             }
             GRANT_TOKEN_EXCHANGE => {
-                crate::exchange::token_exchange(&app, &parts.headers, &form, now, &addr, &mut caller)
-                    .await
+                crate::exchange::token_exchange(
+                    &app,
+                    &parts.headers,
+                    &form,
+                    now,
+                    &addr,
+                    &mut caller,
+                )
+                .await
             }
             // RFC 7523 §3.1: a bad assertion grant is `invalid_grant`.
-            GRANT_JWT_BEARER => crate::exchange::jwt_bearer(&app, &parts.headers, &form, now, &addr, &mut caller)
-                .await
-                .map_err(|d| match d {
-                    d @ (Denial::InvalidSubjectToken(_)
-                    | Denial::UntrustedIssuer
-                    | Denial::SubjectWrongAudience
-                    | Denial::SubjectExpired
-                    | Denial::SubjectTooOld(_)
-                    | Denial::SubjectAlgorithmNotAllowed(_)
-                    | Denial::SubjectUnknownKey
-                    | Denial::SubjectReplayed
-                    | Denial::IdentityMapping(_)
-                    | Denial::LifetimeBeyondSubject(_)) => Denial::InvalidGrant(Box::new(d)),
-                    d => d,
-                }),
-            other => Err(Denial::UnsupportedGrantType(other.chars().take(64).collect())),
+            GRANT_JWT_BEARER => {
+                crate::exchange::jwt_bearer(&app, &parts.headers, &form, now, &addr, &mut caller)
+                    .await
+                    .map_err(|d| match d {
+                        d @ (Denial::InvalidSubjectToken(_)
+                        | Denial::UntrustedIssuer
+                        | Denial::SubjectWrongAudience
+                        | Denial::SubjectExpired
+                        | Denial::SubjectTooOld(_)
+                        | Denial::SubjectAlgorithmNotAllowed(_)
+                        | Denial::SubjectUnknownKey
+                        | Denial::SubjectReplayed
+                        | Denial::IdentityMapping(_)
+                        | Denial::LifetimeBeyondSubject(_)) => Denial::InvalidGrant(Box::new(d)),
+                        d => d,
+                    })
+            }
+            other => Err(Denial::UnsupportedGrantType(
+                other.chars().take(64).collect(),
+            )),
         }
     }
     .await;

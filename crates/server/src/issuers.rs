@@ -127,7 +127,9 @@ pub fn cache_ttl(header: Option<&str>) -> i64 {
     use mayfly_proto::cache::{Freshness, freshness};
     match header.map(freshness) {
         Some(Freshness::DoNotKeep) => TTL_RANGE.0,
-        Some(Freshness::MaxAge(n)) => (n.min(i64::MAX as u64) as i64).clamp(TTL_RANGE.0, TTL_RANGE.1),
+        Some(Freshness::MaxAge(n)) => {
+            (n.min(i64::MAX as u64) as i64).clamp(TTL_RANGE.0, TTL_RANGE.1)
+        }
         Some(Freshness::Unspecified) | None => DEFAULT_TTL,
     }
 }
@@ -252,7 +254,10 @@ impl Issuers {
                 let md_url = url::Url::parse(&format!("{base}/.well-known/openid-configuration"))
                     .map_err(|e| e.to_string())?;
                 let (md, _) = self.fetch_json(&md_url).await?;
-                if md.get("issuer").and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/'))
+                if md
+                    .get("issuer")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.trim_end_matches('/'))
                     != Some(base)
                 {
                     return Err(format!("{md_url} names another issuer"));

@@ -65,7 +65,10 @@ fn build(dir: Option<&Path>, clients: &[ClientGrant]) -> Result<PolicyEngine, Po
 
 impl Policies {
     /// Load the set at start; an invalid set is a start-up error.
-    pub(crate) fn load(dir: Option<PathBuf>, clients: Vec<ClientGrant>) -> Result<Self, PolicyError> {
+    pub(crate) fn load(
+        dir: Option<PathBuf>,
+        clients: Vec<ClientGrant>,
+    ) -> Result<Self, PolicyError> {
         let stamp = Stamp {
             files: dir.as_deref().map(dir_stamp).unwrap_or_default(),
             clients,
@@ -103,7 +106,8 @@ impl Policies {
             }
             Err(e) => {
                 tracing::error!(error = %e, "POLICY RELOAD REFUSED: the new policy set is invalid; the previous set stays in force");
-                metrics::counter!("mayfly_policy_reloads_total", "result" => "refused").increment(1);
+                metrics::counter!("mayfly_policy_reloads_total", "result" => "refused")
+                    .increment(1);
                 false
             }
         }

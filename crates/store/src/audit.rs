@@ -69,10 +69,14 @@ impl Pending {
     /// tokens live in the namespace `issuer NAME`, which no client id can equal (client ids
     /// have no spaces).
     fn keys(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &str, i64, Used)> {
-        let a = self
-            .consume_jti
-            .as_ref()
-            .map(|(c, j, u)| (std::borrow::Cow::Borrowed(c.as_str()), j.as_str(), *u, Used::Assertion));
+        let a = self.consume_jti.as_ref().map(|(c, j, u)| {
+            (
+                std::borrow::Cow::Borrowed(c.as_str()),
+                j.as_str(),
+                *u,
+                Used::Assertion,
+            )
+        });
         let s = self.consume_subject.as_ref().map(|(i, j, u)| {
             (
                 std::borrow::Cow::Owned(subject_ns(i)),

@@ -99,6 +99,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
             let p = Pending {
                 event: issue(&format!("t{i}")),
                 consume_jti: Some(("svc".into(), format!("a{}", i % 25), 2_000)),
+                consume_subject: None,
                 revoke: None,
             };
             log.commit(p).await.unwrap()
@@ -110,6 +111,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         match h.await.unwrap() {
             CommitOutcome::Committed(_) => committed += 1,
             CommitOutcome::Replay(_) => replays += 1,
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(
@@ -127,6 +129,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
     log.commit(Pending {
         event: e,
         consume_jti: None,
+        consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
     })
     .await
@@ -136,6 +139,36 @@ async fn audit_chain_replay_and_revocation(db: Db) {
     // Purge drops replay records (PostgreSQL keeps them in a table) and revocations.
     assert!(s.purge_expired(10_000).await.unwrap() >= 1);
     assert!(!s.is_revoked("t1").await.unwrap());
+
+    // One-time subject tokens: single use per issuer, in their own namespace (a client
+    // assertion with the same jti, or the same jti from another issuer, is another value).
+    let subject = |iss: &str, jti: &str, client_jti: Option<&str>| Pending {
+        event: issue("x"),
+        consume_jti: client_jti.map(|j| ("svc".to_string(), j.to_string(), 2_000)),
+        consume_subject: Some((iss.into(), jti.into(), 2_000)),
+        revoke: None,
+    };
+    assert!(matches!(
+        log.commit(subject("k8s", "s1", None)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    assert!(matches!(
+        log.commit(subject("k8s", "s1", None)).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
+    ));
+    assert!(matches!(
+        log.commit(subject("github", "s1", Some("s1")))
+            .await
+            .unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    // Both consumed in one commit: a replayed assertion is reported as such.
+    assert!(matches!(
+        log.commit(subject("gitlab", "s9", Some("s1")))
+            .await
+            .unwrap(),
+        CommitOutcome::Replay(_)
+    ));
 
     // A wrong master key cannot vouch for the chain.
     let other = Kek::from_bytes(&[8u8; 32]).unwrap();
@@ -161,13 +194,17 @@ async fn replay_window_survives_restart(db: Db) {
         Pending {
             event: e,
             consume_jti: Some(("svc".into(), assertion.into(), keep)),
+            consume_subject: None,
             revoke: None,
         }
     };
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
     let old = now - 100_000;
     assert!(matches!(
-        first.commit(at(old, "t-old", "a-old", old + window)).await.unwrap(),
+        first
+            .commit(at(old, "t-old", "a-old", old + window))
+            .await
+            .unwrap(),
         CommitOutcome::Committed(_)
     ));
     let mut handles = Vec::new();
@@ -186,19 +223,47 @@ async fn replay_window_survives_restart(db: Db) {
     for a in ["a0", "a550", "a1099"] {
         assert!(
             matches!(
-                second.commit(at(now, "t-again", a, now + window)).await.unwrap(),
+                second
+                    .commit(at(now, "t-again", a, now + window))
+                    .await
+                    .unwrap(),
                 CommitOutcome::Replay(_)
             ),
             "{a} must stay consumed across the restart"
         );
     }
     assert!(matches!(
-        second.commit(at(now, "t-new", "a-old", now + window)).await.unwrap(),
+        second
+            .commit(at(now, "t-new", "a-old", now + window))
+            .await
+            .unwrap(),
         CommitOutcome::Committed(_)
+    ));
+    // Subject tokens consumed before the restart stay consumed too.
+    let sub = |jti: &str| {
+        let mut e = issue("t-sub");
+        e.ts = now;
+        Pending {
+            event: e,
+            consume_jti: None,
+            consume_subject: Some(("k8s".into(), jti.into(), now + window)),
+            revoke: None,
+        }
+    };
+    let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    assert!(matches!(
+        third.commit(sub("st-1")).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    drop(third);
+    let fourth = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    assert!(matches!(
+        fourth.commit(sub("st-1")).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
     ));
     let report = s.audit_verify(&kek()).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.events, 1 + 1_100 + 3 + 1);
+    assert_eq!(report.events, 1 + 1_100 + 3 + 1 + 2);
 }
 
 async fn keys_and_clients(db: Db) {
@@ -296,7 +361,14 @@ async fn sqlite_migration_2_keeps_the_log() {
     let tail = store.audit_tail(10).await.unwrap();
     let got: Vec<_> = tail
         .iter()
-        .map(|e| (e.seq, e.body.as_str(), e.prev_hash.as_str(), e.hash.as_str()))
+        .map(|e| {
+            (
+                e.seq,
+                e.body.as_str(),
+                e.prev_hash.as_str(),
+                e.hash.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         got,

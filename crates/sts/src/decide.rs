@@ -249,17 +249,38 @@ mod tests {
     #[test]
     fn policy_decides_audience_scopes_and_cap() {
         let s = settings();
-        let g = decide(&s, &Fixed, input(None), &params("a", "r r", None), &mut vec![]).unwrap();
+        let g = decide(
+            &s,
+            &Fixed,
+            input(None),
+            &params("a", "r r", None),
+            &mut vec![],
+        )
+        .unwrap();
         assert_eq!(
             (g.scopes, g.ttl, g.policies),
             (vec!["r".to_string()], 120, vec!["p1".to_string()])
         );
         assert_eq!(
-            decide(&s, &Fixed, input(None), &params("b", "r", None), &mut vec![]).unwrap_err(),
+            decide(
+                &s,
+                &Fixed,
+                input(None),
+                &params("b", "r", None),
+                &mut vec![]
+            )
+            .unwrap_err(),
             Denial::TargetNotAllowed("b".into())
         );
         assert_eq!(
-            decide(&s, &Fixed, input(None), &params("a", "w", None), &mut vec![]).unwrap_err(),
+            decide(
+                &s,
+                &Fixed,
+                input(None),
+                &params("a", "w", None),
+                &mut vec![]
+            )
+            .unwrap_err(),
             Denial::ScopeNotAllowed("w".into())
         );
     }
@@ -268,11 +289,25 @@ mod tests {
     fn never_outlives_the_subject() {
         let s = settings();
         // Default lifetime is clamped to what the subject has left.
-        let g = decide(&s, &Fixed, input(Some(1060)), &params("a", "r", None), &mut vec![]).unwrap();
+        let g = decide(
+            &s,
+            &Fixed,
+            input(Some(1060)),
+            &params("a", "r", None),
+            &mut vec![],
+        )
+        .unwrap();
         assert_eq!(g.ttl, 60);
         // Explicitly asking for more is refused.
         assert_eq!(
-            decide(&s, &Fixed, input(Some(1060)), &params("a", "r", Some(90)), &mut vec![]).unwrap_err(),
+            decide(
+                &s,
+                &Fixed,
+                input(Some(1060)),
+                &params("a", "r", Some(90)),
+                &mut vec![]
+            )
+            .unwrap_err(),
             Denial::LifetimeBeyondSubject(60)
         );
     }

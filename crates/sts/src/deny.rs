@@ -21,7 +21,9 @@ pub enum Denial {
     #[error("invalid parameter `{0}`: {1}")]
     InvalidParameter(&'static str, String),
     /// The grant type is not supported.
-    #[error("grant_type `{0}` is not supported; use client_credentials, urn:ietf:params:oauth:grant-type:token-exchange or urn:ietf:params:oauth:grant-type:jwt-bearer")]
+    #[error(
+        "grant_type `{0}` is not supported; use client_credentials, urn:ietf:params:oauth:grant-type:token-exchange or urn:ietf:params:oauth:grant-type:jwt-bearer"
+    )]
     UnsupportedGrantType(String),
     /// No client authentication was presented.
     #[error(
@@ -113,7 +115,9 @@ pub enum Denial {
     #[error("subject_token algorithm {0} is not accepted for its issuer")]
     SubjectAlgorithmNotAllowed(String),
     /// No key of the issuer matches the subject token's kid, even after a refresh.
-    #[error("no key of the subject_token's issuer matches its kid, even after refreshing the issuer's keys")]
+    #[error(
+        "no key of the subject_token's issuer matches its kid, even after refreshing the issuer's keys"
+    )]
     SubjectUnknownKey,
     /// The subject token was already exchanged and its issuer requires one-time use.
     #[error("subject_token has already been used; its issuer allows one exchange per token")]
@@ -122,10 +126,14 @@ pub enum Denial {
     #[error("cannot map the subject_token to a workload identity: {0}")]
     IdentityMapping(String),
     /// A `subject_token_type` or `actor_token_type` mayfly does not accept.
-    #[error("token type `{0}` is not supported; use urn:ietf:params:oauth:token-type:jwt, :id_token or :access_token")]
+    #[error(
+        "token type `{0}` is not supported; use urn:ietf:params:oauth:token-type:jwt, :id_token or :access_token"
+    )]
     UnsupportedSubjectTokenType(String),
     /// A `requested_token_type` mayfly cannot issue.
-    #[error("requested_token_type `{0}` cannot be issued; mayfly issues urn:ietf:params:oauth:token-type:access_token (a JWT)")]
+    #[error(
+        "requested_token_type `{0}` cannot be issued; mayfly issues urn:ietf:params:oauth:token-type:access_token (a JWT)"
+    )]
     UnsupportedRequestedTokenType(String),
     /// Re-exchanging a mayfly token asked for a scope it does not carry.
     #[error("scope `{0}` is not in the subject token; re-exchange can only narrow scopes")]
@@ -175,10 +183,9 @@ impl Denial {
             | AssertionNotYetValid
             | ReplayedJti => ErrorCode::InvalidClient,
             ScopeNotAllowed(_) | ScopeWidening(_) => ErrorCode::InvalidScope,
-            TargetNotAllowed(_)
-            | TargetRequired
-            | MultipleTargets
-            | AudienceWidening => ErrorCode::InvalidTarget,
+            TargetNotAllowed(_) | TargetRequired | MultipleTargets | AudienceWidening => {
+                ErrorCode::InvalidTarget
+            }
             // RFC 8693 §2.2.2: an invalid or unacceptable subject or actor token is
             // `invalid_request`.
             InvalidSubjectToken(_)

@@ -32,7 +32,10 @@ pub fn act_claim(actor: &str, prior: Option<&Value>) -> Result<Value, Denial> {
 
 /// Re-exchanging one of our own tokens (`orig`): the audience stays, the scopes may only shrink
 /// (none named keeps them all), and the returned authorizer permits exactly that.
-pub fn narrow(orig: &AccessTokenClaims, params: &TokenParams) -> Result<(TokenParams, Narrowing), Denial> {
+pub fn narrow(
+    orig: &AccessTokenClaims,
+    params: &TokenParams,
+) -> Result<(TokenParams, Narrowing), Denial> {
     let aud = target(params, std::slice::from_ref(&orig.aud))?;
     if aud != orig.aud {
         return Err(Denial::AudienceWidening);

@@ -101,16 +101,12 @@ pub fn verify_subject_token(
         .copied()
         .filter(|a| ASSERTION_ALGS.contains(a))
         .collect();
-    let verified = keys
-        .verify::<Value>(token, &allowed)
-        .map_err(|e| match e {
-            VerifyError::AlgNotAllowed(a) => Denial::SubjectAlgorithmNotAllowed(a),
-            VerifyError::UnknownKey => Denial::SubjectUnknownKey,
-            VerifyError::BadSignature => {
-                Denial::InvalidSubjectToken("signature does not verify")
-            }
-            _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
-        })?;
+    let verified = keys.verify::<Value>(token, &allowed).map_err(|e| match e {
+        VerifyError::AlgNotAllowed(a) => Denial::SubjectAlgorithmNotAllowed(a),
+        VerifyError::UnknownKey => Denial::SubjectUnknownKey,
+        VerifyError::BadSignature => Denial::InvalidSubjectToken("signature does not verify"),
+        _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
+    })?;
     let c = &verified.claims;
     if c.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
         return Err(Denial::UntrustedIssuer);

@@ -104,9 +104,10 @@ impl IdentityTemplate {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| {
-                IdentityError::BadTemplate(format!("unclosed `{{` in `{text}`"))
-            })? + open;
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| IdentityError::BadTemplate(format!("unclosed `{{` in `{text}`")))?
+                + open;
             let inner = &rest[open + 1..close];
             if inner == "trust_domain" {
                 parts.push(Part::TrustDomain);
@@ -227,7 +228,8 @@ mod tests {
             "spiffe://{trust_domain}/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.io/serviceaccount/name}",
         )
         .unwrap();
-        let claims = json!({"kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}});
+        let claims =
+            json!({"kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}});
         assert_eq!(
             t.render(&claims, "example.org").unwrap(),
             "spiffe://example.org/ns/payments/sa/api"
@@ -245,7 +247,8 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let not_string = json!({"kubernetes.io": {"namespace": 5, "serviceaccount": {"name": "api"}}});
+        let not_string =
+            json!({"kubernetes.io": {"namespace": 5, "serviceaccount": {"name": "api"}}});
         assert!(matches!(
             t.render(&not_string, "example.org"),
             Err(IdentityError::MissingClaim(_))
@@ -254,8 +257,8 @@ mod tests {
 
     #[test]
     fn claims_with_slashes_span_segments() {
-        let t = IdentityTemplate::parse("spiffe://{trust_domain}/gh/{/repository}/ref/{/ref}")
-            .unwrap();
+        let t =
+            IdentityTemplate::parse("spiffe://{trust_domain}/gh/{/repository}/ref/{/ref}").unwrap();
         let c = json!({"repository": "octo-org/octo-repo", "ref": "refs/heads/main"});
         assert_eq!(
             t.render(&c, "example.org").unwrap(),
@@ -286,7 +289,10 @@ mod tests {
             "spiffe://{trust_domain}/a//{/b}",
         ] {
             assert!(
-                matches!(IdentityTemplate::parse(bad), Err(IdentityError::BadTemplate(_))),
+                matches!(
+                    IdentityTemplate::parse(bad),
+                    Err(IdentityError::BadTemplate(_))
+                ),
                 "{bad}"
             );
         }

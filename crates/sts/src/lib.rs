@@ -24,11 +24,11 @@ mod mint;
 
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use authz::{Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use decide::{DecideInput, Grant, TokenParams, decide, requested_scopes, target};
-pub use exchange::{act_claim, narrow};
 pub use deny::Denial;
+pub use exchange::{act_claim, narrow};
 pub use introspect::{AccessTokenClaims, check_access_token};
 pub use mint::{MintedToken, mint};
 
