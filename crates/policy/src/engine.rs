@@ -206,7 +206,11 @@ impl PolicyEngine {
         let mut errors = Vec::new();
         for set in sets {
             let r = self.authorizer.is_authorized(request, set, entities);
-            let reasons = r.diagnostics().reason().map(|id| id.to_string());
+            // `AsRef<str>` is the id itself; `Display` escapes quotes and backslashes.
+            let reasons = r
+                .diagnostics()
+                .reason()
+                .map(|id| AsRef::<str>::as_ref(id).to_owned());
             match r.decision() {
                 Decision::Allow => permits.extend(reasons),
                 Decision::Deny => forbids.extend(reasons),

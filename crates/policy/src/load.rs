@@ -307,7 +307,7 @@ fn parse_file(name: &str, text: &str, source: usize) -> Result<Vec<Loaded>, Poli
 }
 
 fn parser_index(id: &PolicyId) -> usize {
-    id.to_string()
+    AsRef::<str>::as_ref(id)
         .strip_prefix("policy")
         .and_then(|n| n.parse().ok())
         .unwrap_or(usize::MAX)
@@ -386,7 +386,7 @@ fn validate(
                 file,
                 line,
                 column,
-                policy: e.policy_id().to_string(),
+                policy: AsRef::<str>::as_ref(e.policy_id()).to_owned(),
                 message: without_policy_prefix(diag_message(e), e.policy_id()),
             }
         })

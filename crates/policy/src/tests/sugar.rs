@@ -120,9 +120,12 @@ fn sugar_escapes_ids_audiences_and_scopes() {
     let odd = "we\"ird\\client\n";
     let e = PolicyEngine::sugar_only(&[grant(odd, &["https://a/\"x\""], &["read:all", "a\"b"])])
         .unwrap();
-    assert!(
-        e.decide(&req(Client, odd, &[], "token", "https://a/\"x\""))
-            .allow
+    let d = e.decide(&req(Client, odd, &[], "token", "https://a/\"x\""));
+    assert!(d.allow);
+    assert_eq!(
+        d.policies,
+        [format!("client:{odd}:token")],
+        "ids are reported unescaped"
     );
     assert!(
         e.decide(&req(Client, odd, &[], "a\"b", "https://a/\"x\""))
