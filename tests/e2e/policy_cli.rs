@@ -188,6 +188,10 @@ fn policy_explain_shows_the_decision_and_the_policies_behind_it() {
         "{out}"
     );
 
+    let (code, _, err) = run(args(&["--attr", "namspace=payments"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no Workload attribute `namspace`"), "{err}");
+
     let (code, out, err) = run(args(&["--ttl", "7200", "--json"]));
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

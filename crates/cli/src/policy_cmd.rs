@@ -115,6 +115,12 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 let Some((k, v)) = a.split_once('=') else {
                     bail!("--attr {a}: expected NAME=VALUE");
                 };
+                if !engine.workload_attributes().iter().any(|n| n == k) {
+                    bail!(
+                        "--attr {a}: the schema declares no Workload attribute `{k}` (it has {})",
+                        engine.workload_attributes().join(", ")
+                    );
+                }
                 pairs.push((k, v));
             }
             for required in ["issuer", "subject"] {

@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
-use crate::schema::WORKLOAD_OPTIONAL_ATTRS;
 use crate::text::{format_ttl, parse_ttl};
 use crate::{PolicyDecision, PolicyRequest, PrincipalKind};
 
@@ -233,12 +232,11 @@ pub fn run_cases(engine: &PolicyEngine, cases_toml: &str) -> Result<CaseReport, 
         };
         let mut attrs: Vec<(&str, &str)> = Vec::new();
         for (k, v) in &case.principal.attrs {
-            let known =
-                k == "issuer" || k == "subject" || WORKLOAD_OPTIONAL_ATTRS.contains(&k.as_str());
+            let known = engine.workload_attributes().iter().any(|a| a == k);
             if kind == PrincipalKind::Client || !known {
                 return Err(bad(format!(
-                    "principal attribute `{k}` is not a Workload attribute; fix: use issuer, subject, {}",
-                    WORKLOAD_OPTIONAL_ATTRS.join(", ")
+                    "principal attribute `{k}` is not a Workload attribute of the schema; fix: use one of {}",
+                    engine.workload_attributes().join(", ")
                 )));
             }
             attrs.push((k, v));

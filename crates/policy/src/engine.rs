@@ -9,7 +9,7 @@ use cedar_policy::{
 };
 
 use crate::error::PolicyError;
-use crate::schema::{Types, WORKLOAD_OPTIONAL_ATTRS};
+use crate::schema::Types;
 use crate::slice::Index;
 use crate::{ClientGrant, PolicyDecision, PolicyRequest, PrincipalKind};
 
@@ -52,6 +52,8 @@ pub struct PolicyEngine {
     pub(crate) by_id: HashMap<String, usize>,
     /// Actions that belong to action groups, with their ancestors as parents.
     pub(crate) grouped_actions: HashMap<String, Entity>,
+    /// The Workload attributes the schema declares, sorted: the ones passed on to policies.
+    pub(crate) workload_attrs: Vec<String>,
     pub(crate) fingerprint: String,
     pub(crate) warnings: Vec<String>,
     pub(crate) authorizer: Authorizer,
@@ -152,6 +154,12 @@ impl PolicyEngine {
         self.fingerprint.clone()
     }
 
+    /// The Workload attribute names the schema declares, sorted (`issuer`, `subject` and the
+    /// optional ones): attributes with other names are not passed on to policies.
+    pub fn workload_attributes(&self) -> &[String] {
+        &self.workload_attrs
+    }
+
     /// Validator warnings (for example a policy that can never apply); the set loads anyway.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -169,7 +177,11 @@ impl PolicyEngine {
         );
         let mut entities = Vec::with_capacity(2);
         if req.principal_kind == PrincipalKind::Workload {
-            entities.push(workload_entity(principal.clone(), req.attrs)?);
+            entities.push(workload_entity(
+                principal.clone(),
+                req.attrs,
+                &self.workload_attrs,
+            )?);
         }
         if let Some(a) = self.grouped_actions.get(req.action) {
             entities.push(a.clone());
@@ -291,11 +303,15 @@ impl PolicyEngine {
     }
 }
 
-/// The Workload entity: `issuer` and `subject` (required) and the optional attributes present.
-fn workload_entity(uid: EntityUid, attrs: &[(&str, &str)]) -> Result<Entity, String> {
+/// The Workload entity: `issuer` and `subject` (required) and the declared attributes present.
+fn workload_entity(
+    uid: EntityUid,
+    attrs: &[(&str, &str)],
+    declared: &[String],
+) -> Result<Entity, String> {
     let mut map: HashMap<String, RestrictedExpression> = HashMap::with_capacity(attrs.len());
     for (k, v) in attrs {
-        if *k == "issuer" || *k == "subject" || WORKLOAD_OPTIONAL_ATTRS.contains(k) {
+        if declared.iter().any(|d| d == k) {
             map.insert(
                 (*k).to_string(),
                 RestrictedExpression::new_string((*v).to_string()),

@@ -121,10 +121,12 @@ pub(crate) fn build(
         ),
     };
     let schema = schema::parse(&schema_file, &schema_src)?;
-    if schema_text.is_some() {
+    let workload_attrs = if schema_text.is_some() {
         check_sugar_in_schema(&schema, &types, &schema_file, &generated)?;
-        schema::check_user_schema(&schema, &types, &schema_file)?;
-    }
+        schema::check_user_schema(&schema, &schema_src, &types, &schema_file)?
+    } else {
+        schema::builtin_workload_attrs()
+    };
     let action_ancestors = schema::action_ancestors(&schema, &types, &schema_file)?;
 
     let mut sources: Vec<&str> = Vec::new();
@@ -188,6 +190,7 @@ pub(crate) fn build(
         infos,
         by_id,
         grouped_actions,
+        workload_attrs,
         fingerprint,
         warnings,
         authorizer: Authorizer::new(),

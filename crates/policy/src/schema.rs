@@ -6,15 +6,17 @@ use std::str::FromStr;
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-    Schema,
+    Schema, SchemaFragment,
 };
 
 use crate::error::PolicyError;
 use crate::text::cedar_string;
 use crate::{PrincipalKind, TOKEN_ACTION};
 
-/// Workload attributes that are present only when the identity carries them (all `String`).
-/// `issuer` and `subject` are always present.
+/// Workload attributes that are present only when the identity carries them (all `String`), as
+/// the built-in schema and the example schema declare them. `issuer` and `subject` are always
+/// present. A user's schema may declare fewer, or more (any optional String attribute): mayfly
+/// passes on exactly the attributes the schema declares.
 pub const WORKLOAD_OPTIONAL_ATTRS: &[&str] = &[
     "namespace",
     "service_account",
@@ -31,6 +33,17 @@ pub const WORKLOAD_OPTIONAL_ATTRS: &[&str] = &[
 
 /// The context record, as a schema type body.
 const CONTEXT_TYPE: &str = "{\n  grant_type: String,\n  requested_ttl: Long,\n  source: String,\n  now: Long,\n  client_id: String,\n  actor: String,\n}";
+
+/// Workload attribute names of the built-in schema.
+pub(crate) fn builtin_workload_attrs() -> Vec<String> {
+    let mut v: Vec<String> = ["issuer", "subject"]
+        .iter()
+        .chain(WORKLOAD_OPTIONAL_ATTRS)
+        .map(|s| (*s).to_string())
+        .collect();
+    v.sort();
+    v
+}
 
 /// The built-in schema used without a policy directory: the three entity types, the context, and
 /// the actions `token` plus `scopes` (deduplicated, in order).
@@ -135,14 +148,16 @@ pub(crate) fn action_ancestors(
 }
 
 /// Check that a user's schema describes what mayfly supplies: the three entity types without
-/// parents, a Workload with `issuer`/`subject` and the optional attributes, the `token` action,
-/// and for every action mayfly could ask about: principals among Client/Workload, resource
-/// Audience, and the context record.
+/// parents, a Workload with `issuer`/`subject` and otherwise only optional String attributes,
+/// the `token` action, and for every action mayfly could ask about: principals among
+/// Client/Workload, resource Audience, and the context record. Returns the Workload attribute
+/// names the schema declares (the ones mayfly passes on).
 pub(crate) fn check_user_schema(
     schema: &Schema,
+    schema_text: &str,
     types: &Types,
     file: &str,
-) -> Result<(), PolicyError> {
+) -> Result<Vec<String>, PolicyError> {
     let mismatch = |message: String, fix: &str| PolicyError::SchemaMismatch {
         file: file.into(),
         message,
@@ -181,13 +196,16 @@ pub(crate) fn check_user_schema(
             "declare `action \"token\" appliesTo { principal: [Client, Workload], resource: [Audience], context: RequestContext };`",
         ));
     }
-    // The Workload entity mayfly builds: issuer and subject only, and with every optional one.
-    for full in [false, true] {
-        let e = probe_workload(types, full)?;
+    // The Workload entity mayfly builds: issuer and subject only, and with every declared
+    // attribute, all strings.
+    let names = workload_attr_names(schema_text, file)?;
+    let minimal = ["issuer".to_string(), "subject".to_string()];
+    for attrs in [&minimal[..], &names[..]] {
+        let e = probe_workload(types, attrs)?;
         if let Err(err) = Entities::from_entities([e], Some(schema)) {
             return Err(mismatch(
                 format!("a Workload as mayfly supplies it does not fit the schema: {err}"),
-                "declare `issuer: String, subject: String` and only optional String attributes from docs/POLICY.md",
+                "declare `issuer: String, subject: String`, and any other attribute as an optional String (`namespace?: String`; see docs/POLICY.md)",
             ));
         }
     }
@@ -247,29 +265,41 @@ pub(crate) fn check_user_schema(
             }
         }
     }
-    Ok(())
+    Ok(names)
 }
 
-fn probe_workload(types: &Types, full: bool) -> Result<Entity, PolicyError> {
+fn probe_workload(types: &Types, names: &[String]) -> Result<Entity, PolicyError> {
     let uid = EntityUid::from_type_name_and_id(types.workload.clone(), EntityId::new("probe"));
-    let mut attrs = HashMap::new();
-    attrs.insert(
-        "issuer".into(),
-        RestrictedExpression::new_string("i".into()),
-    );
-    attrs.insert(
-        "subject".into(),
-        RestrictedExpression::new_string("s".into()),
-    );
-    if full {
-        for a in WORKLOAD_OPTIONAL_ATTRS {
-            attrs.insert((*a).into(), RestrictedExpression::new_string("x".into()));
-        }
-    }
+    let attrs: HashMap<String, RestrictedExpression> = names
+        .iter()
+        .map(|n| (n.clone(), RestrictedExpression::new_string("x".into())))
+        .collect();
     Entity::new(uid, attrs, HashSet::new()).map_err(|e| PolicyError::Schema {
         file: "(built in)".into(),
         message: format!("probe entity: {e}"),
     })
+}
+
+/// The attribute names the schema declares for `Workload` (from its JSON form).
+fn workload_attr_names(schema_text: &str, file: &str) -> Result<Vec<String>, PolicyError> {
+    let json = SchemaFragment::from_cedarschema_str(schema_text)
+        .map_err(|e| e.to_string())
+        .and_then(|(f, _)| f.to_json_value().map_err(|e| e.to_string()))
+        .map_err(|message| PolicyError::Schema {
+            file: file.into(),
+            message,
+        })?;
+    let mut names: Vec<String> = json
+        .get("")
+        .and_then(|ns| ns.get("entityTypes"))
+        .and_then(|t| t.get("Workload"))
+        .and_then(|w| w.get("shape"))
+        .and_then(|s| s.get("attributes"))
+        .and_then(|a| a.as_object())
+        .map(|a| a.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    Ok(names)
 }
 
 fn probe_context() -> Result<Context, PolicyError> {

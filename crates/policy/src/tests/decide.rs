@@ -186,3 +186,53 @@ fn ids_with_quotes_and_backslashes_match_exactly() {
         .allow
     );
 }
+
+#[test]
+fn the_schema_decides_which_workload_attributes_reach_policies() {
+    // An extra optional String attribute (an issuer's `attributes` mapping) is passed on;
+    // an undeclared one is not.
+    let schema = SCHEMA.replace(
+        "trust_domain?: String,",
+        "trust_domain?: String, team?: String,",
+    );
+    let e = PolicyEngine::from_sources(
+        &schema,
+        &files(&[(
+            "team.cedar",
+            r#"permit(principal is Workload, action == Action::"read", resource)
+               when { principal has team && principal.team == "payments" };"#,
+        )]),
+        &[],
+    )
+    .unwrap();
+    assert!(e.workload_attributes().contains(&"team".to_string()));
+    let attrs = [("issuer", "i"), ("subject", "s"), ("team", "payments")];
+    assert!(e.decide(&req(Workload, "w", &attrs, "read", "a")).allow);
+
+    // A schema that declares only what it uses is fine; the rest is not passed on.
+    let lean = r#"entity Client; entity Audience;
+        entity Workload = { issuer: String, subject: String, namespace?: String };
+        type Ctx = { grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String };
+        action "token" appliesTo { principal: [Client, Workload], resource: [Audience], context: Ctx };"#;
+    let e = PolicyEngine::from_sources(lean, &[], &[]).unwrap();
+    assert_eq!(e.workload_attributes(), ["issuer", "namespace", "subject"]);
+    let d = e.decide(&req(
+        Workload,
+        "w",
+        &[("issuer", "i"), ("subject", "s"), ("ref", "x")],
+        "token",
+        "a",
+    ));
+    assert!(d.errors.is_empty(), "{d:?}");
+
+    // An attribute mayfly cannot supply as a string refuses the schema.
+    let long = SCHEMA.replace(
+        "trust_domain?: String,",
+        "trust_domain?: String, level?: Long,",
+    );
+    let err = PolicyEngine::from_sources(&long, &[], &[]).unwrap_err();
+    assert!(
+        matches!(&err, crate::PolicyError::SchemaMismatch { message, .. } if message.contains("Workload")),
+        "{err}"
+    );
+}
