@@ -96,7 +96,7 @@ impl PolicyEngine {
     /// The engine for a directory: `schema.cedarschema` and every `*.cedar` file in it (sorted
     /// by name; no subdirectories; hidden files skipped), plus the clients' generated policies.
     pub fn load_dir(dir: &Path, clients: &[ClientGrant]) -> Result<Self, PolicyError> {
-        let (schema, files) = crate::load::read_dir(dir)?;
+        let (schema, files) = crate::dir::read_dir(dir)?;
         crate::load::build(Some(&schema), &files, clients)
     }
 

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod cases;
+mod dir;
 mod engine;
 mod error;
 mod load;
