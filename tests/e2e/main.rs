@@ -14,5 +14,6 @@ mod jwks_uri;
 mod no_secrets;
 mod policy_cli;
 mod rejections;
+mod replicas;
 mod rotation;
 mod support;

@@ -131,6 +131,8 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
     let ctx = Ctx::open(config).await?;
     let kek = ctx.kek(false)?;
     let (sched, alg) = mayfly_server::keyring::key_policy(&ctx.cfg.tokens);
+    // The same lock the servers plan under: a rotation never races a replica's schedule.
+    let lock = ctx.store.key_lock().await?;
     let t = now();
     let times = |keys: Vec<mayfly_store::StoredKey>| -> Vec<KeyTimes> {
         keys.into_iter().map(|k| k.times).collect()
@@ -167,6 +169,7 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
         ))
         .await?,
     );
+    lock.release().await?;
     for (what, kid) in &done {
         println!("{what} {kid}");
     }

@@ -20,12 +20,20 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Open the store named by the config, creating the data directory when it is SQLite's.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    match &cfg.database_url {
-        Some(url) => Store::open(url).await.context("cannot open database_url"),
+    let opts = mayfly_store::StoreOptions {
+        max_connections: cfg.pool.max_connections,
+        acquire_timeout: cfg.pool.acquire_timeout,
+        statement_timeout: cfg.pool.statement_timeout,
+    };
+    match &cfg.database {
+        // The URL may hold a password: errors name the setting, never the value.
+        Some(url) => Store::open_with(url, &opts)
+            .await
+            .context("cannot open the database named by `database` (MAYFLY_DATABASE_URL)"),
         None => {
             crate::keyfile::data_dir(&cfg.data_dir)?;
             let path = cfg.data_dir.join("mayfly.db");
-            Store::open_sqlite(&path)
+            Store::open_with(&format!("sqlite://{}?mode=rwc", path.display()), &opts)
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))
         }
@@ -107,6 +115,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     let sink = audit_sink(&cfg)?;
     let data_dir = cfg.data_dir.clone();
+    let database = cfg.database.is_some();
     let n_clients = cfg.clients.len();
     let app = App::start(AppOptions {
         config: cfg,
@@ -149,9 +158,13 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let store_desc = if database {
+        "PostgreSQL".to_string()
+    } else {
+        data_dir.display().to_string()
+    };
     eprintln!(
-        "mayfly: listening on {issuer} (data in {}, {n_clients} configured clients)",
-        data_dir.display()
+        "mayfly: listening on http://{addr} (issuer {issuer}, data in {store_desc}, {n_clients} configured clients)"
     );
     if embedded {
         eprintln!(

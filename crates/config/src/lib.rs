@@ -114,6 +114,17 @@ pub struct ClientConfig {
     pub max_ttl: Option<Duration>,
 }
 
+/// `[pool]`: the database connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connections (default 4 on SQLite, 16 on PostgreSQL).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a connection before it is refused (503).
+    pub acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout`.
+    pub statement_timeout: Duration,
+}
+
 /// Where a trusted issuer's keys come from.
 #[derive(Debug, Clone)]
 pub enum IssuerKeys {
@@ -163,8 +174,10 @@ pub struct Config {
     pub issuer: Option<url::Url>,
     /// Directory for the SQLite database and the default master key file.
     pub data_dir: PathBuf,
-    /// Database URL; `None` means SQLite at `data_dir/mayfly.db`.
-    pub database_url: Option<String>,
+    /// Database URL (`database`); `None` means SQLite at `data_dir/mayfly.db`.
+    pub database: Option<String>,
+    /// Connection pool settings.
+    pub pool: PoolConfig,
     /// Token settings.
     pub tokens: TokensConfig,
     /// Audit output.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::{
     AuditConfig, ClientConfig, Config, ConfigError, IssuerConfig, IssuerKeys, JwksSource,
-    ServerLimits, SigningAlg, TokensConfig,
+    PoolConfig, ServerLimits, SigningAlg, TokensConfig,
 };
 
 #[derive(Debug, Deserialize, Default)]
@@ -16,7 +16,9 @@ pub(crate) struct RawConfig {
     listen: Option<String>,
     issuer: Option<String>,
     data_dir: Option<String>,
-    database_url: Option<String>,
+    database: Option<String>,
+    #[serde(default)]
+    pool: RawPool,
     #[serde(default)]
     tokens: RawTokens,
     #[serde(default)]
@@ -30,6 +32,14 @@ pub(crate) struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_connections: Option<u32>,
+    acquire_timeout: Option<String>,
+    statement_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -280,6 +290,55 @@ impl RawConfig {
             clients.push(client);
         }
 
+        if let Some(url) = &self.database
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite://"))
+        {
+            return Err(ConfigError::new(
+                src,
+                "database",
+                "is not a postgres:// (or sqlite://) URL",
+                "write database = \"postgres://mayfly@db.internal/mayfly?sslmode=verify-full\", or leave it out for SQLite in data_dir",
+            ));
+        }
+        let acquire_timeout = duration(
+            src,
+            "pool.acquire_timeout",
+            self.pool.acquire_timeout.as_ref(),
+            "3s",
+        )?;
+        let statement_timeout = duration(
+            src,
+            "pool.statement_timeout",
+            self.pool.statement_timeout.as_ref(),
+            "5s",
+        )?;
+        if self
+            .pool
+            .max_connections
+            .is_some_and(|n| n == 0 || n > 1000)
+        {
+            return Err(ConfigError::new(
+                src,
+                "pool.max_connections",
+                "must be between 1 and 1000",
+                "leave it out for the default (16 on PostgreSQL)",
+            ));
+        }
+        if acquire_timeout.is_zero() || statement_timeout.is_zero() {
+            return Err(ConfigError::new(
+                src,
+                "pool",
+                "timeouts must be above zero",
+                "use the defaults (acquire_timeout 3s, statement_timeout 5s)",
+            ));
+        }
+        let pool = PoolConfig {
+            max_connections: self.pool.max_connections,
+            acquire_timeout,
+            statement_timeout,
+        };
         let trust_domain = match &self.trust_domain {
             Some(td) => td.clone(),
             None => issuer
@@ -338,7 +397,8 @@ impl RawConfig {
             listen,
             issuer,
             data_dir,
-            database_url: self.database_url,
+            database: self.database,
+            pool,
             tokens: TokensConfig {
                 default_ttl,
                 max_ttl,

@@ -226,12 +226,23 @@ async fn plan_and_load(
 ) -> Result<KeySnapshot, StartError> {
     let stored = store.load_keys(kek).await?;
     let times: Vec<_> = stored.iter().map(|k| k.times.clone()).collect();
-    let actions = keys::plan(&times, now, schedule);
-    let stored = if actions.is_empty() {
+    let stored = if keys::plan(&times, now, schedule).is_empty() {
         stored
     } else {
-        keyring::apply_and_record(store, kek, audit, &actions, now, alg, "").await?;
-        store.load_keys(kek).await?
+        // Replicas sharing a database plan under one lock, re-reading the keys inside it: the
+        // first applies the schedule, the others find nothing left to do and load its keys.
+        let lock = store.key_lock().await?;
+        let stored = store.load_keys(kek).await?;
+        let times: Vec<_> = stored.iter().map(|k| k.times.clone()).collect();
+        let actions = keys::plan(&times, now, schedule);
+        let stored = if actions.is_empty() {
+            stored
+        } else {
+            keyring::apply_and_record(store, kek, audit, &actions, now, alg, "").await?;
+            store.load_keys(kek).await?
+        };
+        lock.release().await?;
+        stored
     };
     keyring::snapshot(stored, now).ok_or(StartError::NoKey)
 }

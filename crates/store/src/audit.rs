@@ -16,6 +16,9 @@ use crate::{Backend, Store, StoreError, db};
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Longest an audit batch may take before its requests are refused (503) and the connection
+/// is dropped. Well above a healthy commit (milliseconds), well below the request deadline.
+const BATCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest batch in one transaction.
 const MAX_BATCH: usize = 512;
 /// How far (seconds) an event's time may trail the commit order: far more than any request is
@@ -254,7 +257,10 @@ async fn committer(
             conn = store.pool().acquire().await.ok();
         }
         let result = match conn.as_mut() {
-            Some(c) => {
+            // A database that stops answering (network gone) must not hold requests forever:
+            // the batch fails, its requests get 503, and the next batch reconnects.
+            Some(c) => tokio::time::timeout(
+                BATCH_DEADLINE,
                 append_batch(
                     c,
                     store.backend(),
@@ -262,9 +268,10 @@ async fn committer(
                     &mut items,
                     &mut guard,
                     !matches!(sink, AuditSink::Off),
-                )
-                .await
-            }
+                ),
+            )
+            .await
+            .unwrap_or(Err(StoreError::Timeout(BATCH_DEADLINE, "an audit batch"))),
             None => Err(StoreError::AuditClosed),
         };
         match result {

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// A crypto operation failed (wrong master key, usually).
     #[error("{0}")]
     Crypto(#[from] mayfly_crypto::CryptoError),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?} during {1}")]
+    Timeout(std::time::Duration, &'static str),
     /// The audit committer has stopped.
     #[error("the audit log writer has stopped")]
     AuditClosed,
@@ -100,6 +103,46 @@ fn migrator(backend: Backend) -> Migrator {
     ])
 }
 
+/// Pool and timeout settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections in the pool (`None`: 4 on SQLite, 16 on PostgreSQL).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a connection before failing (fail closed, fast).
+    pub acquire_timeout: std::time::Duration,
+    /// PostgreSQL `statement_timeout`: the server cancels a statement running longer.
+    pub statement_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout: std::time::Duration::from_secs(3),
+            statement_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Held while the signing-key schedule is planned and applied: on PostgreSQL a transaction
+/// holding an advisory lock, so that of several replicas exactly one rotates and the others see
+/// its result. Dropping it releases the lock too.
+#[must_use = "the lock is released when this is dropped"]
+pub struct KeyLock(Option<sqlx::Transaction<'static, sqlx::Any>>);
+
+impl KeyLock {
+    /// Release the lock.
+    pub async fn release(self) -> Result<(), StoreError> {
+        if let Some(tx) = self.0 {
+            tx.commit().await.map_err(db("release key lock"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The advisory lock id of the key schedule ("mayflyks" in ASCII).
+const KEY_LOCK_ID: i64 = 0x6d61_7966_6c79_6b73;
+
 impl Store {
     /// Open the SQLite database at `path` (created if missing), in WAL mode with full sync.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
@@ -107,8 +150,16 @@ impl Store {
         Self::open(&url).await
     }
 
-    /// Open a store by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) and migrate it.
+    /// Open a store by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) with default
+    /// settings, and migrate it.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// Open a store by URL and migrate it. On PostgreSQL, migrations run under sqlx's advisory
+    /// lock, so replicas starting together apply them once; TLS comes from the URL
+    /// (`?sslmode=verify-full&sslrootcert=/path/ca.pem`).
+    pub async fn open_with(url: &str, o: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") {
             Backend::Postgres
@@ -118,13 +169,27 @@ impl Store {
         let opts = AnyConnectOptions::from_str(url).map_err(db("parse database URL"))?;
         // SQL text is never logged by the driver at info: it carries no secrets, but it is noise.
         let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+        let statement_ms = o.statement_timeout.as_millis().max(1);
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(o.max_connections.unwrap_or(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            }))
+            .acquire_timeout(o.acquire_timeout)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // FULL: a committed audit event survives power loss, not only a crash.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                    match backend {
+                        Backend::Sqlite => {
+                            // FULL: a committed audit event survives power loss, not only a crash.
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET statement_timeout = {statement_ms}; SET idle_in_transaction_session_timeout = {}",
+                                statement_ms * 4
+                            )))
+                            .await?;
+                        }
                     }
                     Ok(())
                 })
@@ -134,6 +199,20 @@ impl Store {
             .map_err(db("connect"))?;
         migrator(backend).run(&pool).await?;
         Ok(Self { pool, backend })
+    }
+
+    /// Take the key-schedule lock (PostgreSQL; SQLite serialises its writers by itself).
+    pub async fn key_lock(&self) -> Result<KeyLock, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(KeyLock(None));
+        }
+        let mut tx = self.pool.begin().await.map_err(db("take key lock"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(KEY_LOCK_ID)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take key lock"))?;
+        Ok(KeyLock(Some(tx)))
     }
 
     /// The backend kind.

@@ -9,7 +9,21 @@ use mayfly_store::{AuditLog, AuditSink, CommitOutcome, Pending, Store, StoredCli
 use mayfly_sts::keys::{self, Schedule};
 use mayfly_sts::{AuditEvent, Decision, EventKind};
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
+/// machine (127.0.0.1:5432, user postgres, trust auth, database test).
+fn pg_admin() -> String {
+    std::env::var("TEST_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// The admin URL with another database name.
+fn pg_url(db: &str) -> String {
+    let admin = pg_admin();
+    match admin.rfind('/') {
+        Some(i) => format!("{}/{db}", &admin[..i]),
+        None => admin,
+    }
+}
 
 struct Db {
     store: Store,
@@ -28,7 +42,7 @@ impl Drop for Db {
                     .unwrap();
                 rt.block_on(async {
                     use sqlx::Executor;
-                    if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN).await {
+                    if let Ok(pool) = sqlx::PgPool::connect(&pg_admin()).await {
                         let _ = pool
                             .execute(sqlx::AssertSqlSafe(format!(
                                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -58,17 +72,15 @@ async fn postgres() -> Db {
         "mayfly_test_{}",
         mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
     );
-    let admin = sqlx::PgPool::connect(PG_ADMIN).await.expect(
-        "PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts it",
+    let admin = sqlx::PgPool::connect(&pg_admin()).await.expect(
+        "PostgreSQL must answer at TEST_PG_ADMIN_URL or 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts a local one",
     );
     admin
         .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await
         .unwrap();
     admin.close().await;
-    let store = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-        .await
-        .unwrap();
+    let store = Store::open(&pg_url(&name)).await.unwrap();
     Db {
         store,
         _dir: None,
