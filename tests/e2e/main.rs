@@ -17,3 +17,4 @@ mod rejections;
 mod replicas;
 mod rotation;
 mod support;
+mod transfer;

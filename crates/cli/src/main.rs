@@ -6,6 +6,7 @@ mod keyfile;
 mod policy_cmd;
 mod server;
 mod token;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,33 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: policy_cmd::PolicyCmd,
+    },
+    /// Apply the database migrations now (servers also apply them at start) and list them.
+    Migrate {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write the whole store (keys sealed, clients, revocations, replay records, audit log) to a
+    /// new file, to move it to another database with `mayfly import`. Stop the servers first.
+    Export {
+        /// TOML config file (the store to read).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The file to create (JSON lines, mode 0600).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Load a `mayfly export` file into an empty store (SQLite or PostgreSQL), in one
+    /// transaction; needs the exported deployment's master key. Run it before any server starts
+    /// on the target.
+    Import {
+        /// TOML config file (the store to fill).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The export file.
+        #[arg(long = "in", value_name = "PATH")]
+        input: PathBuf,
     },
 }
 
@@ -247,5 +275,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } => token::inspect(&token, &issuer, audience.as_deref()).await,
         },
         Cmd::Policy { cmd } => policy_cmd::run(cmd),
+        Cmd::Migrate { config } => transfer::migrate(config).await,
+        Cmd::Export { config, out } => transfer::export(config, &out).await,
+        Cmd::Import { config, input } => transfer::import(config, &input).await,
     }
 }

@@ -60,6 +60,43 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-256 over data that arrives in pieces (an export file, line by line), so it never has to
+/// be held whole. `Sha256::new().update(a).update(b)` hashes the same as `sha256(a ++ b)`.
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl Sha256 {
+    /// An empty hash state.
+    pub fn new() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    /// Feed `data`.
+    pub fn update(&mut self, data: &[u8]) -> &mut Self {
+        self.0.update(data);
+        self
+    }
+
+    /// The digest of everything fed so far.
+    pub fn finish(self) -> [u8; 32] {
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256")
+    }
+}
+
 /// A short, non-reversible fingerprint of a secret (first 12 hex chars of its SHA-256), for logs.
 pub fn fingerprint(secret: &[u8]) -> String {
     hex(&sha256(secret)[..6])
@@ -84,4 +121,14 @@ pub(crate) fn unb64(s: &str) -> Result<Vec<u8>, CryptoError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| CryptoError::Key("bad base64url"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_in_pieces_is_sha256_of_the_whole() {
+        let mut h = super::Sha256::new();
+        h.update(b"mayfly ").update(b"export\n");
+        assert_eq!(h.finish(), super::sha256(b"mayfly export\n"));
+    }
 }

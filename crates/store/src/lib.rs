@@ -8,12 +8,17 @@
 mod audit;
 mod clients;
 mod keys;
+mod transfer;
 
 pub use audit::{
     AuditLog, AuditSink, ChainReport, CommitOutcome, Pending, StoredEvent, TamperKind,
 };
 pub use clients::StoredClient;
 pub use keys::StoredKey;
+pub use transfer::{
+    AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
+    TableCounts, TransferError,
+};
 
 use std::path::Path;
 use std::str::FromStr;

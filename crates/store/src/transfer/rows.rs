@@ -1,0 +1,377 @@
+//! The rows of an export: one type per table, read from and bound to either backend, and the
+//! batched inserts of an import.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Backend, StoreError, db};
+
+/// Rows per multi-row INSERT (well under both backends' bind-parameter limits), and the bytes
+/// buffered at most before they are sent.
+pub(super) const ROWS_PER_INSERT: usize = 64;
+pub(super) const BATCH_BYTES: usize = 4 << 20;
+
+/// The tables an export holds, in the order it holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Table {
+    SigningKeys,
+    Clients,
+    RevokedTokens,
+    UsedJti,
+    AuditEvents,
+    AuditHead,
+}
+
+impl Table {
+    pub(super) const ALL: [Table; 6] = [
+        Table::SigningKeys,
+        Table::Clients,
+        Table::RevokedTokens,
+        Table::UsedJti,
+        Table::AuditEvents,
+        Table::AuditHead,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Table::SigningKeys => "signing_keys",
+            Table::Clients => "clients",
+            Table::RevokedTokens => "revoked_tokens",
+            Table::UsedJti => "used_jti",
+            Table::AuditEvents => "audit_events",
+            Table::AuditHead => "audit_head",
+        }
+    }
+
+    pub(super) fn columns(self) -> &'static [&'static str] {
+        match self {
+            Table::SigningKeys => &[
+                "kid",
+                "alg",
+                "created_at",
+                "not_before",
+                "not_after",
+                "expires_at",
+                "public_jwk",
+                "sealed_private",
+            ],
+            Table::Clients => &["id", "jwks", "audiences", "scopes", "max_ttl", "created_at"],
+            Table::RevokedTokens => &["jti", "client_id", "revoked_at", "expires_at"],
+            Table::UsedJti => &["client_id", "jti", "expires_at"],
+            Table::AuditEvents => &["seq", "ts", "kind", "jti", "body", "prev_hash", "hash"],
+            Table::AuditHead => &["id", "seq", "hash", "updated_at"],
+        }
+    }
+
+    /// The primary key, compared bytewise on both backends (PostgreSQL would otherwise sort
+    /// text by the database's collation), so both write the same rows in the same order.
+    pub(super) fn order_by(self, backend: Backend) -> String {
+        let text = |c: &str| match backend {
+            Backend::Postgres => format!("{c} COLLATE \"C\""),
+            Backend::Sqlite => c.to_string(),
+        };
+        match self {
+            Table::SigningKeys => text("kid"),
+            Table::Clients => text("id"),
+            Table::RevokedTokens => text("jti"),
+            Table::UsedJti => format!("{}, {}", text("client_id"), text("jti")),
+            Table::AuditEvents => "seq".into(),
+            Table::AuditHead => "id".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SigningKeyRow {
+    pub(super) kid: String,
+    pub(super) alg: String,
+    pub(super) created_at: i64,
+    pub(super) not_before: i64,
+    pub(super) not_after: i64,
+    pub(super) expires_at: i64,
+    pub(super) public_jwk: String,
+    /// AES-256-GCM under the master key, base64, exactly as stored.
+    pub(super) sealed_private: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientRow {
+    pub(super) id: String,
+    pub(super) jwks: String,
+    pub(super) audiences: String,
+    pub(super) scopes: String,
+    pub(super) max_ttl: Option<i64>,
+    pub(super) created_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RevokedRow {
+    pub(super) jti: String,
+    pub(super) client_id: String,
+    pub(super) revoked_at: i64,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsedJtiRow {
+    pub(super) client_id: String,
+    pub(super) jti: String,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditEventRow {
+    pub(super) seq: i64,
+    pub(super) ts: i64,
+    pub(super) kind: String,
+    pub(super) jti: Option<String>,
+    pub(super) body: String,
+    pub(super) prev_hash: String,
+    pub(super) hash: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditHeadRow {
+    pub(super) id: i64,
+    pub(super) seq: i64,
+    pub(super) hash: String,
+    pub(super) updated_at: i64,
+}
+
+/// One row line: `{"table": NAME, "row": {COLUMN: VALUE, ...}}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(
+    tag = "table",
+    content = "row",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub(super) enum Entry {
+    SigningKeys(SigningKeyRow),
+    Clients(ClientRow),
+    RevokedTokens(RevokedRow),
+    UsedJti(UsedJtiRow),
+    AuditEvents(AuditEventRow),
+    AuditHead(AuditHeadRow),
+}
+
+impl Entry {
+    pub(super) fn table(&self) -> Table {
+        match self {
+            Entry::SigningKeys(_) => Table::SigningKeys,
+            Entry::Clients(_) => Table::Clients,
+            Entry::RevokedTokens(_) => Table::RevokedTokens,
+            Entry::UsedJti(_) => Table::UsedJti,
+            Entry::AuditEvents(_) => Table::AuditEvents,
+            Entry::AuditHead(_) => Table::AuditHead,
+        }
+    }
+
+    pub(super) fn read(t: Table, r: &AnyRow) -> Result<Entry, StoreError> {
+        fn g<T>(r: &AnyRow, c: &str) -> Result<T, StoreError>
+        where
+            T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+        {
+            r.try_get(c).map_err(db("read a row to export"))
+        }
+        Ok(match t {
+            Table::SigningKeys => Entry::SigningKeys(SigningKeyRow {
+                kid: g(r, "kid")?,
+                alg: g(r, "alg")?,
+                created_at: g(r, "created_at")?,
+                not_before: g(r, "not_before")?,
+                not_after: g(r, "not_after")?,
+                expires_at: g(r, "expires_at")?,
+                public_jwk: g(r, "public_jwk")?,
+                sealed_private: g(r, "sealed_private")?,
+            }),
+            Table::Clients => Entry::Clients(ClientRow {
+                id: g(r, "id")?,
+                jwks: g(r, "jwks")?,
+                audiences: g(r, "audiences")?,
+                scopes: g(r, "scopes")?,
+                max_ttl: g(r, "max_ttl")?,
+                created_at: g(r, "created_at")?,
+            }),
+            Table::RevokedTokens => Entry::RevokedTokens(RevokedRow {
+                jti: g(r, "jti")?,
+                client_id: g(r, "client_id")?,
+                revoked_at: g(r, "revoked_at")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::UsedJti => Entry::UsedJti(UsedJtiRow {
+                client_id: g(r, "client_id")?,
+                jti: g(r, "jti")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::AuditEvents => Entry::AuditEvents(AuditEventRow {
+                seq: g(r, "seq")?,
+                ts: g(r, "ts")?,
+                kind: g(r, "kind")?,
+                jti: g(r, "jti")?,
+                body: g(r, "body")?,
+                prev_hash: g(r, "prev_hash")?,
+                hash: g(r, "hash")?,
+            }),
+            Table::AuditHead => Entry::AuditHead(AuditHeadRow {
+                id: g(r, "id")?,
+                seq: g(r, "seq")?,
+                hash: g(r, "hash")?,
+                updated_at: g(r, "updated_at")?,
+            }),
+        })
+    }
+
+    /// Bind this row's values in column order.
+    pub(super) fn bind<'q>(&self, q: Query<'q>) -> Query<'q> {
+        match self {
+            Entry::SigningKeys(r) => q
+                .bind(r.kid.as_str())
+                .bind(r.alg.as_str())
+                .bind(r.created_at)
+                .bind(r.not_before)
+                .bind(r.not_after)
+                .bind(r.expires_at)
+                .bind(r.public_jwk.as_str())
+                .bind(r.sealed_private.as_str()),
+            Entry::Clients(r) => q
+                .bind(r.id.as_str())
+                .bind(r.jwks.as_str())
+                .bind(r.audiences.as_str())
+                .bind(r.scopes.as_str())
+                .bind(r.max_ttl)
+                .bind(r.created_at),
+            Entry::RevokedTokens(r) => q
+                .bind(r.jti.as_str())
+                .bind(r.client_id.as_str())
+                .bind(r.revoked_at)
+                .bind(r.expires_at),
+            Entry::UsedJti(r) => q
+                .bind(r.client_id.as_str())
+                .bind(r.jti.as_str())
+                .bind(r.expires_at),
+            Entry::AuditEvents(r) => q
+                .bind(r.seq)
+                .bind(r.ts)
+                .bind(r.kind.as_str())
+                .bind(r.jti.as_deref())
+                .bind(r.body.as_str())
+                .bind(r.prev_hash.as_str())
+                .bind(r.hash.as_str()),
+            Entry::AuditHead(r) => q
+                .bind(r.id)
+                .bind(r.seq)
+                .bind(r.hash.as_str())
+                .bind(r.updated_at),
+        }
+    }
+}
+
+pub(super) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// `INSERT INTO table (cols) VALUES (..), (..)SUFFIX` for `rows` rows; anonymous placeholders on
+/// SQLite, as the audit committer uses (it binds them faster).
+pub(super) fn insert_sql(backend: Backend, t: Table, rows: usize, suffix: &str) -> String {
+    use std::fmt::Write as _;
+    let cols = t.columns();
+    let mut s = format!("INSERT INTO {} ({}) VALUES", t.name(), cols.join(", "));
+    let mut n = 0;
+    for r in 0..rows {
+        s.push_str(if r == 0 { " (" } else { ", (" });
+        for c in 0..cols.len() {
+            n += 1;
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = match backend {
+                Backend::Sqlite => write!(s, "{sep}?"),
+                Backend::Postgres => write!(s, "{sep}${n}"),
+            };
+        }
+        s.push(')');
+    }
+    s.push_str(suffix);
+    s
+}
+
+/// Rows of one table waiting to be inserted together.
+pub(super) struct Batch {
+    pub(super) rows: Vec<Entry>,
+    pub(super) bytes: usize,
+}
+
+impl Batch {
+    pub(super) async fn flush(&mut self, backend: Backend, tx: &mut Tx) -> Result<(), StoreError> {
+        let Some(t) = self.rows.first().map(Entry::table) else {
+            return Ok(());
+        };
+        let sql = insert_sql(backend, t, self.rows.len(), "");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in &self.rows {
+            q = r.bind(q);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(db("insert imported rows"))?;
+        self.rows.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// Single-use values that the audit log shows were consumed within the replay window, for the
+/// PostgreSQL `used_jti` table. Mirrors the SQLite committer's rebuild at start (same events,
+/// same namespaces: a client id, or `issuer NAME` for subject tokens).
+pub(super) struct Derived {
+    pub(super) since: i64,
+    pub(super) window: i64,
+    pub(super) rows: Vec<(String, String, i64)>,
+    pub(super) added: u64,
+}
+
+impl Derived {
+    pub(super) fn add(&mut self, ev: &AuditEventRow) {
+        if self.window <= 0 || ev.ts < self.since {
+            return;
+        }
+        let Ok(e) = serde_json::from_str::<mayfly_sts::AuditEvent>(&ev.body) else {
+            return;
+        };
+        let until = e.ts + self.window;
+        if let (Some(client), Some(jti)) = (e.client, e.assertion_jti) {
+            self.rows.push((client, jti, until));
+        }
+        if let (Some(iss), Some(jti)) = (e.subject_issuer, e.subject_jti) {
+            self.rows.push((format!("issuer {iss}"), jti, until));
+        }
+    }
+
+    pub(super) async fn flush(&mut self, backend: Backend, tx: &mut Tx) -> Result<(), StoreError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let sql = insert_sql(
+            backend,
+            Table::UsedJti,
+            self.rows.len(),
+            " ON CONFLICT DO NOTHING",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (ns, jti, until) in &self.rows {
+            q = q.bind(ns.as_str()).bind(jti.as_str()).bind(*until);
+        }
+        let r = q
+            .execute(&mut **tx)
+            .await
+            .map_err(db("insert replay records"))?;
+        self.added += r.rows_affected();
+        self.rows.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,509 @@
+//! Export and import between SQLite (a real file) and PostgreSQL (the server on this machine, a
+//! fresh database per test): nothing is lost either way, the audit chain still verifies, and a
+//! file that was cut short or edited is refused with the target left empty.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::sync::Arc;
+
+use base64::Engine;
+use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_store::{
+    AuditLog, AuditSink, CommitOutcome, ImportOptions, Pending, Store, StoredClient, TransferError,
+};
+use mayfly_sts::keys::{self, Schedule};
+use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+struct Db {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Best effort: a fresh runtime, since Drop cannot be async.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Executor;
+                    if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN).await {
+                        let _ = pool
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    Db {
+        store,
+        _dir: Some(dir),
+        pg_name: None,
+    }
+}
+
+async fn postgres() -> Db {
+    use sqlx::Executor;
+    let name = format!(
+        "mayfly_xfer_{}",
+        mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
+    );
+    let admin = sqlx::PgPool::connect(PG_ADMIN).await.expect(
+        "PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts it",
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    admin.close().await;
+    let store = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .unwrap();
+    Db {
+        store,
+        _dir: None,
+        pg_name: Some(name),
+    }
+}
+
+fn kek() -> Arc<Kek> {
+    Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap())
+}
+
+fn opts(k: &Kek) -> ImportOptions<'_> {
+    ImportOptions {
+        master_key: Some(k),
+        replay_window: 0,
+        now: SystemClock.now(),
+    }
+}
+
+fn issue(jti: &str, ts: i64) -> AuditEvent {
+    let mut e = AuditEvent::new(EventKind::Issue, ts, Decision::Allow);
+    e.client = Some("svc".into());
+    e.jti = Some(jti.into());
+    e.scopes = vec!["read".into()];
+    e
+}
+
+fn clients() -> Vec<StoredClient> {
+    vec![
+        StoredClient {
+            id: "rt-a".into(),
+            jwks: r#"{"keys":[]}"#.into(),
+            audiences: vec!["https://a".into()],
+            scopes: vec!["read".into(), "write".into()],
+            max_ttl: Some(60),
+            created_at: 5,
+        },
+        StoredClient {
+            id: "rt-b".into(),
+            jwks: r#"{"keys":[{"kty":"OKP"}]}"#.into(),
+            audiences: vec!["https://b".into()],
+            scopes: vec![],
+            max_ttl: None,
+            created_at: 6,
+        },
+    ]
+}
+
+/// Keys, clients, and more audit events than one insert batch holds: assertions consumed,
+/// a revocation, a one-time subject token.
+async fn populate(s: &Store) {
+    let k = kek();
+    let sched = Schedule {
+        rotation: 3600,
+        max_ttl: 600,
+        skew: 30,
+    };
+    s.apply_key_actions(&keys::plan(&[], 1_000, &sched), 1_000, KeyAlg::EdDSA, &k)
+        .await
+        .unwrap();
+    for c in clients() {
+        assert!(s.add_client(&c).await.unwrap());
+    }
+    let log = AuditLog::start(s.clone(), k, AuditSink::Off, 600);
+    for i in 0..150 {
+        let p = Pending {
+            event: issue(&format!("t{i}"), 1_000 + i),
+            consume_jti: Some(("svc".into(), format!("a{i}"), 2_000)),
+            consume_subject: None,
+            revoke: None,
+        };
+        assert!(matches!(
+            log.commit(p).await.unwrap(),
+            CommitOutcome::Committed(_)
+        ));
+    }
+    let mut e = AuditEvent::new(EventKind::Revoke, 1_200, Decision::Allow);
+    e.jti = Some("t1".into());
+    log.commit(Pending {
+        event: e,
+        consume_jti: None,
+        consume_subject: None,
+        revoke: Some(("t1".into(), "svc".into(), 5_000)),
+    })
+    .await
+    .unwrap();
+    log.commit(Pending {
+        event: issue("t-sub", 1_201),
+        consume_jti: None,
+        consume_subject: Some(("k8s".into(), "s1".into(), 2_000)),
+        revoke: None,
+    })
+    .await
+    .unwrap();
+}
+
+async fn export(s: &Store) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.export(&mut out).await.unwrap();
+    out
+}
+
+/// The row lines: everything but the header (which holds the export time) and the trailer.
+fn rows(file: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// What a server needs after the move is all there and intact.
+async fn assert_complete(s: &Store) {
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 152);
+    assert_eq!(s.load_keys(&kek()).await.unwrap().len(), 2);
+    assert_eq!(s.list_clients().await.unwrap(), clients());
+    assert!(s.is_revoked("t1").await.unwrap());
+    assert!(!s.is_revoked("t2").await.unwrap());
+}
+
+async fn assert_empty(s: &Store) {
+    assert!(s.load_keys(&kek()).await.unwrap().is_empty());
+    assert!(s.list_clients().await.unwrap().is_empty());
+    assert!(s.audit_tail(1).await.unwrap().is_empty());
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// `from` -> `to` -> `back`: every hop keeps every row, byte for byte.
+async fn round_trip(from: Db, to: Db, back: Db) {
+    let k = kek();
+    populate(&from.store).await;
+    let first = export(&from.store).await;
+    let sum = to.store.import(&first[..], &opts(&k)).await.unwrap();
+    assert_eq!(sum.counts.signing_keys, 2);
+    assert_eq!(sum.counts.clients, 2);
+    assert_eq!(sum.counts.revoked_tokens, 1);
+    assert_eq!(sum.counts.audit_events, 152);
+    assert_eq!(sum.counts.audit_head, 1);
+    assert_eq!(sum.schema_version, 2);
+    assert_eq!(sum.replay_records_derived, 0, "the events are long past");
+    assert_complete(&to.store).await;
+    let second = export(&to.store).await;
+    assert_eq!(rows(&first), rows(&second));
+
+    back.store.import(&second[..], &opts(&k)).await.unwrap();
+    assert_complete(&back.store).await;
+    assert_eq!(rows(&export(&back.store).await), rows(&first));
+
+    // The chain goes on where it stopped.
+    let log = AuditLog::start(to.store.clone(), k.clone(), AuditSink::Off, 600);
+    let seq = log
+        .commit(Pending::event(issue("after", 2_000)))
+        .await
+        .unwrap();
+    assert_eq!(seq, CommitOutcome::Committed(153));
+    let report = to.store.audit_verify(&k).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn sqlite_to_postgres_and_back() {
+    round_trip(sqlite().await, postgres().await, sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_to_sqlite_and_back() {
+    let from = postgres().await;
+    let to = sqlite().await;
+    let back = postgres().await;
+    round_trip(from, to, back).await;
+}
+
+#[tokio::test]
+async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
+    let db = sqlite().await;
+    populate(&db.store).await;
+    let file = export(&db.store).await;
+    let text = String::from_utf8(file.clone()).unwrap();
+    for k in db.store.load_keys(&kek()).await.unwrap() {
+        let der = k.key.to_pkcs8().unwrap();
+        for enc in [
+            base64::engine::general_purpose::STANDARD.encode(&*der),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*der),
+            mayfly_crypto::hex(&der),
+        ] {
+            assert!(!text.contains(&enc), "a private key in clear");
+        }
+    }
+    assert!(!text.contains(r#"\"d\""#), "no private JWK member");
+
+    let lines: Vec<&str> = text.lines().collect();
+    let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(header["mayfly_export"], 1);
+    assert_eq!(header["schema_version"], 2);
+    assert_eq!(header["source"], "sqlite");
+    assert_eq!(header["counts"]["audit_events"], 152);
+    assert_eq!(header["counts"]["signing_keys"], 2);
+    let row: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(row["table"], "signing_keys");
+    assert!(row["row"]["sealed_private"].is_string());
+    // The trailer's digest is the plain SHA-256 of the lines before it.
+    let trailer: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    let body_len = file.len() - lines[lines.len() - 1].len() - 1;
+    assert_eq!(
+        trailer["sha256"],
+        mayfly_crypto::hex(&mayfly_crypto::sha256(&file[..body_len]))
+    );
+    assert_eq!(trailer["counts"], header["counts"]);
+}
+
+#[tokio::test]
+async fn import_refuses_a_store_that_is_not_empty() {
+    let k = kek();
+    let src = sqlite().await;
+    populate(&src.store).await;
+    let file = export(&src.store).await;
+    let err = src.store.import(&file[..], &opts(&k)).await.unwrap_err();
+    assert!(matches!(err, TransferError::NotEmpty(_)), "{err}");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_complete(&src.store).await;
+
+    // One run-time client is enough to refuse, on either backend.
+    for target in [sqlite().await, postgres().await] {
+        target.store.add_client(&clients()[0]).await.unwrap();
+        let err = target.store.import(&file[..], &opts(&k)).await.unwrap_err();
+        assert!(matches!(err, TransferError::NotEmpty(_)), "{err}");
+        assert_eq!(target.store.list_clients().await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_edited_byte_fails_the_checksum_and_leaves_the_target_empty() {
+    let k = kek();
+    let src = sqlite().await;
+    populate(&src.store).await;
+    let file = export(&src.store).await;
+    let target = postgres().await;
+
+    // A scope of a run-time client, still valid JSON: only the checksum can tell.
+    let at = file.windows(8).position(|w| w == br#"\"read\""#).unwrap();
+    let mut edited = file.clone();
+    edited[at + 3] = b'o';
+    let err = target
+        .store
+        .import(&edited[..], &opts(&k))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Checksum), "{err}");
+    assert_empty(&target.store).await;
+
+    // Any single byte, anywhere: refused, and nothing stays behind.
+    let step = file.len() / 23;
+    for at in (0..file.len()).step_by(step) {
+        let mut edited = file.clone();
+        edited[at] ^= 0x01;
+        assert!(
+            target.store.import(&edited[..], &opts(&k)).await.is_err(),
+            "byte {at} edited"
+        );
+    }
+    assert_empty(&target.store).await;
+    target.store.import(&file[..], &opts(&k)).await.unwrap();
+    assert_complete(&target.store).await;
+}
+
+#[tokio::test]
+async fn a_truncated_file_is_refused_and_leaves_the_target_empty() {
+    let k = kek();
+    let src = sqlite().await;
+    populate(&src.store).await;
+    let file = export(&src.store).await;
+    let target = postgres().await;
+    let last_line = file[..file.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    let first_line = file.iter().position(|b| *b == b'\n').unwrap() + 1;
+    for cut in [
+        last_line,      // no trailer
+        file.len() - 1, // the trailer's newline
+        file.len() / 2, // in the middle of a row
+        first_line,     // the header alone
+        first_line - 1, // half a header
+        0,              // nothing
+    ] {
+        let err = target
+            .store
+            .import(&file[..cut], &opts(&k))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransferError::Truncated(_) | TransferError::NotAnExport(_)
+            ),
+            "cut at {cut}: {err}"
+        );
+    }
+    assert_empty(&target.store).await;
+    // Rows dropped from the middle: the counts and the checksum disagree.
+    let text = String::from_utf8(file.clone()).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.contains(r#""jti":"t7""#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(without.len() < text.len());
+    let err = target
+        .store
+        .import(without.as_bytes(), &opts(&k))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Checksum), "{err}");
+    assert_empty(&target.store).await;
+    target.store.import(&file[..], &opts(&k)).await.unwrap();
+    assert_complete(&target.store).await;
+}
+
+#[tokio::test]
+async fn import_refuses_another_master_key_and_future_files() {
+    let src = sqlite().await;
+    populate(&src.store).await;
+    let file = export(&src.store).await;
+    let target = sqlite().await;
+    let other = Kek::from_bytes(&[8u8; 32]).unwrap();
+    let err = target
+        .store
+        .import(&file[..], &opts(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::WrongMasterKey(_)), "{err}");
+    assert_empty(&target.store).await;
+
+    let text = String::from_utf8(file).unwrap();
+    let newer_format = text.replacen(r#""mayfly_export":1"#, r#""mayfly_export":2"#, 1);
+    let err = target
+        .store
+        .import(newer_format.as_bytes(), &opts(&kek()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Format(2)), "{err}");
+    let newer_schema = text.replacen(r#""schema_version":2"#, r#""schema_version":99"#, 1);
+    let err = target
+        .store
+        .import(newer_schema.as_bytes(), &opts(&kek()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransferError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    let err = target
+        .store
+        .import(&b"{\"hello\":1}\n"[..], &opts(&kek()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::NotAnExport(_)), "{err}");
+    assert_empty(&target.store).await;
+}
+
+/// SQLite remembers consumed assertion and subject-token jtis in memory (rebuilt from the log);
+/// PostgreSQL in `used_jti`. Moving to PostgreSQL fills that table from the events of the
+/// replay window, so an assertion used just before the move is still refused after it.
+#[tokio::test]
+async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
+    let k = kek();
+    let now = SystemClock.now();
+    let src = sqlite().await;
+    let log = AuditLog::start(src.store.clone(), k.clone(), AuditSink::Off, 600);
+    let recent = |assertion: Option<&str>, subject: Option<&str>, ts: i64| Pending {
+        event: issue("t", ts),
+        consume_jti: assertion.map(|a| ("svc".to_string(), a.to_string(), ts + 600)),
+        consume_subject: subject.map(|s| ("k8s".to_string(), s.to_string(), ts + 600)),
+        revoke: None,
+    };
+    for p in [
+        recent(Some("a-old"), None, now - 10_000),
+        recent(Some("a-new"), None, now - 5),
+        recent(None, Some("s-new"), now - 5),
+    ] {
+        assert!(matches!(
+            log.commit(p).await.unwrap(),
+            CommitOutcome::Committed(_)
+        ));
+    }
+    drop(log);
+    let file = export(&src.store).await;
+
+    let target = postgres().await;
+    let sum = target
+        .store
+        .import(
+            &file[..],
+            &ImportOptions {
+                master_key: Some(&k),
+                replay_window: 600,
+                now,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sum.replay_records_derived, 2);
+    let log = AuditLog::start(target.store.clone(), k.clone(), AuditSink::Off, 600);
+    assert!(matches!(
+        log.commit(recent(Some("a-new"), None, now)).await.unwrap(),
+        CommitOutcome::Replay(_)
+    ));
+    assert!(matches!(
+        log.commit(recent(None, Some("s-new"), now)).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
+    ));
+    assert!(matches!(
+        log.commit(recent(Some("a-old"), None, now)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    let report = target.store.audit_verify(&k).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 6);
+}
+
+#[tokio::test]
+async fn applied_migrations_are_listed_on_both_backends() {
+    for db in [sqlite().await, postgres().await] {
+        let applied = db.store.applied_migrations().await.unwrap();
+        let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
+        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(applied[0].description, "init");
+    }
+}
