@@ -127,9 +127,37 @@ impl AuditLog {
     /// Start the committer task on the current tokio runtime. `replay_window` is how long (in
     /// seconds) a consumed assertion jti must be remembered: the longest assertion lifetime plus
     /// twice the clock skew. Tools that consume no jtis pass 0.
+    ///
+    /// The committer runs on a thread of its own, with its own connection: its round trips to
+    /// the database must not wait in the request handlers' run queue (on a saturated core, each
+    /// wake-up otherwise waits for every ready request to be polled: tens of milliseconds per
+    /// batch against PostgreSQL).
     pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink, replay_window: i64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(committer(store, kek, sink, rx, replay_window));
+        let run = move || async move {
+            let own = match store.dedicated().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no dedicated audit connection yet; sharing the pool");
+                    store
+                }
+            };
+            committer(own, kek, sink, rx, replay_window).await;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("mayfly-audit".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(run()),
+                    Err(e) => tracing::error!(error = %e, "cannot start the audit committer"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the audit committer thread");
+        }
         Self { tx }
     }
 
@@ -356,9 +384,27 @@ fn kind_name(k: EventKind) -> String {
         .unwrap_or_default()
 }
 
-/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bind-parameter limits, and a
-/// bounded number of statement shapes for the prepared-statement cache.
+/// Rows per multi-row INSERT at most (a power of two): well under SQLite's and PostgreSQL's
+/// bind-parameter limits.
 const ROWS_PER_INSERT: usize = 64;
+
+/// Split rows into chunks whose sizes are powers of two up to [`ROWS_PER_INSERT`]: each table
+/// then has at most seven statement shapes, which stay in the driver's prepared-statement cache.
+/// (One shape per batch size thrashed that cache on PostgreSQL: every batch re-prepared and
+/// re-described a statement with hundreds of parameters.)
+fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = rest.len().min(ROWS_PER_INSERT);
+        let size = 1usize << (usize::BITS - 1 - n.leading_zeros());
+        let (head, tail) = rest.split_at(size);
+        rest = tail;
+        Some(head)
+    })
+}
 
 /// `PREFIX ($1, $2, ...), (...) SUFFIX` for `rows` rows of `cols` columns. SQLite gets
 /// anonymous `?` placeholders instead: it looks up named ones by a linear scan per bind, which
@@ -407,7 +453,7 @@ async fn consume_jtis(
         }
     }
     let mut inserted: HashSet<(String, String)> = HashSet::with_capacity(fresh.len());
-    for chunk in fresh.chunks(ROWS_PER_INSERT) {
+    for chunk in statement_chunks(&fresh) {
         let sql = values_sql(
             Backend::Postgres,
             "INSERT INTO used_jti (client_id, jti, expires_at) VALUES",
@@ -563,7 +609,7 @@ async fn append_batch(
             hash,
         });
     }
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
+    for chunk in statement_chunks(&rows) {
         let sql = values_sql(
             backend,
             "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES",
@@ -740,4 +786,23 @@ fn row_event(r: &sqlx::any::AnyRow) -> Result<StoredEvent, StoreError> {
         prev_hash: r.try_get("prev_hash").map_err(db("read audit event"))?,
         hash: r.try_get("hash").map_err(db("read audit event"))?,
     })
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_everything() {
+        for n in 0..300usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| c.len().is_power_of_two() && c.len() <= ROWS_PER_INSERT)
+            );
+            assert_eq!(chunks.concat(), rows);
+        }
+    }
 }

@@ -73,10 +73,19 @@ pub enum Backend {
 }
 
 /// A connection pool to the store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// How to open more connections: the URL (it may hold a password; never printed).
+    url: std::sync::Arc<str>,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({:?})", self.backend)
+    }
 }
 
 /// The migrations for `backend`. A version may differ between backends where one of them
@@ -145,6 +154,46 @@ impl KeyLock {
     }
 }
 
+/// A pool on `url` with the session settings every connection needs.
+async fn connect(
+    url: &str,
+    backend: Backend,
+    o: &StoreOptions,
+    max: Option<u32>,
+) -> Result<AnyPool, StoreError> {
+    let opts = AnyConnectOptions::from_str(url).map_err(db("parse database URL"))?;
+    // SQL text is never logged by the driver at info: it carries no secrets, but it is noise.
+    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    let statement_ms = o.statement_timeout.as_millis().max(1);
+    AnyPoolOptions::new()
+        .max_connections(max.or(o.max_connections).unwrap_or(match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        }))
+        .acquire_timeout(o.acquire_timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Sqlite => {
+                        // FULL: a committed audit event survives power loss, not only a crash.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                    }
+                    Backend::Postgres => {
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET statement_timeout = {statement_ms}; SET idle_in_transaction_session_timeout = {}",
+                            statement_ms * 4
+                        )))
+                        .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(db("connect"))
+}
+
 /// The advisory lock id of the key schedule ("mayflyks" in ASCII).
 const KEY_LOCK_ID: i64 = 0x6d61_7966_6c79_6b73;
 
@@ -171,39 +220,25 @@ impl Store {
         } else {
             Backend::Sqlite
         };
-        let opts = AnyConnectOptions::from_str(url).map_err(db("parse database URL"))?;
-        // SQL text is never logged by the driver at info: it carries no secrets, but it is noise.
-        let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
-        let statement_ms = o.statement_timeout.as_millis().max(1);
-        let pool = AnyPoolOptions::new()
-            .max_connections(o.max_connections.unwrap_or(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 16,
-            }))
-            .acquire_timeout(o.acquire_timeout)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    match backend {
-                        Backend::Sqlite => {
-                            // FULL: a committed audit event survives power loss, not only a crash.
-                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
-                        }
-                        Backend::Postgres => {
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "SET statement_timeout = {statement_ms}; SET idle_in_transaction_session_timeout = {}",
-                                statement_ms * 4
-                            )))
-                            .await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await
-            .map_err(db("connect"))?;
+        let pool = connect(url, backend, o, None).await?;
         migrator(backend).run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.into(),
+            options: o.clone(),
+        })
+    }
+
+    /// The same database through a pool of its own with one connection (no migrations): for a
+    /// task that must not queue behind request handlers for a connection, such as the audit
+    /// committer on its own thread.
+    pub async fn dedicated(&self) -> Result<Store, StoreError> {
+        let pool = connect(&self.url, self.backend, &self.options, Some(1)).await?;
+        Ok(Self {
+            pool,
+            ..self.clone()
+        })
     }
 
     /// Take the key-schedule lock (PostgreSQL; SQLite serialises its writers by itself).
