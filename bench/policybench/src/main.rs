@@ -1,9 +1,11 @@
 //! Microbenchmark of one Cedar decision through `mayfly_policy::PolicyEngine::decide` with a
 //! realistic set of 100 policies (20 audiences, 10 actions; principal equality, attribute
-//! conditions, two forbids). Figures go to docs/PERFORMANCE.md.
+//! conditions, two forbids), and of client-credentials decisions over 200 clients' generated
+//! ("sugar") policies, which take the fast path. Figures go to docs/PERFORMANCE.md.
 //!
 //! `taskset -c 0 cargo run --release -p mayfly-policybench` (`-- --sliced-only` skips the
-//! whole-set reference runs, for profiling).
+//! whole-set reference runs, for profiling; `-- --only <text>` runs the scenarios whose name
+//! contains the text).
 //!
 //! Each scenario: a warm-up, then five one-second runs (decisions/s, median reported), then
 //! 100,000 individually timed calls for p50/p99 (each includes one `Instant::now()` pair, about
@@ -14,9 +16,11 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use mayfly_policy::{PolicyDecision, PolicyEngine, PolicyRequest, PrincipalKind};
+use mayfly_policy::{ClientGrant, PolicyDecision, PolicyEngine, PolicyRequest, PrincipalKind};
 
 const AUDIENCES: usize = 20;
+/// Registered clients with `audiences`/`scopes` lists (the sugar scenarios).
+const CLIENTS: usize = 200;
 const SCOPES: &[&str] = &[
     "read",
     "write",
@@ -110,6 +114,31 @@ fn policies() -> Vec<(String, String)> {
     ]
 }
 
+/// The registered clients: client `cc<i>` may get tokens for one to three audiences, with one
+/// to three scopes (the `audiences`/`scopes` lists of a client's configuration).
+fn grants() -> Vec<ClientGrant> {
+    (0..CLIENTS)
+        .map(|i| ClientGrant {
+            client_id: format!("cc{i}"),
+            audiences: (0..1 + i % 3).map(|k| audience(i + 5 * k)).collect(),
+            scopes: (0..1 + i % 3)
+                .map(|k| SCOPES[(i + k) % SCOPES.len()].to_string())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Which path a scenario asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `decide`, as served (the sugar fast path where it applies).
+    Served,
+    /// `decide_sliced`: Cedar over the slices, never the fast path.
+    Cedar,
+    /// `decide_unsliced`: Cedar over the whole set.
+    WholeSet,
+}
+
 /// Request data built once (strings leaked: the benchmark lives as long as they do), so the
 /// timed loop does nothing but decide.
 struct Req {
@@ -119,6 +148,7 @@ struct Req {
     action: &'static str,
     audience: &'static str,
     ttl: i64,
+    grant_type: &'static str,
 }
 
 fn leak(s: String) -> &'static str {
@@ -126,26 +156,60 @@ fn leak(s: String) -> &'static str {
 }
 
 impl Req {
-    fn decide(&self, engine: &PolicyEngine, unsliced: bool) -> PolicyDecision {
+    fn decide(&self, engine: &PolicyEngine, path: Path) -> PolicyDecision {
         let r = PolicyRequest {
             principal_kind: self.kind,
             principal_id: self.id,
             attrs: &self.attrs,
             action: self.action,
             audience: self.audience,
-            grant_type: "urn:ietf:params:oauth:grant-type:token-exchange",
+            grant_type: self.grant_type,
             requested_ttl: self.ttl,
             source: "10.1.2.3",
             now: 1_800_000_000,
-            client_id: "",
+            client_id: if self.kind == PrincipalKind::Client {
+                self.id
+            } else {
+                ""
+            },
             actor: "",
         };
-        if unsliced {
-            engine.decide_unsliced(&r)
-        } else {
-            engine.decide(&r)
+        match path {
+            Path::Served => engine.decide(&r),
+            Path::Cedar => engine.decide_sliced(&r),
+            Path::WholeSet => engine.decide_unsliced(&r),
         }
     }
+}
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A client-credentials question of client `cc<i>`: `token`, or its first scope, for its first
+/// audience (allowed).
+fn cc(i: usize, scope: bool) -> Req {
+    Req {
+        kind: PrincipalKind::Client,
+        id: leak(format!("cc{i}")),
+        attrs: Vec::new(),
+        action: if scope {
+            SCOPES[i % SCOPES.len()]
+        } else {
+            "token"
+        },
+        audience: leak(audience(i)),
+        ttl: 300,
+        grant_type: "client_credentials",
+    }
+}
+
+/// One issuance's questions for 16 clients: `token` then one scope each.
+fn cc_mix() -> Vec<Req> {
+    (0..16)
+        .flat_map(|n| {
+            let i = n * 11 % CLIENTS;
+            [cc(i, false), cc(i, true)]
+        })
+        .collect()
 }
 
 fn k8s(ns: usize, action: &'static str, aud: usize) -> Req {
@@ -161,6 +225,7 @@ fn k8s(ns: usize, action: &'static str, aud: usize) -> Req {
         action,
         audience: leak(audience(aud)),
         ttl: 600,
+        grant_type: EXCHANGE,
     }
 }
 
@@ -186,6 +251,7 @@ fn mix() -> Vec<Req> {
             action: if i % 2 == 0 { "token" } else { "deploy" },
             audience: leak(audience(i + 3)),
             ttl: 900,
+            grant_type: EXCHANGE,
         });
     }
     for i in 0..8 {
@@ -196,6 +262,7 @@ fn mix() -> Vec<Req> {
             action: "token",
             audience: leak(audience(i * 3)),
             ttl: 300,
+            grant_type: EXCHANGE,
         });
     }
     v
@@ -208,7 +275,7 @@ struct Figures {
     allowed: usize,
 }
 
-fn measure(engine: &PolicyEngine, reqs: &[Req], unsliced: bool) -> Figures {
+fn measure(engine: &PolicyEngine, reqs: &[Req], path: Path) -> Figures {
     let n = reqs.len();
     let run = |d: Duration| -> f64 {
         let start = Instant::now();
@@ -216,7 +283,7 @@ fn measure(engine: &PolicyEngine, reqs: &[Req], unsliced: bool) -> Figures {
         let mut i = 0;
         loop {
             for _ in 0..256 {
-                black_box(reqs[i % n].decide(engine, unsliced));
+                black_box(reqs[i % n].decide(engine, path));
                 i += 1;
             }
             count += 256;
@@ -233,14 +300,11 @@ fn measure(engine: &PolicyEngine, reqs: &[Req], unsliced: bool) -> Figures {
     let mut times: Vec<u128> = Vec::with_capacity(samples);
     for i in 0..samples {
         let t = Instant::now();
-        black_box(reqs[i % n].decide(engine, unsliced));
+        black_box(reqs[i % n].decide(engine, path));
         times.push(t.elapsed().as_nanos());
     }
     times.sort_unstable();
-    let allowed = reqs
-        .iter()
-        .filter(|r| r.decide(engine, unsliced).allow)
-        .count();
+    let allowed = reqs.iter().filter(|r| r.decide(engine, path).allow).count();
     Figures {
         rate: rates[2],
         p50: times[samples / 2],
@@ -249,13 +313,24 @@ fn measure(engine: &PolicyEngine, reqs: &[Req], unsliced: bool) -> Figures {
     }
 }
 
-fn main() -> ExitCode {
-    let engine = match PolicyEngine::from_sources(&schema(), &policies(), &[]) {
-        Ok(e) => e,
+fn load(what: &str, files: &[(String, String)], clients: &[ClientGrant]) -> Option<PolicyEngine> {
+    match PolicyEngine::from_sources(&schema(), files, clients) {
+        Ok(e) => Some(e),
         Err(e) => {
-            eprintln!("mayfly-policybench: the benchmark's policy set does not load: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("mayfly-policybench: the {what} set does not load: {e}");
+            None
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let clients = grants();
+    let (Some(engine), Some(sugar), Some(both)) = (
+        load("benchmark's policy", &policies(), &[]),
+        load("sugar-only", &[], &clients),
+        load("files-and-sugar", &policies(), &clients),
+    ) else {
+        return ExitCode::FAILURE;
     };
     let forbids = engine.policies().iter().filter(|p| p.forbid).count();
     println!("mayfly-policybench: one Cedar decision through PolicyEngine::decide");
@@ -265,8 +340,13 @@ fn main() -> ExitCode {
         SCOPES.len() + 1,
         &engine.fingerprint()[..12]
     );
+    println!(
+        "sugar: {CLIENTS} clients, {} generated policies; with the files: {} policies",
+        sugar.policy_ids().len(),
+        both.policy_ids().len()
+    );
     let token = vec![k8s(4, "token", 4)];
-    let check = token[0].decide(&engine, false);
+    let check = token[0].decide(&engine, Path::Served);
     if !check.allow || check.policies != ["k8s-ns4-token"] {
         eprintln!(
             "mayfly-policybench: the token scenario should be allowed by k8s-ns4-token: {check:?}"
@@ -274,28 +354,101 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mix = mix();
+    let cc_token = vec![cc(7, false)];
+    let cc_mix = cc_mix();
+    // Every path decides every request alike (the fast path is exact).
+    for (e, reqs) in [
+        (&engine, &token),
+        (&engine, &mix),
+        (&sugar, &cc_token),
+        (&sugar, &cc_mix),
+        (&both, &cc_token),
+        (&both, &cc_mix),
+    ] {
+        for r in reqs.iter() {
+            let d = r.decide(e, Path::Served);
+            if d != r.decide(e, Path::Cedar) || d != r.decide(e, Path::WholeSet) {
+                eprintln!("mayfly-policybench: the paths disagree on {}: {d:?}", r.id);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let args: Vec<String> = std::env::args().collect();
     // `--sliced-only` skips the whole-set reference (for profiling the request path).
-    let sliced_only = std::env::args().any(|a| a == "--sliced-only");
+    let sliced_only = args.iter().any(|a| a == "--sliced-only");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     println!(
-        "{:<44} {:>12} {:>14} {:>8} {:>8} {:>8}",
+        "{:<58} {:>12} {:>14} {:>8} {:>8} {:>8}",
         "scenario", "decisions/s", "ns/decision", "p50 ns", "p99 ns", "allowed"
     );
-    for (name, reqs, unsliced) in [
-        ("workload token, allowed (sliced)", &token, false),
-        ("mix of 72 requests (sliced)", &mix, false),
+    for (name, e, reqs, path) in [
+        (
+            "workload token, allowed (sliced)",
+            &engine,
+            &token,
+            Path::Served,
+        ),
+        ("mix of 72 requests (sliced)", &engine, &mix, Path::Served),
         (
             "workload token, allowed (whole set, reference)",
+            &engine,
             &token,
-            true,
+            Path::WholeSet,
         ),
-        ("mix of 72 requests (whole set, reference)", &mix, true),
+        (
+            "mix of 72 requests (whole set, reference)",
+            &engine,
+            &mix,
+            Path::WholeSet,
+        ),
+        (
+            "cc token, sugar only (fast path)",
+            &sugar,
+            &cc_token,
+            Path::Served,
+        ),
+        (
+            "cc token, sugar only (Cedar slices, no fast path)",
+            &sugar,
+            &cc_token,
+            Path::Cedar,
+        ),
+        (
+            "cc 16 issuances, sugar only (fast path)",
+            &sugar,
+            &cc_mix,
+            Path::Served,
+        ),
+        (
+            "cc 16 issuances, sugar only (Cedar slices)",
+            &sugar,
+            &cc_mix,
+            Path::Cedar,
+        ),
+        (
+            "cc token, sugar + 100 policies (Cedar: shared forbid)",
+            &both,
+            &cc_token,
+            Path::Served,
+        ),
+        (
+            "cc 16 issuances, sugar + 100 policies (as served)",
+            &both,
+            &cc_mix,
+            Path::Served,
+        ),
     ] {
-        if unsliced && sliced_only {
+        if (path == Path::WholeSet && sliced_only)
+            || only.is_some_and(|o| !name.contains(o.as_str()))
+        {
             continue;
         }
-        let f = measure(&engine, reqs, unsliced);
+        let f = measure(e, reqs, path);
         println!(
-            "{:<44} {:>12.0} {:>14.0} {:>8} {:>8} {:>5}/{}",
+            "{:<58} {:>12.0} {:>14.0} {:>8} {:>8} {:>5}/{}",
             name,
             f.rate,
             1e9 / f.rate,

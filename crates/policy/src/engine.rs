@@ -9,6 +9,7 @@ use cedar_policy::{
 };
 
 use crate::error::PolicyError;
+use crate::fast::SugarIndex;
 use crate::schema::Types;
 use crate::slice::Index;
 use crate::{ClientGrant, PolicyDecision, PolicyRequest, PrincipalKind};
@@ -48,6 +49,8 @@ pub struct PolicyEngine {
     /// The whole set, unsliced: the reference the slices are tested and measured against.
     pub(crate) all: PolicySet,
     pub(crate) index: Index,
+    /// The clients whose own policies are all generated: the sugar fast path.
+    pub(crate) sugar: SugarIndex,
     pub(crate) infos: Vec<PolicyInfo>,
     pub(crate) by_id: HashMap<String, usize>,
     /// Actions that belong to action groups, with their ancestors as parents.
@@ -63,6 +66,7 @@ impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
             .field("policies", &self.infos.len())
+            .field("sugar_only_clients", &self.sugar.len())
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
@@ -102,7 +106,21 @@ impl PolicyEngine {
 
     /// Decide one request. Never fails: a request the engine cannot evaluate is denied, with the
     /// reason in `errors`.
+    ///
+    /// When the only policies that could apply are a client's generated ones (its `audiences`
+    /// and `scopes`), the decision is computed without Cedar, with the same result.
     pub fn decide(&self, req: &PolicyRequest<'_>) -> PolicyDecision {
+        if let Some(outcome) = self.sugar_outcome(req) {
+            return self.finish(outcome);
+        }
+        self.decide_sliced(req)
+    }
+
+    /// The same decision as [`decide`](Self::decide), always through Cedar over the slices
+    /// (never the sugar fast path): a reference for benchmarks and tests. Not for the request
+    /// path.
+    #[doc(hidden)]
+    pub fn decide_sliced(&self, req: &PolicyRequest<'_>) -> PolicyDecision {
         let sets = self.index.lookup(
             req.principal_kind,
             req.principal_id,
@@ -113,10 +131,13 @@ impl PolicyEngine {
             // No policy's scope can match: Cedar's default deny, without building a request.
             return PolicyDecision::default();
         }
-        let outcome = match self.prepare(req) {
-            Ok((request, entities)) => {
-                self.evaluate(&request, &entities, sets.into_iter().flatten())
-            }
+        let with_context = sets.iter().flatten().any(|s| s.reads_context);
+        let outcome = match self.prepare(req, with_context) {
+            Ok((request, entities)) => self.evaluate(
+                &request,
+                &entities,
+                sets.into_iter().flatten().map(|s| &s.set),
+            ),
             Err(e) => Outcome {
                 allow: false,
                 reasons: Vec::new(),
@@ -124,6 +145,21 @@ impl PolicyEngine {
             },
         };
         self.finish(outcome)
+    }
+
+    /// The sugar fast path (see `fast`): Cedar's outcome without Cedar, or `None` when some
+    /// policy other than the client's generated ones could apply (then Cedar decides).
+    pub(crate) fn sugar_outcome(&self, req: &PolicyRequest<'_>) -> Option<Outcome> {
+        if req.principal_kind != PrincipalKind::Client {
+            return None;
+        }
+        let client = self.sugar.client(req.principal_id)?;
+        if self.grouped_actions.contains_key(req.action)
+            || self.index.shared(req.action, req.audience).is_some()
+        {
+            return None;
+        }
+        Some(client.outcome(req.action, req.audience))
     }
 
     /// The same decision as [`decide`](Self::decide), evaluating the whole set instead of the
@@ -165,7 +201,13 @@ impl PolicyEngine {
         &self.warnings
     }
 
-    fn prepare(&self, req: &PolicyRequest<'_>) -> Result<(Request, Entities), String> {
+    /// The Cedar request and entities. `with_context: false` leaves the context empty, for
+    /// policies that never read it.
+    fn prepare(
+        &self,
+        req: &PolicyRequest<'_>,
+        with_context: bool,
+    ) -> Result<(Request, Entities), String> {
         let principal = EntityUid::from_type_name_and_id(
             self.types.principal(req.principal_kind).clone(),
             EntityId::new(req.principal_id),
@@ -191,15 +233,19 @@ impl PolicyEngine {
         } else {
             Entities::from_entities(entities, None).map_err(|e| format!("entities: {e}"))?
         };
-        let context = context(
-            req.grant_type,
-            req.requested_ttl,
-            req.source,
-            req.now,
-            req.client_id,
-            req.actor,
-        )
-        .map_err(|e| format!("context: {e}"))?;
+        let context = if with_context {
+            context(
+                req.grant_type,
+                req.requested_ttl,
+                req.source,
+                req.now,
+                req.client_id,
+                req.actor,
+            )
+            .map_err(|e| format!("context: {e}"))?
+        } else {
+            Context::empty()
+        };
         let request = Request::new(principal, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
         Ok((request, entities))
@@ -246,7 +292,7 @@ impl PolicyEngine {
     }
 
     /// mayfly's rule on top of Cedar's: an evaluation error anywhere denies.
-    fn finish(&self, o: Outcome) -> PolicyDecision {
+    pub(crate) fn finish(&self, o: Outcome) -> PolicyDecision {
         if !o.errors.is_empty() {
             return PolicyDecision {
                 allow: false,
@@ -273,7 +319,7 @@ impl PolicyEngine {
 
     /// The same request over the whole set, unsliced (the reference the slicing is tested against).
     pub(crate) fn outcome_full(&self, req: &PolicyRequest<'_>) -> Outcome {
-        match self.prepare(req) {
+        match self.prepare(req, true) {
             Ok((r, e)) => self.evaluate(&r, &e, std::iter::once(&self.all)),
             Err(e) => Outcome {
                 allow: false,
@@ -292,8 +338,9 @@ impl PolicyEngine {
             req.action,
             req.audience,
         );
-        match self.prepare(req) {
-            Ok((r, e)) => self.evaluate(&r, &e, sets.into_iter().flatten()),
+        let with_context = sets.iter().flatten().any(|s| s.reads_context);
+        match self.prepare(req, with_context) {
+            Ok((r, e)) => self.evaluate(&r, &e, sets.into_iter().flatten().map(|s| &s.set)),
             Err(e) => Outcome {
                 allow: false,
                 reasons: Vec::new(),

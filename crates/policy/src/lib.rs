@@ -10,7 +10,9 @@
 //! `audiences`/`scopes` lists of configured clients (turned into generated "sugar" policies), is
 //! validated whole against the schema in strict mode, and is then immutable: a server reloads by
 //! building a new engine and swapping an `Arc`. Policies are sliced at load by action, audience
-//! and pinned principal, so a decision evaluates only the few policies that can apply.
+//! and pinned principal, so a decision evaluates only the few policies that can apply; when those
+//! are only a client's generated policies, the decision is a few hash lookups, without Cedar (the
+//! same result, tested against the whole set).
 //!
 //! What this crate does *not* do: it reads no configuration, opens no sockets, spawns no tasks
 //! and watches no files. [`PolicyEngine::load_dir`] reading a directory is its only I/O; reload
@@ -25,6 +27,7 @@ mod cases;
 mod dir;
 mod engine;
 mod error;
+mod fast;
 mod load;
 mod schema;
 mod slice;

@@ -12,6 +12,7 @@ use cedar_policy::{
 use crate::dir::SCHEMA_FILE;
 use crate::engine::{PolicyEngine, PolicyInfo};
 use crate::error::{PolicyError, ValidationProblem};
+use crate::fast::SugarIndex;
 use crate::schema::{self, Types};
 use crate::slice::{Index, Scoped};
 use crate::text::{cedar_string, diag_message, diag_position, line_col, parse_ttl};
@@ -23,6 +24,8 @@ struct Loaded {
     info: PolicyInfo,
     /// The whole text its source positions refer to (its file, or its own text).
     source: usize,
+    /// Generated from a client's `audiences`/`scopes`.
+    generated: bool,
 }
 
 /// Build an engine. `schema_text` is `None` for the built-in schema (sugar only).
@@ -83,6 +86,7 @@ pub(crate) fn build(
             policy,
             info,
             source: sources.len() - 1,
+            generated: true,
         });
     }
 
@@ -99,6 +103,12 @@ pub(crate) fn build(
         .map(|l| scope_of(&l.policy, &types, &action_ancestors))
         .collect();
     let index = Index::build(&scoped)?;
+    let sugar = SugarIndex::build(
+        loaded
+            .iter()
+            .map(|l| (&l.policy, l.info.id.as_str(), l.generated)),
+        &types,
+    );
 
     let fingerprint = fingerprint(&schema_src, files, &generated);
     let infos: Vec<PolicyInfo> = loaded.into_iter().map(|l| l.info).collect();
@@ -111,6 +121,7 @@ pub(crate) fn build(
         types,
         all,
         index,
+        sugar,
         infos,
         by_id,
         grouped_actions,
@@ -228,6 +239,7 @@ fn parse_file(name: &str, text: &str, source: usize) -> Result<Vec<Loaded>, Poli
                 text: ptext,
             },
             source,
+            generated: false,
         });
     }
     Ok(out)
@@ -415,7 +427,24 @@ fn scope_of(policy: &Policy, types: &Types, ancestors: &HashMap<String, Vec<Stri
         actions,
         audience,
         principal,
+        reads_context: reads_context(policy),
     }
+}
+
+/// Whether a policy names `context` anywhere (`{"Var": "context"}` in Cedar's JSON form); true
+/// when the JSON form is not available.
+fn reads_context(policy: &Policy) -> bool {
+    fn names_context(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.get("Var").and_then(|x| x.as_str()) == Some("context")
+                    || m.values().any(names_context)
+            }
+            serde_json::Value::Array(a) => a.iter().any(names_context),
+            _ => false,
+        }
+    }
+    policy.to_json().map_or(true, |j| names_context(&j))
 }
 
 fn fingerprint(

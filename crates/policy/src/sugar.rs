@@ -1,5 +1,6 @@
-//! Clients' `audiences`/`scopes` lists as generated Cedar policies, decided on the same path as
-//! every hand-written policy.
+//! Clients' `audiences`/`scopes` lists as generated Cedar policies, loaded, validated and sliced
+//! like every hand-written policy. When a request could match nothing else, `fast` decides them
+//! without Cedar, with the same result.
 
 use crate::error::PolicyError;
 use crate::text::cedar_string;

@@ -3,6 +3,7 @@
 
 mod cases;
 mod decide;
+mod fast;
 mod load;
 mod slicing;
 mod sugar;
@@ -87,6 +88,24 @@ pub(crate) fn req<'a>(
         now: 0,
         client_id: "",
         actor: "",
+    }
+}
+
+/// xorshift64*: deterministic, no dependency.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
     }
 }
 

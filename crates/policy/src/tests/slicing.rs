@@ -3,24 +3,6 @@
 use super::*;
 use crate::PrincipalKind::{Client, Workload};
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
-}
-
 const CLIENTS: &[&str] = &["web", "billing", "ops", "nobody"];
 const WORKLOADS: &[&str] = &[
     "spiffe://x/ns/a/sa/api",
@@ -127,9 +109,10 @@ fn sliced_and_unsliced_decide_alike_on_random_requests() {
             let sliced = e.outcome_sliced(&r);
             let full = e.outcome_full(&r);
             assert_eq!(sliced, full, "round {round}: {r:?}");
-            // And decide() (which skips evaluation when no slice applies) agrees.
+            // And decide() (which skips evaluation when no slice applies, and takes the sugar
+            // fast path when it can) decides alike, ids, max_ttl and errors included.
             let d = e.decide(&r);
-            assert_eq!(d.allow, full.allow && full.errors.is_empty());
+            assert_eq!(d, e.decide_unsliced(&r), "round {round}: {r:?}");
             if d.allow {
                 allowed += 1;
             }
@@ -139,4 +122,39 @@ fn sliced_and_unsliced_decide_alike_on_random_requests() {
             "round {round}: the random sets allow something ({allowed})"
         );
     }
+}
+
+#[test]
+fn slices_know_whether_their_policies_read_the_context() {
+    let e = engine(&[(
+        "p.cedar",
+        r#"
+        @id("plain") permit(principal is Client, action == Action::"read", resource == Audience::"https://a")
+        when { resource in [Audience::"https://a"] && principal != Client::"context" };
+        @id("attr") permit(principal, action == Action::"write", resource) when { context.requested_ttl < 60 };
+        @id("has") permit(principal, action == Action::"deploy", resource == Audience::"https://a")
+        unless { context has grant_type };
+        @id("nested") forbid(principal, action == Action::"deploy", resource == Audience::"https://b")
+        when { if true then { a: [context.now] }.a.contains(0) else false };
+        "#,
+    )]);
+    let reads =
+        |action: &str, audience: &str| e.index.shared(action, audience).map(|s| s.reads_context);
+    assert_eq!(reads("read", "https://a"), Some(false));
+    assert_eq!(reads("write", "https://a"), Some(true));
+    assert_eq!(reads("deploy", "https://a"), Some(true));
+    assert_eq!(reads("deploy", "https://b"), Some(true));
+    assert_eq!(reads("read", "https://b"), None);
+    // An empty context decides alike where nothing reads it.
+    for r in [
+        req(Client, "web", &[], "read", "https://a"),
+        req(Client, "web", &[], "write", "https://a"),
+        req(Client, "web", &[], "deploy", "https://a"),
+    ] {
+        assert_eq!(e.decide(&r), e.decide_unsliced(&r), "{r:?}");
+    }
+    assert!(
+        e.decide(&req(Client, "web", &[], "read", "https://a"))
+            .allow
+    );
 }
