@@ -44,7 +44,7 @@ action "token", "read", "write", "deploy" appliesTo {
 const POLICIES: &str = r#"
 @id("payments-read")
 permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
-when { (principal.issuer == "k8s-prod" || principal.issuer == "disco") && principal has namespace && principal.namespace == "payments" };
+when { (principal.issuer == "k8s-prod" || principal.issuer == "disco" || principal.issuer == "strict") && principal has namespace && principal.namespace == "payments" };
 
 @id("deploy-from-main")
 @max_ttl("10m")
@@ -202,6 +202,14 @@ preset = "kubernetes"
 discovery = true
 audiences = ["mayfly"]
 algorithms = ["ES256"]
+[[issuers]]
+name = "strict"
+issuer = "https://strict.example"
+preset = "kubernetes"
+jwks_uri = "{base}/k8s/jwks"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+client_auth = "required"
 [[issuers]]
 name = "redirected"
 issuer = "https://redirected.example"
@@ -838,4 +846,36 @@ async fn keys_by_discovery_and_never_across_hosts() {
     c["iss"] = json!("https://redirected.example");
     let got = f.exchange(&f.k8s.sign_jwt(None, &c).unwrap(), &ask).await;
     assert_error(&got, 503, "temporarily_unavailable");
+}
+
+#[tokio::test]
+async fn an_issuer_can_require_client_authentication() {
+    let f = Fed::start().await;
+    let ask = [("audience", API), ("scope", "read")];
+    let mut c = f.k8s_claims("payments", "api");
+    c["iss"] = json!("https://strict.example");
+    let sa = f.k8s.sign_jwt(None, &c).unwrap();
+    // The subject token alone is not enough for this issuer.
+    assert_error(&f.exchange(&sa, &ask).await, 401, "invalid_client");
+    assert_eq!(
+        f.audit(1).await.pop().unwrap()["reason"],
+        "client_auth_required"
+    );
+    // With a registered client's assertion it is.
+    let a = f.gateway_assertion();
+    let (s, body) = f
+        .exchange(
+            &sa,
+            &[
+                ("audience", API),
+                ("scope", "read"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let t = peek(body["access_token"].as_str().unwrap());
+    assert_eq!(t["client_id"], "gateway");
+    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
 }

@@ -128,10 +128,8 @@ impl AuditLog {
     /// seconds) a consumed assertion jti must be remembered: the longest assertion lifetime plus
     /// twice the clock skew. Tools that consume no jtis pass 0.
     ///
-    /// The committer runs on a thread of its own, with its own connection: its round trips to
-    /// the database must not wait in the request handlers' run queue (on a saturated core, each
-    /// wake-up otherwise waits for every ready request to be polled: tens of milliseconds per
-    /// batch against PostgreSQL).
+    /// The committer keeps a connection of its own, so it never waits behind request handlers
+    /// for one from the shared pool.
     pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink, replay_window: i64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let run = move || async move {
@@ -144,20 +142,7 @@ impl AuditLog {
             };
             committer(own, kek, sink, rx, replay_window).await;
         };
-        let spawned = std::thread::Builder::new()
-            .name("mayfly-audit".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(run()),
-                    Err(e) => tracing::error!(error = %e, "cannot start the audit committer"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the audit committer thread");
-        }
+        tokio::spawn(run());
         Self { tx }
     }
 
