@@ -366,6 +366,53 @@ async fn three_replicas_share_one_postgresql() {
     assert_error(&c.token_at(2, &a).await, 401, "invalid_client");
     assert_error(&c.token_at(1, &a).await, 401, "invalid_client");
 
+    // A client registered at run time, through the shared database, is known to every replica
+    // at once (a replica reloads the registry on an unknown client id, at most once a second).
+    let late = SigningKey::generate(KeyAlg::EdDSA, Some("late-key")).unwrap();
+    let late_jwks = c.root.path().join("late.jwks.json");
+    std::fs::write(&late_jwks, json!({"keys": [late.public_jwk()]}).to_string()).unwrap();
+    let (code, out, err) = run_cli(
+        c.replicas[0]._dir.path(),
+        &[
+            "client",
+            "add",
+            "--config",
+            "mayfly.toml",
+            "--id",
+            "late",
+            "--jwks-file",
+            late_jwks.to_str().unwrap(),
+            "--audience",
+            AUD,
+            "--scope",
+            "read",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for r in 0..3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let n = now();
+            let a = late
+                .sign_jwt(None, &json!({"iss": "late", "sub": "late", "aud": ISSUER, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}))
+                .unwrap();
+            let (s, body) = c.token_at(r, &a).await;
+            if s == 200 {
+                assert_eq!(
+                    peek(body["access_token"].as_str().unwrap())["client_id"],
+                    "late"
+                );
+                break;
+            }
+            assert_error(&(s, body), 401, "invalid_client");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {r} never learned the new client"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+
     // Rotation: one CLI run against the database; every replica signs with the new key within
     // seconds (each picks it up on its next tick).
     // The published next key becomes the signing key.

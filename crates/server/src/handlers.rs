@@ -95,12 +95,18 @@ pub(crate) async fn authenticate(
         .map(|s| s.chars().take(MAX_CLAIMED_ID).collect());
     let claimed = claimed_client_id(assertion)?;
     caller.claimed = Some(claimed.clone());
+    let known = app.0.clients.get(&claimed).is_some();
     let client = app
         .0
         .clients
         .get_or_reload(&claimed, &app.0.store, now)
         .await
         .ok_or(Denial::UnknownClient)?;
+    if !known {
+        // Just registered at run time (perhaps through another replica): its lists become
+        // policies now, not at the next tick.
+        app.reload_policy_if_changed();
+    }
     let client_id = form.get("client_id");
     match authenticate_assertion(&app.0.settings, &client, assertion, client_id, now) {
         // A jwks_uri client may have rotated: refetch (at most every 30 s) and try once more.

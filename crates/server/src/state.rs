@@ -198,6 +198,11 @@ impl App {
         self.0.policies.reload(self.client_grants(), true)
     }
 
+    /// Rebuild the policy set if the clients or the directory changed.
+    pub(crate) fn reload_policy_if_changed(&self) -> bool {
+        self.0.policies.reload(self.client_grants(), false)
+    }
+
     fn client_grants(&self) -> Vec<mayfly_policy::ClientGrant> {
         crate::policy::grants(self.0.clients.all().iter().map(|c| c.as_ref()))
     }

@@ -132,9 +132,20 @@ impl IdentityTemplate {
             parts,
             text: text.to_string(),
         };
-        // The literal skeleton must itself be a SPIFFE ID once placeholders hold a plain value.
+        // The literal skeleton must itself be a SPIFFE ID once placeholders hold a plain value
+        // (a whole-ID template's placeholder holds a whole SPIFFE ID).
+        let whole = matches!(t.parts.as_slice(), [Part::Claim(_)]);
         let probe = t
-            .render_with(|_| Ok("x".to_string()), "example.org")
+            .render_with(
+                |_| {
+                    Ok(if whole {
+                        "spiffe://example.org/x".to_string()
+                    } else {
+                        "x".to_string()
+                    })
+                },
+                "example.org",
+            )
             .map_err(|e| IdentityError::BadTemplate(format!("`{text}`: {e}")))?;
         validate_spiffe_id(&probe)
             .map_err(|e| IdentityError::BadTemplate(format!("`{text}`: {e}")))?;
@@ -277,6 +288,19 @@ mod tests {
             t.render(&json!({"sub": "not-an-id"}), "x").unwrap_err(),
             IdentityError::InvalidClaim("/sub".into())
         );
+    }
+
+    #[test]
+    fn every_preset_template_parses() {
+        for name in [
+            "kubernetes",
+            "github-actions",
+            "gitlab-ci",
+            "spiffe-jwt-svid",
+        ] {
+            let p = crate::federation::preset(name).unwrap();
+            assert!(IdentityTemplate::parse(p.identity).is_ok(), "{name}");
+        }
     }
 
     #[test]
