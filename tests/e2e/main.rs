@@ -12,6 +12,7 @@ mod interop_node;
 mod issuance;
 mod jwks_uri;
 mod no_secrets;
+mod pg;
 mod policy_cli;
 mod rejections;
 mod replicas;

@@ -10,28 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use mayfly_crypto::{KeyAlg, SigningKey};
 use serde_json::{Value, json};
-use sqlx::Executor;
 
 use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, now, peek, serde_urlencoded};
+use crate::pg::{Db, free_port, pg_parts};
 use crate::support::{ServerProcess, run_cli};
 
-/// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
-/// machine (127.0.0.1:5432, user postgres, trust auth).
-fn pg_admin() -> String {
-    std::env::var("TEST_PG_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// (user@, host:port) of the admin URL.
-fn pg_parts() -> (String, String) {
-    let admin = pg_admin();
-    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
-    let rest = rest.split('/').next().unwrap_or(rest);
-    match rest.rsplit_once('@') {
-        Some((user, hp)) => (format!("{user}@"), hp.to_string()),
-        None => (String::new(), rest.to_string()),
-    }
-}
 /// The issuer every replica shares (they stand behind one name, as behind a load balancer).
 const ISSUER: &str = "http://127.0.0.1:9";
 
@@ -84,63 +67,6 @@ impl Relay {
     }
 }
 
-struct Db {
-    name: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        let name = format!(
-            "mayfly_rep_{}",
-            mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
-        );
-        let admin = sqlx::PgPool::connect(&pg_admin()).await.expect(
-            "PostgreSQL must answer at TEST_PG_ADMIN_URL or 127.0.0.1:5432 (user postgres, trust auth)",
-        );
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .unwrap();
-        admin.close().await;
-        Db { name }
-    }
-
-    fn direct_url(&self) -> String {
-        let (user, hp) = pg_parts();
-        format!("postgres://{user}{hp}/{}", self.name)
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&pg_admin()).await {
-                    let _ = pool
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_replica_config(dir: &Path, port: u16, db_url: &str) -> std::path::PathBuf {
     let path = dir.join("mayfly.toml");
     std::fs::write(
@@ -185,7 +111,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
-        let db = Db::create().await;
+        let db = Db::create("mayfly_rep").await;
         let relay = Relay::start().await;
         let root = tempfile::tempdir().unwrap();
         let key = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
@@ -279,7 +205,7 @@ impl Cluster {
 
     /// The jtis of issued tokens the shared database holds audit events for.
     async fn audited_jtis(&self) -> HashSet<String> {
-        let pool = sqlx::PgPool::connect(&self.db.direct_url()).await.unwrap();
+        let pool = sqlx::PgPool::connect(&self.db.url()).await.unwrap();
         let rows: Vec<(Option<String>,)> =
             sqlx::query_as("SELECT jti FROM audit_events WHERE kind = 'issue'")
                 .fetch_all(&pool)

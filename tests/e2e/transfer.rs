@@ -8,80 +8,14 @@ use std::path::{Path, PathBuf};
 
 use mayfly_crypto::{SigningKey, VerifyingKeys};
 use serde_json::{Value, json};
-use sqlx::Executor;
 
 use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, now, serde_urlencoded};
+use crate::pg::{Db, free_port};
 use crate::support::{ServerProcess, keygen, run_cli};
 
 /// The issuer both servers stand behind (it must not change with the move: it is in every
 /// token and every client assertion's audience).
 const ISSUER: &str = "http://127.0.0.1:9";
-
-/// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
-/// machine (127.0.0.1:5432, user postgres, trust auth).
-fn pg_admin() -> String {
-    std::env::var("TEST_PG_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// A fresh database, dropped with the value.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    async fn create() -> Db {
-        let name = format!(
-            "mayfly_move_{}",
-            mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
-        );
-        let admin = sqlx::PgPool::connect(&pg_admin()).await.expect(
-            "PostgreSQL must answer at TEST_PG_ADMIN_URL or 127.0.0.1:5432 (user postgres, trust auth)",
-        );
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .unwrap();
-        admin.close().await;
-        Db { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = pg_admin();
-        let base = admin.rsplit_once('/').unwrap().0;
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&pg_admin()).await {
-                    let _ = pool
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A config in `dir` on `port`, with the shared issuer, the client `svc`, and `database` when
 /// given (else SQLite in `dir/data`).
@@ -251,7 +185,7 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
             "the export holds the audit log: owner only"
         );
     }
-    let db = Db::create().await;
+    let db = Db::create("mayfly_move").await;
     let pg_port = free_port();
     let pg = config(&r.join("postgres"), pg_port, Some(&db.url()));
     let pg = pg.to_str().unwrap();

@@ -520,34 +520,10 @@ impl RawIssuer {
                 IssuerKeys::Discovery(base_url)
             }
             (None, false, Some(file), None) => {
-                let path = resolve(base, &file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks_file"),
-                        format!("cannot read `{}`: {e}", path.display()),
-                        "correct the path (relative paths start at the config file's folder)",
-                    )
-                })?;
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks_file"),
-                        format!("`{}` is not JSON: {e}", path.display()),
-                        "the file must hold a JWK Set: {\"keys\": [...]}",
-                    )
-                })?;
-                IssuerKeys::Static(v)
+                IssuerKeys::Static(jwks_file(src, &key("jwks_file"), base, &file)?)
             }
             (None, false, None, Some(inline)) => {
-                IssuerKeys::Static(serde_json::to_value(inline).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks"),
-                        format!("cannot be read as JSON: {e}"),
-                        "write jwks = { keys = [ ... ] }",
-                    )
-                })?)
+                IssuerKeys::Static(jwks_inline(src, &key("jwks"), inline)?)
             }
             _ => {
                 return Err(ConfigError::new(
@@ -650,6 +626,48 @@ impl RawIssuer {
     }
 }
 
+/// A JWK Set read from a file (relative paths start at the config file's folder).
+fn jwks_file(
+    src: &str,
+    key: &str,
+    base: &Path,
+    file: &str,
+) -> Result<serde_json::Value, ConfigError> {
+    let path = resolve(base, file);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ConfigError::new(
+            src,
+            key,
+            format!("cannot read `{}`: {e}", path.display()),
+            "create it with `mayfly keygen` or correct the path (relative paths start at the config file's folder)",
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        ConfigError::new(
+            src,
+            key,
+            format!("`{}` is not JSON: {e}", path.display()),
+            "the file must hold a JWK Set: {\"keys\": [...]}",
+        )
+    })
+}
+
+/// A JWK Set written inline in TOML.
+fn jwks_inline(
+    src: &str,
+    key: &str,
+    inline: toml::Value,
+) -> Result<serde_json::Value, ConfigError> {
+    serde_json::to_value(inline).map_err(|e| {
+        ConfigError::new(
+            src,
+            key,
+            format!("cannot be read as JSON: {e}"),
+            "write jwks = { keys = [ { kty = \"EC\", ... } ] }",
+        )
+    })
+}
+
 /// A URL mayfly fetches keys from: https, or http on loopback only.
 fn fetch_url(src: &str, key: &str, text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| {
@@ -688,49 +706,13 @@ impl RawClient {
         }
         let jwks = match (self.jwks_file, self.jwks, self.jwks_uri) {
             (Some(file), None, None) => {
-                let path = resolve(base, &file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(src, key("jwks_file"), format!("cannot read `{}`: {e}", path.display()), "create it with `mayfly keygen` or correct the path (relative paths start at the config file's folder)")
-                })?;
-                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks_file"),
-                        format!("`{}` is not JSON: {e}", path.display()),
-                        "the file must hold a JWK Set: {\"keys\": [...]}",
-                    )
-                })?;
-                JwksSource::Static(value)
+                JwksSource::Static(jwks_file(src, &key("jwks_file"), base, &file)?)
             }
             (None, Some(inline), None) => {
-                let value = serde_json::to_value(inline).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks"),
-                        format!("cannot be read as JSON: {e}"),
-                        "write jwks = { keys = [ { kty = \"EC\", ... } ] }",
-                    )
-                })?;
-                JwksSource::Static(value)
+                JwksSource::Static(jwks_inline(src, &key("jwks"), inline)?)
             }
             (None, None, Some(uri)) => {
-                let url = url::Url::parse(&uri).map_err(|e| {
-                    ConfigError::new(
-                        src,
-                        key("jwks_uri"),
-                        format!("`{uri}` is not a URL ({e})"),
-                        "write an https URL",
-                    )
-                })?;
-                let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-                    return Err(ConfigError::new(
-                        src,
-                        key("jwks_uri"),
-                        "keys fetched over plain http can be swapped in transit",
-                        "use an https URL",
-                    ));
-                }
+                let url = fetch_url(src, &key("jwks_uri"), &uri)?;
                 JwksSource::Uri(url)
             }
             _ => {
