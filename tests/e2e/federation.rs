@@ -879,3 +879,93 @@ async fn an_issuer_can_require_client_authentication() {
     assert_eq!(t["client_id"], "gateway");
     assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
 }
+
+/// The real binary rebuilds its policy set on SIGHUP: a forbid removed from the directory stops
+/// applying within moments of the signal (the periodic check runs only every 10 s here).
+#[tokio::test]
+async fn sighup_reloads_the_policy_set_of_the_running_binary() {
+    use crate::fixture::now as wall;
+    use crate::support::{ServerProcess, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
+    std::fs::write(
+        dir.path().join("svc.jwks.json"),
+        json!({"keys": [key.public_jwk()]}).to_string(),
+    )
+    .unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(
+        policies.join("freeze.cedar"),
+        "@id(\"freeze-reads\")\nforbid(principal == Client::\"svc\", action == Action::\"read\", resource);\n",
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[policy]\ndir = \"{}\"\n[[clients]]\nid = \"svc\"\njwks_file = \"svc.jwks.json\"\naudiences = [\"{API}\"]\nscopes = [\"read\"]\n",
+            policies.display()
+        ),
+    );
+    let (server, dir) = tokio::task::spawn_blocking(move || {
+        let s = ServerProcess::start(dir.path(), &config, &[]);
+        (s, dir)
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let ask = || {
+        let n = wall();
+        let a = key
+            .sign_jwt(None, &json!({"iss": "svc", "sub": "svc", "aud": server.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}))
+            .unwrap();
+        let body = serde_urlencoded(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &a),
+            ("scope", "read"),
+        ]);
+        let (http, url) = (http.clone(), format!("{}/oauth2/token", server.issuer));
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_error(&ask().await, 400, "invalid_scope");
+    std::fs::remove_file(policies.join("freeze.cedar")).unwrap();
+    let pid = server.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (s, body) = ask().await;
+        if s == 200 {
+            break;
+        }
+        assert_error(&(s, body), 400, "invalid_scope");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload the policy set"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("policy set reloaded")
+    );
+    drop(dir);
+}
