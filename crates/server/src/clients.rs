@@ -222,14 +222,15 @@ impl Registry {
     }
 
     /// On a miss, reload at most once per second so unknown ids cannot hammer the database.
+    /// Returns the client and whether this call loaded it (it was not known before).
     pub(crate) async fn get_or_reload(
         &self,
         id: &str,
         store: &Store,
         now: i64,
-    ) -> Option<Arc<Client>> {
+    ) -> Option<(Arc<Client>, bool)> {
         if let Some(c) = self.get(id) {
-            return Some(c);
+            return Some((c, false));
         }
         let due = match self.last_miss_reload.lock() {
             Ok(mut last) if *last < now => {
@@ -242,7 +243,7 @@ impl Registry {
             if let Err(e) = self.reload(store).await {
                 tracing::warn!(error = %e, "cannot reload clients");
             }
-            return self.get(id);
+            return self.get(id).map(|c| (c, true));
         }
         None
     }

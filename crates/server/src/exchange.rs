@@ -178,7 +178,7 @@ async fn finish(
         None => prior_act.cloned(),
     };
     let client_id_auth = auth.as_ref().map(|a| a.client_id.clone());
-    let src = addr.ip().to_string();
+    let src = source(addr);
     let (grant, mut e, consume) = match &subject {
         Verified::Federated {
             id,
@@ -202,7 +202,7 @@ async fn finish(
                 ttl_cap: *ttl_cap,
                 subject_exp: Some(id.exp),
                 act,
-                source: &src,
+                source: src.as_deref().unwrap_or(""),
                 now,
             };
             let grant = decide(
@@ -246,7 +246,7 @@ async fn finish(
                 ttl_cap: app.0.settings.max_ttl,
                 subject_exp: Some(orig.exp),
                 act,
-                source: &src,
+                source: src.as_deref().unwrap_or(""),
                 now,
             };
             let grant = decide(
@@ -265,7 +265,7 @@ async fn finish(
     };
     e.client = client_id_auth;
     e.actor = caller.actor.clone();
-    e.source = source(addr);
+    e.source = src;
     issue(app, grant, grant_type, e, auth, consume, now).await
 }
 

@@ -95,14 +95,13 @@ pub(crate) async fn authenticate(
         .map(|s| s.chars().take(MAX_CLAIMED_ID).collect());
     let claimed = claimed_client_id(assertion)?;
     caller.claimed = Some(claimed.clone());
-    let known = app.0.clients.get(&claimed).is_some();
-    let client = app
+    let (client, loaded_now) = app
         .0
         .clients
         .get_or_reload(&claimed, &app.0.store, now)
         .await
         .ok_or(Denial::UnknownClient)?;
-    if !known {
+    if loaded_now {
         // Just registered at run time (perhaps through another replica): its lists become
         // policies now, not at the next tick.
         app.reload_policy_if_changed();
@@ -296,6 +295,7 @@ async fn client_credentials(
 ) -> Result<TokenResponse, Denial> {
     let (client, auth) = authenticate(app, headers, form, now, caller).await?;
     let params = token_params(form)?;
+    let src = source(addr);
     let input = DecideInput {
         principal: Principal {
             kind: PrincipalKind::Client,
@@ -309,7 +309,7 @@ async fn client_credentials(
         ttl_cap: client.max_ttl,
         subject_exp: None,
         act: None,
-        source: &addr.ip().to_string(),
+        source: src.as_deref().unwrap_or(""),
         now,
     };
     let grant = decide(
@@ -321,7 +321,7 @@ async fn client_credentials(
     )?;
     let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
     e.client = Some(grant.client_id.clone());
-    e.source = source(addr);
+    e.source = src;
     issue(
         app,
         grant,
@@ -371,19 +371,7 @@ pub(crate) async fn token(
             GRANT_JWT_BEARER => {
                 crate::exchange::jwt_bearer(&app, &parts.headers, &form, now, &addr, &mut caller)
                     .await
-                    .map_err(|d| match d {
-                        d @ (Denial::InvalidSubjectToken(_)
-                        | Denial::UntrustedIssuer
-                        | Denial::SubjectWrongAudience
-                        | Denial::SubjectExpired
-                        | Denial::SubjectTooOld(_)
-                        | Denial::SubjectAlgorithmNotAllowed(_)
-                        | Denial::SubjectUnknownKey
-                        | Denial::SubjectReplayed
-                        | Denial::IdentityMapping(_)
-                        | Denial::LifetimeBeyondSubject(_)) => Denial::InvalidGrant(Box::new(d)),
-                        d => d,
-                    })
+                    .map_err(Denial::for_assertion_grant)
             }
             other => Err(Denial::UnsupportedGrantType(
                 other.chars().take(64).collect(),

@@ -187,7 +187,7 @@ impl App {
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients.refresh_all_uris(now).await;
         // A changed policy directory or client list compiles into a new set (or is refused).
-        i.policies.reload(self.client_grants(), false);
+        self.reload_policy_if_changed();
         i.store.purge_expired(now - i.settings.clock_skew).await?;
         Ok(())
     }

@@ -159,6 +159,25 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// The same refusal for the JWT bearer grant (RFC 7523 §3.1), where a problem with the
+    /// `assertion` (what token exchange calls the subject token) is `invalid_grant`.
+    pub fn for_assertion_grant(self) -> Self {
+        use Denial::*;
+        match self {
+            d @ (InvalidSubjectToken(_)
+            | UntrustedIssuer
+            | SubjectWrongAudience
+            | SubjectExpired
+            | SubjectTooOld(_)
+            | SubjectAlgorithmNotAllowed(_)
+            | SubjectUnknownKey
+            | SubjectReplayed
+            | IdentityMapping(_)
+            | LifetimeBeyondSubject(_)) => InvalidGrant(Box::new(d)),
+            d => d,
+        }
+    }
+
     /// The RFC error code.
     pub fn code(&self) -> ErrorCode {
         use Denial::*;
