@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The token path allocates many small short-lived buffers (JSON, base64, headers); mimalloc's
+// thread-local free lists measured faster than glibc malloc there (docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// mayfly: workloads prove what they are and get short-lived, audience-scoped tokens.
 #[derive(Parser)]
 #[command(name = "mayfly", version, about, propagate_version = true)]
