@@ -9,6 +9,7 @@ pub mod cache;
 mod error;
 mod form;
 mod metadata;
+pub mod spiffe;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use form::{Form, FormError};

@@ -1,0 +1,2 @@
+//! mayfly agent (skeleton; filled in by issue 5).
+#![forbid(unsafe_code)]

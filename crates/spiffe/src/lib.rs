@@ -1,0 +1,2 @@
+//! SPIFFE for mayfly (skeleton; filled in by issue 5).
+#![forbid(unsafe_code)]
