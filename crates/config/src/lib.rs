@@ -90,6 +90,25 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
 }
 
+/// `[spiffe]`: the X.509 CA, SVID lifetimes and the agent API.
+#[derive(Debug, Clone)]
+pub struct SpiffeConfig {
+    /// Where the agent API listens (mutual TLS); `None`: agents cannot attest.
+    pub agent_listen: Option<SocketAddr>,
+    /// Default X.509-SVID lifetime (an entry may set its own, up to `max_x509_svid_ttl`).
+    pub x509_svid_ttl: Duration,
+    /// Longest X.509-SVID lifetime.
+    pub max_x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// How long one CA (and one JWT-SVID key) signs before the next takes over.
+    pub ca_rotation: Duration,
+    /// Upstream CA certificate and key (PEM files): the CA becomes an intermediate under it.
+    pub upstream_ca: Option<(PathBuf, PathBuf)>,
+    /// DNS names in the server's own X.509-SVID (for agents that dial a name).
+    pub server_dns_names: Vec<String>,
+}
+
 /// Where a client's public keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksSource {
@@ -192,6 +211,8 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// Trusted issuers of subject tokens.
     pub issuers: Vec<IssuerConfig>,
+    /// SPIFFE issuing.
+    pub spiffe: SpiffeConfig,
 }
 
 impl Config {

@@ -32,6 +32,99 @@ pub(crate) struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    spiffe: RawSpiffe,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpiffe {
+    agent_listen: Option<String>,
+    x509_svid_ttl: Option<String>,
+    max_x509_svid_ttl: Option<String>,
+    jwt_svid_ttl: Option<String>,
+    ca_rotation: Option<String>,
+    upstream_ca_cert: Option<String>,
+    upstream_ca_key: Option<String>,
+    #[serde(default)]
+    server_dns_names: Vec<String>,
+}
+
+impl RawSpiffe {
+    fn validate(self, src: &str, base: &Path) -> Result<crate::SpiffeConfig, ConfigError> {
+        let agent_listen = match &self.agent_listen {
+            None => None,
+            Some(t) => Some(t.parse().map_err(|_| {
+                ConfigError::new(
+                    src,
+                    "spiffe.agent_listen",
+                    format!("`{t}` is not an address"),
+                    "write IP:PORT, e.g. \"127.0.0.1:8443\" (port 0 picks a free port)",
+                )
+            })?),
+        };
+        let x509 = duration(src, "spiffe.x509_svid_ttl", self.x509_svid_ttl.as_ref(), "1h")?;
+        let max_x509 = duration(
+            src,
+            "spiffe.max_x509_svid_ttl",
+            self.max_x509_svid_ttl.as_ref(),
+            "24h",
+        )?;
+        let jwt = duration(src, "spiffe.jwt_svid_ttl", self.jwt_svid_ttl.as_ref(), "5m")?;
+        let rotation = duration(src, "spiffe.ca_rotation", self.ca_rotation.as_ref(), "24h")?;
+        for (key, d) in [
+            ("spiffe.x509_svid_ttl", x509),
+            ("spiffe.jwt_svid_ttl", jwt),
+            ("spiffe.ca_rotation", rotation),
+        ] {
+            if d < Duration::from_secs(10) {
+                return Err(ConfigError::new(
+                    src,
+                    key,
+                    "is shorter than 10 seconds",
+                    "use a lifetime of at least 10s",
+                ));
+            }
+        }
+        if x509 > max_x509 {
+            return Err(ConfigError::new(
+                src,
+                "spiffe.x509_svid_ttl",
+                "is above spiffe.max_x509_svid_ttl",
+                "shorten it or raise max_x509_svid_ttl",
+            ));
+        }
+        if rotation < max_x509 {
+            // A CA must outlive every SVID it signs while it is still the signing CA.
+            return Err(ConfigError::new(
+                src,
+                "spiffe.ca_rotation",
+                "is shorter than spiffe.max_x509_svid_ttl",
+                "make ca_rotation at least as long as the longest X.509-SVID lifetime",
+            ));
+        }
+        let upstream_ca = match (self.upstream_ca_cert, self.upstream_ca_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((resolve(base, &c), resolve(base, &k))),
+            _ => {
+                return Err(ConfigError::new(
+                    src,
+                    "spiffe.upstream_ca_cert",
+                    "upstream_ca_cert and upstream_ca_key go together",
+                    "give both PEM files, or neither for a self-signed CA",
+                ));
+            }
+        };
+        Ok(crate::SpiffeConfig {
+            agent_listen,
+            x509_svid_ttl: x509,
+            max_x509_svid_ttl: max_x509,
+            jwt_svid_ttl: jwt,
+            ca_rotation: rotation,
+            upstream_ca,
+            server_dns_names: self.server_dns_names,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -360,6 +453,7 @@ impl RawConfig {
             ));
         }
         let policy_dir = self.policy.dir.as_deref().map(|d| resolve(base, d));
+        let spiffe = self.spiffe.validate(src, base)?;
         let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(self.issuers.len());
         for (i, raw) in self.issuers.into_iter().enumerate() {
             let iss = raw.validate(src, base, i)?;
@@ -391,6 +485,7 @@ impl RawConfig {
         }
 
         Ok(Config {
+            spiffe,
             trust_domain,
             policy_dir,
             issuers,

@@ -199,6 +199,7 @@ pub(crate) async fn commit_event(
         consume_jti: auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew)),
         consume_subject: subject,
         revoke,
+        link_svid: None,
     };
     match app.0.audit.commit(pending).await {
         Ok(CommitOutcome::Committed(_)) => Ok(()),

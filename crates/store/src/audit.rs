@@ -55,6 +55,10 @@ pub struct Pending {
     pub consume_subject: Option<(String, String, i64)>,
     /// Revoke a token: (jti, client_id, its exp).
     pub revoke: Option<(String, String, i64)>,
+    /// The issued token (the event's `jti`) was minted from this JWT-SVID `jti`: remember the
+    /// link so that revoking the JWT-SVID (its workload exited) revokes the token. If the
+    /// JWT-SVID is already revoked when this commits, the token is revoked at once.
+    pub link_svid: Option<String>,
 }
 
 impl Pending {
@@ -65,6 +69,7 @@ impl Pending {
             consume_jti: None,
             consume_subject: None,
             revoke: None,
+            link_svid: None,
         }
     }
 
@@ -417,6 +422,33 @@ fn values_sql(backend: Backend, prefix: &str, cols: usize, rows: usize, suffix: 
 
 /// Consume the batch's single-use keys in the shared table; returns, per item, which of its keys
 /// was already used (earlier, or by an earlier item of this same batch), if any.
+/// Record that `token` came from the JWT-SVID `svid`; revoke it at once if that JWT-SVID is
+/// already revoked. Revocation ([`Store::revoke_svids`]) takes the audit head lock first, so
+/// the two never interleave: either the link is seen by the revocation or the revocation by it.
+async fn link_svid_token(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    svid: &str,
+    token: &str,
+    client: &str,
+    exp: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO svid_tokens (svid_jti, token_jti, client_id, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        .bind(svid).bind(token).bind(client).bind(exp)
+        .execute(&mut **tx).await.map_err(db("link token to JWT-SVID"))?;
+    let revoked = sqlx::query("SELECT 1 FROM revoked_svids WHERE jti = $1")
+        .bind(svid)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("JWT-SVID revocation lookup"))?;
+    if revoked.is_some() {
+        sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(token).bind(client).bind(now).bind(exp)
+            .execute(&mut **tx).await.map_err(db("revoke token"))?;
+    }
+    Ok(())
+}
+
 async fn consume_jtis(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     items: &[Pending],
@@ -560,10 +592,15 @@ async fn append_batch(
             );
             e.jti = None;
             e.exp = None;
-        } else if let Some((jti, client, exp)) = &p.revoke {
-            sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
-                .execute(&mut *tx).await.map_err(db("revoke token"))?;
+        } else {
+            if let Some((jti, client, exp)) = &p.revoke {
+                sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
+                    .execute(&mut *tx).await.map_err(db("revoke token"))?;
+            }
+            if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp) {
+                link_svid_token(&mut tx, svid, token, p.event.client.as_deref().unwrap_or("-"), exp, p.event.ts).await?;
+            }
         }
         seq += 1;
         let body =

@@ -8,6 +8,7 @@
 mod audit;
 mod clients;
 mod keys;
+mod spiffe;
 mod transfer;
 
 pub use audit::{
@@ -15,6 +16,7 @@ pub use audit::{
 };
 pub use clients::StoredClient;
 pub use keys::StoredKey;
+pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
 pub use transfer::{
     AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
     TableCounts, TransferError,
@@ -114,6 +116,7 @@ fn migrator(backend: Backend) -> Migrator {
                 include_str!("../migrations/0002_postgres_noop.sql"),
             ),
         },
+        m(3, "spiffe", include_str!("../migrations/0003_spiffe.sql")),
     ])
 }
 

@@ -113,6 +113,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
                 consume_jti: Some(("svc".into(), format!("a{}", i % 25), 2_000)),
                 consume_subject: None,
                 revoke: None,
+                link_svid: None,
             };
             log.commit(p).await.unwrap()
         }));
@@ -143,6 +144,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_jti: None,
         consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
+        link_svid: None,
     })
     .await
     .unwrap();
@@ -159,6 +161,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_jti: client_jti.map(|j| ("svc".to_string(), j.to_string(), 2_000)),
         consume_subject: Some((iss.into(), jti.into(), 2_000)),
         revoke: None,
+        link_svid: None,
     };
     assert!(matches!(
         log.commit(subject("k8s", "s1", None)).await.unwrap(),
@@ -208,6 +211,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_jti: Some(("svc".into(), assertion.into(), keep)),
             consume_subject: None,
             revoke: None,
+            link_svid: None,
         }
     };
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
@@ -260,6 +264,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_jti: None,
             consume_subject: Some(("k8s".into(), jti.into(), now + window)),
             revoke: None,
+            link_svid: None,
         }
     };
     let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);

@@ -143,6 +143,7 @@ async fn populate(s: &Store) {
             consume_jti: Some(("svc".into(), format!("a{i}"), 2_000)),
             consume_subject: None,
             revoke: None,
+            link_svid: None,
         };
         assert!(matches!(
             log.commit(p).await.unwrap(),
@@ -156,6 +157,7 @@ async fn populate(s: &Store) {
         consume_jti: None,
         consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
+        link_svid: None,
     })
     .await
     .unwrap();
@@ -164,6 +166,7 @@ async fn populate(s: &Store) {
         consume_jti: None,
         consume_subject: Some(("k8s".into(), "s1".into(), 2_000)),
         revoke: None,
+        link_svid: None,
     })
     .await
     .unwrap();
@@ -452,6 +455,7 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
         consume_jti: assertion.map(|a| ("svc".to_string(), a.to_string(), ts + 600)),
         consume_subject: subject.map(|s| ("k8s".to_string(), s.to_string(), ts + 600)),
         revoke: None,
+        link_svid: None,
     };
     for p in [
         recent(Some("a-old"), None, now - 10_000),
