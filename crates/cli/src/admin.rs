@@ -16,19 +16,19 @@ fn now() -> i64 {
 }
 
 /// What every store command opens: the config and the store it names.
-struct Ctx {
-    cfg: mayfly_config::Config,
-    store: mayfly_store::Store,
+pub(crate) struct Ctx {
+    pub cfg: mayfly_config::Config,
+    pub store: mayfly_store::Store,
 }
 
 impl Ctx {
-    async fn open(config: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub(crate) async fn open(config: Option<PathBuf>) -> anyhow::Result<Self> {
         let cfg = load_config(config.as_deref())?;
         let store = open_store(&cfg).await?;
         Ok(Self { cfg, store })
     }
 
-    fn kek(&self, create: bool) -> anyhow::Result<Arc<mayfly_crypto::Kek>> {
+    pub(crate) fn kek(&self, create: bool) -> anyhow::Result<Arc<mayfly_crypto::Kek>> {
         Ok(Arc::new(crate::keyfile::master_key(
             &self.cfg.data_dir,
             create,
@@ -36,7 +36,7 @@ impl Ctx {
     }
 
     /// Append events to the audit chain (the JSON-lines copy is the server's job).
-    async fn record(
+    pub(crate) async fn record(
         &self,
         kek: Arc<mayfly_crypto::Kek>,
         events: Vec<AuditEvent>,

@@ -5,6 +5,7 @@ mod admin;
 mod keyfile;
 mod policy_cmd;
 mod server;
+mod spiffe_cmd;
 mod token;
 mod transfer;
 
@@ -85,6 +86,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: policy_cmd::PolicyCmd,
     },
+    /// SPIFFE registration entries: which local processes get which SPIFFE ID.
+    Entry {
+        /// TOML config file of the server.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: spiffe_cmd::EntryCmd,
+    },
+    /// Run the SPIFFE agent (Workload API on a unix socket), or `mayfly agent token create`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        cmd: Option<spiffe_cmd::AgentCmd>,
+        #[command(flatten)]
+        args: spiffe_cmd::AgentArgs,
+    },
+    /// The trust domain's trust bundle.
+    Bundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+    },
     /// Apply the database migrations now (servers also apply them at start) and list them.
     Migrate {
         /// TOML config file.
@@ -111,6 +133,20 @@ enum Cmd {
         /// The export file.
         #[arg(long = "in", value_name = "PATH")]
         input: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCmd {
+    /// Print the X.509 authorities as PEM (for `mayfly agent --trust-bundle`), or with --json
+    /// the SPIFFE trust bundle document.
+    Show {
+        /// TOML config file of the server.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The SPIFFE bundle JSON instead of PEM.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -251,6 +287,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             AuditCmd::Tail { n } => admin::audit_tail(config, n).await,
             AuditCmd::Verify => admin::audit_verify(config).await,
         },
+        Cmd::Entry { config, cmd } => spiffe_cmd::entry(config, cmd).await,
+        Cmd::Agent {
+            cmd: Some(spiffe_cmd::AgentCmd::Token { config, cmd }),
+            ..
+        } => match cmd {
+            spiffe_cmd::TokenCmd::Create { ttl, agent_name } => {
+                spiffe_cmd::join_token_create(config, &ttl, agent_name).await
+            }
+        },
+        Cmd::Agent { cmd: None, args } => spiffe_cmd::agent_run(args).await,
+        Cmd::Bundle {
+            cmd: BundleCmd::Show { config, json },
+        } => spiffe_cmd::bundle_show(config, json).await,
         Cmd::Keygen { alg, kid, out } => keyfile::keygen(&alg, kid.as_deref(), &out),
         Cmd::Client { config, cmd } => match cmd {
             ClientCmd::Add {

@@ -40,7 +40,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     }
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("MAYFLY_LOG_FORMAT").is_ok_and(|v| v == "json");
@@ -77,7 +77,7 @@ fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -109,6 +109,15 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let agent_listener = match cfg.spiffe.agent_listen {
+        None => None,
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on spiffe.agent_listen {a}"))?,
+        ),
+    };
+    let trust_domain = cfg.trust_domain.clone();
     let issuer = match &cfg.issuer {
         Some(u) => u.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{addr}"),
@@ -166,6 +175,18 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     eprintln!(
         "mayfly: listening on http://{addr} (issuer {issuer}, data in {store_desc}, {n_clients} configured clients)"
     );
+    if let Some(l) = agent_listener {
+        eprintln!(
+            "mayfly: agent API on https://{} (mutual TLS, trust domain {trust_domain})",
+            l.local_addr()?
+        );
+        let a = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mayfly_server::serve_agent_api(l, a, std::future::pending()).await {
+                tracing::error!(error = %e, "agent API stopped");
+            }
+        });
+    }
     if embedded {
         eprintln!(
             "mayfly: quickstart:\n  mayfly keygen --out demo\n  mayfly client add --id demo --jwks-file demo.jwks.json --audience https://api.example.test --scope read\n  mayfly token get --issuer {issuer} --client-id demo --key demo.private.jwk.json --audience https://api.example.test --scope read\n  mayfly token inspect --issuer {issuer} TOKEN"

@@ -43,12 +43,24 @@ const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("SERVER_REQUEST_TIMEOUT", Some("server"), "request_timeout"),
     ("SPIFFE_AGENT_LISTEN", Some("spiffe"), "agent_listen"),
     ("SPIFFE_X509_SVID_TTL", Some("spiffe"), "x509_svid_ttl"),
-    ("SPIFFE_MAX_X509_SVID_TTL", Some("spiffe"), "max_x509_svid_ttl"),
+    (
+        "SPIFFE_MAX_X509_SVID_TTL",
+        Some("spiffe"),
+        "max_x509_svid_ttl",
+    ),
     ("SPIFFE_JWT_SVID_TTL", Some("spiffe"), "jwt_svid_ttl"),
     ("SPIFFE_CA_ROTATION", Some("spiffe"), "ca_rotation"),
-    ("SPIFFE_UPSTREAM_CA_CERT", Some("spiffe"), "upstream_ca_cert"),
+    (
+        "SPIFFE_UPSTREAM_CA_CERT",
+        Some("spiffe"),
+        "upstream_ca_cert",
+    ),
     ("SPIFFE_UPSTREAM_CA_KEY", Some("spiffe"), "upstream_ca_key"),
-    ("SPIFFE_SERVER_DNS_NAMES", Some("spiffe"), "server_dns_names"),
+    (
+        "SPIFFE_SERVER_DNS_NAMES",
+        Some("spiffe"),
+        "server_dns_names",
+    ),
 ];
 
 pub(crate) fn process_env() -> Vec<(String, String)> {

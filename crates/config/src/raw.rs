@@ -63,7 +63,12 @@ impl RawSpiffe {
                 )
             })?),
         };
-        let x509 = duration(src, "spiffe.x509_svid_ttl", self.x509_svid_ttl.as_ref(), "1h")?;
+        let x509 = duration(
+            src,
+            "spiffe.x509_svid_ttl",
+            self.x509_svid_ttl.as_ref(),
+            "1h",
+        )?;
         let max_x509 = duration(
             src,
             "spiffe.max_x509_svid_ttl",

@@ -5,6 +5,7 @@
 //! - [`VerifyingKeys`]: a registered JWK Set and an algorithm allow-list; verification itself is
 //!   done by `jsonwebtoken`.
 //! - [`Kek`]: AES-256-GCM key encryption at rest.
+//! - [`x509`]: the X.509 CA of a SPIFFE trust domain and the X.509-SVIDs it signs.
 //!
 //! It does not decide anything about claims (lifetimes, audiences): that is the engine's job.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 mod kek;
 mod signer;
 mod verify;
+pub mod x509;
 
 pub use kek::Kek;
 pub use signer::{KeyAlg, SigningKey};
@@ -36,6 +38,9 @@ pub enum CryptoError {
     /// Serialization failed.
     #[error("cannot serialize: {0}")]
     Serialize(String),
+    /// An X.509 certificate, CSR or SPIFFE ID was refused.
+    #[error(transparent)]
+    X509(x509::X509Error),
 }
 
 /// `n` random bytes from the system generator.
@@ -100,6 +105,12 @@ impl std::fmt::Debug for Sha256 {
 /// A short, non-reversible fingerprint of a secret (first 12 hex chars of its SHA-256), for logs.
 pub fn fingerprint(secret: &[u8]) -> String {
     hex(&sha256(secret)[..6])
+}
+
+/// Equality of two secrets (or their digests) in time that does not depend on where they
+/// differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// Lower-case hex.

@@ -29,6 +29,9 @@ enum Verified {
         client_auth: ClientAuthRule,
         one_time: bool,
         ttl_cap: i64,
+        /// Set when the subject is one of our own JWT-SVIDs: its `jti`, so that the token is
+        /// revoked with it when its workload exits.
+        svid_jti: Option<String>,
     },
     /// One of our own live access tokens.
     Ours(AccessTokenClaims),
@@ -47,7 +50,84 @@ impl Verified {
 /// its cached keys, and on an unknown `kid` refetch them once (rate-limited) and retry.
 async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
     let iss = claimed_issuer(token)?;
+    if iss == app.0.settings.issuer {
+        return own_jwt_svid(app, token, now).await;
+    }
     let issuer = app.0.issuers.find(&iss).ok_or(Denial::UntrustedIssuer)?;
+    let id = verify_federated(app, &issuer, token, now).await?;
+    Ok(Verified::Federated {
+        id,
+        client_auth: issuer.trusted.client_auth,
+        one_time: issuer.trusted.one_time_use,
+        ttl_cap: issuer.trusted.max_ttl,
+        svid_jti: None,
+    })
+}
+
+/// A JWT-SVID this server minted (for a workload behind one of our agents): verified with the
+/// trust domain's JWT-SVID keys, refused once its workload has exited.
+async fn own_jwt_svid(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
+    let sp = &app.0.spiffe;
+    let keys = sp.snapshot().jwt_verifying.clone();
+    let id = verify_subject_token(
+        &app.0.settings,
+        &app.0.svid_issuer,
+        &keys,
+        token,
+        &app.0.config.trust_domain,
+        now,
+    )?;
+    let jti = id
+        .jti
+        .clone()
+        .ok_or(Denial::InvalidSubjectToken("the JWT-SVID has no jti"))?;
+    if app
+        .0
+        .store
+        .is_svid_revoked(&jti)
+        .await
+        .map_err(|_| Denial::Unavailable)?
+    {
+        return Err(Denial::InvalidSubjectToken(
+            "the JWT-SVID was revoked: the workload it was issued to has exited",
+        ));
+    }
+    Ok(Verified::Federated {
+        id,
+        client_auth: ClientAuthRule::Optional,
+        one_time: false,
+        ttl_cap: app.0.settings.max_ttl,
+        svid_jti: Some(jti),
+    })
+}
+
+/// Verify a platform token from the configured issuer `name` (agent attestation); returns the
+/// mapped identity.
+pub(crate) async fn platform_identity(
+    app: &App,
+    name: &str,
+    token: &str,
+    now: i64,
+) -> Result<String, Denial> {
+    let issuer = app
+        .0
+        .issuers
+        .find_by_name(name)
+        .ok_or(Denial::UntrustedIssuer)?;
+    if claimed_issuer(token)? != issuer.trusted.issuer {
+        return Err(Denial::UntrustedIssuer);
+    }
+    Ok(verify_federated(app, &issuer, token, now).await?.identity)
+}
+
+/// Verify with the issuer's cached keys; on an unknown `kid` refetch once (rate-limited) and
+/// retry.
+async fn verify_federated(
+    app: &App,
+    issuer: &crate::issuers::Issuer,
+    token: &str,
+    now: i64,
+) -> Result<SubjectIdentity, Denial> {
     let verify = |keys: &mayfly_crypto::VerifyingKeys| {
         verify_subject_token(
             &app.0.settings,
@@ -58,14 +138,14 @@ async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial>
             now,
         )
     };
-    let keys = app.0.issuers.keys(&issuer, now).await;
+    let keys = app.0.issuers.keys(issuer, now).await;
     let result = match &keys {
         Some(k) => verify(k),
         None => Err(Denial::SubjectUnknownKey),
     };
     let id = match result {
         Err(Denial::SubjectUnknownKey) => {
-            if !app.0.issuers.refresh_on_unknown_kid(&issuer, now).await {
+            if !app.0.issuers.refresh_on_unknown_kid(issuer, now).await {
                 return Err(match keys {
                     Some(_) => Denial::SubjectUnknownKey,
                     // Never fetched: the issuer is unreachable, not the token wrong.
@@ -75,19 +155,14 @@ async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial>
             let keys = app
                 .0
                 .issuers
-                .keys(&issuer, now)
+                .keys(issuer, now)
                 .await
                 .ok_or(Denial::Unavailable)?;
             verify(&keys)?
         }
         other => other?,
     };
-    Ok(Verified::Federated {
-        id,
-        client_auth: issuer.trusted.client_auth,
-        one_time: issuer.trusted.one_time_use,
-        ttl_cap: issuer.trusted.max_ttl,
-    })
+    Ok(id)
 }
 
 /// One of our own tokens, live and not revoked.
@@ -179,13 +254,16 @@ async fn finish(
     };
     let client_id_auth = auth.as_ref().map(|a| a.client_id.clone());
     let src = source(addr);
+    let mut link_svid = None;
     let (grant, mut e, consume) = match &subject {
         Verified::Federated {
             id,
             client_auth,
             one_time,
             ttl_cap,
+            svid_jti,
         } => {
+            link_svid = svid_jti.clone();
             if *client_auth == ClientAuthRule::Required && auth.is_none() {
                 return Err(Denial::ClientAuthRequired);
             }
@@ -266,7 +344,7 @@ async fn finish(
     e.client = client_id_auth;
     e.actor = caller.actor.clone();
     e.source = src;
-    issue(app, grant, grant_type, e, auth, consume, now).await
+    issue(app, grant, grant_type, e, auth, consume, link_svid, now).await
 }
 
 /// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`.

@@ -181,7 +181,7 @@ async fn commit_consuming(
     auth: AuthenticatedClient,
     revoke: Option<(String, String, i64)>,
 ) -> Result<(), Denial> {
-    commit_event(app, event, Some(auth), None, revoke).await
+    commit_event(app, event, Some(auth), None, revoke, None).await
 }
 
 /// Commit `event` atomically with consuming single-use values: the client assertion's jti and
@@ -192,6 +192,7 @@ pub(crate) async fn commit_event(
     auth: Option<AuthenticatedClient>,
     subject: Option<(String, String, i64)>,
     revoke: Option<(String, String, i64)>,
+    link_svid: Option<String>,
 ) -> Result<(), Denial> {
     let skew = app.0.settings.clock_skew;
     let pending = Pending {
@@ -199,7 +200,7 @@ pub(crate) async fn commit_event(
         consume_jti: auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew)),
         consume_subject: subject,
         revoke,
-        link_svid: None,
+        link_svid,
     };
     match app.0.audit.commit(pending).await {
         Ok(CommitOutcome::Committed(_)) => Ok(()),
@@ -251,6 +252,7 @@ pub(crate) fn token_params(form: &Form<'_>) -> Result<TokenParams, Denial> {
 }
 
 /// Sign `grant`, record it (with the single-use values it consumes), and build the answer.
+#[allow(clippy::too_many_arguments)] // three call sites; each argument is one piece of the grant's record
 pub(crate) async fn issue(
     app: &App,
     grant: Grant,
@@ -258,6 +260,7 @@ pub(crate) async fn issue(
     mut e: AuditEvent,
     auth: Option<AuthenticatedClient>,
     subject: Option<(String, String, i64)>,
+    link_svid: Option<String>,
     now: i64,
 ) -> Result<TokenResponse, Denial> {
     let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
@@ -273,7 +276,7 @@ pub(crate) async fn issue(
         .as_ref()
         .map_or_else(|| "-".to_string(), |a| a.client_id.clone());
     // The token leaves only once its event (and each single use) is durable.
-    commit_event(app, e, auth, subject, None).await?;
+    commit_event(app, e, auth, subject, None, link_svid).await?;
     // debug, not info: the audit log already has one line per token, durably.
     tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
     metrics::counter!("mayfly_tokens_issued_total", "client" => client_label, "grant" => grant_type).increment(1);
@@ -329,6 +332,7 @@ async fn client_credentials(
         GRANT_CLIENT_CREDENTIALS,
         e,
         Some(auth),
+        None,
         None,
         now,
     )
@@ -541,6 +545,23 @@ pub(crate) async fn jwks(State(app): State<App>) -> Response {
         HeaderValue::from_static("application/jwk-set+json"),
     );
     let cc = format!("public, max-age={}", app.0.schedule.jwks_max_age());
+    if let Ok(v) = HeaderValue::from_str(&cc) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// The trust domain's bundle in the SPIFFE trust bundle format (for federation with other
+/// trust domains, SPIFFE Trust Domain and Bundle §4).
+pub(crate) async fn spiffe_bundle(State(app): State<App>) -> Response {
+    let snap = app.0.spiffe.snapshot();
+    let mut r = (StatusCode::OK, snap.bundle_doc.clone()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let cc = format!("public, max-age={}", snap.bundle.refresh_hint);
     if let Ok(v) = HeaderValue::from_str(&cc) {
         h.insert(header::CACHE_CONTROL, v);
     }

@@ -183,6 +183,14 @@ impl Issuers {
         Ok(Self { by_iss, http })
     }
 
+    /// The issuer configured under `name`.
+    pub(crate) fn find_by_name(&self, name: &str) -> Option<Arc<Issuer>> {
+        self.by_iss
+            .values()
+            .find(|i| i.trusted.name == name)
+            .cloned()
+    }
+
     /// The issuer whose tokens carry this `iss`.
     pub(crate) fn find(&self, iss: &str) -> Option<Arc<Issuer>> {
         self.by_iss.get(iss).cloned()

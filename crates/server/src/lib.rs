@@ -15,6 +15,7 @@ pub mod issuers;
 pub mod keyring;
 mod metrics_setup;
 mod policy;
+pub mod spiffe;
 mod state;
 
 pub use clients::{ClientError, client_from_config, client_from_stored};
@@ -53,6 +54,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/.well-known/openid-configuration", get(handlers::metadata))
         .route("/jwks.json", get(handlers::jwks))
+        .route("/spiffe/bundle", get(handlers::spiffe_bundle))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -63,6 +65,8 @@ pub fn router(app: App) -> Router {
         ))
         .with_state(app)
 }
+
+pub use spiffe::tls::serve as serve_agent_api;
 
 /// Serve `app` on `listener` until `shutdown` resolves.
 pub async fn serve(

@@ -28,6 +28,9 @@ pub enum StartError {
     /// The policy set is invalid.
     #[error("policy: {0}")]
     Policy(#[from] mayfly_policy::PolicyError),
+    /// SPIFFE issuing could not start.
+    #[error("SPIFFE: {0}")]
+    Spiffe(#[from] crate::spiffe::SpiffeError),
     /// No signing key could be made current.
     #[error("no signing key is current after planning; check the system clock")]
     NoKey,
@@ -64,6 +67,9 @@ pub(crate) struct Inner {
     pub issuers: crate::issuers::Issuers,
     pub policies: crate::policy::Policies,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub spiffe: crate::spiffe::Spiffe,
+    /// How our own JWT-SVIDs are accepted as subject tokens.
+    pub svid_issuer: mayfly_sts::federation::TrustedIssuer,
 }
 
 /// The running application; cheap to clone.
@@ -143,6 +149,9 @@ impl App {
         let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink, replay_window);
         let now = o.clock.now();
         let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
+        let spiffe =
+            crate::spiffe::Spiffe::start(&o.config, &issuer, &o.store, &o.kek, &audit, now).await?;
+        let svid_issuer = crate::spiffe::svid_issuer(&issuer, &settings, &o.config.spiffe)?;
         let md = metadata(&issuer, clients.all_scopes(), alg);
         let metadata = bytes::Bytes::from(serde_json::to_vec(&md).unwrap_or_default());
         Ok(App(Arc::new(Inner {
@@ -160,6 +169,8 @@ impl App {
             issuers,
             policies,
             prometheus: crate::metrics_setup::handle(),
+            spiffe,
+            svid_issuer,
         })))
     }
 
@@ -183,12 +194,16 @@ impl App {
         if let Ok(mut k) = i.keys.write() {
             *k = Arc::new(snap);
         }
+        i.spiffe.refresh(&i.store, &i.kek, &i.audit, now).await?;
         i.clients.reload(&i.store).await?;
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients.refresh_all_uris(now).await;
         // A changed policy directory or client list compiles into a new set (or is refused).
         self.reload_policy_if_changed();
         i.store.purge_expired(now - i.settings.clock_skew).await?;
+        i.store
+            .purge_expired_spiffe(now - i.settings.clock_skew)
+            .await?;
         Ok(())
     }
 

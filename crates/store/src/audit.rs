@@ -598,8 +598,17 @@ async fn append_batch(
                     .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
                     .execute(&mut *tx).await.map_err(db("revoke token"))?;
             }
-            if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp) {
-                link_svid_token(&mut tx, svid, token, p.event.client.as_deref().unwrap_or("-"), exp, p.event.ts).await?;
+            if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp)
+            {
+                link_svid_token(
+                    &mut tx,
+                    svid,
+                    token,
+                    p.event.client.as_deref().unwrap_or("-"),
+                    exp,
+                    p.event.ts,
+                )
+                .await?;
             }
         }
         seq += 1;

@@ -102,7 +102,8 @@ pub struct StoredAgent {
 }
 
 fn json_list(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt(format!("{what} is not a JSON list")))
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::Corrupt(format!("{what} is not a JSON list")))
 }
 
 impl Store {
@@ -243,63 +244,69 @@ impl Store {
         Ok(out)
     }
 
-    /// Record a new join token (only the SHA-256 of its secret part).
+    /// Record a new join token (only the SHA-256 of its secret part). `agent_id`, when given,
+    /// is the SPIFFE ID the agent that uses it will get (stable across agent restarts, so its
+    /// entries keep applying); otherwise one derived from the token id.
     pub async fn add_join_token(
         &self,
         id: &str,
         secret_sha256: &str,
         now: i64,
         expires_at: i64,
+        agent_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(id).bind(secret_sha256).bind(now).bind(expires_at)
+        sqlx::query("INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, agent_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id).bind(secret_sha256).bind(now).bind(expires_at).bind(agent_id.map(str::to_string))
             .execute(self.pool()).await.map_err(db("insert join token"))?;
         Ok(())
     }
 
-    /// Consume a join token. `secret_matches` compares the stored hash with the presented one
-    /// (the caller does it in constant time). Single use holds across replicas: the update only
-    /// succeeds while `used_at` is still NULL.
+    /// Consume a join token; on success also returns the agent ID fixed at creation, if any.
+    /// `secret_matches` compares the stored hash with the presented one (the caller does it in
+    /// constant time). Single use holds across replicas: the update only succeeds while
+    /// `used_at` is still NULL.
     pub async fn consume_join_token(
         &self,
         id: &str,
         secret_matches: impl FnOnce(&str) -> bool,
         now: i64,
-        agent_id: &str,
-    ) -> Result<JoinTokenOutcome, StoreError> {
-        let row = sqlx::query("SELECT secret_sha256, expires_at, used_at FROM join_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db("look up join token"))?;
+    ) -> Result<(JoinTokenOutcome, Option<String>), StoreError> {
+        let row = sqlx::query(
+            "SELECT secret_sha256, expires_at, used_at, agent_id FROM join_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db("look up join token"))?;
         let Some(row) = row else {
-            return Ok(JoinTokenOutcome::Unknown);
+            return Ok((JoinTokenOutcome::Unknown, None));
         };
-        let hash: String = row.try_get("secret_sha256").map_err(db("read join token"))?;
+        let hash: String = row
+            .try_get("secret_sha256")
+            .map_err(db("read join token"))?;
         if !secret_matches(&hash) {
-            return Ok(JoinTokenOutcome::Unknown);
+            return Ok((JoinTokenOutcome::Unknown, None));
         }
         let used: Option<i64> = row.try_get("used_at").map_err(db("read join token"))?;
         if used.is_some() {
-            return Ok(JoinTokenOutcome::AlreadyUsed);
+            return Ok((JoinTokenOutcome::AlreadyUsed, None));
         }
         let expires_at: i64 = row.try_get("expires_at").map_err(db("read join token"))?;
         if now >= expires_at {
-            return Ok(JoinTokenOutcome::Expired);
+            return Ok((JoinTokenOutcome::Expired, None));
         }
-        let r = sqlx::query(
-            "UPDATE join_tokens SET used_at = $1, agent_id = $2 WHERE id = $3 AND used_at IS NULL",
-        )
-        .bind(now)
-        .bind(agent_id)
-        .bind(id)
-        .execute(self.pool())
-        .await
-        .map_err(db("consume join token"))?;
+        let agent_id: Option<String> = row.try_get("agent_id").map_err(db("read join token"))?;
+        let r =
+            sqlx::query("UPDATE join_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(self.pool())
+                .await
+                .map_err(db("consume join token"))?;
         Ok(if r.rows_affected() == 1 {
-            JoinTokenOutcome::Accepted
+            (JoinTokenOutcome::Accepted, agent_id)
         } else {
-            JoinTokenOutcome::AlreadyUsed
+            (JoinTokenOutcome::AlreadyUsed, None)
         })
     }
 
@@ -411,7 +418,8 @@ impl Store {
         for sql in [
             "DELETE FROM revoked_svids WHERE expires_at < $1",
             "DELETE FROM svid_tokens WHERE expires_at < $1",
-            "DELETE FROM join_tokens WHERE expires_at < $1",
+            // Kept a day past expiry so a late attempt is told "expired", not "unknown".
+            "DELETE FROM join_tokens WHERE expires_at < $1 - 86400",
         ] {
             n += sqlx::query(sql)
                 .bind(now)

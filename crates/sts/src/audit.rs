@@ -18,6 +18,14 @@ pub enum EventKind {
     KeyRotation,
     /// A client was registered or removed at run time.
     ClientChange,
+    /// A SPIFFE agent attested (or was refused), or a join token was created.
+    AgentAttest,
+    /// An X.509-SVID or JWT-SVID was issued to an agent for one of its entries.
+    SvidIssue,
+    /// A workload process exited; what it held was revoked.
+    WorkloadExit,
+    /// A registration entry was added or removed.
+    EntryChange,
 }
 
 /// Allowed or refused.
