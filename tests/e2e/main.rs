@@ -17,5 +17,6 @@ mod policy_cli;
 mod rejections;
 mod replicas;
 mod rotation;
+mod spiffe;
 mod support;
 mod transfer;

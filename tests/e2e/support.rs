@@ -63,7 +63,7 @@ pub struct ServerProcess {
     pub stderr: Arc<Mutex<String>>,
 }
 
-fn drain(
+pub fn drain(
     r: impl std::io::Read + Send + 'static,
     buf: Arc<Mutex<String>>,
     tx: Option<std::sync::mpsc::Sender<String>>,

@@ -87,7 +87,10 @@ pub struct HttpUpstream {
     trust_domain: String,
     authorities: Authorities,
     resolver: Arc<SvidCertResolver>,
-    mtls: reqwest::Client,
+    verifier: Arc<SpiffeServerVerifier>,
+    /// Replaced after each renewal: pooled connections keep the identity of their handshake,
+    /// and the server refuses a superseded SVID.
+    mtls: std::sync::RwLock<reqwest::Client>,
     plain: reqwest::Client,
     spiffe_id: String,
     renew_at: AtomicI64,
@@ -218,8 +221,9 @@ impl HttpUpstream {
         let resp = attest_once(&anon, &base, how).await?;
         let (chain, key) = resp_material(&resp)?;
         let resolver = Arc::new(SvidCertResolver::new(&chain, &key.1).map_err(local)?);
-        let mtls =
-            client(mayfly_spiffe::tls::client_config(resolver.clone(), verifier).map_err(local)?)?;
+        let mtls = client(
+            mayfly_spiffe::tls::client_config(resolver.clone(), verifier.clone()).map_err(local)?,
+        )?;
         let plain = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .connect_timeout(CALL_TIMEOUT)
@@ -232,7 +236,8 @@ impl HttpUpstream {
             trust_domain: trust_domain.to_string(),
             authorities,
             resolver,
-            mtls,
+            verifier,
+            mtls: std::sync::RwLock::new(mtls),
             plain,
             spiffe_id: resp.0.spiffe_id.clone(),
             renew_at: AtomicI64::new(0),
@@ -253,6 +258,14 @@ impl HttpUpstream {
             Ordering::Relaxed,
         );
         Ok(())
+    }
+
+    /// The mutual-TLS client for the current SVID.
+    fn mtls(&self) -> reqwest::Client {
+        match self.mtls.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The agent's SPIFFE ID.
@@ -279,7 +292,7 @@ impl HttpUpstream {
     pub async fn renew(&self) -> Result<(), HttpUpstreamError> {
         let (key, csr) = mayfly_crypto::x509::new_svid_key_and_csr().map_err(local)?;
         let resp: AgentSvidResponse = call(
-            &self.mtls,
+            &self.mtls(),
             reqwest::Method::POST,
             &format!("{}/agent/v1/renew", self.base),
             Some(&RenewRequest { csr: b64e(&csr) }),
@@ -291,6 +304,14 @@ impl HttpUpstream {
             .map(|c| b64d(c))
             .collect::<Result<Vec<_>, _>>()?;
         self.resolver.rotate(&chain, &key).map_err(local)?;
+        // New connections from now on: the old ones authenticated with the superseded SVID.
+        let fresh = client(
+            mayfly_spiffe::tls::client_config(self.resolver.clone(), self.verifier.clone())
+                .map_err(local)?,
+        )?;
+        if let Ok(mut c) = self.mtls.write() {
+            *c = fresh;
+        }
         self.take(&resp, now())?;
         tracing::info!(agent = %self.spiffe_id, expires_at = resp.expires_at, "agent SVID renewed");
         Ok(())
@@ -318,7 +339,7 @@ impl HttpUpstream {
     /// Entries for this agent and the bundle.
     pub async fn sync(&self) -> Result<SyncResponse, HttpUpstreamError> {
         let r: SyncResponse = call::<(), _>(
-            &self.mtls,
+            &self.mtls(),
             reqwest::Method::GET,
             &format!("{}/agent/v1/sync", self.base),
             None,
@@ -338,7 +359,7 @@ impl HttpUpstream {
         csr_der: &[u8],
     ) -> Result<SignX509Response, HttpUpstreamError> {
         call(
-            &self.mtls,
+            &self.mtls(),
             reqwest::Method::POST,
             &format!("{}/agent/v1/svid/x509", self.base),
             Some(&SignX509Request {
@@ -356,7 +377,7 @@ impl HttpUpstream {
         audience: &[String],
     ) -> Result<MintJwtResponse, HttpUpstreamError> {
         call(
-            &self.mtls,
+            &self.mtls(),
             reqwest::Method::POST,
             &format!("{}/agent/v1/svid/jwt", self.base),
             Some(&MintJwtRequest {
@@ -373,7 +394,7 @@ impl HttpUpstream {
         req: &WorkloadExitedRequest,
     ) -> Result<WorkloadExitedResponse, HttpUpstreamError> {
         call(
-            &self.mtls,
+            &self.mtls(),
             reqwest::Method::POST,
             &format!("{}/agent/v1/workload-exited", self.base),
             Some(req),

@@ -387,7 +387,7 @@ pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     };
     eprintln!(
-        "mayfly agent: serving the Workload API on {}{}",
+        "mayfly agent: starting the Workload API on {}{}",
         args.socket.display(),
         args.http_socket
             .as_ref()

@@ -82,27 +82,37 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A server config that presents `resolver`'s SVID and authenticates clients with `verifier`.
+///
+/// Session resumption is off: a resumed session carries the peer identity of an earlier
+/// handshake, so a rotated, superseded or expired SVID would keep authenticating. Every
+/// connection verifies the SVIDs current at its handshake.
 pub fn server_config(
     resolver: Arc<SvidCertResolver>,
     verifier: Arc<SpiffeClientVerifier>,
 ) -> Result<ServerConfig, TlsError> {
-    Ok(ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver))
+        .with_cert_resolver(resolver);
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
 }
 
 /// A client config that presents `resolver`'s SVID and authenticates servers with `verifier`.
-/// The server name given to rustls is not checked: the SPIFFE ID is the identity.
+/// The server name given to rustls is not checked: the SPIFFE ID is the identity. No session
+/// resumption, for the reason given at [`server_config`].
 pub fn client_config(
     resolver: Arc<SvidCertResolver>,
     verifier: Arc<SpiffeServerVerifier>,
 ) -> Result<ClientConfig, TlsError> {
-    Ok(ClientConfig::builder_with_provider(provider())
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(resolver))
+        .with_client_cert_resolver(resolver);
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
 }
 
 /// The SPIFFE ID of a peer's chain (leaf first), as rustls reports it after the handshake
