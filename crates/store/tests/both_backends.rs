@@ -406,3 +406,97 @@ async fn keys_clients_sqlite() {
 async fn keys_clients_postgres() {
     keys_and_clients(postgres().await).await;
 }
+
+/// Join tokens: one use each, refused after expiry, wrong secrets look unknown; a JWT-SVID's
+/// revocation takes the tokens minted from it, including one linked after the revocation.
+async fn spiffe_records(db: Db) {
+    use mayfly_store::JoinTokenOutcome;
+    let s = &db.store;
+    s.add_join_token(
+        "aaaaaaaaaaaaaaaa",
+        "hash-a",
+        1000,
+        1600,
+        Some("spiffe://td/mayfly/agent/n"),
+    )
+    .await
+    .unwrap();
+    s.add_join_token("bbbbbbbbbbbbbbbb", "hash-b", 1000, 1600, None)
+        .await
+        .unwrap();
+    let eq = |want: &'static str| move |h: &str| h == want;
+    assert_eq!(
+        s.consume_join_token("aaaaaaaaaaaaaaaa", eq("wrong"), 1100)
+            .await
+            .unwrap(),
+        (JoinTokenOutcome::Unknown, None)
+    );
+    assert_eq!(
+        s.consume_join_token("cccccccccccccccc", eq("hash-a"), 1100)
+            .await
+            .unwrap(),
+        (JoinTokenOutcome::Unknown, None)
+    );
+    assert_eq!(
+        s.consume_join_token("aaaaaaaaaaaaaaaa", eq("hash-a"), 1100)
+            .await
+            .unwrap(),
+        (
+            JoinTokenOutcome::Accepted,
+            Some("spiffe://td/mayfly/agent/n".to_string())
+        )
+    );
+    assert_eq!(
+        s.consume_join_token("aaaaaaaaaaaaaaaa", eq("hash-a"), 1101)
+            .await
+            .unwrap(),
+        (JoinTokenOutcome::AlreadyUsed, None)
+    );
+    assert_eq!(
+        s.consume_join_token("bbbbbbbbbbbbbbbb", eq("hash-b"), 1600)
+            .await
+            .unwrap(),
+        (JoinTokenOutcome::Expired, None)
+    );
+
+    // Tokens minted from JWT-SVIDs are linked in the audit commit.
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let minted = |token: &str, svid: &str| {
+        let mut e = issue(token);
+        e.exp = Some(5_000);
+        let mut p = Pending::event(e);
+        p.link_svid = Some(svid.to_string());
+        p
+    };
+    log.commit(minted("t1", "svid-1")).await.unwrap();
+    log.commit(minted("t2", "svid-1")).await.unwrap();
+    log.commit(minted("t3", "svid-2")).await.unwrap();
+    let revoked = s
+        .revoke_svids(&["svid-1".to_string()], 1200, 4_000)
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 2);
+    assert!(s.is_revoked("t1").await.unwrap() && s.is_revoked("t2").await.unwrap());
+    assert!(!s.is_revoked("t3").await.unwrap());
+    assert!(s.is_svid_revoked("svid-1").await.unwrap());
+    // Idempotent.
+    assert!(
+        s.revoke_svids(&["svid-1".to_string()], 1201, 4_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A token linked to an already revoked JWT-SVID is revoked as it commits.
+    log.commit(minted("t4", "svid-1")).await.unwrap();
+    assert!(s.is_revoked("t4").await.unwrap());
+}
+
+#[tokio::test]
+async fn spiffe_records_sqlite() {
+    spiffe_records(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn spiffe_records_postgres() {
+    spiffe_records(postgres().await).await;
+}
