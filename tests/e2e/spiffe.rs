@@ -575,10 +575,11 @@ async fn join_tokens_are_single_use_and_restarts_keep_identities() {
     );
 }
 
-/// Python workload for the exit test: get a token from the agent's HTTP socket, print it,
-/// wait for stdin to close, exit.
+/// Python workload for the exit test: get a token from the agent's HTTP socket and a JWT-SVID
+/// for the issuer from the Workload API (py-spiffe), print both, wait for stdin to close, exit.
 const TOKEN_THEN_WAIT: &str = r#"
 import http.client, json, socket, sys
+from spiffe import WorkloadApiClient
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -586,9 +587,31 @@ class C(http.client.HTTPConnection):
 c = C("agent")
 c.request("GET", "/v1/token?audience=https%3A%2F%2Fapi.example.test&scope=read")
 r = c.getresponse()
-print(json.dumps({"status": r.status, "body": json.loads(r.read())}), flush=True)
+out = {"status": r.status, "body": json.loads(r.read())}
+if r.status == 200:
+    w = WorkloadApiClient(socket_path="unix://" + sys.argv[2], default_timeout=10)
+    out["jwt_svid"] = w.fetch_jwt_svid(audience={sys.argv[3]}).token
+print(json.dumps(out), flush=True)
 sys.stdin.read()
 "#;
+
+/// Exchange a JWT-SVID at the token endpoint (RFC 8693), as any SPIFFE workload can.
+async fn exchange(d: &Domain, jwt_svid: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", jwt_svid),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", AUD),
+        ("scope", "read"),
+    ];
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", d.server.issuer))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_that_exits_has_its_tokens_revoked() {
@@ -602,7 +625,14 @@ async fn a_workload_that_exits_has_its_tokens_revoked() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut child, body) = loop {
         let mut child = Command::new(python())
-            .args(["-c", TOKEN_THEN_WAIT, agent.http.to_str().unwrap()])
+            .args([
+                "-c",
+                TOKEN_THEN_WAIT,
+                agent.http.to_str().unwrap(),
+                agent.socket.to_str().unwrap(),
+                &d.server.issuer,
+            ])
+            .env("PYTHONPATH", site_packages())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -613,7 +643,7 @@ async fn a_workload_that_exits_has_its_tokens_revoked() {
             .unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         if v["status"] == 200 {
-            break (child, v["body"].clone());
+            break (child, v);
         }
         // Not synced yet (502) or no identity yet (403): this process ends, try again.
         drop(child.stdin.take());
@@ -621,11 +651,17 @@ async fn a_workload_that_exits_has_its_tokens_revoked() {
         assert!(Instant::now() < deadline, "no token from /v1/token: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let token = body["access_token"].as_str().unwrap().to_string();
+    let token = body["body"]["access_token"].as_str().unwrap().to_string();
     let live = d.introspect(&token).await;
     assert_eq!(live["active"], true, "{live}");
     assert_eq!(live["sub"], "spiffe://example.org/python");
     assert_eq!(live["aud"], AUD);
+    // The same workload's JWT-SVID, exchanged directly.
+    let jwt_svid = body["jwt_svid"].as_str().unwrap().to_string();
+    let (status, direct) = exchange(&d, &jwt_svid).await;
+    assert_eq!(status, 200, "{direct}");
+    let direct = direct["access_token"].as_str().unwrap().to_string();
+    assert_eq!(d.introspect(&direct).await["active"], true);
 
     // The workload exits: the agent sees it (pidfd) and the server revokes what it held.
     drop(child.stdin.take());
@@ -649,12 +685,26 @@ async fn a_workload_that_exits_has_its_tokens_revoked() {
         .find(|e| e["kind"] == "workload_exit")
         .expect("a workload_exit audit event");
     assert_eq!(exit["identity"], "spiffe://example.org/python");
+    // One JWT-SVID: the agent's per-process cache served the same one for /v1/token and to
+    // py-spiffe (same audience). Both tokens minted from it are revoked.
     assert!(
         exit["reason"]
             .as_str()
             .unwrap()
-            .contains("1 tokens revoked"),
+            .ends_with("exited: 1 JWT-SVIDs and 2 tokens revoked"),
         "{exit}"
+    );
+    assert_eq!(d.introspect(&direct).await["active"], false);
+    // The JWT-SVID itself is dead too: exchanging it again is refused.
+    let (status, refused) = exchange(&d, &jwt_svid).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"], "invalid_request", "{refused}");
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{refused}"
     );
     assert!(
         agent
