@@ -598,7 +598,10 @@ sys.stdin.read()
 /// Exchange a JWT-SVID at the token endpoint (RFC 8693), as any SPIFFE workload can.
 async fn exchange(d: &Domain, jwt_svid: &str) -> (u16, Value) {
     let form = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
         ("subject_token", jwt_svid),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ("audience", AUD),

@@ -44,6 +44,25 @@ scopes = ["read"]
     path
 }
 
+/// The X.509 authorities of the SPIFFE trust bundle (the server's CA), as served.
+async fn spiffe_cas(base: &str) -> Vec<Value> {
+    let b: Value = reqwest::get(format!("{base}/spiffe/bundle"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cas: Vec<Value> = b["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .cloned()
+        .collect();
+    assert!(!cas.is_empty(), "{b}");
+    cas
+}
+
 fn assertion(key: &SigningKey, client: &str) -> String {
     let n = now();
     key.sign_jwt(
@@ -165,6 +184,7 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
     assert_eq!(about(&base, "/oauth2/revoke", &svc, &revoked).await.0, 200);
     assert_eq!(token(&base, &assertion(&rt, "rt")).await.0, 200);
     let jwks_before = kids(&jwks(&base).await);
+    let cas_before = spiffe_cas(&base).await;
     before.kill9();
 
     // The move.
@@ -176,6 +196,7 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 signing keys"), "{out}");
     assert!(out.contains("1 revocations"), "{out}");
+    assert!(out.contains("SPIFFE authorities"), "{out}");
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
@@ -213,7 +234,7 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
     let (code, out, err) = run_cli(r, &["migrate", "--config", pg]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("   1  init") && out.contains("   2  "),
+        out.contains("   1  init") && out.contains("   3  spiffe"),
         "{out}"
     );
     assert!(!out.contains("postgres://"), "{out}");
@@ -226,6 +247,11 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
         kids(&set),
         jwks_before,
         "the same signing keys, not new ones"
+    );
+    assert_eq!(
+        spiffe_cas(&base).await,
+        cas_before,
+        "the same SPIFFE CA: SVIDs issued before the move still verify"
     );
     let keys = VerifyingKeys::from_jwks(&set).unwrap();
     let claims = mayfly_client::verify_access_token(&keys, &kept, ISSUER, Some(AUD)).unwrap();

@@ -29,6 +29,17 @@ fn print_counts(c: &TableCounts) {
     println!("  {} run-time clients", c.clients);
     println!("  {} revocations", c.revoked_tokens);
     println!("  {} replay records", c.used_jti);
+    println!(
+        "  {} SPIFFE authorities (sealed under the master key)",
+        c.spiffe_authorities
+    );
+    println!("  {} registration entries", c.spiffe_entries);
+    println!("  {} join tokens (hashes only)", c.join_tokens);
+    println!("  {} attested agents", c.spiffe_agents);
+    println!(
+        "  {} revoked JWT-SVIDs, {} tokens minted from JWT-SVIDs",
+        c.revoked_svids, c.svid_tokens
+    );
     println!("  {} audit events", c.audit_events);
 }
 

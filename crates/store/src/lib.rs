@@ -19,7 +19,7 @@ pub use keys::StoredKey;
 pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
 pub use transfer::{
     AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
-    TableCounts, TransferError,
+    TableCounts, TransferError, exported_tables,
 };
 
 use std::path::Path;

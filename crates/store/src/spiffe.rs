@@ -432,6 +432,12 @@ impl Store {
     }
 }
 
+/// What an authority's sealed key is bound to: its kind (`x509`, `jwt`) and id. Also checked by
+/// import, which sees the kind as stored text.
+pub(crate) fn sealed_aad(kind: &str, id: &str) -> String {
+    format!("spiffe-{kind}:{id}")
+}
+
 fn aad(kind: AuthorityKind, id: &str) -> String {
-    format!("spiffe-{}:{id}", kind.as_str())
+    sealed_aad(kind.as_str(), id)
 }

@@ -25,9 +25,7 @@ use sqlx::{Executor, Row};
 
 use crate::{Backend, Store, StoreError, db};
 use file::{Header, Lines, Out, Trailer, parse_header};
-use rows::{
-    AuditHeadRow, BATCH_BYTES, Batch, Derived, Entry, ROWS_PER_INSERT, SigningKeyRow, Table, Tx,
-};
+use rows::{AuditHeadRow, BATCH_BYTES, Batch, Derived, Entry, ROWS_PER_INSERT, Table, Tx};
 
 /// The file format this mayfly writes and reads.
 pub const EXPORT_FORMAT: u64 = 1;
@@ -87,7 +85,7 @@ pub enum TransferError {
     Counts(String),
     /// The master key given cannot open a signing key of the export.
     #[error(
-        "the master key cannot open signing key {0}: use the master key of the deployment that was exported"
+        "the master key cannot open sealed key {0}: use the master key of the deployment that was exported"
     )]
     WrongMasterKey(String),
 }
@@ -111,6 +109,24 @@ pub struct TableCounts {
     pub revoked_tokens: u64,
     /// Consumed single-use values (assertion and subject-token jtis).
     pub used_jti: u64,
+    /// SPIFFE X.509 CAs and JWT-SVID keys (sealed). Absent (0) in files from before SPIFFE.
+    #[serde(default)]
+    pub spiffe_authorities: u64,
+    /// SPIFFE registration entries.
+    #[serde(default)]
+    pub spiffe_entries: u64,
+    /// Join tokens (hashes of their secrets only).
+    #[serde(default)]
+    pub join_tokens: u64,
+    /// Attested agents.
+    #[serde(default)]
+    pub spiffe_agents: u64,
+    /// JWT-SVIDs revoked because their workload exited.
+    #[serde(default)]
+    pub revoked_svids: u64,
+    /// Tokens minted from JWT-SVIDs (revoked with them).
+    #[serde(default)]
+    pub svid_tokens: u64,
     /// Audit events.
     pub audit_events: u64,
     /// The audit chain head (one row).
@@ -124,6 +140,12 @@ impl TableCounts {
             Table::Clients => &mut self.clients,
             Table::RevokedTokens => &mut self.revoked_tokens,
             Table::UsedJti => &mut self.used_jti,
+            Table::SpiffeAuthorities => &mut self.spiffe_authorities,
+            Table::SpiffeEntries => &mut self.spiffe_entries,
+            Table::JoinTokens => &mut self.join_tokens,
+            Table::SpiffeAgents => &mut self.spiffe_agents,
+            Table::RevokedSvids => &mut self.revoked_svids,
+            Table::SvidTokens => &mut self.svid_tokens,
             Table::AuditEvents => &mut self.audit_events,
             Table::AuditHead => &mut self.audit_head,
         }
@@ -189,6 +211,12 @@ pub struct AppliedMigration {
     pub version: i64,
     /// What it does (from this mayfly's list; unknown versions come from a newer mayfly).
     pub description: String,
+}
+
+/// The tables an export holds, in the order it holds them: every table of the schema but
+/// sqlx's own bookkeeping (a test holds this to the live schema on both backends).
+pub fn exported_tables() -> Vec<&'static str> {
+    Table::ALL.iter().map(|t| t.name()).collect()
 }
 
 fn latest_version(backend: Backend) -> i64 {
@@ -326,8 +354,8 @@ impl Store {
         })
     }
 
-    /// Load an export into this store, which must be empty (no signing keys, clients,
-    /// revocations, replay records or audit events), in one transaction: on any error, the
+    /// Load an export into this store, which must be empty (no row in any table but the audit
+    /// head at its start), in one transaction: on any error, the
     /// store is left as it was. The file is read line by line; its header, row counts and
     /// checksum are checked before the transaction commits.
     pub async fn import(
@@ -417,7 +445,13 @@ impl Store {
             }
             *seen.slot(t) += 1;
             match &e {
-                Entry::SigningKeys(k) => check_key(o.master_key, k, n)?,
+                Entry::SigningKeys(k) => {
+                    check_sealed(o.master_key, &k.kid, &k.kid, &k.sealed_private, n)?;
+                }
+                Entry::SpiffeAuthorities(a) => {
+                    let aad = crate::spiffe::sealed_aad(&a.kind, &a.id);
+                    check_sealed(o.master_key, &a.id, &aad, &a.sealed_private, n)?;
+                }
                 Entry::AuditEvents(ev) => derived.add(ev),
                 Entry::AuditHead(h) => {
                     batch.flush(backend, &mut tx).await?;
@@ -475,19 +509,22 @@ fn seen_later(seen: &TableCounts, t: Table) -> bool {
 }
 
 async fn check_empty(tx: &mut Tx) -> Result<(), TransferError> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM signing_keys) AS signing_keys, \
-         (SELECT COUNT(*) FROM clients) AS clients, \
-         (SELECT COUNT(*) FROM revoked_tokens) AS revoked_tokens, \
-         (SELECT COUNT(*) FROM used_jti) AS used_jti, \
-         (SELECT COUNT(*) FROM audit_events) AS audit_events, \
-         (SELECT seq FROM audit_head WHERE id = 1) AS head",
-    )
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db("check the target is empty"))?;
+    // Every table but the head, which always has its one row.
+    let counted = &Table::ALL[..Table::ALL.len() - 1];
+    let sql = format!(
+        "SELECT {}, (SELECT seq FROM audit_head WHERE id = 1) AS head",
+        counted
+            .iter()
+            .map(|t| format!("(SELECT COUNT(*) FROM {0}) AS {0}", t.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("check the target is empty"))?;
     let mut held = Vec::new();
-    for t in &Table::ALL[..5] {
+    for t in counted {
         let n: i64 = row
             .try_get(t.name())
             .map_err(db("check the target is empty"))?;
@@ -508,17 +545,24 @@ async fn check_empty(tx: &mut Tx) -> Result<(), TransferError> {
     }
 }
 
-/// With a master key, prove it opens the sealed key (the clear key is dropped at once).
-fn check_key(kek: Option<&Kek>, k: &SigningKeyRow, line: u64) -> Result<(), TransferError> {
+/// With a master key, prove it opens a sealed key (the clear key is dropped at once): a signing
+/// key (bound to its kid) or a SPIFFE authority (bound to its kind and id).
+fn check_sealed(
+    kek: Option<&Kek>,
+    id: &str,
+    aad: &str,
+    sealed: &str,
+    line: u64,
+) -> Result<(), TransferError> {
     let Some(kek) = kek else {
         return Ok(());
     };
     let sealed = base64::engine::general_purpose::STANDARD
-        .decode(&k.sealed_private)
-        .map_err(|_| line_err(line, format!("key {}: sealed key is not base64", k.kid)))?;
-    kek.open(k.kid.as_bytes(), &sealed)
+        .decode(sealed)
+        .map_err(|_| line_err(line, format!("key {id}: sealed key is not base64")))?;
+    kek.open(aad.as_bytes(), &sealed)
         .map(drop)
-        .map_err(|_| TransferError::WrongMasterKey(k.kid.clone()))
+        .map_err(|_| TransferError::WrongMasterKey(id.to_string()))
 }
 
 async fn set_head(tx: &mut Tx, h: &AuditHeadRow, line: u64) -> Result<(), TransferError> {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use base64::Engine;
 use mayfly_crypto::{Kek, KeyAlg};
 use mayfly_store::{
-    AuditLog, AuditSink, CommitOutcome, ImportOptions, Pending, Store, StoredClient, TransferError,
+    AuditLog, AuditSink, AuthorityKind, CommitOutcome, ImportOptions, JoinTokenOutcome, Pending,
+    Store, StoredAgent, StoredClient, StoredEntry, TransferError,
 };
-use mayfly_sts::keys::{self, Schedule};
+use mayfly_sts::keys::{self, KeyTimes, Schedule};
 use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -170,6 +171,122 @@ async fn populate(s: &Store) {
     })
     .await
     .unwrap();
+    populate_spiffe(s, &log).await;
+}
+
+fn entry() -> StoredEntry {
+    StoredEntry {
+        id: "e-1".into(),
+        spiffe_id: "spiffe://example.org/web".into(),
+        parent_id: "spiffe://example.org/mayfly/agent/node-1".into(),
+        selectors: vec!["unix:uid:1000".into(), "unix:user:web".into()],
+        x509_ttl: 3600,
+        jwt_ttl: 300,
+        dns_names: vec!["web.internal".into()],
+        created_at: 900,
+    }
+}
+
+fn agent() -> StoredAgent {
+    StoredAgent {
+        spiffe_id: "spiffe://example.org/mayfly/agent/node-1".into(),
+        attestation: "join_token".into(),
+        serial: "0a1b".into(),
+        attested_at: 1_000,
+        expires_at: 4_600,
+    }
+}
+
+/// The SPIFFE side: a CA and a JWT-SVID key (sealed), an entry, a used and an unused join
+/// token, an agent, and a revoked JWT-SVID with a token minted from it and one minted from a
+/// live one. Adds 2 audit events (the two mints).
+async fn populate_spiffe(s: &Store, log: &AuditLog) {
+    let k = kek();
+    for (kind, id) in [(AuthorityKind::X509, "ca-1"), (AuthorityKind::Jwt, "jk-1")] {
+        let t = KeyTimes {
+            kid: id.into(),
+            created_at: 1_000,
+            not_before: 1_000,
+            not_after: 90_000,
+            expires_at: 180_000,
+        };
+        s.insert_authority(kind, &t, "PUBLIC", b"private pkcs8", &k)
+            .await
+            .unwrap();
+    }
+    assert!(s.add_entry(&entry()).await.unwrap());
+    s.add_join_token(
+        "used-token-0001",
+        "hash-used",
+        1_000,
+        1_600,
+        Some("spiffe://example.org/mayfly/agent/node-1"),
+    )
+    .await
+    .unwrap();
+    s.add_join_token("fresh-token-002", "hash-fresh", 1_000, 1_600, None)
+        .await
+        .unwrap();
+    let (outcome, _) = s
+        .consume_join_token("used-token-0001", |h| h == "hash-used", 1_100)
+        .await
+        .unwrap();
+    assert_eq!(outcome, JoinTokenOutcome::Accepted);
+    s.upsert_agent(&agent()).await.unwrap();
+    for (token, svid) in [("t-svid-dead", "svid-dead"), ("t-svid-live", "svid-live")] {
+        let mut e = issue(token, 1_300);
+        e.exp = Some(5_000);
+        let mut p = Pending::event(e);
+        p.link_svid = Some(svid.into());
+        log.commit(p).await.unwrap();
+    }
+    let revoked = s
+        .revoke_svids(&["svid-dead".to_string()], 1_400, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec!["t-svid-dead".to_string()]);
+}
+
+/// What the SPIFFE side needs after a move: the CA opens under the same master key, single
+/// use still holds, and a JWT-SVID revoked before the move takes its tokens with it, as does
+/// one revoked after it.
+async fn assert_spiffe_complete(s: &Store) {
+    let k = kek();
+    let cas = s.load_authorities(AuthorityKind::X509, &k).await.unwrap();
+    assert_eq!(cas.len(), 1);
+    assert_eq!(cas[0].times.kid, "ca-1");
+    assert_eq!(&cas[0].private_pkcs8[..], b"private pkcs8");
+    assert_eq!(
+        s.load_authorities(AuthorityKind::Jwt, &k)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.list_entries(None).await.unwrap(), vec![entry()]);
+    let (used, _) = s
+        .consume_join_token("used-token-0001", |h| h == "hash-used", 1_200)
+        .await
+        .unwrap();
+    assert_eq!(used, JoinTokenOutcome::AlreadyUsed);
+    assert_eq!(
+        s.get_agent(&agent().spiffe_id).await.unwrap(),
+        Some(agent())
+    );
+    assert!(s.is_svid_revoked("svid-dead").await.unwrap());
+    assert!(s.is_revoked("t-svid-dead").await.unwrap());
+    assert!(!s.is_svid_revoked("svid-live").await.unwrap());
+    assert!(!s.is_revoked("t-svid-live").await.unwrap());
+}
+
+/// Revoking the live JWT-SVID on a store that was imported revokes the token linked before the
+/// move.
+async fn assert_links_survive(s: &Store) {
+    let revoked = s
+        .revoke_svids(&["svid-live".to_string()], 1_500, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec!["t-svid-live".to_string()]);
 }
 
 async fn export(s: &Store) -> Vec<u8> {
@@ -192,11 +309,12 @@ fn rows(file: &[u8]) -> Vec<String> {
 async fn assert_complete(s: &Store) {
     let report = s.audit_verify(&kek()).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.events, 152);
+    assert_eq!(report.events, 154);
     assert_eq!(s.load_keys(&kek()).await.unwrap().len(), 2);
     assert_eq!(s.list_clients().await.unwrap(), clients());
     assert!(s.is_revoked("t1").await.unwrap());
     assert!(!s.is_revoked("t2").await.unwrap());
+    assert_spiffe_complete(s).await;
 }
 
 async fn assert_empty(s: &Store) {
@@ -215,10 +333,16 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     let sum = to.store.import(&first[..], &opts(&k)).await.unwrap();
     assert_eq!(sum.counts.signing_keys, 2);
     assert_eq!(sum.counts.clients, 2);
-    assert_eq!(sum.counts.revoked_tokens, 1);
-    assert_eq!(sum.counts.audit_events, 152);
+    assert_eq!(sum.counts.revoked_tokens, 2);
+    assert_eq!(sum.counts.spiffe_authorities, 2);
+    assert_eq!(sum.counts.spiffe_entries, 1);
+    assert_eq!(sum.counts.join_tokens, 2);
+    assert_eq!(sum.counts.spiffe_agents, 1);
+    assert_eq!(sum.counts.revoked_svids, 1);
+    assert_eq!(sum.counts.svid_tokens, 2);
+    assert_eq!(sum.counts.audit_events, 154);
     assert_eq!(sum.counts.audit_head, 1);
-    assert_eq!(sum.schema_version, 2);
+    assert_eq!(sum.schema_version, 3);
     assert_eq!(sum.replay_records_derived, 0, "the events are long past");
     assert_complete(&to.store).await;
     let second = export(&to.store).await;
@@ -234,9 +358,10 @@ async fn round_trip(from: Db, to: Db, back: Db) {
         .commit(Pending::event(issue("after", 2_000)))
         .await
         .unwrap();
-    assert_eq!(seq, CommitOutcome::Committed(153));
+    assert_eq!(seq, CommitOutcome::Committed(155));
     let report = to.store.audit_verify(&k).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_links_survive(&to.store).await;
 }
 
 #[tokio::test]
@@ -258,6 +383,13 @@ async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
     populate(&db.store).await;
     let file = export(&db.store).await;
     let text = String::from_utf8(file.clone()).unwrap();
+    for a in [AuthorityKind::X509, AuthorityKind::Jwt] {
+        for ca in db.store.load_authorities(a, &kek()).await.unwrap() {
+            let clear = base64::engine::general_purpose::STANDARD.encode(&*ca.private_pkcs8);
+            assert!(!text.contains(&clear), "a SPIFFE authority key in clear");
+        }
+    }
+    assert!(!text.contains("private pkcs8"));
     for k in db.store.load_keys(&kek()).await.unwrap() {
         let der = k.key.to_pkcs8().unwrap();
         for enc in [
@@ -273,9 +405,10 @@ async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
     let lines: Vec<&str> = text.lines().collect();
     let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(header["mayfly_export"], 1);
-    assert_eq!(header["schema_version"], 2);
+    assert_eq!(header["schema_version"], 3);
     assert_eq!(header["source"], "sqlite");
-    assert_eq!(header["counts"]["audit_events"], 152);
+    assert_eq!(header["counts"]["audit_events"], 154);
+    assert_eq!(header["counts"]["spiffe_authorities"], 2);
     assert_eq!(header["counts"]["signing_keys"], 2);
     let row: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(row["table"], "signing_keys");
@@ -422,7 +555,7 @@ async fn import_refuses_another_master_key_and_future_files() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::Format(2)), "{err}");
-    let newer_schema = text.replacen(r#""schema_version":2"#, r#""schema_version":99"#, 1);
+    let newer_schema = text.replacen(r#""schema_version":3"#, r#""schema_version":99"#, 1);
     let err = target
         .store
         .import(newer_schema.as_bytes(), &opts(&kek()))
@@ -507,7 +640,96 @@ async fn applied_migrations_are_listed_on_both_backends() {
     for db in [sqlite().await, postgres().await] {
         let applied = db.store.applied_migrations().await.unwrap();
         let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, vec![1, 2, 3]);
         assert_eq!(applied[0].description, "init");
+        assert_eq!(applied[2].description, "spiffe");
     }
+}
+
+/// Every table of the live schema is in an export, on both backends: a table added by a later
+/// migration and forgotten here would otherwise be dropped silently by a move.
+#[tokio::test]
+async fn every_table_of_the_schema_is_exported() {
+    use sqlx::Row;
+    let mut want = mayfly_store::exported_tables();
+    want.sort_unstable();
+    let lite = sqlite().await;
+    let path = lite._dir.as_ref().unwrap().path().join("t.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut live: Vec<String> = rows.iter().map(|r| r.get::<String, _>("name")).collect();
+    live.sort_unstable();
+    assert_eq!(live, want, "SQLite");
+
+    let pg = postgres().await;
+    let name = pg.pg_name.clone().unwrap();
+    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut live: Vec<String> = rows.iter().map(|r| r.get::<String, _>("name")).collect();
+    live.sort_unstable();
+    assert_eq!(live, want, "PostgreSQL");
+}
+
+/// A file written before the SPIFFE tables existed (its counts lack them) still imports.
+#[tokio::test]
+async fn a_file_from_before_spiffe_imports() {
+    let k = kek();
+    let src = sqlite().await;
+    let sched = Schedule {
+        rotation: 3600,
+        max_ttl: 600,
+        skew: 30,
+    };
+    src.store
+        .apply_key_actions(&keys::plan(&[], 1_000, &sched), 1_000, KeyAlg::EdDSA, &k)
+        .await
+        .unwrap();
+    let text = String::from_utf8(export(&src.store).await).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let strip = |line: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let counts = v["counts"].as_object_mut().unwrap();
+        for t in [
+            "spiffe_authorities",
+            "spiffe_entries",
+            "join_tokens",
+            "spiffe_agents",
+            "revoked_svids",
+            "svid_tokens",
+        ] {
+            assert_eq!(counts.remove(t), Some(serde_json::json!(0)));
+        }
+        v
+    };
+    let mut body = format!("{}\n", strip(lines[0]));
+    for l in &lines[1..lines.len() - 1] {
+        body.push_str(l);
+        body.push('\n');
+    }
+    let mut trailer = strip(lines[lines.len() - 1]);
+    trailer["sha256"] = mayfly_crypto::hex(&mayfly_crypto::sha256(body.as_bytes())).into();
+    let old = format!("{body}{trailer}\n");
+    let target = postgres().await;
+    let sum = target
+        .store
+        .import(old.as_bytes(), &opts(&k))
+        .await
+        .unwrap();
+    assert_eq!(sum.counts.signing_keys, 2);
+    assert_eq!(target.store.load_keys(&k).await.unwrap().len(), 2);
 }

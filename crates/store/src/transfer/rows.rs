@@ -19,16 +19,28 @@ pub(super) enum Table {
     Clients,
     RevokedTokens,
     UsedJti,
+    SpiffeAuthorities,
+    SpiffeEntries,
+    JoinTokens,
+    SpiffeAgents,
+    RevokedSvids,
+    SvidTokens,
     AuditEvents,
     AuditHead,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 6] = [
+    pub(super) const ALL: [Table; 12] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
         Table::UsedJti,
+        Table::SpiffeAuthorities,
+        Table::SpiffeEntries,
+        Table::JoinTokens,
+        Table::SpiffeAgents,
+        Table::RevokedSvids,
+        Table::SvidTokens,
         Table::AuditEvents,
         Table::AuditHead,
     ];
@@ -39,6 +51,12 @@ impl Table {
             Table::Clients => "clients",
             Table::RevokedTokens => "revoked_tokens",
             Table::UsedJti => "used_jti",
+            Table::SpiffeAuthorities => "spiffe_authorities",
+            Table::SpiffeEntries => "spiffe_entries",
+            Table::JoinTokens => "join_tokens",
+            Table::SpiffeAgents => "spiffe_agents",
+            Table::RevokedSvids => "revoked_svids",
+            Table::SvidTokens => "svid_tokens",
             Table::AuditEvents => "audit_events",
             Table::AuditHead => "audit_head",
         }
@@ -59,6 +77,43 @@ impl Table {
             Table::Clients => &["id", "jwks", "audiences", "scopes", "max_ttl", "created_at"],
             Table::RevokedTokens => &["jti", "client_id", "revoked_at", "expires_at"],
             Table::UsedJti => &["client_id", "jti", "expires_at"],
+            Table::SpiffeAuthorities => &[
+                "id",
+                "kind",
+                "created_at",
+                "not_before",
+                "not_after",
+                "expires_at",
+                "public",
+                "sealed_private",
+            ],
+            Table::SpiffeEntries => &[
+                "id",
+                "spiffe_id",
+                "parent_id",
+                "selectors",
+                "x509_ttl",
+                "jwt_ttl",
+                "dns_names",
+                "created_at",
+            ],
+            Table::JoinTokens => &[
+                "id",
+                "secret_sha256",
+                "created_at",
+                "expires_at",
+                "used_at",
+                "agent_id",
+            ],
+            Table::SpiffeAgents => &[
+                "spiffe_id",
+                "attestation",
+                "serial",
+                "attested_at",
+                "expires_at",
+            ],
+            Table::RevokedSvids => &["jti", "revoked_at", "expires_at"],
+            Table::SvidTokens => &["svid_jti", "token_jti", "client_id", "expires_at"],
             Table::AuditEvents => &["seq", "ts", "kind", "jti", "body", "prev_hash", "hash"],
             Table::AuditHead => &["id", "seq", "hash", "updated_at"],
         }
@@ -76,6 +131,10 @@ impl Table {
             Table::Clients => text("id"),
             Table::RevokedTokens => text("jti"),
             Table::UsedJti => format!("{}, {}", text("client_id"), text("jti")),
+            Table::SpiffeAuthorities | Table::SpiffeEntries | Table::JoinTokens => text("id"),
+            Table::SpiffeAgents => text("spiffe_id"),
+            Table::RevokedSvids => text("jti"),
+            Table::SvidTokens => format!("{}, {}", text("svid_jti"), text("token_jti")),
             Table::AuditEvents => "seq".into(),
             Table::AuditHead => "id".into(),
         }
@@ -126,6 +185,72 @@ pub(super) struct UsedJtiRow {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct AuthorityRow {
+    pub(super) id: String,
+    pub(super) kind: String,
+    pub(super) created_at: i64,
+    pub(super) not_before: i64,
+    pub(super) not_after: i64,
+    pub(super) expires_at: i64,
+    pub(super) public: String,
+    /// AES-256-GCM under the master key, base64, exactly as stored.
+    pub(super) sealed_private: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EntryRow {
+    pub(super) id: String,
+    pub(super) spiffe_id: String,
+    pub(super) parent_id: String,
+    pub(super) selectors: String,
+    pub(super) x509_ttl: i64,
+    pub(super) jwt_ttl: i64,
+    pub(super) dns_names: String,
+    pub(super) created_at: i64,
+}
+
+/// Only the SHA-256 of a join token's secret is stored, so the file holds no usable token.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JoinTokenRow {
+    pub(super) id: String,
+    pub(super) secret_sha256: String,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) used_at: Option<i64>,
+    pub(super) agent_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AgentRow {
+    pub(super) spiffe_id: String,
+    pub(super) attestation: String,
+    pub(super) serial: String,
+    pub(super) attested_at: i64,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RevokedSvidRow {
+    pub(super) jti: String,
+    pub(super) revoked_at: i64,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SvidTokenRow {
+    pub(super) svid_jti: String,
+    pub(super) token_jti: String,
+    pub(super) client_id: String,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct AuditEventRow {
     pub(super) seq: i64,
     pub(super) ts: i64,
@@ -158,6 +283,12 @@ pub(super) enum Entry {
     Clients(ClientRow),
     RevokedTokens(RevokedRow),
     UsedJti(UsedJtiRow),
+    SpiffeAuthorities(AuthorityRow),
+    SpiffeEntries(EntryRow),
+    JoinTokens(JoinTokenRow),
+    SpiffeAgents(AgentRow),
+    RevokedSvids(RevokedSvidRow),
+    SvidTokens(SvidTokenRow),
     AuditEvents(AuditEventRow),
     AuditHead(AuditHeadRow),
 }
@@ -169,6 +300,12 @@ impl Entry {
             Entry::Clients(_) => Table::Clients,
             Entry::RevokedTokens(_) => Table::RevokedTokens,
             Entry::UsedJti(_) => Table::UsedJti,
+            Entry::SpiffeAuthorities(_) => Table::SpiffeAuthorities,
+            Entry::SpiffeEntries(_) => Table::SpiffeEntries,
+            Entry::JoinTokens(_) => Table::JoinTokens,
+            Entry::SpiffeAgents(_) => Table::SpiffeAgents,
+            Entry::RevokedSvids(_) => Table::RevokedSvids,
+            Entry::SvidTokens(_) => Table::SvidTokens,
             Entry::AuditEvents(_) => Table::AuditEvents,
             Entry::AuditHead(_) => Table::AuditHead,
         }
@@ -209,6 +346,52 @@ impl Entry {
             Table::UsedJti => Entry::UsedJti(UsedJtiRow {
                 client_id: g(r, "client_id")?,
                 jti: g(r, "jti")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::SpiffeAuthorities => Entry::SpiffeAuthorities(AuthorityRow {
+                id: g(r, "id")?,
+                kind: g(r, "kind")?,
+                created_at: g(r, "created_at")?,
+                not_before: g(r, "not_before")?,
+                not_after: g(r, "not_after")?,
+                expires_at: g(r, "expires_at")?,
+                public: g(r, "public")?,
+                sealed_private: g(r, "sealed_private")?,
+            }),
+            Table::SpiffeEntries => Entry::SpiffeEntries(EntryRow {
+                id: g(r, "id")?,
+                spiffe_id: g(r, "spiffe_id")?,
+                parent_id: g(r, "parent_id")?,
+                selectors: g(r, "selectors")?,
+                x509_ttl: g(r, "x509_ttl")?,
+                jwt_ttl: g(r, "jwt_ttl")?,
+                dns_names: g(r, "dns_names")?,
+                created_at: g(r, "created_at")?,
+            }),
+            Table::JoinTokens => Entry::JoinTokens(JoinTokenRow {
+                id: g(r, "id")?,
+                secret_sha256: g(r, "secret_sha256")?,
+                created_at: g(r, "created_at")?,
+                expires_at: g(r, "expires_at")?,
+                used_at: g(r, "used_at")?,
+                agent_id: g(r, "agent_id")?,
+            }),
+            Table::SpiffeAgents => Entry::SpiffeAgents(AgentRow {
+                spiffe_id: g(r, "spiffe_id")?,
+                attestation: g(r, "attestation")?,
+                serial: g(r, "serial")?,
+                attested_at: g(r, "attested_at")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::RevokedSvids => Entry::RevokedSvids(RevokedSvidRow {
+                jti: g(r, "jti")?,
+                revoked_at: g(r, "revoked_at")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::SvidTokens => Entry::SvidTokens(SvidTokenRow {
+                svid_jti: g(r, "svid_jti")?,
+                token_jti: g(r, "token_jti")?,
+                client_id: g(r, "client_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
             Table::AuditEvents => Entry::AuditEvents(AuditEventRow {
@@ -256,6 +439,43 @@ impl Entry {
             Entry::UsedJti(r) => q
                 .bind(r.client_id.as_str())
                 .bind(r.jti.as_str())
+                .bind(r.expires_at),
+            Entry::SpiffeAuthorities(r) => q
+                .bind(r.id.as_str())
+                .bind(r.kind.as_str())
+                .bind(r.created_at)
+                .bind(r.not_before)
+                .bind(r.not_after)
+                .bind(r.expires_at)
+                .bind(r.public.as_str())
+                .bind(r.sealed_private.as_str()),
+            Entry::SpiffeEntries(r) => q
+                .bind(r.id.as_str())
+                .bind(r.spiffe_id.as_str())
+                .bind(r.parent_id.as_str())
+                .bind(r.selectors.as_str())
+                .bind(r.x509_ttl)
+                .bind(r.jwt_ttl)
+                .bind(r.dns_names.as_str())
+                .bind(r.created_at),
+            Entry::JoinTokens(r) => q
+                .bind(r.id.as_str())
+                .bind(r.secret_sha256.as_str())
+                .bind(r.created_at)
+                .bind(r.expires_at)
+                .bind(r.used_at)
+                .bind(r.agent_id.as_deref()),
+            Entry::SpiffeAgents(r) => q
+                .bind(r.spiffe_id.as_str())
+                .bind(r.attestation.as_str())
+                .bind(r.serial.as_str())
+                .bind(r.attested_at)
+                .bind(r.expires_at),
+            Entry::RevokedSvids(r) => q.bind(r.jti.as_str()).bind(r.revoked_at).bind(r.expires_at),
+            Entry::SvidTokens(r) => q
+                .bind(r.svid_jti.as_str())
+                .bind(r.token_jti.as_str())
+                .bind(r.client_id.as_str())
                 .bind(r.expires_at),
             Entry::AuditEvents(r) => q
                 .bind(r.seq)
