@@ -234,7 +234,9 @@ async fn a_deployment_moves_from_sqlite_to_postgresql() {
     let (code, out, err) = run_cli(r, &["migrate", "--config", pg]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("   1  init") && out.contains("   3  spiffe"),
+        out.contains("   1  init")
+            && out.contains("   3  spiffe")
+            && out.contains("   4  key debt"),
         "{out}"
     );
     assert!(!out.contains("postgres://"), "{out}");

@@ -40,6 +40,10 @@ fn print_counts(c: &TableCounts) {
         "  {} revoked JWT-SVIDs, {} tokens minted from JWT-SVIDs",
         c.revoked_svids, c.svid_tokens
     );
+    println!(
+        "  {} key-debt entries (wrapped keys sealed under the master key), {} usage records",
+        c.debt_keys, c.debt_usage
+    );
     println!("  {} audit events", c.audit_events);
 }
 

@@ -63,6 +63,19 @@ const KEYS: &[(&str, Option<&str>, &str)] = &[
     ),
 ];
 
+/// `[proxy]` keys (its routes come from the file, or MAYFLY_PROXY_ROUTES as a TOML array).
+const PROXY_KEYS: &[(&str, Option<&str>, &str)] = &[
+    ("PROXY_LISTEN", Some("proxy"), "listen"),
+    ("PROXY_ISSUER", Some("proxy"), "issuer"),
+    ("PROXY_CLIENT_ID", Some("proxy"), "client_id"),
+    ("PROXY_KEY_FILE", Some("proxy"), "key_file"),
+    ("PROXY_REVOCATION_CACHE", Some("proxy"), "revocation_cache"),
+    ("PROXY_UPSTREAM_CA_FILE", Some("proxy"), "upstream_ca_file"),
+    ("PROXY_UPSTREAM_TIMEOUT", Some("proxy"), "upstream_timeout"),
+    ("PROXY_RELOAD_INTERVAL", Some("proxy"), "reload_interval"),
+    ("PROXY_ROUTES", Some("proxy"), "routes"),
+];
+
 pub(crate) fn process_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("MAYFLY_"))
@@ -81,7 +94,8 @@ pub(crate) fn apply_overrides(
             continue;
         }
         let src = format!("environment variable {name}");
-        let Some((_, section, key)) = KEYS.iter().find(|(s, _, _)| *s == suffix) else {
+        let Some((_, section, key)) = KEYS.iter().chain(PROXY_KEYS).find(|(s, _, _)| *s == suffix)
+        else {
             return Err(ConfigError::new(
                 &src,
                 name.clone(),

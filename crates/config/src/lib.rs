@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod proxy;
 mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use proxy::{Inject, ProxyConfig, RouteConfig, RouteMatch};
 pub use raw::AuditOutput;
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -213,6 +215,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// SPIFFE issuing.
     pub spiffe: SpiffeConfig,
+    /// `[proxy]`: the legacy translation proxy (`mayfly proxy`).
+    pub proxy: ProxyConfig,
 }
 
 impl Config {

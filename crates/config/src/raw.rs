@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     spiffe: RawSpiffe,
+    #[serde(default)]
+    proxy: crate::proxy::RawProxy,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -224,7 +226,7 @@ struct RawClient {
     max_ttl: Option<String>,
 }
 
-fn duration(
+pub(crate) fn duration(
     src: &str,
     key: &str,
     v: Option<&String>,
@@ -459,6 +461,7 @@ impl RawConfig {
         }
         let policy_dir = self.policy.dir.as_deref().map(|d| resolve(base, d));
         let spiffe = self.spiffe.validate(src, base)?;
+        let proxy = self.proxy.validate(src, base)?;
         let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(self.issuers.len());
         for (i, raw) in self.issuers.into_iter().enumerate() {
             let iss = raw.validate(src, base, i)?;
@@ -491,6 +494,7 @@ impl RawConfig {
 
         Ok(Config {
             spiffe,
+            proxy,
             trust_domain,
             policy_dir,
             issuers,
@@ -518,7 +522,7 @@ impl RawConfig {
 }
 
 /// A path from the file, relative to the file's folder (kept as written when that is `.`).
-fn resolve(base: &Path, p: &str) -> std::path::PathBuf {
+pub(crate) fn resolve(base: &Path, p: &str) -> std::path::PathBuf {
     if base == Path::new(".") {
         std::path::PathBuf::from(p)
     } else {
@@ -526,7 +530,7 @@ fn resolve(base: &Path, p: &str) -> std::path::PathBuf {
     }
 }
 
-fn parse_issuer(src: &str, text: &str) -> Result<url::Url, ConfigError> {
+pub(crate) fn parse_issuer(src: &str, text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| {
         ConfigError::new(
             src,

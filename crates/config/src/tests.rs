@@ -263,3 +263,93 @@ fn issuers_and_policy_from_the_environment() {
     );
     assert_eq!(c.issuers[0].preset.as_deref(), Some("kubernetes"));
 }
+
+#[test]
+fn proxy_routes_parse_and_bad_ones_say_how_to_fix() {
+    let ok = r#"
+[proxy]
+listen = "127.0.0.1:0"
+client_id = "mayfly-proxy"
+key_file = "proxy.private.jwk.json"
+[[proxy.routes]]
+name = "stripe"
+path_prefix = "/stripe/"
+upstream = "https://api.stripe.com/v1"
+audience = "https://api.stripe.com"
+scopes = ["payments"]
+inject = { header = "Authorization", value = "Bearer {key}" }
+drop_headers = ["Cookie"]
+[[proxy.routes]]
+name = "maps"
+host = "Maps.Proxy.Internal"
+upstream = "http://127.0.0.1:9000"
+audience = "maps"
+key = "google-maps"
+inject = { query = "key" }
+"#;
+    let c = parse(ok, &[]).unwrap();
+    let p = &c.proxy;
+    assert_eq!(p.revocation_cache, Duration::from_secs(5));
+    assert_eq!(p.routes.len(), 2);
+    assert_eq!(p.routes[0].key, "stripe");
+    assert_eq!(
+        p.routes[0].inject,
+        Inject::Header {
+            name: "authorization".into(),
+            template: "Bearer {key}".into()
+        }
+    );
+    assert_eq!(p.routes[0].drop_headers, vec!["cookie"]);
+    assert_eq!(
+        p.routes[1].matcher,
+        RouteMatch::Host("maps.proxy.internal".into())
+    );
+    assert_eq!(p.routes[1].key, "google-maps");
+    let c = parse(ok, &[("MAYFLY_PROXY_REVOCATION_CACHE", "2s")]).unwrap();
+    assert_eq!(c.proxy.revocation_cache, Duration::from_secs(2));
+
+    let route = |extra: &str| {
+        format!(
+            "[[proxy.routes]]\nname = \"r\"\nupstream = \"https://u.test\"\naudience = \"a\"\n{extra}\n"
+        )
+    };
+    for (text, key) in [
+        (route("path_prefix = \"/r/\""), "proxy.routes[0].inject"),
+        (
+            route("inject = { query = \"k\" }"),
+            "proxy.routes[0].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/r/\"\nhost = \"h\"\ninject = { query = \"k\" }"),
+            "proxy.routes[0].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/r/\"\ninject = { header = \"X-Key\", value = \"no placeholder\" }"),
+            "proxy.routes[0].inject.value",
+        ),
+        (
+            route("path_prefix = \"/r/\"\ninject = { header = \"X-Key\", query = \"k\" }"),
+            "proxy.routes[0].inject",
+        ),
+        (
+            route("path_prefix = \"/r/\"\ninject = { basic = \"nokey\" }"),
+            "proxy.routes[0].inject.basic",
+        ),
+        (
+            "[[proxy.routes]]\nname = \"r\"\npath_prefix = \"/r/\"\nupstream = \"https://u.test/?k=1\"\naudience = \"a\"\ninject = { query = \"k\" }\n".to_string(),
+            "proxy.routes[0].upstream",
+        ),
+        (
+            "[proxy]\nclient_id = \"p\"\n".to_string(),
+            "proxy.client_id",
+        ),
+        (
+            "[proxy]\nrevocation_cache = \"1h\"\n".to_string(),
+            "proxy.revocation_cache",
+        ),
+    ] {
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(!e.fix.is_empty());
+    }
+}

@@ -7,6 +7,7 @@
 
 mod audit;
 mod clients;
+mod debt;
 mod keys;
 mod spiffe;
 mod transfer;
@@ -15,6 +16,7 @@ pub use audit::{
     AuditLog, AuditSink, ChainReport, CommitOutcome, Pending, StoredEvent, TamperKind,
 };
 pub use clients::StoredClient;
+pub use debt::{DebtEntry, DebtUsage};
 pub use keys::StoredKey;
 pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
 pub use transfer::{
@@ -117,6 +119,7 @@ fn migrator(backend: Backend) -> Migrator {
             ),
         },
         m(3, "spiffe", include_str!("../migrations/0003_spiffe.sql")),
+        m(4, "key debt", include_str!("../migrations/0004_debt.sql")),
     ])
 }
 

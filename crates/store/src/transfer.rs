@@ -127,6 +127,12 @@ pub struct TableCounts {
     /// Tokens minted from JWT-SVIDs (revoked with them).
     #[serde(default)]
     pub svid_tokens: u64,
+    /// Key-debt entries (wrapped keys sealed). Absent (0) in files from before key debt.
+    #[serde(default)]
+    pub debt_keys: u64,
+    /// Which identities used which legacy key.
+    #[serde(default)]
+    pub debt_usage: u64,
     /// Audit events.
     pub audit_events: u64,
     /// The audit chain head (one row).
@@ -146,6 +152,8 @@ impl TableCounts {
             Table::SpiffeAgents => &mut self.spiffe_agents,
             Table::RevokedSvids => &mut self.revoked_svids,
             Table::SvidTokens => &mut self.svid_tokens,
+            Table::DebtKeys => &mut self.debt_keys,
+            Table::DebtUsage => &mut self.debt_usage,
             Table::AuditEvents => &mut self.audit_events,
             Table::AuditHead => &mut self.audit_head,
         }
@@ -451,6 +459,12 @@ impl Store {
                 Entry::SpiffeAuthorities(a) => {
                     let aad = crate::spiffe::sealed_aad(&a.kind, &a.id);
                     check_sealed(o.master_key, &a.id, &aad, &a.sealed_private, n)?;
+                }
+                Entry::DebtKeys(d) => {
+                    if let Some(sealed) = &d.sealed_key {
+                        let aad = crate::debt::sealed_aad(&d.name);
+                        check_sealed(o.master_key, &d.name, &aad, sealed, n)?;
+                    }
                 }
                 Entry::AuditEvents(ev) => derived.add(ev),
                 Entry::AuditHead(h) => {

@@ -500,3 +500,147 @@ async fn spiffe_records_sqlite() {
 async fn spiffe_records_postgres() {
     spiffe_records(postgres().await).await;
 }
+
+/// Key debt: wrapped keys sealed and opened under the master key (and not under another), a
+/// fingerprint-only entry holds no key, rotation bumps the version, extension keeps its reason,
+/// usage aggregates per identity, removal takes the usage with it.
+async fn debt_records(db: Db) {
+    use mayfly_store::{DebtEntry, DebtUsage};
+    let s = &db.store;
+    let k = kek();
+    let entry = |name: &str, expires_at: i64| DebtEntry {
+        name: name.into(),
+        owner: "payments-team".into(),
+        created_at: 1_000,
+        expires_at,
+        routes: vec![name.into()],
+        fingerprint: format!("{:064x}", expires_at),
+        wrapped: false,
+        key_version: 0,
+        updated_at: 0,
+        extended_reason: None,
+        found_at: None,
+        last_used_at: None,
+    };
+    assert!(
+        s.add_debt(&entry("stripe", 9_000), Some(b"sk_live_1"), &k)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.add_debt(&entry("stripe", 9_000), Some(b"other"), &k)
+            .await
+            .unwrap(),
+        "name taken"
+    );
+    let mut found = entry("found", 5_000);
+    found.found_at = Some("repo@abc:src/a.py:3".into());
+    assert!(s.add_debt(&found, None, &k).await.unwrap());
+
+    // Soonest expiry first; only the wrapped one holds a key.
+    let list = s.list_debt().await.unwrap();
+    assert_eq!(
+        list.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["found", "stripe"]
+    );
+    assert!(!list[0].wrapped && list[1].wrapped);
+    assert_eq!(list[1].key_version, 1);
+    assert_eq!(list[0].found_at.as_deref(), Some("repo@abc:src/a.py:3"));
+    let (e, key) = s.open_debt_key("stripe", &k).await.unwrap().unwrap();
+    assert_eq!(&key[..], b"sk_live_1");
+    assert_eq!(e.owner, "payments-team");
+    assert!(s.open_debt_key("found", &k).await.unwrap().is_none());
+    assert!(s.open_debt_key("nope", &k).await.unwrap().is_none());
+    let other = Kek::from_bytes(&[9u8; 32]).unwrap();
+    assert!(
+        s.open_debt_key("stripe", &other).await.is_err(),
+        "another master key cannot open it"
+    );
+    assert_eq!(
+        s.debt_by_fingerprint(&found.fingerprint)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Rotation: new key, new version; a fingerprint-only entry can be wrapped this way.
+    assert!(
+        s.rotate_debt_key("stripe", b"sk_live_2", "ff", 2_000, &k)
+            .await
+            .unwrap()
+    );
+    let (e, key) = s.open_debt_key("stripe", &k).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            &key[..],
+            e.key_version,
+            e.fingerprint.as_str(),
+            e.updated_at
+        ),
+        (&b"sk_live_2"[..], 2, "ff", 2_000)
+    );
+    assert!(
+        !s.rotate_debt_key("nope", b"x", "ff", 2_000, &k)
+            .await
+            .unwrap()
+    );
+
+    // Extension keeps the reason and bumps the version (proxies reload the expiry).
+    assert!(
+        s.extend_debt("stripe", 20_000, "vendor migration in Q2", 2_100)
+            .await
+            .unwrap()
+    );
+    let e = s.get_debt("stripe").await.unwrap().unwrap();
+    assert_eq!((e.expires_at, e.key_version), (20_000, 3));
+    assert_eq!(e.extended_reason.as_deref(), Some("vendor migration in Q2"));
+
+    // Usage: aggregated per identity across flushes.
+    let used = |id: &str, first, last, calls| DebtUsage {
+        name: "stripe".into(),
+        identity: id.into(),
+        first_used_at: first,
+        last_used_at: last,
+        calls,
+    };
+    s.record_debt_usage(&[
+        used("spiffe://td/a", 3_000, 3_010, 5),
+        used("spiffe://td/b", 3_001, 3_001, 1),
+    ])
+    .await
+    .unwrap();
+    s.record_debt_usage(&[used("spiffe://td/a", 3_100, 3_200, 2)])
+        .await
+        .unwrap();
+    let u = s.debt_usage("stripe").await.unwrap();
+    assert_eq!(u.len(), 2);
+    assert_eq!(
+        (
+            u[0].identity.as_str(),
+            u[0].first_used_at,
+            u[0].last_used_at,
+            u[0].calls
+        ),
+        ("spiffe://td/a", 3_000, 3_200, 7)
+    );
+    assert_eq!(
+        s.get_debt("stripe").await.unwrap().unwrap().last_used_at,
+        Some(3_200)
+    );
+
+    assert!(s.remove_debt("stripe").await.unwrap());
+    assert!(!s.remove_debt("stripe").await.unwrap());
+    assert!(s.debt_usage("stripe").await.unwrap().is_empty());
+    assert!(s.get_debt("stripe").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn debt_records_sqlite() {
+    debt_records(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn debt_records_postgres() {
+    debt_records(postgres().await).await;
+}

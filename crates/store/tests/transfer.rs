@@ -172,6 +172,46 @@ async fn populate(s: &Store) {
     .await
     .unwrap();
     populate_spiffe(s, &log).await;
+    populate_debt(s).await;
+}
+
+fn debt(name: &str) -> mayfly_store::DebtEntry {
+    mayfly_store::DebtEntry {
+        name: name.into(),
+        owner: "payments-team".into(),
+        created_at: 1_000,
+        expires_at: 90_000,
+        routes: vec!["stripe".into()],
+        fingerprint: "ab".repeat(32),
+        wrapped: false,
+        key_version: 1,
+        updated_at: 1_000,
+        extended_reason: None,
+        found_at: None,
+        last_used_at: None,
+    }
+}
+
+/// Key debt: a wrapped key (sealed), a fingerprint-only finding, one identity's usage.
+async fn populate_debt(s: &Store) {
+    let k = kek();
+    assert!(
+        s.add_debt(&debt("stripe"), Some(b"sk_live_123"), &k)
+            .await
+            .unwrap()
+    );
+    let mut found = debt("found-in-repo");
+    found.found_at = Some("repo@abc:app.py:3".into());
+    assert!(s.add_debt(&found, None, &k).await.unwrap());
+    s.record_debt_usage(&[mayfly_store::DebtUsage {
+        name: "stripe".into(),
+        identity: "spiffe://example.org/billing".into(),
+        first_used_at: 1_100,
+        last_used_at: 1_200,
+        calls: 3,
+    }])
+    .await
+    .unwrap();
 }
 
 fn entry() -> StoredEntry {
@@ -277,6 +317,18 @@ async fn assert_spiffe_complete(s: &Store) {
     assert!(s.is_revoked("t-svid-dead").await.unwrap());
     assert!(!s.is_svid_revoked("svid-live").await.unwrap());
     assert!(!s.is_revoked("t-svid-live").await.unwrap());
+    // Key debt: the wrapped key opens under the same master key; usage came along.
+    let (e, key) = s.open_debt_key("stripe", &k).await.unwrap().unwrap();
+    assert_eq!(&key[..], b"sk_live_123");
+    assert_eq!(e.last_used_at, Some(1_200));
+    assert!(
+        s.open_debt_key("found-in-repo", &k)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.list_debt().await.unwrap().len(), 2);
+    assert_eq!(s.debt_usage("stripe").await.unwrap()[0].calls, 3);
 }
 
 /// Revoking the live JWT-SVID on a store that was imported revokes the token linked before the
@@ -340,9 +392,11 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     assert_eq!(sum.counts.spiffe_agents, 1);
     assert_eq!(sum.counts.revoked_svids, 1);
     assert_eq!(sum.counts.svid_tokens, 2);
+    assert_eq!(sum.counts.debt_keys, 2);
+    assert_eq!(sum.counts.debt_usage, 1);
     assert_eq!(sum.counts.audit_events, 154);
     assert_eq!(sum.counts.audit_head, 1);
-    assert_eq!(sum.schema_version, 3);
+    assert_eq!(sum.schema_version, 4);
     assert_eq!(sum.replay_records_derived, 0, "the events are long past");
     assert_complete(&to.store).await;
     let second = export(&to.store).await;
@@ -390,6 +444,7 @@ async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
         }
     }
     assert!(!text.contains("private pkcs8"));
+    assert!(!text.contains("sk_live_123"), "a legacy key in clear");
     for k in db.store.load_keys(&kek()).await.unwrap() {
         let der = k.key.to_pkcs8().unwrap();
         for enc in [
@@ -405,7 +460,7 @@ async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
     let lines: Vec<&str> = text.lines().collect();
     let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(header["mayfly_export"], 1);
-    assert_eq!(header["schema_version"], 3);
+    assert_eq!(header["schema_version"], 4);
     assert_eq!(header["source"], "sqlite");
     assert_eq!(header["counts"]["audit_events"], 154);
     assert_eq!(header["counts"]["spiffe_authorities"], 2);
@@ -555,7 +610,7 @@ async fn import_refuses_another_master_key_and_future_files() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::Format(2)), "{err}");
-    let newer_schema = text.replacen(r#""schema_version":3"#, r#""schema_version":99"#, 1);
+    let newer_schema = text.replacen(r#""schema_version":4"#, r#""schema_version":99"#, 1);
     let err = target
         .store
         .import(newer_schema.as_bytes(), &opts(&kek()))
@@ -640,7 +695,7 @@ async fn applied_migrations_are_listed_on_both_backends() {
     for db in [sqlite().await, postgres().await] {
         let applied = db.store.applied_migrations().await.unwrap();
         let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(versions, vec![1, 2, 3, 4]);
         assert_eq!(applied[0].description, "init");
         assert_eq!(applied[2].description, "spiffe");
     }

@@ -26,6 +26,10 @@ pub enum EventKind {
     WorkloadExit,
     /// A registration entry was added or removed.
     EntryChange,
+    /// The legacy proxy forwarded a call (or refused one) on a route holding a static key.
+    ProxyCall,
+    /// A key-debt entry was added, rotated, extended or removed.
+    DebtChange,
 }
 
 /// Allowed or refused.
@@ -92,6 +96,15 @@ pub struct AuditEvent {
     /// Machine-readable reason (see `Denial::reason`), or a short note for allowed events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Proxy: the route (and key-debt entry) a call went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Proxy: the HTTP status returned to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Proxy: time from the request to the upstream's response headers, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
 }
 
 impl AuditEvent {
@@ -116,6 +129,9 @@ impl AuditEvent {
             source: None,
             decision,
             reason: None,
+            route: None,
+            status: None,
+            latency_us: None,
         }
     }
 }

@@ -25,12 +25,14 @@ pub(super) enum Table {
     SpiffeAgents,
     RevokedSvids,
     SvidTokens,
+    DebtKeys,
+    DebtUsage,
     AuditEvents,
     AuditHead,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 12] = [
+    pub(super) const ALL: [Table; 14] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
@@ -41,6 +43,8 @@ impl Table {
         Table::SpiffeAgents,
         Table::RevokedSvids,
         Table::SvidTokens,
+        Table::DebtKeys,
+        Table::DebtUsage,
         Table::AuditEvents,
         Table::AuditHead,
     ];
@@ -57,6 +61,8 @@ impl Table {
             Table::SpiffeAgents => "spiffe_agents",
             Table::RevokedSvids => "revoked_svids",
             Table::SvidTokens => "svid_tokens",
+            Table::DebtKeys => "debt_keys",
+            Table::DebtUsage => "debt_usage",
             Table::AuditEvents => "audit_events",
             Table::AuditHead => "audit_head",
         }
@@ -114,6 +120,21 @@ impl Table {
             ],
             Table::RevokedSvids => &["jti", "revoked_at", "expires_at"],
             Table::SvidTokens => &["svid_jti", "token_jti", "client_id", "expires_at"],
+            Table::DebtKeys => &[
+                "name",
+                "owner",
+                "created_at",
+                "expires_at",
+                "routes",
+                "fingerprint",
+                "sealed_key",
+                "key_version",
+                "updated_at",
+                "extended_reason",
+                "found_at",
+                "last_used_at",
+            ],
+            Table::DebtUsage => &["name", "identity", "first_used_at", "last_used_at", "calls"],
             Table::AuditEvents => &["seq", "ts", "kind", "jti", "body", "prev_hash", "hash"],
             Table::AuditHead => &["id", "seq", "hash", "updated_at"],
         }
@@ -135,6 +156,8 @@ impl Table {
             Table::SpiffeAgents => text("spiffe_id"),
             Table::RevokedSvids => text("jti"),
             Table::SvidTokens => format!("{}, {}", text("svid_jti"), text("token_jti")),
+            Table::DebtKeys => text("name"),
+            Table::DebtUsage => format!("{}, {}", text("name"), text("identity")),
             Table::AuditEvents => "seq".into(),
             Table::AuditHead => "id".into(),
         }
@@ -249,6 +272,34 @@ pub(super) struct SvidTokenRow {
     pub(super) expires_at: i64,
 }
 
+/// A legacy key, sealed under the master key as stored (or none: known by fingerprint only).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DebtKeyRow {
+    pub(super) name: String,
+    pub(super) owner: String,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) routes: String,
+    pub(super) fingerprint: String,
+    pub(super) sealed_key: Option<String>,
+    pub(super) key_version: i64,
+    pub(super) updated_at: i64,
+    pub(super) extended_reason: Option<String>,
+    pub(super) found_at: Option<String>,
+    pub(super) last_used_at: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DebtUsageRow {
+    pub(super) name: String,
+    pub(super) identity: String,
+    pub(super) first_used_at: i64,
+    pub(super) last_used_at: i64,
+    pub(super) calls: i64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditEventRow {
@@ -289,6 +340,8 @@ pub(super) enum Entry {
     SpiffeAgents(AgentRow),
     RevokedSvids(RevokedSvidRow),
     SvidTokens(SvidTokenRow),
+    DebtKeys(DebtKeyRow),
+    DebtUsage(DebtUsageRow),
     AuditEvents(AuditEventRow),
     AuditHead(AuditHeadRow),
 }
@@ -306,6 +359,8 @@ impl Entry {
             Entry::SpiffeAgents(_) => Table::SpiffeAgents,
             Entry::RevokedSvids(_) => Table::RevokedSvids,
             Entry::SvidTokens(_) => Table::SvidTokens,
+            Entry::DebtKeys(_) => Table::DebtKeys,
+            Entry::DebtUsage(_) => Table::DebtUsage,
             Entry::AuditEvents(_) => Table::AuditEvents,
             Entry::AuditHead(_) => Table::AuditHead,
         }
@@ -394,6 +449,27 @@ impl Entry {
                 client_id: g(r, "client_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
+            Table::DebtKeys => Entry::DebtKeys(DebtKeyRow {
+                name: g(r, "name")?,
+                owner: g(r, "owner")?,
+                created_at: g(r, "created_at")?,
+                expires_at: g(r, "expires_at")?,
+                routes: g(r, "routes")?,
+                fingerprint: g(r, "fingerprint")?,
+                sealed_key: g(r, "sealed_key")?,
+                key_version: g(r, "key_version")?,
+                updated_at: g(r, "updated_at")?,
+                extended_reason: g(r, "extended_reason")?,
+                found_at: g(r, "found_at")?,
+                last_used_at: g(r, "last_used_at")?,
+            }),
+            Table::DebtUsage => Entry::DebtUsage(DebtUsageRow {
+                name: g(r, "name")?,
+                identity: g(r, "identity")?,
+                first_used_at: g(r, "first_used_at")?,
+                last_used_at: g(r, "last_used_at")?,
+                calls: g(r, "calls")?,
+            }),
             Table::AuditEvents => Entry::AuditEvents(AuditEventRow {
                 seq: g(r, "seq")?,
                 ts: g(r, "ts")?,
@@ -477,6 +553,25 @@ impl Entry {
                 .bind(r.token_jti.as_str())
                 .bind(r.client_id.as_str())
                 .bind(r.expires_at),
+            Entry::DebtKeys(r) => q
+                .bind(r.name.as_str())
+                .bind(r.owner.as_str())
+                .bind(r.created_at)
+                .bind(r.expires_at)
+                .bind(r.routes.as_str())
+                .bind(r.fingerprint.as_str())
+                .bind(r.sealed_key.as_deref())
+                .bind(r.key_version)
+                .bind(r.updated_at)
+                .bind(r.extended_reason.as_deref())
+                .bind(r.found_at.as_deref())
+                .bind(r.last_used_at),
+            Entry::DebtUsage(r) => q
+                .bind(r.name.as_str())
+                .bind(r.identity.as_str())
+                .bind(r.first_used_at)
+                .bind(r.last_used_at)
+                .bind(r.calls),
             Entry::AuditEvents(r) => q
                 .bind(r.seq)
                 .bind(r.ts)

@@ -1,0 +1,501 @@
+//! `mayfly debt`: the inventory of static keys that still exist. Each has an owner and an expiry
+//! date; keys the proxy wraps are stored sealed under the master key, keys found by the scanner
+//! are entered by fingerprint. Keys are read from standard input or a named environment
+//! variable, never from the command line (argv is visible to every local user and lands in
+//! shell history).
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use mayfly_store::DebtEntry;
+use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::admin::Ctx;
+
+const DAY: i64 = 86_400;
+/// A key longer than this is not an API key: refuse rather than store a file by mistake.
+const MAX_KEY_BYTES: usize = 8192;
+
+/// `mayfly debt ...`
+#[derive(Subcommand)]
+pub enum DebtCmd {
+    /// Add a static key to the inventory. The key is read from standard input (or the variable
+    /// named by --key-env) and stored sealed; with --fingerprint, only its SHA-256 is entered
+    /// (a key found by `mayfly scan` that nothing wraps yet).
+    Add {
+        /// Entry name (also the proxy route's `key` by default).
+        #[arg(long)]
+        name: String,
+        /// The team or person who owns moving off this key.
+        #[arg(long)]
+        owner: String,
+        /// Last day the key may be used, YYYY-MM-DD (UTC). Required: every key has an end.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        expires: String,
+        /// A proxy route that uses the key (repeat for several).
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        /// Read the key from this environment variable instead of standard input.
+        #[arg(long, value_name = "VAR", conflicts_with = "fingerprint")]
+        key_env: Option<String>,
+        /// Enter a key by its SHA-256 (hex) only, as `mayfly scan` reports it.
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+        /// Where the key was found (with --fingerprint), e.g. `repo@commit:path:line`.
+        #[arg(long, requires = "fingerprint")]
+        found_at: Option<String>,
+    },
+    /// Replace an entry's key (read like `add`); running proxies pick it up without a restart.
+    Rotate {
+        /// Entry name.
+        name: String,
+        /// Read the key from this environment variable instead of standard input.
+        #[arg(long, value_name = "VAR")]
+        key_env: Option<String>,
+    },
+    /// List the inventory, soonest expiry first.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move an entry's expiry date; the reason is required and audited.
+    Extend {
+        /// Entry name.
+        name: String,
+        /// New last day, YYYY-MM-DD (UTC).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        until: String,
+        /// Why the key may live longer (kept with the entry and in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove an entry: the key is gone for good (revoke it at its provider first).
+    Remove {
+        /// Entry name.
+        name: String,
+    },
+}
+
+fn now() -> i64 {
+    SystemClock.now()
+}
+
+/// `YYYY-MM-DD` → the first second after that day (UTC), i.e. when the key stops working.
+fn end_of_day(date: &str) -> anyhow::Result<i64> {
+    let ok = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    let t = if ok {
+        humantime::parse_rfc3339(&format!("{date}T00:00:00Z")).ok()
+    } else {
+        None
+    };
+    let Some(t) = t else {
+        bail!("`{date}` is not a date: write YYYY-MM-DD, e.g. 2027-03-31");
+    };
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .context("dates before 1970 are not expiry dates")?
+        .as_secs();
+    Ok(i64::try_from(secs).context("date out of range")? + DAY)
+}
+
+/// The last day a key may be used, from its `expires_at`.
+pub(crate) fn last_day(expires_at: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at - DAY).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .chars()
+        .take(10)
+        .collect()
+}
+
+/// Whole days left before the key stops working (negative once expired).
+pub(crate) fn days_left(expires_at: i64, now: i64) -> i64 {
+    (expires_at - now).div_euclid(DAY)
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        bail!("`{name}` is not an entry name: use up to 64 letters, digits, `-`, `_` or `.`");
+    }
+    Ok(())
+}
+
+/// Read a key from the named variable, or standard input (one line; a trailing newline is not
+/// part of the key). Never from argv.
+fn read_key(key_env: Option<&str>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let raw: Zeroizing<Vec<u8>> = match key_env {
+        Some(var) => match std::env::var_os(var) {
+            Some(v) => Zeroizing::new(v.into_encoded_bytes()),
+            None => bail!(
+                "environment variable {var} is not set: export it, or pipe the key on standard input"
+            ),
+        },
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!(
+                    "mayfly: paste the key, then press Enter and Ctrl-D (it is not echoed back anywhere else)"
+                );
+            }
+            let mut buf = Zeroizing::new(Vec::new());
+            stdin
+                .lock()
+                .take(MAX_KEY_BYTES as u64 + 2)
+                .read_to_end(&mut buf)
+                .context("cannot read the key from standard input")?;
+            buf
+        }
+    };
+    let mut end = raw.len();
+    while end > 0 && matches!(raw[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let key = Zeroizing::new(raw[..end].to_vec());
+    if key.is_empty() {
+        bail!(
+            "the key is empty: pipe it on standard input, e.g. `printenv STRIPE_KEY | mayfly debt add ...`, or use --key-env VAR"
+        );
+    }
+    if key.len() > MAX_KEY_BYTES {
+        bail!("the key is longer than {MAX_KEY_BYTES} bytes: that is not an API key");
+    }
+    if key.contains(&b'\n') {
+        bail!("the key spans several lines: give one key, on one line");
+    }
+    Ok(key)
+}
+
+fn fingerprint(key: &[u8]) -> String {
+    mayfly_crypto::hex(&mayfly_crypto::sha256(key))
+}
+
+fn short(fp: &str) -> &str {
+    fp.get(..12).unwrap_or(fp)
+}
+
+fn event(name: &str, reason: String) -> AuditEvent {
+    let mut e = AuditEvent::new(EventKind::DebtChange, now(), Decision::Allow);
+    e.route = Some(name.to_string());
+    e.client = Some("mayfly debt".into());
+    e.reason = Some(reason);
+    e
+}
+
+/// Run one `mayfly debt` command.
+pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::open(config).await?;
+    match cmd {
+        DebtCmd::Add {
+            name,
+            owner,
+            expires,
+            routes,
+            key_env,
+            fingerprint: fp,
+            found_at,
+        } => {
+            check_name(&name)?;
+            if owner.trim().is_empty() {
+                bail!("--owner is empty: name the team that will move off this key");
+            }
+            let expires_at = end_of_day(&expires)?;
+            let now = now();
+            if expires_at <= now {
+                bail!(
+                    "--expires {expires} is in the past: give the last day the key may still be used"
+                );
+            }
+            let kek = ctx.kek(true)?;
+            let (key, fp) = match fp {
+                Some(fp) => {
+                    let fp = fp.to_ascii_lowercase();
+                    if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        bail!(
+                            "--fingerprint must be a SHA-256 in hex (64 characters), as `mayfly scan` prints it"
+                        );
+                    }
+                    (None, fp)
+                }
+                None => {
+                    let key = read_key(key_env.as_deref())?;
+                    let fp = fingerprint(&key);
+                    (Some(key), fp)
+                }
+            };
+            for other in ctx.store.debt_by_fingerprint(&fp).await? {
+                eprintln!(
+                    "mayfly: warning: entry `{}` holds the same key (fingerprint {})",
+                    other.name,
+                    short(&fp)
+                );
+            }
+            let wrapped = key.is_some();
+            let entry = DebtEntry {
+                name: name.clone(),
+                owner,
+                created_at: now,
+                expires_at,
+                routes,
+                fingerprint: fp.clone(),
+                wrapped,
+                key_version: 1,
+                updated_at: now,
+                extended_reason: None,
+                found_at,
+                last_used_at: None,
+            };
+            if !ctx
+                .store
+                .add_debt(&entry, key.as_ref().map(|k| k.as_slice()), &kek)
+                .await?
+            {
+                bail!(
+                    "entry `{name}` exists: use `mayfly debt rotate {name}` to replace its key, or another name"
+                );
+            }
+            let what = if wrapped {
+                "wrapped"
+            } else {
+                "known by fingerprint"
+            };
+            ctx.record(
+                kek,
+                vec![event(
+                    &name,
+                    format!(
+                        "added ({what}, fingerprint {}, expires after {}, owner {})",
+                        short(&fp),
+                        last_day(expires_at),
+                        entry.owner
+                    ),
+                )],
+            )
+            .await?;
+            println!(
+                "added `{name}` ({what}, fingerprint {}), usable through {} ({} days)",
+                short(&fp),
+                last_day(expires_at),
+                days_left(expires_at, now)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DebtCmd::Rotate { name, key_env } => {
+            let Some(before) = ctx.store.get_debt(&name).await? else {
+                bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
+            };
+            let key = read_key(key_env.as_deref())?;
+            let fp = fingerprint(&key);
+            if fp == before.fingerprint {
+                bail!(
+                    "that is the key `{name}` already holds: rotate means a new key from the provider"
+                );
+            }
+            let kek = ctx.kek(false)?;
+            if !ctx
+                .store
+                .rotate_debt_key(&name, &key, &fp, now(), &kek)
+                .await?
+            {
+                bail!("entry `{name}` was removed meanwhile");
+            }
+            ctx.record(
+                kek,
+                vec![event(
+                    &name,
+                    format!(
+                        "rotated (fingerprint {} replaces {})",
+                        short(&fp),
+                        short(&before.fingerprint)
+                    ),
+                )],
+            )
+            .await?;
+            println!(
+                "rotated `{name}` (fingerprint {}); running proxies load it within their reload interval",
+                short(&fp)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DebtCmd::List { json } => list(&ctx, json).await,
+        DebtCmd::Extend {
+            name,
+            until,
+            reason,
+        } => {
+            let reason = reason.trim().to_string();
+            if reason.len() < 3 {
+                bail!("--reason is required: say why this key may live longer (it is audited)");
+            }
+            let Some(before) = ctx.store.get_debt(&name).await? else {
+                bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
+            };
+            let expires_at = end_of_day(&until)?;
+            if expires_at <= now() {
+                bail!("--until {until} is in the past");
+            }
+            let kek = ctx.kek(false)?;
+            if !ctx
+                .store
+                .extend_debt(&name, expires_at, &reason, now())
+                .await?
+            {
+                bail!("entry `{name}` was removed meanwhile");
+            }
+            ctx.record(
+                kek,
+                vec![event(
+                    &name,
+                    format!(
+                        "expiry moved from {} to {}: {reason}",
+                        last_day(before.expires_at),
+                        last_day(expires_at)
+                    ),
+                )],
+            )
+            .await?;
+            println!(
+                "`{name}` now usable through {} ({} days)",
+                last_day(expires_at),
+                days_left(expires_at, now())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DebtCmd::Remove { name } => {
+            let kek = ctx.kek(false)?;
+            if !ctx.store.remove_debt(&name).await? {
+                bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
+            }
+            ctx.record(kek, vec![event(&name, "removed".into())])
+                .await?;
+            println!("removed `{name}`");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn list(ctx: &Ctx, as_json: bool) -> anyhow::Result<ExitCode> {
+    let now = now();
+    let entries = ctx.store.list_debt().await?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        let usage = ctx.store.debt_usage(&e.name).await?;
+        rows.push((e, usage));
+    }
+    if as_json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(e, u)| {
+                json!({
+                    "name": e.name,
+                    "owner": e.owner,
+                    "created_at": e.created_at,
+                    "expires": last_day(e.expires_at),
+                    "expires_at": e.expires_at,
+                    "days_left": days_left(e.expires_at, now),
+                    "expired": e.expires_at <= now,
+                    "wrapped": e.wrapped,
+                    "fingerprint": e.fingerprint,
+                    "routes": e.routes,
+                    "last_used_at": e.last_used_at,
+                    "extended_reason": e.extended_reason,
+                    "found_at": e.found_at,
+                    "identities": u.iter().map(|u| json!({
+                        "identity": u.identity,
+                        "first_used_at": u.first_used_at,
+                        "last_used_at": u.last_used_at,
+                        "calls": u.calls,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no static keys on the list");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<18} {:<10} {:>9}  {:<11} {:<16} {:<12} IDENTITIES",
+        "NAME", "OWNER", "EXPIRES", "DAYS LEFT", "KEY", "ROUTES", "LAST USED"
+    );
+    for (e, u) in &rows {
+        let left = days_left(e.expires_at, now);
+        let days = if e.expires_at <= now {
+            "EXPIRED".to_string()
+        } else if left < 7 {
+            format!("{left} (!!)")
+        } else if left < 30 {
+            format!("{left} (!)")
+        } else {
+            left.to_string()
+        };
+        let key = if e.wrapped {
+            "wrapped".to_string()
+        } else {
+            format!("found {}", short(&e.fingerprint).get(..4).unwrap_or(""))
+        };
+        let used = e.last_used_at.map_or_else(
+            || "never".to_string(),
+            |t| format!("{}d ago", (now - t) / DAY),
+        );
+        let ids: Vec<&str> = u.iter().map(|u| u.identity.as_str()).collect();
+        println!(
+            "{:<20} {:<18} {:<10} {:>9}  {:<11} {:<16} {:<12} {}",
+            e.name,
+            e.owner,
+            last_day(e.expires_at),
+            days,
+            key,
+            if e.routes.is_empty() {
+                "-".to_string()
+            } else {
+                e.routes.join(",")
+            },
+            used,
+            if ids.is_empty() {
+                "-".to_string()
+            } else {
+                ids.join(",")
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        // 2027-03-31 is usable through its last second: it stops at 2027-04-01T00:00:00Z.
+        assert_eq!(end_of_day("2027-03-31").unwrap(), 1_806_451_200 + DAY);
+        assert_eq!(last_day(end_of_day("2027-03-31").unwrap()), "2027-03-31");
+        for bad in ["2027-3-31", "31.03.2027", "2027-02-30", "", "2027-03-31T00"] {
+            assert!(end_of_day(bad).is_err(), "{bad}");
+        }
+        assert_eq!(days_left(DAY * 10, DAY * 3), 7);
+        assert_eq!(days_left(DAY * 10, DAY * 10 - 1), 0);
+        assert_eq!(days_left(DAY * 10, DAY * 10 + 1), -1);
+    }
+}
