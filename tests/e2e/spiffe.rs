@@ -90,7 +90,13 @@ struct Domain {
 
 impl Domain {
     fn start(x509_ttl: &str) -> Domain {
+        Self::start_with(x509_ttl, "", |_| {})
+    }
+
+    /// With `extra` appended to the config, after `prepare(dir)` wrote the files it names.
+    fn start_with(x509_ttl: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Domain {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
         let svc = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
         std::fs::write(
             dir.path().join("svc.jwks.json"),
@@ -122,6 +128,7 @@ id = "svc"
 jwks_file = "svc.jwks.json"
 audiences = ["{AUD}"]
 scopes = ["read"]
+{extra}
 "#,
                 data = dir.path().join("data").display()
             ),
@@ -200,8 +207,13 @@ scopes = ["read"]
         self.cli_ok(&args).trim().to_string()
     }
 
-    /// Start `mayfly agent` with this token; `Err(stderr)` if it exits before serving.
+    /// Start `mayfly agent` with this join token; `Err(stderr)` if it exits before serving.
     fn agent(&self, token: &Path) -> Result<AgentProcess, String> {
+        self.agent_attesting(&["--join-token-file", token.to_str().unwrap()])
+    }
+
+    /// Start `mayfly agent` attesting with `how` (join token or platform token arguments).
+    fn agent_attesting(&self, how: &[&str]) -> Result<AgentProcess, String> {
         let id = mayfly_crypto::random_id().unwrap();
         let socket = self.dir.path().join(format!("agent-{id}.sock"));
         let http = self.dir.path().join(format!("agent-{id}-http.sock"));
@@ -216,8 +228,9 @@ scopes = ["read"]
                 TD,
                 "--trust-bundle",
                 self.bundle.to_str().unwrap(),
-                "--join-token-file",
-                token.to_str().unwrap(),
+            ])
+            .args(how)
+            .args([
                 "--socket",
                 socket.to_str().unwrap(),
                 "--http-socket",
@@ -968,4 +981,115 @@ async fn two_workloads_use_their_svids_for_mutual_tls_across_a_rotation() {
     let (s, c) = ok.split_once(' ').unwrap();
     assert_ne!(s, server_serial, "the server presented its rotated SVID");
     assert_ne!(c, client_serial, "the client presented its rotated SVID");
+}
+
+// --- node attestation with a platform token ----------------------------------------------------
+
+const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A projected service-account token as the kubelet writes it for the agent's pod.
+fn k8s_token(key: &SigningKey, sa: &str) -> String {
+    let n = crate::fixture::now();
+    key.sign_jwt(
+        None,
+        &json!({
+            "aud": ["mayfly"], "iss": K8S_ISS, "iat": n, "nbf": n, "exp": n + 3600,
+            "jti": mayfly_crypto::random_id().unwrap(),
+            "kubernetes.io": {
+                "namespace": "spire-system",
+                "node": {"name": "node-7", "uid": "6f2c1c9e-0c2a-4a1e-9f1f-3b4c5d6e7f80"},
+                "pod": {"name": "mayfly-agent-x2k4q", "uid": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"},
+                "serviceaccount": {"name": sa, "uid": "9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a"}
+            },
+            "sub": format!("system:serviceaccount:spire-system:{sa}")
+        }),
+    )
+    .unwrap()
+}
+
+/// An agent attests with its pod's service-account token, checked by the server's trusted
+/// issuer `k8s` (no join token anywhere), gets an agent ID derived from it, and serves the
+/// entries parented to that ID. A token signed by another key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_attests_with_a_platform_token() {
+    let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
+    let jwks = json!({"keys": [k8s.public_jwk()]}).to_string();
+    let d = Domain::start_with(
+        "1h",
+        r#"[[issuers]]
+name = "k8s"
+issuer = "https://kubernetes.default.svc.cluster.local"
+preset = "kubernetes"
+jwks_file = "k8s.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+max_token_age = "1h"
+"#,
+        |dir| std::fs::write(dir.join("k8s.jwks.json"), &jwks).unwrap(),
+    );
+    let agent_id = "spiffe://example.org/mayfly/agent/k8s/ns/spire-system/sa/mayfly-agent";
+    d.cli_ok(&[
+        "entry",
+        "add",
+        "--spiffe-id",
+        "spiffe://example.org/on-k8s",
+        "--parent",
+        agent_id,
+        "--selector",
+        &format!("unix:path:{}", me().display()),
+    ]);
+
+    // Another key's token: refused, the agent says why and exits.
+    let forged = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
+    let bad = d.dir.path().join("forged.token");
+    std::fs::write(&bad, k8s_token(&forged, "mayfly-agent")).unwrap();
+    let err = d
+        .agent_attesting(&[
+            "--platform-issuer",
+            "k8s",
+            "--platform-token-file",
+            bad.to_str().unwrap(),
+        ])
+        .err()
+        .expect("a forged platform token is refused");
+    assert!(err.contains("attestation_failed"), "{err}");
+
+    let good = d.dir.path().join("sa.token");
+    std::fs::write(&good, k8s_token(&k8s, "mayfly-agent")).unwrap();
+    let agent = d
+        .agent_attesting(&[
+            "--platform-issuer",
+            "k8s",
+            "--platform-token-file",
+            good.to_str().unwrap(),
+        ])
+        .unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let svid = eventually("X.509-SVID", || client.fetch_x509_svid()).await;
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/on-k8s");
+
+    // Audited as a platform attestation of that agent ID.
+    let audit = d.server.stdout.lock().unwrap().clone();
+    let attest: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "agent_attest")
+        .collect();
+    let denied = attest
+        .iter()
+        .find(|e| e["decision"] == "deny")
+        .unwrap_or_else(|| panic!("the forged attempt is audited: {attest:?}"));
+    assert_eq!(denied["subject_issuer"], "k8s");
+    assert_eq!(
+        denied["reason"], "platform_token_refused: invalid_subject_token",
+        "{denied}"
+    );
+    let ok = attest
+        .iter()
+        .find(|e| e["decision"] == "allow")
+        .expect("an allowed attestation");
+    assert_eq!(ok["identity"], agent_id);
+    assert_eq!(ok["reason"], "platform:k8s");
 }

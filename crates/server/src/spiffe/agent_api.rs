@@ -184,55 +184,65 @@ async fn attest(
     let now = ctx.app.0.clock.now();
     let sp = &ctx.app.0.spiffe;
     let td = sp.p.trust_domain.clone();
-    let (agent_id, how) =
-        match &req.attestation {
-            AgentAttestation::JoinToken { token } => {
-                let Some((id, secret)) = split_join_token(token) else {
-                    return refuse(&ctx, now, None, "join token is malformed").await;
-                };
-                let presented = super::join_secret_hash(secret);
-                let (outcome, fixed_id) = ctx
-                    .app
-                    .0
-                    .store
-                    .consume_join_token(
-                        id,
-                        |stored| mayfly_crypto::ct_eq(stored.as_bytes(), presented.as_bytes()),
-                        now,
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                let agent_id =
-                    fixed_id.unwrap_or_else(|| format!("{}join/{id}", super::agent_prefix(&td)));
-                match outcome {
-                    JoinTokenOutcome::Accepted => {}
-                    JoinTokenOutcome::Unknown => {
-                        return refuse(&ctx, now, Some(id), "join token is unknown").await;
-                    }
-                    JoinTokenOutcome::Expired => {
-                        return refuse(&ctx, now, Some(id), "join token has expired").await;
-                    }
-                    JoinTokenOutcome::AlreadyUsed => {
-                        return refuse(&ctx, now, Some(id), "join token has already been used")
-                            .await;
-                    }
-                }
-                (agent_id, "join_token".to_string())
-            }
-            AgentAttestation::Platform { issuer, token } => {
-                let identity = crate::exchange::platform_identity(&ctx.app, issuer, token, now)
-                    .await
-                    .map_err(|_| ApiError::Attestation("the platform token was not accepted"))?;
-                // spiffe://td/ns/a/sa/b from issuer `k8s` -> spiffe://td/mayfly/agent/k8s/ns/a/sa/b
-                let path = identity.strip_prefix(&format!("spiffe://{td}/")).ok_or(
-                    ApiError::Attestation("the platform identity is in another trust domain"),
-                )?;
-                (
-                    format!("{}{issuer}/{path}", super::agent_prefix(&td)),
-                    format!("platform:{issuer}"),
+    let (agent_id, how) = match &req.attestation {
+        AgentAttestation::JoinToken { token } => {
+            let Some((id, secret)) = split_join_token(token) else {
+                return refuse(&ctx, now, None, "join token is malformed").await;
+            };
+            let presented = super::join_secret_hash(secret);
+            let (outcome, fixed_id) = ctx
+                .app
+                .0
+                .store
+                .consume_join_token(
+                    id,
+                    |stored| mayfly_crypto::ct_eq(stored.as_bytes(), presented.as_bytes()),
+                    now,
                 )
+                .await
+                .map_err(unavailable)?;
+            let agent_id =
+                fixed_id.unwrap_or_else(|| format!("{}join/{id}", super::agent_prefix(&td)));
+            match outcome {
+                JoinTokenOutcome::Accepted => {}
+                JoinTokenOutcome::Unknown => {
+                    return refuse(&ctx, now, Some(id), "join token is unknown").await;
+                }
+                JoinTokenOutcome::Expired => {
+                    return refuse(&ctx, now, Some(id), "join token has expired").await;
+                }
+                JoinTokenOutcome::AlreadyUsed => {
+                    return refuse(&ctx, now, Some(id), "join token has already been used").await;
+                }
             }
-        };
+            (agent_id, "join_token".to_string())
+        }
+        AgentAttestation::Platform { issuer, token } => {
+            let identity =
+                match crate::exchange::platform_identity(&ctx.app, issuer, token, now).await {
+                    Ok(id) => id,
+                    Err(denial) => {
+                        // Audited with the machine-readable reason; the agent is told no more.
+                        let mut e = event(&ctx, EventKind::AgentAttest, Decision::Deny, now);
+                        e.reason = Some(format!("platform_token_refused: {}", denial.reason()));
+                        e.subject_issuer = Some(issuer.chars().take(64).collect());
+                        audit(&ctx, e).await?;
+                        return Err(ApiError::Attestation("the platform token was not accepted"));
+                    }
+                };
+            // spiffe://td/ns/a/sa/b from issuer `k8s` -> spiffe://td/mayfly/agent/k8s/ns/a/sa/b
+            let path =
+                identity
+                    .strip_prefix(&format!("spiffe://{td}/"))
+                    .ok_or(ApiError::Attestation(
+                        "the platform identity is in another trust domain",
+                    ))?;
+            (
+                format!("{}{issuer}/{path}", super::agent_prefix(&td)),
+                format!("platform:{issuer}"),
+            )
+        }
+    };
     let resp = issue_agent_svid(&ctx, &agent_id, &how, &req.csr, now).await?;
     let mut e = event(&ctx, EventKind::AgentAttest, Decision::Allow, now);
     e.identity = Some(agent_id.clone());
