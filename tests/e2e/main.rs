@@ -6,6 +6,7 @@
 
 mod cli;
 mod crash;
+mod debt;
 mod federation;
 mod fixture;
 mod interop_node;
@@ -14,6 +15,7 @@ mod jwks_uri;
 mod no_secrets;
 mod pg;
 mod policy_cli;
+mod proxy;
 mod rejections;
 mod replicas;
 mod rotation;

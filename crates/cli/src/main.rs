@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod debt_cmd;
 mod keyfile;
 mod policy_cmd;
+mod proxy_cmd;
 mod server;
 mod spiffe_cmd;
 mod token;
@@ -106,6 +108,21 @@ enum Cmd {
     Bundle {
         #[command(subcommand)]
         cmd: BundleCmd,
+    },
+    /// Run the legacy translation proxy: workloads present mayfly tokens, the proxy injects the
+    /// static key of a key-only upstream (`[proxy]` and `[[proxy.routes]]` in the config).
+    Proxy {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The key-debt inventory: every static key that still exists, its owner and expiry date.
+    Debt {
+        /// TOML config file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: debt_cmd::DebtCmd,
     },
     /// Apply the database migrations now (servers also apply them at start) and list them.
     Migrate {
@@ -288,6 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             AuditCmd::Verify => admin::audit_verify(config).await,
         },
         Cmd::Entry { config, cmd } => spiffe_cmd::entry(config, cmd).await,
+        Cmd::Proxy { config } => proxy_cmd::run(config).await,
+        Cmd::Debt { config, cmd } => debt_cmd::run(config, cmd).await,
         Cmd::Agent {
             cmd: Some(spiffe_cmd::AgentCmd::Token { config, cmd }),
             ..

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Legacy translation proxy benchmark (issue 6): requests/s and latency through `mayfly proxy`
+# against calling the same upstream directly, with wrk on loopback, in the same run.
+#
+#   bench/proxy.sh        # about 2 minutes (release build first); figures on stdout
+#
+# Knobs (environment; BENCH_ because mayfly refuses unknown MAYFLY_* variables):
+#   BENCH_SECONDS (10): length of each wrk run
+#   BENCH_CONNS (32): connections of the throughput runs (latency runs use 1)
+#   BENCH_REPEAT (3): interleaved rounds (direct, proxy, direct, proxy); medians are reported
+#   BENCH_SKIP_BUILD=1: use the binaries already in target/release
+#
+# Pinning (taskset): the proxy alone on core 0 (its tokio runtime then runs one worker); wrk,
+# the upstream (mayfly-proxybench, one thread) and the token server on core 1. The direct runs
+# use the same wrk and upstream on core 1, so the difference is what the proxy adds when it has
+# a core of its own, as a sidecar would. Each call through the proxy is a full call: token
+# checked (signature verification cached per token and JWKS generation), revocation answer
+# cached for revocation_cache (5 s, then one introspection at the server), the key injected,
+# the response scrubbed, an audit event committed to the SQLite store (off the response path).
+#
+# Needs wrk (`apt-get install -y wrk`). Loopback only; every run is bounded in time; everything
+# this script starts is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNS:-32}
+REPEAT=${BENCH_REPEAT:-3}
+AUD="https://legacy.bench.test"
+KEY="sk_bench_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+command -v wrk >/dev/null || { echo "bench/proxy.sh needs wrk: apt-get install -y wrk" >&2; exit 1; }
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+  cargo build --release -q -p mayfly -p mayfly-proxybench
+fi
+BIN="$ROOT/target/release"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# wait_for FILE PATTERN: the first URL after PATTERN in FILE (60 s at most).
+wait_for() {
+  local i
+  for i in $(seq 1 600); do
+    if grep -q "$2" "$1" 2>/dev/null; then
+      grep -o "$2http://[0-9.:]*" "$1" | head -1 | sed "s|^$2||"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' in $1:" >&2
+  cat "$1" >&2
+  return 1
+}
+
+export MAYFLY_MASTER_KEY
+MAYFLY_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
+
+BENCH_UPSTREAM_KEY="$KEY" taskset -c 1 "$BIN/mayfly-proxybench" 127.0.0.1:0 2>"$WORK/upstream.log" &
+PIDS+=($!)
+UPSTREAM=$(wait_for "$WORK/upstream.log" "upstream listening on ")
+
+"$BIN/mayfly" keygen --alg ES256 --kid wl --out "$WORK/wl" >/dev/null 2>&1
+"$BIN/mayfly" keygen --alg EdDSA --kid proxy --out "$WORK/proxy" >/dev/null 2>&1
+cat >"$WORK/mayfly.toml" <<EOF
+listen = "127.0.0.1:0"
+data_dir = "$WORK/data"
+[audit]
+output = "off"
+[tokens]
+max_ttl = "1h"
+[[clients]]
+id = "wl"
+jwks_file = "$WORK/wl.jwks.json"
+audiences = ["$AUD"]
+scopes = ["read"]
+[[clients]]
+id = "proxy"
+jwks_file = "$WORK/proxy.jwks.json"
+audiences = ["$AUD"]
+[proxy]
+listen = "127.0.0.1:0"
+client_id = "proxy"
+key_file = "$WORK/proxy.private.jwk.json"
+[[proxy.routes]]
+name = "bench"
+path_prefix = "/bench/"
+upstream = "$UPSTREAM"
+audience = "$AUD"
+scopes = ["read"]
+inject = { header = "X-Api-Key", value = "{key}" }
+EOF
+
+MAYFLY_LOG=warn taskset -c 1 "$BIN/mayfly" server --config "$WORK/mayfly.toml" 2>"$WORK/server.log" &
+PIDS+=($!)
+ISSUER=$(wait_for "$WORK/server.log" "listening on ")
+
+BENCH_KEY="$KEY" "$BIN/mayfly" debt add --config "$WORK/mayfly.toml" --name bench \
+  --owner bench --expires "$(date -u -d '+30 days' +%F)" --route bench --key-env BENCH_KEY >/dev/null
+TOKEN=$("$BIN/mayfly" token get --issuer "$ISSUER" --client-id wl --key "$WORK/wl.private.jwk.json" \
+  --audience "$AUD" --scope read)
+
+MAYFLY_LOG=warn MAYFLY_PROXY_ISSUER="$ISSUER" taskset -c 0 "$BIN/mayfly" proxy --config "$WORK/mayfly.toml" \
+  2>"$WORK/proxy.log" &
+PIDS+=($!)
+PROXY=$(wait_for "$WORK/proxy.log" "proxy listening on ")
+
+# Both paths answer 200 before anything is measured; without the token the proxy refuses.
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $KEY" "$UPSTREAM/x")" = 200 ]
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" "$PROXY/bench/x")" = 200 ]
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$PROXY/bench/x")" = 401 ]
+
+PROXY_PID=${PIDS[2]}
+# cpu_ticks PID: user + system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_HZ=$(getconf CLK_TCK)
+
+# run NAME CONNS URL HEADER: one wrk run; prints "NAME CONNS req/s p50_ms p99_ms
+# proxy_cpu_us_per_request" (the last is the proxy process's CPU time over the requests it
+# served during the run, for proxy runs; 0 for direct ones).
+run() {
+  local out t0 t1
+  t0=$(cpu_ticks "$PROXY_PID")
+  out=$(taskset -c 1 wrk -t 1 -c "$2" -d "${SECONDS_PER_RUN}s" --latency -H "$4" "$3")
+  t1=$(cpu_ticks "$PROXY_PID")
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$1: non-2xx responses:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk -v name="$1" -v conns="$2" -v ticks=$((t1 - t0)) -v hz="$TICK_HZ" '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+      return v
+    }
+    /^ +50%/ { p50 = ms($2) }
+    /^ +99%/ { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    / requests in / { reqs = $1 }
+    END {
+      cpu = (name == "proxy" && reqs > 0) ? 1e6 * ticks / hz / reqs : 0
+      printf "%s %s %.0f %.3f %.3f %.1f\n", name, conns, rps, p50, p99, cpu
+    }' <<<"$out"
+}
+
+echo "# mayfly proxy benchmark: $(nproc) cores, $(uname -r), wrk ${SECONDS_PER_RUN}s runs, $REPEAT rounds"
+echo "# proxy on core 0; wrk, upstream and token server on core 1"
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+for i in $(seq 1 "$REPEAT"); do
+  run direct 1 "$UPSTREAM/x" "x-api-key: $KEY" >>"$RESULTS"
+  run proxy 1 "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
+  run direct "$CONNS" "$UPSTREAM/x" "x-api-key: $KEY" >>"$RESULTS"
+  run proxy "$CONNS" "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
+done
+
+echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request"
+cat "$RESULTS"
+# Medians per (mode, connections).
+med() { # MODE CONNS FIELD
+  awk -v m="$1" -v c="$2" -v f="$3" '$1 == m && $2 == c { print $f }' "$RESULTS" | sort -g |
+    awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+echo
+echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for c in 1 "$CONNS"; do
+  for m in direct proxy; do
+    echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) |"
+  done
+done
+ADDED=$(awk -v a="$(med proxy 1 4)" -v b="$(med direct 1 4)" 'BEGIN { printf "%.3f", a - b }')
+RATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+echo
+echo "added p50 latency (1 connection): $ADDED ms (target < 0.3 ms)"
+echo "throughput through the proxy ($CONNS connections): $RATIO% of direct (target >= 70%)"

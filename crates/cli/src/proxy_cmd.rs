@@ -1,0 +1,88 @@
+//! `mayfly proxy`: wiring only (the proxy is `mayfly_proxy`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use mayfly_config::{AuditOutput, Config};
+use mayfly_proxy::{Proxy, ProxyOptions};
+use mayfly_store::{AuditLog, AuditSink};
+use mayfly_sts::SystemClock;
+
+/// Where the proxy's audit JSON lines go: as configured for the server.
+fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
+    use std::os::unix::fs::OpenOptionsExt;
+    Ok(match cfg.audit.output {
+        AuditOutput::Off => AuditSink::Off,
+        AuditOutput::Stdout => AuditSink::Stdout,
+        AuditOutput::Stderr => AuditSink::Stderr,
+        AuditOutput::File => {
+            let path = cfg
+                .audit
+                .path
+                .as_ref()
+                .context("audit.path is required with audit.output = \"file\"")?;
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot open audit.path {}", path.display()))?;
+            AuditSink::File(f)
+        }
+    })
+}
+
+/// Run the proxy until SIGINT/SIGTERM.
+pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    crate::server::init_tracing();
+    let cfg = crate::server::load_config(config.as_deref())?;
+    let p = &cfg.proxy;
+    if p.routes.is_empty() {
+        bail!(
+            "no [[proxy.routes]] in the config: add one, e.g.\n  [[proxy.routes]]\n  name = \"stripe\"\n  path_prefix = \"/stripe/\"\n  upstream = \"https://api.stripe.com\"\n  audience = \"https://api.stripe.com\"\n  inject = {{ header = \"Authorization\", value = \"Bearer {{key}}\" }}"
+        );
+    }
+    let (Some(client_id), Some(key_file)) = (p.client_id.clone(), p.key_file.clone()) else {
+        bail!(
+            "the proxy checks revocation by introspection at the issuer and needs a client of its own: `mayfly keygen --out proxy`, register it with `mayfly client add --id proxy --jwks-file proxy.jwks.json --audience AUDIENCE` (one --audience per route audience, so it may introspect those tokens), then set proxy.client_id = \"proxy\" and proxy.key_file = \"proxy.private.jwk.json\""
+        );
+    };
+    let issuer = match p.issuer.as_ref().or(cfg.issuer.as_ref()) {
+        Some(u) => u.as_str().trim_end_matches('/').to_string(),
+        None => bail!(
+            "the proxy needs to know the token issuer: set proxy.issuer (or the top-level issuer) to the mayfly server's URL"
+        ),
+    };
+    let signer = crate::keyfile::load_private_jwk(&key_file)?;
+    let store = crate::server::open_store(&cfg).await?;
+    let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, false)?);
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .with_context(|| format!("cannot listen on proxy.listen {}", p.listen))?;
+    let addr = listener.local_addr()?;
+    let audit = AuditLog::start(store.clone(), kek.clone(), audit_sink(&cfg)?, 0);
+    let proxy = Proxy::start(ProxyOptions {
+        config: cfg.proxy.clone(),
+        issuer,
+        client_id,
+        signer,
+        store,
+        kek,
+        clock: Arc::new(SystemClock),
+        audit,
+    })
+    .await
+    .context("cannot start the proxy")?;
+    eprintln!(
+        "mayfly: proxy listening on http://{addr} ({} routes)",
+        proxy.routes()
+    );
+    proxy
+        .serve(listener, crate::server::shutdown_signal())
+        .await
+        .context("proxy failed")?;
+    eprintln!("mayfly: proxy stopped");
+    Ok(ExitCode::SUCCESS)
+}

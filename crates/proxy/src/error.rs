@@ -1,0 +1,142 @@
+//! Every way a call is refused or fails, mapped to HTTP in exactly one place
+//! ([`Refusal::response`]). No variant carries a token, a key or an upstream URL.
+
+use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+use crate::body::{ProxyBody, full};
+
+/// Why the proxy answered instead of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No `Authorization: Bearer` token (RFC 6750 §3.1: no error code).
+    #[error("this route needs a mayfly access token: send Authorization: Bearer TOKEN")]
+    MissingToken,
+    /// The token is malformed, not ours, expired, for another audience, or revoked.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The token lacks a scope the route needs.
+    #[error("this route needs the scope(s) {0}")]
+    InsufficientScope(String),
+    /// The request is malformed (bad path, several tokens, ...).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// No route matches.
+    #[error("no route of this proxy matches this host and path")]
+    NoRoute,
+    /// The route's static key expired.
+    #[error(
+        "the static key of route {route} expired on {date}; its owner {owner} must move off it, or extend it: mayfly debt extend {entry} --until YYYY-MM-DD --reason TEXT"
+    )]
+    KeyExpired {
+        /// Route.
+        route: String,
+        /// The expiry date (`YYYY-MM-DD`, the last day it was valid).
+        date: String,
+        /// The entry's owner.
+        owner: String,
+        /// The key-debt entry.
+        entry: String,
+    },
+    /// The route's key is not in the store (or cannot be used).
+    #[error("route {route} has no usable key: {why}")]
+    NoKey {
+        /// Route.
+        route: String,
+        /// What to do.
+        why: String,
+    },
+    /// The issuer could not be asked (JWKS or introspection): fail closed.
+    #[error("cannot check the token with the issuer right now; retry shortly")]
+    IssuerUnavailable,
+    /// The upstream could not be reached or failed mid-way.
+    #[error("the upstream of route {0} could not be reached")]
+    UpstreamUnreachable(String),
+    /// The upstream did not answer in time.
+    #[error("the upstream of route {0} did not answer in time")]
+    UpstreamTimeout(String),
+}
+
+impl Refusal {
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Refusal::InsufficientScope(_) | Refusal::KeyExpired { .. } => StatusCode::FORBIDDEN,
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::NoRoute => StatusCode::NOT_FOUND,
+            Refusal::NoKey { .. } | Refusal::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `error` code (also the audit reason).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::InsufficientScope(_) => "insufficient_scope",
+            Refusal::BadRequest(_) => "invalid_request",
+            Refusal::NoRoute => "not_found",
+            Refusal::KeyExpired { .. } => "key_expired",
+            Refusal::NoKey { .. } => "key_unavailable",
+            Refusal::IssuerUnavailable => "temporarily_unavailable",
+            Refusal::UpstreamUnreachable(_) => "upstream_error",
+            Refusal::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// The JSON error response, with `WWW-Authenticate` for token problems (RFC 6750 §3).
+    pub fn response(&self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.to_string(),
+        });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        let challenge = match self {
+            Refusal::MissingToken => Some("Bearer"),
+            Refusal::InvalidToken(_) => Some("Bearer error=\"invalid_token\""),
+            Refusal::InsufficientScope(_) => Some("Bearer error=\"insufficient_scope\""),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses() {
+        let r = Refusal::MissingToken.response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer");
+        let r = Refusal::InvalidToken("expired".into()).response();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        let r = Refusal::InsufficientScope("write".into()).response();
+        assert_eq!(r.status(), 403);
+        let e = Refusal::KeyExpired {
+            route: "stripe".into(),
+            date: "2026-01-31".into(),
+            owner: "payments".into(),
+            entry: "stripe".into(),
+        };
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("mayfly debt extend stripe --until"));
+    }
+}
