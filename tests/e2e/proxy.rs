@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fixture::{ASSERTION_TYPE, now, serde_urlencoded};
-use crate::support::{ServerProcess, TEST_MASTER_KEY, drain, mayfly_bin, write_config};
+use crate::support::{ServerProcess, Spawned, TEST_MASTER_KEY, write_config};
 
 const KEY: &str = "sk_live_e2eProxyKey_7f3a9c51Q";
 const AUD: &str = "https://legacy.example.test";
@@ -175,47 +175,12 @@ struct ProxyProcess {
 
 impl ProxyProcess {
     fn start(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(mayfly_bin());
-        cmd.args(["proxy", "--config", config.to_str().unwrap()])
-            .current_dir(dir)
-            .env("MAYFLY_MASTER_KEY", TEST_MASTER_KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        drain(child.stdout.take().unwrap(), stdout.clone(), None);
-        drain(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(i) = line.find("proxy listening on ") {
-                        let base = line[i + "proxy listening on ".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap()
-                            .to_string();
-                        return ProxyProcess {
-                            base,
-                            child,
-                            stdout,
-                            stderr,
-                        };
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("proxy did not start: {}", stderr.lock().unwrap());
-                }
-            }
+        let s = Spawned::until_listening("proxy", "proxy listening on ", dir, config, env);
+        ProxyProcess {
+            base: s.url,
+            child: s.child,
+            stdout: s.stdout,
+            stderr: s.stderr,
         }
     }
 

@@ -81,20 +81,37 @@ pub fn drain(
     });
 }
 
-impl ServerProcess {
-    /// Start `mayfly server --config CONFIG` in `dir` with extra environment; waits until it listens.
-    pub fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> ServerProcess {
+/// A `mayfly` subcommand started by a test, with its output collected.
+pub struct Spawned {
+    /// The URL printed after the marker.
+    pub url: String,
+    /// The child process.
+    pub child: Child,
+    /// Everything it wrote to stdout.
+    pub stdout: Arc<Mutex<String>>,
+    /// Everything it wrote to stderr.
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Spawned {
+    /// Start `mayfly SUBCOMMAND --config CONFIG` in `dir` with extra environment; waits (60 s at
+    /// most) for a stderr line holding `marker` followed by a URL.
+    pub fn until_listening(
+        subcommand: &str,
+        marker: &str,
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Spawned {
         let mut cmd = Command::new(mayfly_bin());
-        cmd.args(["server", "--config", config.to_str().unwrap()])
+        cmd.args([subcommand, "--config", config.to_str().unwrap()])
             .current_dir(dir)
             .env("MAYFLY_MASTER_KEY", TEST_MASTER_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn mayfly server");
+            .stderr(Stdio::piped())
+            .envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("spawn mayfly");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -105,15 +122,14 @@ impl ServerProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(i) = line.find("listening on ") {
-                        let url = line[i + "listening on ".len()..]
+                    if let Some(i) = line.find(marker) {
+                        let url = line[i + marker.len()..]
                             .split_whitespace()
                             .next()
                             .unwrap()
-                            .trim_end_matches('/')
                             .to_string();
-                        return ServerProcess {
-                            issuer: url,
+                        return Spawned {
+                            url,
                             child,
                             stdout,
                             stderr,
@@ -123,9 +139,25 @@ impl ServerProcess {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("server did not start: {}", stderr.lock().unwrap());
+                    panic!(
+                        "mayfly {subcommand} did not start: {}",
+                        stderr.lock().unwrap()
+                    );
                 }
             }
+        }
+    }
+}
+
+impl ServerProcess {
+    /// Start `mayfly server --config CONFIG` in `dir` with extra environment; waits until it listens.
+    pub fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let s = Spawned::until_listening("server", "listening on ", dir, config, env);
+        ServerProcess {
+            issuer: s.url.trim_end_matches('/').to_string(),
+            child: s.child,
+            stdout: s.stdout,
+            stderr: s.stderr,
         }
     }
 

@@ -5,34 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mayfly_config::{AuditOutput, Config};
 use mayfly_proxy::{Proxy, ProxyOptions};
-use mayfly_store::{AuditLog, AuditSink};
+use mayfly_store::AuditLog;
 use mayfly_sts::SystemClock;
-
-/// Where the proxy's audit JSON lines go: as configured for the server.
-fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
-    use std::os::unix::fs::OpenOptionsExt;
-    Ok(match cfg.audit.output {
-        AuditOutput::Off => AuditSink::Off,
-        AuditOutput::Stdout => AuditSink::Stdout,
-        AuditOutput::Stderr => AuditSink::Stderr,
-        AuditOutput::File => {
-            let path = cfg
-                .audit
-                .path
-                .as_ref()
-                .context("audit.path is required with audit.output = \"file\"")?;
-            let f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot open audit.path {}", path.display()))?;
-            AuditSink::File(f)
-        }
-    })
-}
 
 /// Run the proxy until SIGINT/SIGTERM.
 pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -62,7 +37,12 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on proxy.listen {}", p.listen))?;
     let addr = listener.local_addr()?;
-    let audit = AuditLog::start(store.clone(), kek.clone(), audit_sink(&cfg)?, 0);
+    let audit = AuditLog::start(
+        store.clone(),
+        kek.clone(),
+        crate::server::audit_sink(&cfg)?,
+        0,
+    );
     let proxy = Proxy::start(ProxyOptions {
         config: cfg.proxy.clone(),
         issuer,

@@ -57,7 +57,8 @@ pub(crate) fn init_tracing() {
     };
 }
 
-fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
+/// Where the audit JSON-lines copy goes (`[audit]`); the server and the proxy share it.
+pub(crate) fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
     use std::os::unix::fs::OpenOptionsExt;
     Ok(match cfg.audit.output {
         AuditOutput::Off => AuditSink::Off,
