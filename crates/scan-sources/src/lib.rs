@@ -1,0 +1,1 @@
+//! Sources for `mayfly scan` (being written).
