@@ -19,6 +19,7 @@ mod proxy;
 mod rejections;
 mod replicas;
 mod rotation;
+mod scan;
 mod spiffe;
 mod support;
 mod transfer;

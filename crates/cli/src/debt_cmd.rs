@@ -83,12 +83,12 @@ pub enum DebtCmd {
     },
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemClock.now()
 }
 
 /// `YYYY-MM-DD` → the first second after that day (UTC), i.e. when the key stops working.
-fn end_of_day(date: &str) -> anyhow::Result<i64> {
+pub(crate) fn end_of_day(date: &str) -> anyhow::Result<i64> {
     let ok = date.len() == 10
         && date.bytes().enumerate().all(|(i, b)| {
             if i == 4 || i == 7 {
@@ -200,6 +200,34 @@ fn event(name: &str, reason: String) -> AuditEvent {
     e
 }
 
+/// Enter one entry and audit it; false when the name is taken.
+pub(crate) async fn enter(
+    ctx: &Ctx,
+    kek: std::sync::Arc<mayfly_crypto::Kek>,
+    entry: &DebtEntry,
+    key: Option<&[u8]>,
+) -> anyhow::Result<bool> {
+    if !ctx.store.add_debt(entry, key, &kek).await? {
+        return Ok(false);
+    }
+    let what = if entry.wrapped {
+        "wrapped"
+    } else {
+        "known by fingerprint"
+    };
+    let mut reason = format!(
+        "added ({what}, fingerprint {}, expires after {}, owner {})",
+        short(&entry.fingerprint),
+        last_day(entry.expires_at),
+        entry.owner
+    );
+    if let Some(at) = &entry.found_at {
+        reason.push_str(&format!(", found at {at}"));
+    }
+    ctx.record(kek, vec![event(&entry.name, reason)]).await?;
+    Ok(true)
+}
+
 /// Run one `mayfly debt` command.
 pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::open(config).await?;
@@ -263,11 +291,7 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
                 found_at,
                 last_used_at: None,
             };
-            if !ctx
-                .store
-                .add_debt(&entry, key.as_ref().map(|k| k.as_slice()), &kek)
-                .await?
-            {
+            if !enter(&ctx, kek, &entry, key.as_ref().map(|k| k.as_slice())).await? {
                 bail!(
                     "entry `{name}` exists: use `mayfly debt rotate {name}` to replace its key, or another name"
                 );
@@ -277,19 +301,6 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
             } else {
                 "known by fingerprint"
             };
-            ctx.record(
-                kek,
-                vec![event(
-                    &name,
-                    format!(
-                        "added ({what}, fingerprint {}, expires after {}, owner {})",
-                        short(&fp),
-                        last_day(expires_at),
-                        entry.owner
-                    ),
-                )],
-            )
-            .await?;
             println!(
                 "added `{name}` ({what}, fingerprint {}), usable through {} ({} days)",
                 short(&fp),

@@ -6,6 +6,7 @@ mod debt_cmd;
 mod keyfile;
 mod policy_cmd;
 mod proxy_cmd;
+mod scan_cmd;
 mod server;
 mod spiffe_cmd;
 mod token;
@@ -124,6 +125,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: debt_cmd::DebtCmd,
     },
+    /// Find static credentials in files, git history, container images or standard input
+    /// (exit 0 clean, 1 findings, 2 error).
+    Scan(scan_cmd::ScanArgs),
     /// Apply the database migrations now (servers also apply them at start) and list them.
     Migrate {
         /// TOML config file.
@@ -270,6 +274,11 @@ enum TokenCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The scanner runs on its own threads; only --to-debt starts a runtime.
+    let cli = match cli.cmd {
+        Cmd::Scan(args) => return scan_cmd::run(args),
+        cmd => Cli { cmd },
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -307,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Entry { config, cmd } => spiffe_cmd::entry(config, cmd).await,
         Cmd::Proxy { config } => proxy_cmd::run(config).await,
         Cmd::Debt { config, cmd } => debt_cmd::run(config, cmd).await,
+        Cmd::Scan(args) => Ok(scan_cmd::run(args)),
         Cmd::Agent {
             cmd: Some(spiffe_cmd::AgentCmd::Token { config, cmd }),
             ..
