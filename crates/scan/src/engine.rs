@@ -70,8 +70,8 @@ pub enum Outcome {
 pub struct Scanner {
     rules: RuleSet,
     keywords: AhoCorasick,
-    /// For each keyword pattern, the rules it triggers.
-    triggers: Vec<Vec<usize>>,
+    /// For each keyword pattern, the rules it triggers (with the exact spelling a rule needs).
+    triggers: Vec<Vec<(usize, Option<Vec<u8>>)>>,
 }
 
 /// A span of a chunk some rule must run over.
@@ -84,21 +84,30 @@ struct Region {
 impl Scanner {
     /// Compile a scanner for these rules.
     pub fn new(rules: RuleSet) -> Result<Self, ScanError> {
+        // One case-insensitive automaton over every keyword; a trigger remembers which rules
+        // need the hit to match byte for byte.
         let mut patterns: Vec<Vec<u8>> = Vec::new();
-        let mut triggers: Vec<Vec<usize>> = Vec::new();
+        let mut triggers: Vec<Vec<(usize, Option<Vec<u8>>)>> = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
-            for k in &rule.keywords {
-                match patterns.iter().position(|p| p == k) {
-                    Some(j) => triggers[j].push(i),
+            for (k, exact) in &rule.keywords {
+                let lower = k.to_ascii_lowercase();
+                let t = (i, exact.then(|| k.clone()));
+                match patterns.iter().position(|p| *p == lower) {
+                    Some(j) => {
+                        if !triggers[j].contains(&t) {
+                            triggers[j].push(t);
+                        }
+                    }
                     None => {
-                        patterns.push(k.clone());
-                        triggers.push(vec![i]);
+                        patterns.push(lower);
+                        triggers.push(vec![t]);
                     }
                 }
             }
         }
         let keywords = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(true)
             .kind(Some(AhoCorasickKind::DFA))
             .build(&patterns)
             .map_err(|e| ScanError::Rules {
@@ -140,34 +149,55 @@ impl Scanner {
         reader: &mut dyn Read,
         on: &mut dyn FnMut(RawMatch),
     ) -> io::Result<Outcome> {
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + OVERLAP);
+        // One buffer per thread, zeroed once: a tree of small files must not pay for clearing
+        // a megabyte per file.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < CHUNK + OVERLAP {
+                    buf.resize(CHUNK + OVERLAP, 0);
+                }
+                self.scan_with(reader, &mut buf, on)
+            }
+            // Re-entered from `on` (nothing does this): use a fresh buffer.
+            Err(_) => self.scan_with(reader, &mut vec![0; CHUNK + OVERLAP], on),
+        })
+    }
+
+    fn scan_with(
+        &self,
+        reader: &mut dyn Read,
+        buf: &mut [u8],
+        on: &mut dyn FnMut(RawMatch),
+    ) -> io::Result<Outcome> {
+        let mut len = 0usize;
         let mut base: u64 = 0;
         let mut line_at_base: u64 = 1;
         let mut handled_until: u64 = 0;
         let mut first = true;
         loop {
-            let eof = fill(reader, &mut buf, CHUNK + OVERLAP)?;
+            let (filled, eof) = fill(reader, buf, len)?;
+            len = filled;
+            let data = &buf[..len];
             if first {
                 first = false;
-                let sniff = &buf[..buf.len().min(SNIFF)];
+                let sniff = &data[..len.min(SNIFF)];
                 if memchr::memchr(0, sniff).is_some() {
                     return Ok(Outcome::Binary);
                 }
             }
-            let limit = if eof {
-                buf.len()
-            } else {
-                buf.len().saturating_sub(OVERLAP)
-            };
+            let limit = if eof { len } else { len.saturating_sub(OVERLAP) };
             let from = usize::try_from(handled_until.saturating_sub(base)).unwrap_or(0);
-            let mut found = self.scan_chunk(&buf, from, limit);
+            let mut found = self.scan_chunk(data, from, limit);
             found.sort_by_key(|m| m.0);
             let mut line = line_at_base;
             let mut pos = 0usize;
             for (off, rule, secret) in found {
-                line += memchr::memchr_iter(b'\n', &buf[pos..off]).count() as u64;
+                line += memchr::memchr_iter(b'\n', &data[pos..off]).count() as u64;
                 pos = off;
-                let line_start = memchr::memrchr(b'\n', &buf[..off]).map_or(0, |i| i + 1);
+                let line_start = memchr::memrchr(b'\n', &data[..off]).map_or(0, |i| i + 1);
                 let column = if line_start == 0 && base > 0 {
                     // The line began in an earlier chunk: column unknown past the lookback.
                     0
@@ -183,11 +213,12 @@ impl Scanner {
                 });
             }
             if eof {
-                return Ok(Outcome::Text(base + buf.len() as u64));
+                return Ok(Outcome::Text(base + len as u64));
             }
             let keep_from = limit.saturating_sub(LOOKBACK);
-            line_at_base += memchr::memchr_iter(b'\n', &buf[..keep_from]).count() as u64;
-            buf.drain(..keep_from);
+            line_at_base += memchr::memchr_iter(b'\n', &data[..keep_from]).count() as u64;
+            buf.copy_within(keep_from..len, 0);
+            len -= keep_from;
             base += keep_from as u64;
             handled_until = base + (limit - keep_from) as u64;
         }
@@ -203,9 +234,14 @@ impl Scanner {
         let n = self.rules.rules.len();
         let mut open: Vec<Option<Region>> = vec![None; n];
         let mut found: Vec<(usize, usize, Zeroizing<Vec<u8>>)> = Vec::new();
+        let mut vetoes: Vec<(usize, usize)> = Vec::new();
         for hit in self.keywords.find_overlapping_iter(buf) {
             let p = hit.start();
-            for &r in &self.triggers[hit.pattern().as_usize()] {
+            for (r, exact) in &self.triggers[hit.pattern().as_usize()] {
+                if exact.as_ref().is_some_and(|e| buf[p..hit.end()] != e[..]) {
+                    continue;
+                }
+                let r = *r;
                 let rule = &self.rules.rules[r];
                 let w = window(buf, p, hit.end(), rule.multiline);
                 match &mut open[r] {
@@ -215,7 +251,7 @@ impl Scanner {
                     }
                     slot => {
                         if let Some(done) = slot.take() {
-                            self.run_rule(r, buf, done, from, limit, &mut found);
+                            self.run_rule(r, buf, done, (from, limit), &mut found, &mut vetoes);
                         }
                         *slot = Some(w);
                     }
@@ -224,10 +260,10 @@ impl Scanner {
         }
         for (r, slot) in open.into_iter().enumerate() {
             if let Some(done) = slot {
-                self.run_rule(r, buf, done, from, limit, &mut found);
+                self.run_rule(r, buf, done, (from, limit), &mut found, &mut vetoes);
             }
         }
-        dedupe(&self.rules.rules, &mut found);
+        dedupe(&self.rules.rules, &mut found, &vetoes);
         found
     }
 
@@ -236,9 +272,9 @@ impl Scanner {
         r: usize,
         buf: &[u8],
         region: Region,
-        from: usize,
-        limit: usize,
+        (from, limit): (usize, usize),
         found: &mut Vec<(usize, usize, Zeroizing<Vec<u8>>)>,
+        vetoes: &mut Vec<(usize, usize)>,
     ) {
         let rule = &self.rules.rules[r];
         let hay = &buf[region.start..region.end];
@@ -257,8 +293,20 @@ impl Scanner {
             }
             let secret = m.as_bytes();
             let user = rule.user_group.and_then(|g| caps.get(g)).map(|u| u.as_bytes());
-            let name = rule.name_group.and_then(|g| caps.get(g)).map(|u| u.as_bytes());
-            if !accept(rule, secret, user, name) || allowed_on_line(buf, off) {
+            let name = rule
+                .name_groups
+                .iter()
+                .find_map(|&g| caps.get(g))
+                .map(|u| u.as_bytes());
+            if !accept(rule, secret, user, name) {
+                // A value shaped like a specific token that failed its checks (a wrong
+                // checksum, a documented example) is not a generic secret either.
+                if !is_generic(rule) {
+                    vetoes.push((off, off + secret.len()));
+                }
+                continue;
+            }
+            if allowed_on_line(buf, off) {
                 continue;
             }
             found.push((off, r, Zeroizing::new(secret.to_vec())));
@@ -266,25 +314,17 @@ impl Scanner {
     }
 }
 
-/// Read until `buf` holds `want` bytes or the reader ends; true at the end.
-fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
-    while buf.len() < want {
-        let old = buf.len();
-        buf.resize(want, 0);
-        match reader.read(&mut buf[old..]) {
-            Ok(0) => {
-                buf.truncate(old);
-                return Ok(true);
-            }
-            Ok(k) => buf.truncate(old + k),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
-            Err(e) => {
-                buf.truncate(old);
-                return Err(e);
-            }
+/// Read into `buf[len..]` until it is full or the reader ends: (bytes held, at the end).
+fn fill(reader: &mut dyn Read, buf: &mut [u8], mut len: usize) -> io::Result<(usize, bool)> {
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => return Ok((len, true)),
+            Ok(k) => len += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(false)
+    Ok((len, false))
 }
 
 /// The span a rule looks at around a keyword hit at `[p, e)`: its line, bounded both ways so
@@ -322,6 +362,7 @@ fn accept(rule: &Rule, secret: &[u8], user: Option<&[u8]>, name: Option<&[u8]>) 
         None => true,
         Some(Validate::GithubCrc32) => validate::github_crc32(secret),
         Some(Validate::Jwt) => validate::jwt(secret),
+        Some(Validate::Discord) => validate::discord(secret),
         Some(Validate::Base64Of64) => validate::base64_len(secret, 64),
         Some(Validate::Pem) => validate::pem(secret),
         Some(Validate::Password) => validate::password(secret, user),
@@ -338,25 +379,33 @@ fn allowed_on_line(buf: &[u8], off: usize) -> bool {
     memchr::memmem::find(&buf[start..end], ALLOW_MARK).is_some()
 }
 
+/// Rules that find values by context (a name, a URL) rather than by their own format.
+fn is_generic(rule: &Rule) -> bool {
+    matches!(
+        rule.validate,
+        Some(Validate::Generic) | Some(Validate::Password)
+    )
+}
+
 /// One finding per secret: the same span found twice (merged regions), or a generic rule that
 /// found what a specific rule also found, is reported once, by the specific rule.
-fn dedupe(rules: &[Rule], found: &mut Vec<(usize, usize, Zeroizing<Vec<u8>>)>) {
-    if found.len() < 2 {
+fn dedupe(
+    rules: &[Rule],
+    found: &mut Vec<(usize, usize, Zeroizing<Vec<u8>>)>,
+    vetoes: &[(usize, usize)],
+) {
+    if found.is_empty() {
         return;
     }
     let mut seen = HashSet::new();
     found.retain(|(off, r, _)| seen.insert((*off, *r)));
-    let generic = |r: usize| {
-        matches!(
-            rules[r].validate,
-            Some(Validate::Generic) | Some(Validate::Password)
-        )
-    };
-    let specific: Vec<(usize, usize)> = found
+    let generic = |r: usize| is_generic(&rules[r]);
+    let mut specific: Vec<(usize, usize)> = found
         .iter()
         .filter(|(_, r, _)| !generic(*r))
         .map(|(off, _, s)| (*off, off + s.len()))
         .collect();
+    specific.extend_from_slice(vetoes);
     if specific.is_empty() {
         return;
     }

@@ -22,6 +22,8 @@ pub enum Validate {
     GithubCrc32,
     /// A JWT whose header and payload decode to JSON objects and whose header names an `alg`.
     Jwt,
+    /// A Discord bot token: the first part is the base64 of a numeric user id.
+    Discord,
     /// Base64 that decodes to exactly 64 bytes (Azure storage keys).
     #[serde(rename = "base64-64")]
     Base64Of64,
@@ -41,13 +43,14 @@ pub struct RuleSpec {
     pub id: String,
     /// What the rule finds, for reports.
     pub description: String,
-    /// Keywords matched in lower, UPPER and Capitalised case.
+    /// Keywords matched in any case.
     #[serde(default)]
     pub keywords: Vec<String>,
     /// Keywords matched exactly as written.
     #[serde(default)]
     pub keywords_exact: Vec<String>,
-    /// The pattern; group `s` (or `s2`) is the secret, else the whole match.
+    /// The pattern; group `s` (or `s2`, `s3`... in alternatives) is the secret, else the whole
+    /// match; `name`... the variable it is assigned to, `user` a URL's user name.
     pub regex: String,
     /// Minimum Shannon entropy of the secret, in bits per character.
     #[serde(default)]
@@ -84,12 +87,13 @@ pub struct Rule {
     pub(crate) regex: Regex,
     pub(crate) secret_groups: Vec<usize>,
     pub(crate) user_group: Option<usize>,
-    pub(crate) name_group: Option<usize>,
+    pub(crate) name_groups: Vec<usize>,
     pub(crate) entropy: Option<f64>,
     pub(crate) validate: Option<Validate>,
     pub(crate) multiline: bool,
     pub(crate) allow: Vec<Regex>,
-    pub(crate) keywords: Vec<Vec<u8>>,
+    /// (keyword, must match exactly as written).
+    pub(crate) keywords: Vec<(Vec<u8>, bool)>,
 }
 
 /// A set of compiled rules.
@@ -182,33 +186,30 @@ fn compile(spec: RuleSpec, file: &str) -> Result<Rule, ScanError> {
     let regex = build(&spec.regex).map_err(|e| err(format!("regex does not compile: {e}")))?;
     let mut secret_groups = Vec::new();
     let mut user_group = None;
-    let mut name_group = None;
+    let mut name_groups = Vec::new();
     for (i, n) in regex.capture_names().enumerate() {
+        // `s`, `s2`, `s3`...: the secret of each alternative; `name`, `name2`...: its name.
+        let numbered = |n: &str, base: &str| {
+            n.strip_prefix(base)
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+        };
         match n {
-            Some("s") | Some("s2") => secret_groups.push(i),
             Some("user") => user_group = Some(i),
-            Some("name") => name_group = Some(i),
+            Some(n) if numbered(n, "s") => secret_groups.push(i),
+            Some(n) if numbered(n, "name") => name_groups.push(i),
             _ => {}
         }
     }
-    let mut keywords: Vec<Vec<u8>> = Vec::new();
+    // Case-insensitive keywords are matched lowercased; exact ones are checked byte for byte
+    // after the (case-insensitive) pre-filter hits.
+    let mut keywords: Vec<(Vec<u8>, bool)> = Vec::new();
     for k in &spec.keywords {
-        let lower = k.to_ascii_lowercase();
-        let upper = k.to_ascii_uppercase();
-        let mut cap = lower.clone();
-        if let Some(first) = cap.get_mut(0..1) {
-            first.make_ascii_uppercase();
-        }
-        for v in [lower, upper, cap] {
-            if !keywords.contains(&v.as_bytes().to_vec()) {
-                keywords.push(v.into_bytes());
-            }
-        }
+        keywords.push((k.to_ascii_lowercase().into_bytes(), false));
     }
     for k in &spec.keywords_exact {
-        keywords.push(k.as_bytes().to_vec());
+        keywords.push((k.as_bytes().to_vec(), true));
     }
-    if keywords.is_empty() || keywords.iter().any(|k| k.len() < 2) {
+    if keywords.is_empty() || keywords.iter().any(|(k, _)| k.len() < 2) {
         return Err(err(
             "give at least one keyword of 2 or more characters (`keywords` or `keywords_exact`): \
              rules run only near their keywords"
@@ -226,7 +227,7 @@ fn compile(spec: RuleSpec, file: &str) -> Result<Rule, ScanError> {
         regex,
         secret_groups,
         user_group,
-        name_group,
+        name_groups,
         entropy: spec.entropy,
         validate: spec.validate,
         multiline: spec.multiline,

@@ -137,6 +137,18 @@ pub fn jwt(token: &[u8]) -> bool {
     !example
 }
 
+/// A Discord bot token: its first part is the unpadded base64 of a numeric user id.
+pub fn discord(token: &[u8]) -> bool {
+    let Some(first) = token.split(|&b| b == b'.').next() else {
+        return false;
+    };
+    let trimmed: Vec<u8> = first.iter().copied().filter(|&b| b != b'=').collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(&trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(&trimmed))
+        .is_ok_and(|id| (15..=21).contains(&id.len()) && id.iter().all(u8::is_ascii_digit))
+}
+
 /// Standard base64 that decodes to exactly `n` bytes.
 pub fn base64_len(s: &[u8], n: usize) -> bool {
     STANDARD.decode(s).is_ok_and(|d| d.len() == n)
@@ -204,7 +216,7 @@ pub fn password(pw: &[u8], user: Option<&[u8]>) -> bool {
 const NOT_SECRET_NAMES: &[&str] = &[
     "public", "hash", "sha1", "sha256", "sha512", "md5", "checksum", "integrity", "digest",
     "fingerprint", "file", "path", "url", "uri", "name", "type", "header", "field", "length",
-    "size", "count", "format", "endpoint", "env", "var", "tokenizer", "_id", "-id", ".id",
+    "size", "count", "format", "endpoint", "_env", "-env", "env_var", "_var", "tokenizer", "_id", "-id", ".id",
     "keyid", "expir", "ttl", "prefix", "mode", "method", "policy", "version", "label",
 ];
 
@@ -212,6 +224,9 @@ const NOT_SECRET_NAMES: &[&str] = &[
 /// path, UUID or a name that says it holds something public.
 pub fn generic(name: Option<&[u8]>, value: &[u8]) -> bool {
     if let Some(name) = name {
+        if random_looking(name) {
+            return false;
+        }
         let lower = name.to_ascii_lowercase();
         let lower = String::from_utf8_lossy(&lower);
         if NOT_SECRET_NAMES.iter().any(|n| lower.contains(n)) {
@@ -224,6 +239,11 @@ pub fn generic(name: Option<&[u8]>, value: &[u8]) -> bool {
         return false;
     }
     if is_uuid(value) {
+        return false;
+    }
+    // Publishable keys (Stripe `pk_live_`, Mapbox `pk.`) are public by design; `$VAR` is a
+    // template variable.
+    if value.starts_with(b"pk_") || value.starts_with(b"pk.") || value.starts_with(b"$") {
         return false;
     }
     // Dotted identifiers (`settings.auth.secret_v2`) and paths are code, not values.
@@ -241,6 +261,17 @@ pub fn generic(name: Option<&[u8]>, value: &[u8]) -> bool {
         return false;
     }
     true
+}
+
+/// A "name" that is really the inside of a random string (`...XHtPwD1fT...`): several digits
+/// or frequent lower-to-upper case switches, which identifiers do not have.
+fn random_looking(name: &[u8]) -> bool {
+    let digits = name.iter().filter(|b| b.is_ascii_digit()).count();
+    let switches = name
+        .windows(2)
+        .filter(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase())
+        .count();
+    digits >= 3 || switches * 5 > name.len()
 }
 
 /// `8-4-4-4-12` hex.
@@ -299,6 +330,8 @@ mod tests {
         assert!(!generic(Some(b"token"), b"get_token_for_user"));
         assert!(!generic(Some(b"secret"), b"123e4567-e89b-12d3-a456-426614174000"));
         assert!(!generic(Some(b"secret"), b"settings.auth.secret2"));
+        assert!(!generic(Some(b"HtPwD1fTgpQGhVUN"), b"FsOrHsxY1eBUynwMwDL7"));
+        assert!(generic(Some(b"awsSecretAccessKey"), b"FsOrHsxY1eBUynwMwDL7"));
     }
 
     #[test]
