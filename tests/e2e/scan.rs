@@ -46,7 +46,11 @@ fn git(dir: &Path, args: &[&str], date: &str) -> String {
         .env("GIT_COMMITTER_DATE", date)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -60,14 +64,34 @@ fn a_secret_added_then_removed_is_found_in_history_with_the_adding_commit() {
     git(&repo, &["add", "."], "2026-01-01T00:00:00Z");
     git(&repo, &["commit", "-qm", "init"], "2026-01-01T00:00:00Z");
     let key = aws_key(1);
-    std::fs::write(repo.join("settings.py"), format!("DEBUG = True\nAWS_KEY = \"{key}\"\n")).unwrap();
+    std::fs::write(
+        repo.join("settings.py"),
+        format!("DEBUG = True\nAWS_KEY = \"{key}\"\n"),
+    )
+    .unwrap();
     git(&repo, &["add", "."], "2026-01-02T00:00:00Z");
-    git(&repo, &["commit", "-qm", "add settings"], "2026-01-02T00:00:00Z");
+    git(
+        &repo,
+        &["commit", "-qm", "add settings"],
+        "2026-01-02T00:00:00Z",
+    );
     let adding = git(&repo, &["rev-parse", "HEAD"], "2026-01-02T00:00:00Z");
-    std::fs::write(repo.join("settings.py"), "DEBUG = True\nAWS_KEY = os.environ[\"AWS_KEY\"]\n").unwrap();
-    git(&repo, &["commit", "-qam", "read the key from the environment"], "2026-01-03T00:00:00Z");
+    std::fs::write(
+        repo.join("settings.py"),
+        "DEBUG = True\nAWS_KEY = os.environ[\"AWS_KEY\"]\n",
+    )
+    .unwrap();
+    git(
+        &repo,
+        &["commit", "-qam", "read the key from the environment"],
+        "2026-01-03T00:00:00Z",
+    );
     // A second key only on a side branch.
-    git(&repo, &["checkout", "-q", "-b", "side"], "2026-01-04T00:00:00Z");
+    git(
+        &repo,
+        &["checkout", "-q", "-b", "side"],
+        "2026-01-04T00:00:00Z",
+    );
     let key2 = aws_key(2);
     std::fs::write(repo.join("deploy.sh"), format!("export AWS_KEY={key2}\n")).unwrap();
     git(&repo, &["add", "."], "2026-01-04T00:00:00Z");
@@ -91,7 +115,10 @@ fn a_secret_added_then_removed_is_found_in_history_with_the_adding_commit() {
     assert_eq!(f[1]["line"], 2);
     assert_eq!(f[1]["rule"], "aws-access-key-id");
     let text = v.to_string();
-    assert!(!text.contains(&key) && !text.contains(&key2), "a secret reached the report");
+    assert!(
+        !text.contains(&key) && !text.contains(&key2),
+        "a secret reached the report"
+    );
 }
 
 /// Build an OCI image layout tarball: layer 1 (gzip) adds `app/.env` with a key, layer 2
@@ -141,7 +168,11 @@ fn a_secret_in_a_file_a_later_layer_deletes_is_found_with_its_layer() {
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let layer1 = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let (code, v, err) = scan_json(tmp.path(), &["--image", "img.tar"]);
     assert_eq!(code, 1, "{err} {v}");
@@ -165,7 +196,11 @@ fn reports_baselines_allow_comments_and_exit_codes() {
     let d = tmp.path();
     let (k1, k2, k3) = (aws_key(10), aws_key(11), aws_key(12));
     write(d, "src/a.py", &format!("KEY = \"{k1}\"\n"));
-    write(d, "src/b.py", &format!("KEY = \"{k2}\"  # mayfly:allow: test fixture\n"));
+    write(
+        d,
+        "src/b.py",
+        &format!("KEY = \"{k2}\"  # mayfly:allow: test fixture\n"),
+    );
     write(d, "README.md", "nothing here\n");
 
     // Clean tree → 0; findings → 1; unreadable input → 2.
@@ -206,12 +241,18 @@ fn reports_baselines_allow_comments_and_exit_codes() {
     assert_eq!(loc["region"]["startLine"], 1);
     assert_eq!(loc["region"]["startColumn"], 8);
     let idx = r["ruleIndex"].as_u64().unwrap() as usize;
-    assert_eq!(s["runs"][0]["tool"]["driver"]["rules"][idx]["id"], "aws-access-key-id");
+    assert_eq!(
+        s["runs"][0]["tool"]["driver"]["rules"][idx]["id"],
+        "aws-access-key-id"
+    );
     assert!(r["partialFingerprints"]["mayfly/v1"].is_string());
 
     // Human report: masked, never the key; --reveal refuses a pipe.
     let (_, out, _) = run_cli(d, &["scan", "src"]);
-    assert!(out.contains("src/a.py:1:8") && out.contains("AKIA…(20 chars)"), "{out}");
+    assert!(
+        out.contains("src/a.py:1:8") && out.contains("AKIA…(20 chars)"),
+        "{out}"
+    );
     for k in [&k1, &k2, &k3] {
         assert!(!out.contains(k.as_str()));
     }
@@ -238,7 +279,12 @@ fn stdin_gzip_members_and_ignored_files() {
         log.push_str(&format!("step {i}: ok\n"));
     }
     log.push_str(&format!("+ export AWS_ACCESS_KEY_ID={key}\n"));
-    child.stdin.take().unwrap().write_all(log.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(log.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -277,14 +323,26 @@ fn findings_enter_the_key_debt_inventory_by_fingerprint() {
     let cfg = cfg.to_str().unwrap();
     let (k1, k2) = (aws_key(30), aws_key(31));
     write(d, "src/a.env", &format!("AWS_ACCESS_KEY_ID={k1}\n"));
-    write(d, "src/b.env", &format!("X=1\nAWS_ACCESS_KEY_ID={k2}\nAWS_ACCESS_KEY_ID={k1}\n"));
+    write(
+        d,
+        "src/b.env",
+        &format!("X=1\nAWS_ACCESS_KEY_ID={k2}\nAWS_ACCESS_KEY_ID={k1}\n"),
+    );
     let expires = humantime::format_rfc3339_seconds(
         std::time::SystemTime::now() + std::time::Duration::from_secs(90 * 86_400),
     )
     .to_string()[..10]
         .to_string();
     let args = [
-        "scan", "src", "--to-debt", "--owner", "payments-team", "--expires", &expires, "-c", cfg,
+        "scan",
+        "src",
+        "--to-debt",
+        "--owner",
+        "payments-team",
+        "--expires",
+        &expires,
+        "-c",
+        cfg,
     ];
     let (code, _, err) = run_cli(d, &args);
     assert_eq!(code, 1, "{err}");
@@ -299,7 +357,10 @@ fn findings_enter_the_key_debt_inventory_by_fingerprint() {
         h.update(k.as_bytes());
         mayfly_crypto::hex(&h.finish())
     };
-    let e1 = list.iter().find(|e| e["fingerprint"] == sha(&k1).as_str()).unwrap();
+    let e1 = list
+        .iter()
+        .find(|e| e["fingerprint"] == sha(&k1).as_str())
+        .unwrap();
     assert_eq!(e1["owner"], "payments-team");
     assert_eq!(e1["found_at"], "src/a.env:1");
     assert!(list.iter().any(|e| e["fingerprint"] == sha(&k2).as_str()));
@@ -311,4 +372,69 @@ fn findings_enter_the_key_debt_inventory_by_fingerprint() {
     assert_eq!(code, 0);
     assert!(out.contains("found at src/a.env:1"), "{out}");
     let _ = TEST_MASTER_KEY;
+}
+
+/// The labelled corpus (`bench/scan/corpus.py`, synthetic format-valid secrets of every rule
+/// type and hard negatives): recall and precision at least 0.95 overall, and no type below 0.8.
+#[test]
+fn the_labelled_corpus_is_found_with_high_recall_and_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scan/corpus.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--out", corpus.to_str().unwrap(), "--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels: Value =
+        serde_json::from_str(&std::fs::read_to_string(corpus.join("labels.json")).unwrap())
+            .unwrap();
+    let (code, v, err) = scan_json(&corpus, &["--no-ignore", "."]);
+    assert_eq!(code, 1, "{err}");
+    let found: Vec<(String, u64)> = findings(&v)
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let positives = labels["positives"].as_array().unwrap();
+    let covers = |p: &Value, file: &str, line: u64| {
+        p["file"] == file
+            && (p["line"].as_u64().unwrap()
+                ..=p["end_line"]
+                    .as_u64()
+                    .unwrap_or(p["line"].as_u64().unwrap()))
+                .contains(&line)
+    };
+    let true_pos = found
+        .iter()
+        .filter(|(f, l)| positives.iter().any(|p| covers(p, f, *l)))
+        .count();
+    let mut per_type: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+    for p in positives {
+        let hit = found.iter().any(|(f, l)| covers(p, f, *l));
+        let e = per_type
+            .entry(p["type"].as_str().unwrap().to_string())
+            .or_default();
+        e.0 += u32::from(hit);
+        e.1 += 1;
+    }
+    let recall = per_type.values().map(|x| x.0).sum::<u32>() as f64 / positives.len() as f64;
+    let precision = true_pos as f64 / found.len().max(1) as f64;
+    assert!(per_type.len() >= 60, "{} types", per_type.len());
+    assert!(
+        recall >= 0.95 && precision >= 0.95,
+        "recall {recall}, precision {precision}"
+    );
+    for (t, (hit, all)) in &per_type {
+        assert!(f64::from(*hit) / f64::from(*all) >= 0.8, "{t}: {hit}/{all}");
+    }
 }

@@ -161,7 +161,9 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         .cloned()
         .collect();
     if paths.is_empty() && !stdin_too && args.git.is_empty() && args.image.is_empty() {
-        bail!("nothing to scan: give a path, `--git REPO`, `--image TAR`, or `-` for standard input");
+        bail!(
+            "nothing to scan: give a path, `--git REPO`, `--image TAR`, or `-` for standard input"
+        );
     }
     if args.reveal && (args.output.is_some() || !std::io::stdout().is_terminal()) {
         bail!(
@@ -254,9 +256,8 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     findings.sort_by(|a, b| {
-        (&a.path, a.line, a.column, &a.rule, &a.commit, &a.layer).cmp(&(
-            &b.path, b.line, b.column, &b.rule, &b.commit, &b.layer,
-        ))
+        (&a.path, a.line, a.column, &a.rule, &a.commit, &a.layer)
+            .cmp(&(&b.path, b.line, b.column, &b.rule, &b.commit, &b.layer))
     });
     let before = findings.len();
     findings.retain(|f| !baseline.contains(&f.fingerprint));

@@ -1,5 +1,5 @@
-//! Counts what a source yields: `cargo run --release -p mayfly-scan-sources --example count --
-//! walk|git|image|stdin PATH...`. Prints items, bytes, errors and the time taken.
+//! Counts what a source yields: `[THREADS=n] cargo run --release -p mayfly-scan-sources --example
+//! count -- walk|git|image|stdin PATH...`. Prints items, bytes, errors and the time taken.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -24,7 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let source = args.next().unwrap_or_default();
     let paths: Vec<PathBuf> = args.map(PathBuf::from).collect();
-    let opts = WalkOptions::default();
+    let opts = WalkOptions {
+        threads: std::env::var("THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        ..WalkOptions::default()
+    };
     let start = Instant::now();
     let first = paths.first().cloned().unwrap_or_else(|| PathBuf::from("."));
     let stats = match source.as_str() {

@@ -18,23 +18,47 @@ pub fn is_gzip_magic(head: &[u8]) -> bool {
 /// bytes: past them `read` fails with an `io::Error` (kind `InvalidData`) carrying
 /// [`SourceError::GunzipLimit`]. A corrupt stream fails with flate2's error.
 pub struct CappedGunzip<R: Read> {
-    inner: MultiGzDecoder<R>,
-    remaining: u64,
-    limit: u64,
+    inner: Limited<MultiGzDecoder<R>>,
 }
 
 impl<R: Read> CappedGunzip<R> {
     /// gunzips `inner`, at most `limit` decompressed bytes.
     pub fn new(inner: R, limit: u64) -> Self {
         Self {
-            inner: MultiGzDecoder::new(inner),
-            remaining: limit,
-            limit,
+            inner: Limited::new(MultiGzDecoder::new(inner), limit, |limit| {
+                SourceError::GunzipLimit { limit }
+            }),
         }
     }
 }
 
 impl<R: Read> Read for CappedGunzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+/// Yields at most `limit` bytes of `inner`; one more is an `InvalidData` error carrying the
+/// [`SourceError`] that `exceeded` makes.
+pub(crate) struct Limited<R> {
+    inner: R,
+    remaining: u64,
+    limit: u64,
+    exceeded: fn(u64) -> SourceError,
+}
+
+impl<R: Read> Limited<R> {
+    pub(crate) fn new(inner: R, limit: u64, exceeded: fn(u64) -> SourceError) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+        }
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -46,7 +70,7 @@ impl<R: Read> Read for CappedGunzip<R> {
                 0 => Ok(0),
                 _ => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    SourceError::GunzipLimit { limit: self.limit },
+                    (self.exceeded)(self.limit),
                 )),
             };
         }

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tar::EntryType;
 
-use crate::gz::{CappedGunzip, is_gzip_magic, peek};
+use crate::gz::{CappedGunzip, Limited, is_gzip_magic, peek};
 use crate::zst::{ZstdFrames, is_zstd_magic};
 use crate::{Counters, Origin, Sink, SourceError, Stats, WalkOptions};
 
@@ -40,6 +40,15 @@ pub(crate) fn image(
         path: path.display().to_string(),
         source,
     })?;
+    if path.is_dir() {
+        return Err(SourceError::ImageIo {
+            path: path.display().to_string(),
+            source: io::Error::other(
+                "a directory, not a tarball: pass `docker save IMAGE -o FILE.tar` output, or tar \
+                 an OCI layout directory (`tar -cf FILE.tar -C DIR .`)",
+            ),
+        });
+    }
     image_from_reader(file, &path.display().to_string(), opts, sink)
 }
 
@@ -303,6 +312,7 @@ fn oci<R: Read + Seek>(
     let mut configs: Vec<String> = Vec::new();
     let mut layers: Vec<Layer> = Vec::new();
     let mut seen_layers = HashSet::new();
+    let (mut manifests_read, mut missing_manifests) = (0usize, 0usize);
     while let Some((descriptor, depth)) = pending.pop() {
         if !visited.insert(descriptor.digest.clone()) {
             continue;
@@ -315,15 +325,27 @@ fn oci<R: Read + Seek>(
         {
             continue;
         }
-        let doc = blob_path(&descriptor.digest)
-            .and_then(|member| outer.parse::<IndexOrManifest>(&member));
-        let doc = match doc {
+        let member = match blob_path(&descriptor.digest) {
+            Ok(member) => member,
+            Err(err) => {
+                counters.error(sink, &descriptor.digest, &err);
+                continue;
+            }
+        };
+        // `docker save` (containerd image store) keeps the whole multi-platform index but only
+        // the platforms that were pulled: a manifest that is not in the tarball is not an error.
+        if outer.locate(&member).is_err() {
+            missing_manifests += 1;
+            continue;
+        }
+        let doc = match outer.parse::<IndexOrManifest>(&member) {
             Ok((_, doc)) => doc,
             Err(err) => {
                 counters.error(sink, &descriptor.digest, &err);
                 continue;
             }
         };
+        manifests_read += 1;
         if depth < MAX_DEPTH {
             pending.extend(doc.manifests.into_iter().rev().map(|d| (d, depth + 1)));
         } else if !doc.manifests.is_empty() {
@@ -353,6 +375,16 @@ fn oci<R: Read + Seek>(
                 Err(err) => counters.error(sink, &layer.digest, &err),
             }
         }
+    }
+    if manifests_read == 0 && missing_manifests > 0 {
+        return Err(SourceError::Image {
+            what: "index.json".to_owned(),
+            message: format!(
+                "none of the {missing_manifests} manifests it names is in {}; \
+                 save the image again (`docker save IMAGE -o FILE.tar`)",
+                outer.name
+            ),
+        });
     }
     for digest in configs {
         match blob_path(&digest).and_then(|member| outer.read_json(&member)) {
@@ -483,6 +515,7 @@ fn scan_layer<R: Read + Seek>(
         }
     };
     Counters::bump(&counters.layers);
+    let compressed = raw.limit();
     let mut raw = BufReader::with_capacity(LAYER_BUF, raw);
     let head = match raw.fill_buf() {
         Ok(head) => head,
@@ -495,10 +528,15 @@ fn scan_layer<R: Read + Seek>(
             return;
         }
     };
+    let limit = opts
+        .max_gunzip_bytes
+        .max(compressed.saturating_mul(crate::LAYER_RATIO));
+    let exceeded = |limit| SourceError::LayerLimit { limit };
     let mut stream: Box<dyn Read + '_> = if is_gzip_magic(head) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+        let gunzip = flate2::bufread::MultiGzDecoder::new(raw);
+        Box::new(Limited::new(gunzip, limit, exceeded))
     } else if is_zstd_magic(head) {
-        Box::new(ZstdFrames::new(raw))
+        Box::new(Limited::new(ZstdFrames::new(raw), limit, exceeded))
     } else {
         Box::new(raw)
     };

@@ -7,8 +7,10 @@
 //! be opened at all (a missing path, something that is not a repository or not an image) makes
 //! the source function return `Err`.
 //!
-//! Items whose name ends in `.gz`, or whose bytes start with the gzip magic, are handed over
-//! gunzipped ([`CappedGunzip`]), at most [`WalkOptions::max_gunzip_bytes`] of them.
+//! Files, blobs and layer members that are gzip (told by their magic bytes, so `x.log.gz` and a
+//! gzip file without the suffix alike; a `.gz` name without the magic is not gzip and is handed
+//! over as it is) are handed over gunzipped ([`CappedGunzip`]), at most
+//! [`WalkOptions::max_gunzip_bytes`] bytes of them; [`Origin::path`] keeps the `.gz` name.
 //!
 //! - [`walk`]: directory trees through the `ignore` crate, honouring `.gitignore`, `.ignore` and
 //!   `.git/info/exclude` (also outside a git repository), not the user's global git excludes
@@ -29,10 +31,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use gz::{CappedGunzip, is_gzip_magic};
 pub use image::{IMAGE_CONFIG_PATH, image_from_reader};
+pub use zst::ZstdFrames;
 
 /// Decompressed bytes a `.gz` item may yield unless [`WalkOptions::max_gunzip_bytes`] says
 /// otherwise: 4 GiB.
 pub const DEFAULT_MAX_GUNZIP_BYTES: u64 = 4 << 30;
+
+/// An image layer may decompress to this many times its compressed size (or to
+/// [`WalkOptions::max_gunzip_bytes`], if that is more). Real layers compress a few times; gzip
+/// cannot pass 1032 times, zstd can pass anything.
+pub const LAYER_RATIO: u64 = 1024;
 
 /// Where a scanned item came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +108,17 @@ pub enum SourceError {
          scan it decompressed or raise the limit"
     )]
     GunzipLimit {
+        /// The cap, in decompressed bytes.
+        limit: u64,
+    },
+    /// An image layer decompresses to more than its cap (a decompression bomb: zstd has no
+    /// bound on its ratio). Carried inside the `io::Error` the layer's reader returns.
+    #[error(
+        "layer decompresses to more than {limit} bytes (the larger of max_gunzip_bytes and \
+         {LAYER_RATIO} times its compressed size); a decompression bomb? raise max_gunzip_bytes \
+         to scan it"
+    )]
+    LayerLimit {
         /// The cap, in decompressed bytes.
         limit: u64,
     },
@@ -174,7 +193,9 @@ pub struct WalkOptions {
     /// Threads for walking trees and reading git blobs; 0 = available parallelism.
     pub threads: usize,
     /// At most this many decompressed bytes from one `.gz` item; past it the reader returns an
-    /// error ([`SourceError::GunzipLimit`]). Image layers themselves are not capped.
+    /// error ([`SourceError::GunzipLimit`]). An image layer may decompress to this many bytes or
+    /// [`LAYER_RATIO`] times its compressed size, whichever is larger
+    /// ([`SourceError::LayerLimit`]).
     pub max_gunzip_bytes: u64,
 }
 
@@ -235,7 +256,10 @@ pub fn walk(
 /// (branches, tags, remote-tracking branches, `refs/stash`, notes, and a detached `HEAD`), each
 /// blob once, attributed to the oldest commit that holds it (commits ordered by committer time,
 /// parents always before their children). Blobs and trees that a tag points at directly are
-/// scanned too, without a commit. Submodule entries are skipped. Works on bare and non-bare
+/// scanned too, without a commit (a blob's path is then the ref's name, e.g. `refs/tags/key`).
+/// Submodule entries and symbolic links are skipped. Blobs are read by `threads` workers: items
+/// arrive in no particular order. Only the stash's latest entry is scanned (older ones live in
+/// its reflog); a shallow clone is scanned down to its boundary. Works on bare and non-bare
 /// repositories; `repo` is the top directory, the `.git` directory, or a bare repository.
 pub fn git(
     repo: &std::path::Path,
@@ -249,8 +273,9 @@ pub fn git(
 /// OCI layout that Docker 25+ writes) or an OCI image layout tarball (`index.json`).
 ///
 /// With `index.json`, every manifest it reaches (through nested indexes: all platforms, not only
-/// the first) is read, skipping buildx attestation manifests; each distinct layer and config is
-/// scanned once. Otherwise `manifest.json`'s images are read. Layers may be plain,
+/// the first) is read, skipping buildx attestation manifests and manifests not in the tarball
+/// (`docker save` keeps a multi-platform index but only the platforms pulled); each distinct
+/// layer and config is scanned once. Otherwise `manifest.json`'s images are read. Layers may be plain,
 /// gzip- or zstd-compressed tar (detected by magic bytes, whatever their media type says). Every
 /// regular file of every layer is handed to `sink` with the layer's digest, including files that
 /// a later layer deletes; whiteout entries (`.wh.*`) are not content and are skipped. The image

@@ -15,15 +15,17 @@ pub(crate) fn is_zstd_magic(head: &[u8]) -> bool {
     }
 }
 
-/// Decompresses every frame of a zstd stream.
-pub(crate) struct ZstdFrames<R: BufRead> {
+/// Decompresses every frame of a zstd stream in turn, skipping skippable frames (what image
+/// layers need; public for fuzzing). Windows above 128 MiB are refused, as by `zstd -d`.
+pub struct ZstdFrames<R: BufRead> {
     source: R,
     decoder: FrameDecoder,
     in_frame: bool,
 }
 
 impl<R: BufRead> ZstdFrames<R> {
-    pub(crate) fn new(source: R) -> Self {
+    /// Decompresses `source`.
+    pub fn new(source: R) -> Self {
         Self {
             source,
             decoder: FrameDecoder::new(),

@@ -104,9 +104,9 @@ fn config() -> Vec<u8> {
     .unwrap()
 }
 
-/// An OCI layout: index.json → nested index → manifest (and an attestation manifest that is not
-/// there) → config, a gzip layer whose media type says plain tar, a zstd layer. Blobs come before
-/// index.json in the tarball.
+/// An OCI layout: index.json → nested index → manifest (and a manifest for a platform that was
+/// not saved, and a buildx attestation manifest) → config, a gzip layer whose media type says
+/// plain tar, a zstd layer. Blobs come before index.json in the tarball.
 fn oci_tarball() -> Vec<u8> {
     let (l1, l2, cfg, man, nested) = (digest(1), digest(2), digest(3), digest(4), digest(5));
     let manifest = serde_json::to_vec(&json!({
@@ -125,6 +125,8 @@ fn oci_tarball() -> Vec<u8> {
         "manifests": [
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": man, "size": 1,
              "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(0xef), "size": 1,
+             "platform": {"architecture": "arm64", "os": "linux"}},
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(0xee), "size": 1,
              "platform": {"architecture": "unknown", "os": "unknown"},
              "annotations": {"vnd.docker.reference.type": "attestation-manifest"}}
@@ -142,7 +144,20 @@ fn oci_tarball() -> Vec<u8> {
         compress_to_vec(&layer2()[..], CompressionLevel::Fastest),
     );
     let config = config();
+    let attestation = serde_json::to_vec(&json!({
+        "config": {"digest": digest(0xe0)},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": digest(0xe1)}]
+    }))
+    .unwrap();
+    let (ba, bac, bal) = (
+        blob(&digest(0xee)),
+        blob(&digest(0xe0)),
+        blob(&digest(0xe1)),
+    );
     tar_of(&[
+        E::File(&ba, &attestation),
+        E::File(&bac, b"{\"ATTESTATION\": 1}"),
+        E::File(&bal, b"{\"predicate\": \"ATTESTATION\"}"),
         E::Dir("blobs/"),
         E::Dir("blobs/sha256/"),
         E::File(&b1, &gz1),
@@ -259,8 +274,9 @@ fn oci_layout_gzip_and_zstd_layers_with_a_deleted_file() {
     check_config(&sink, &digest(3));
     assert_eq!(stats.layers, 2);
     assert_eq!(stats.whiteouts, 2);
-    // 3 files in layer 1, 1 in layer 2, the config.
+    // 3 files in layer 1, 1 in layer 2, the config; not the attestation.
     assert_eq!(stats.items, 5, "{:?}", sink.paths());
+    assert!(sink.with("ATTESTATION").is_empty());
     assert_eq!(stats.errors, 0);
 }
 
@@ -318,6 +334,23 @@ fn not_an_image_compressed_and_missing_are_errors_that_say_what_to_do() {
 
     let err = image(Path::new("/no/such/image.tar"), &opts, &sink).unwrap_err();
     assert!(matches!(err, SourceError::Path { .. }));
+
+    let dir = tempfile::tempdir().unwrap();
+    let err = image(dir.path(), &opts, &sink).unwrap_err();
+    assert!(
+        err.to_string().contains("a directory, not a tarball"),
+        "{err}"
+    );
+
+    let index = serde_json::to_vec(&json!({"manifests": [{"digest": digest(4)}]})).unwrap();
+    let err = image_from_reader(
+        Cursor::new(tar_of(&[E::File("index.json", &index)])),
+        "x",
+        &opts,
+        &sink,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("none of the 1 manifests"), "{err}");
 
     let err = image_from_reader(
         Cursor::new(b"not a tar at all".repeat(100)),
@@ -409,6 +442,14 @@ fn write_fuzz_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/scan/seeds");
     std::fs::create_dir_all(root.join("image")).unwrap();
     std::fs::create_dir_all(root.join("gzip")).unwrap();
+    std::fs::create_dir_all(root.join("zstd")).unwrap();
+    let frames = [
+        compress_to_vec(&b"first frame "[..], CompressionLevel::Fastest),
+        vec![0x5e, 0x2a, 0x4d, 0x18, 2, 0, 0, 0, 1, 2],
+        compress_to_vec(&layer2()[..], CompressionLevel::Fastest),
+    ]
+    .concat();
+    std::fs::write(root.join("zstd/frames.zst"), frames).unwrap();
     std::fs::write(root.join("image/oci.tar"), oci_tarball()).unwrap();
     std::fs::write(root.join("image/docker.tar"), docker_tarball(true)).unwrap();
     std::fs::write(
@@ -417,4 +458,41 @@ fn write_fuzz_seeds() {
     )
     .unwrap();
     std::fs::write(root.join("gzip/zeros.gz"), gzip(&[0u8; 4096])).unwrap();
+}
+
+#[test]
+fn a_layer_that_decompresses_too_far_is_stopped() {
+    let big = vec![0u8; 16 << 20];
+    let layer = tar_of(&[E::File("zeros", &big), E::File("after", b"AFTER_THE_BOMB")]);
+    let bomb = compress_to_vec(&layer[..], CompressionLevel::Fastest);
+    assert!((bomb.len() as u64) * 1024 < 8 << 20, "{}", bomb.len());
+    let index = serde_json::to_vec(&json!({"manifests": [{"digest": digest(4)}]})).unwrap();
+    let manifest =
+        serde_json::to_vec(&json!({"layers": [{"digest": digest(1)}, {"digest": digest(2)}]}))
+            .unwrap();
+    let tarball = tar_of(&[
+        E::File("index.json", &index),
+        E::File(&blob(&digest(4)), &manifest),
+        E::File(&blob(&digest(1)), &bomb),
+        E::File(&blob(&digest(2)), &gzip(&layer2())),
+    ]);
+    let sink = Collect::default();
+    let opts = WalkOptions {
+        max_gunzip_bytes: 1 << 20,
+        ..WalkOptions::default()
+    };
+    let stats = image_from_reader(Cursor::new(tarball), "bomb.tar", &opts, &sink).unwrap();
+    // The member being read fails, then the layer.
+    let errors = sink.errors();
+    assert_eq!(stats.errors, 2, "{errors:?}");
+    assert_eq!(errors[0].0, format!("{}:zeros", digest(1)));
+    assert_eq!(errors[1].0, digest(1));
+    assert!(
+        errors.iter().all(|e| e.1.contains("decompression bomb")),
+        "{errors:?}"
+    );
+    let limit = (bomb.len() as u64 * 1024) as usize;
+    assert!(sink.items().iter().all(|i| i.data.len() <= limit));
+    assert!(sink.with("AFTER_THE_BOMB").is_empty());
+    assert_eq!(sink.with("LAYER2_FILE").len(), 1, "the next layer is read");
 }

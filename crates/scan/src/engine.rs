@@ -27,6 +27,8 @@ const MULTILINE_AFTER: usize = 12 << 10;
 const SNIFF: usize = 8000;
 /// A secret with this many identical characters in a row is a placeholder (`ghp_0000...`).
 const MAX_RUN: usize = 6;
+/// Keywords are cut to this many bytes for the pre-filter.
+const MAX_KEYWORD: usize = 8;
 /// Suppresses a finding on its line.
 const ALLOW_MARK: &[u8] = b"mayfly:allow";
 
@@ -72,6 +74,10 @@ pub struct Scanner {
     keywords: AhoCorasick,
     /// For each keyword pattern, the rules it triggers (with the exact spelling a rule needs).
     triggers: Vec<Vec<(usize, Option<Vec<u8>>)>>,
+    /// For each keyword, the longer keywords containing it, and where.
+    containers: Vec<Vec<(usize, usize)>>,
+    /// The keywords, lowercased.
+    patterns: Vec<Vec<u8>>,
 }
 
 /// A span of a chunk some rule must run over.
@@ -90,8 +96,11 @@ impl Scanner {
         let mut triggers: Vec<Vec<(usize, Option<Vec<u8>>)>> = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
             for (k, exact) in &rule.keywords {
+                // Keywords longer than this add automaton states (a bigger, slower table) and
+                // buy nothing: the rule's regex checks the rest.
+                let k = &k[..k.len().min(MAX_KEYWORD)];
                 let lower = k.to_ascii_lowercase();
-                let t = (i, exact.then(|| k.clone()));
+                let t = (i, exact.then(|| k.to_vec()));
                 match patterns.iter().position(|p| *p == lower) {
                     Some(j) => {
                         if !triggers[j].contains(&t) {
@@ -114,9 +123,23 @@ impl Scanner {
                 file: "keywords".into(),
                 msg: e.to_string(),
             })?;
+        let mut containers = vec![Vec::new(); patterns.len()];
+        for (b, pb) in patterns.iter().enumerate() {
+            for (a, pa) in patterns.iter().enumerate() {
+                if a != b && pa.len() > pb.len() {
+                    for off in 0..=pa.len() - pb.len() {
+                        if pa[off..off + pb.len()] == pb[..] {
+                            containers[b].push((a, off));
+                        }
+                    }
+                }
+            }
+        }
         Ok(Self {
             rules,
             keywords,
+            containers,
+            patterns,
             triggers,
         })
     }
@@ -188,7 +211,11 @@ impl Scanner {
                     return Ok(Outcome::Binary);
                 }
             }
-            let limit = if eof { len } else { len.saturating_sub(OVERLAP) };
+            let limit = if eof {
+                len
+            } else {
+                len.saturating_sub(OVERLAP)
+            };
             let from = usize::try_from(handled_until.saturating_sub(base)).unwrap_or(0);
             let mut found = self.scan_chunk(data, from, limit);
             found.sort_by_key(|m| m.0);
@@ -235,15 +262,14 @@ impl Scanner {
         let mut open: Vec<Option<Region>> = vec![None; n];
         let mut found: Vec<(usize, usize, Zeroizing<Vec<u8>>)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
-        for hit in self.keywords.find_overlapping_iter(buf) {
-            let p = hit.start();
-            for (r, exact) in &self.triggers[hit.pattern().as_usize()] {
-                if exact.as_ref().is_some_and(|e| buf[p..hit.end()] != e[..]) {
+        for (pattern, p, end) in self.hits(buf) {
+            for (r, exact) in &self.triggers[pattern] {
+                if exact.as_ref().is_some_and(|e| buf[p..end] != e[..]) {
                     continue;
                 }
                 let r = *r;
                 let rule = &self.rules.rules[r];
-                let w = window(buf, p, hit.end(), rule.multiline);
+                let w = window(buf, p, end, rule.multiline);
                 match &mut open[r] {
                     Some(cur) if w.start <= cur.end && w.end >= cur.start => {
                         cur.start = cur.start.min(w.start);
@@ -265,6 +291,35 @@ impl Scanner {
         }
         dedupe(&self.rules.rules, &mut found, &vetoes);
         found
+    }
+
+    /// Every keyword occurrence in `buf`: (pattern, start, end). The automaton's non-overlapping
+    /// search is about twice as fast as its overlapping one; restarting one byte after each
+    /// hit's start and checking the keywords that contain the one found (`containers`) gives
+    /// the same set of occurrences.
+    fn hits(&self, buf: &[u8]) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let input = aho_corasick::Input::new(buf).span(pos..buf.len());
+            let Some(hit) = self.keywords.find(input) else {
+                break;
+            };
+            let (pid, start) = (hit.pattern().as_usize(), hit.start());
+            out.push((pid, start, hit.end()));
+            for &(a, off) in &self.containers[pid] {
+                let pat = &self.patterns[a];
+                if let Some(s) = start.checked_sub(off)
+                    && buf
+                        .get(s..s + pat.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(pat))
+                {
+                    out.push((a, s, s + pat.len()));
+                }
+            }
+            pos = start + 1;
+        }
+        out
     }
 
     fn run_rule(
@@ -292,13 +347,20 @@ impl Scanner {
                 continue;
             }
             let secret = m.as_bytes();
-            let user = rule.user_group.and_then(|g| caps.get(g)).map(|u| u.as_bytes());
+            let user = rule
+                .user_group
+                .and_then(|g| caps.get(g))
+                .map(|u| u.as_bytes());
             let name = rule
                 .name_groups
                 .iter()
                 .find_map(|&g| caps.get(g))
                 .map(|u| u.as_bytes());
-            if !accept(rule, secret, user, name) {
+            let host = rule
+                .host_group
+                .and_then(|g| caps.get(g))
+                .map(|u| u.as_bytes());
+            if !accept(rule, secret, (user, host), name) {
                 // A value shaped like a specific token that failed its checks (a wrong
                 // checksum, a documented example) is not a generic secret either.
                 if !is_generic(rule) {
@@ -345,7 +407,12 @@ fn window(buf: &[u8], p: usize, e: usize, multiline: bool) -> Region {
 }
 
 /// The checks a match passes before it is a finding.
-fn accept(rule: &Rule, secret: &[u8], user: Option<&[u8]>, name: Option<&[u8]>) -> bool {
+fn accept(
+    rule: &Rule,
+    secret: &[u8],
+    (user, host): (Option<&[u8]>, Option<&[u8]>),
+    name: Option<&[u8]>,
+) -> bool {
     if rule.allow.iter().any(|a| a.is_match(secret)) || validate::is_placeholder(secret) {
         return false;
     }
@@ -365,7 +432,7 @@ fn accept(rule: &Rule, secret: &[u8], user: Option<&[u8]>, name: Option<&[u8]>) 
         Some(Validate::Discord) => validate::discord(secret),
         Some(Validate::Base64Of64) => validate::base64_len(secret, 64),
         Some(Validate::Pem) => validate::pem(secret),
-        Some(Validate::Password) => validate::password(secret, user),
+        Some(Validate::Password) => validate::password(secret, user, host),
         Some(Validate::Generic) => validate::generic(name, secret),
     }
 }

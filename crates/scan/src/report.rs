@@ -87,7 +87,11 @@ fn human(out: &mut dyn Write, findings: &[Finding], stats: &Stats, colour: bool)
         if let Some(s) = &f.secret {
             write!(out, "  {red}{s}{reset}")?;
         }
-        writeln!(out, "  {dim}fp {}{reset}", f.fingerprint.get(..16).unwrap_or(""))?;
+        writeln!(
+            out,
+            "  {dim}fp {}{reset}",
+            f.fingerprint.get(..16).unwrap_or("")
+        )?;
     }
     let mb = stats.bytes as f64 / 1e6;
     writeln!(

@@ -12,6 +12,9 @@ pub const BUILTIN_RULES: &str = include_str!("rules.toml");
 
 /// Largest regex program a rule may compile to (user rules included): bounds memory and time.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Lazy-DFA cache per rule and thread. Too small a cache is cleared over and over on the
+/// generic rules (many states) and the search falls back to slow NFA simulation.
+const DFA_CACHE_LIMIT: usize = 8 << 20;
 
 /// A check run on a candidate secret after its regex matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -87,6 +90,7 @@ pub struct Rule {
     pub(crate) regex: Regex,
     pub(crate) secret_groups: Vec<usize>,
     pub(crate) user_group: Option<usize>,
+    pub(crate) host_group: Option<usize>,
     pub(crate) name_groups: Vec<usize>,
     pub(crate) entropy: Option<f64>,
     pub(crate) validate: Option<Validate>,
@@ -180,12 +184,13 @@ fn compile(spec: RuleSpec, file: &str) -> Result<Rule, ScanError> {
             .unicode(false)
             .multi_line(true)
             .size_limit(REGEX_SIZE_LIMIT)
-            .dfa_size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(DFA_CACHE_LIMIT)
             .build()
     };
     let regex = build(&spec.regex).map_err(|e| err(format!("regex does not compile: {e}")))?;
     let mut secret_groups = Vec::new();
     let mut user_group = None;
+    let mut host_group = None;
     let mut name_groups = Vec::new();
     for (i, n) in regex.capture_names().enumerate() {
         // `s`, `s2`, `s3`...: the secret of each alternative; `name`, `name2`...: its name.
@@ -195,6 +200,7 @@ fn compile(spec: RuleSpec, file: &str) -> Result<Rule, ScanError> {
         };
         match n {
             Some("user") => user_group = Some(i),
+            Some("host") => host_group = Some(i),
             Some(n) if numbered(n, "s") => secret_groups.push(i),
             Some(n) if numbered(n, "name") => name_groups.push(i),
             _ => {}
@@ -227,6 +233,7 @@ fn compile(spec: RuleSpec, file: &str) -> Result<Rule, ScanError> {
         regex,
         secret_groups,
         user_group,
+        host_group,
         name_groups,
         entropy: spec.entropy,
         validate: spec.validate,

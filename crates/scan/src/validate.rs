@@ -53,10 +53,9 @@ const PLACEHOLDER_WORDS: &[&[u8]] = &[
 
 /// True when `s` carries a placeholder word (case-insensitive).
 pub fn is_placeholder(s: &[u8]) -> bool {
-    PLACEHOLDER_WORDS.iter().any(|w| {
-        s.windows(w.len())
-            .any(|win| win.eq_ignore_ascii_case(w))
-    })
+    PLACEHOLDER_WORDS
+        .iter()
+        .any(|w| s.windows(w.len()).any(|win| win.eq_ignore_ascii_case(w)))
 }
 
 /// True when `s` has a run of `n` or more identical bytes (`ghp_0000000000...`).
@@ -191,8 +190,28 @@ const PLACEHOLDER_PASSWORDS: &[&[u8]] = &[
     b"token",
 ];
 
-/// A password from a URL: not a placeholder, template variable, mask or the user name.
-pub fn password(pw: &[u8], user: Option<&[u8]>) -> bool {
+/// Hosts reserved for documentation (RFC 2606, RFC 6761).
+fn documentation_host(host: &[u8]) -> bool {
+    let h = host.to_ascii_lowercase();
+    [&b"example.com"[..], b"example.org", b"example.net"]
+        .iter()
+        .any(|d| h == *d || h.ends_with(&[b".", *d].concat()))
+        || [&b".example"[..], b".invalid"]
+            .iter()
+            .any(|d| h.ends_with(d))
+        || h == b"example"
+}
+
+/// A password from a URL: not a placeholder, template variable, mask or the user name; at a
+/// documentation host (`https://abc:xyz@example.com`), only a strong one counts.
+pub fn password(pw: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+    if host.is_some_and(documentation_host) && (pw.len() < 10 || entropy(pw) < 3.0) {
+        return false;
+    }
+    // Bounds the rule's regex leaves open (counted repetitions make its automaton large).
+    if pw.len() > 128 || user.is_some_and(|u| u.len() > 64) {
+        return false;
+    }
     if PLACEHOLDER_PASSWORDS
         .iter()
         .any(|p| p.eq_ignore_ascii_case(pw))
@@ -214,15 +233,54 @@ pub fn password(pw: &[u8], user: Option<&[u8]>) -> bool {
 
 /// Parts of a variable name that say its value is not a secret.
 const NOT_SECRET_NAMES: &[&str] = &[
-    "public", "hash", "sha1", "sha256", "sha512", "md5", "checksum", "integrity", "digest",
-    "fingerprint", "file", "path", "url", "uri", "name", "type", "header", "field", "length",
-    "size", "count", "format", "endpoint", "_env", "-env", "env_var", "_var", "tokenizer", "_id", "-id", ".id",
-    "keyid", "expir", "ttl", "prefix", "mode", "method", "policy", "version", "label",
+    "public",
+    "hash",
+    "sha1",
+    "sha256",
+    "sha512",
+    "md5",
+    "checksum",
+    "integrity",
+    "digest",
+    "fingerprint",
+    "file",
+    "path",
+    "url",
+    "uri",
+    "name",
+    "type",
+    "header",
+    "field",
+    "length",
+    "size",
+    "count",
+    "format",
+    "endpoint",
+    "_env",
+    "-env",
+    "env_var",
+    "_var",
+    "tokenizer",
+    "_id",
+    "-id",
+    ".id",
+    "keyid",
+    "expir",
+    "ttl",
+    "prefix",
+    "mode",
+    "method",
+    "policy",
+    "version",
+    "label",
 ];
 
 /// A value assigned to a secret-looking name: letters and digits mixed, not an identifier,
 /// path, UUID or a name that says it holds something public.
 pub fn generic(name: Option<&[u8]>, value: &[u8]) -> bool {
+    if value.len() > 200 || name.is_some_and(|n| n.len() > 64) {
+        return false;
+    }
     if let Some(name) = name {
         if random_looking(name) {
             return false;
@@ -292,7 +350,10 @@ mod tests {
 
     fn github_token(prefix: &str, random: &str) -> String {
         let c = base62(crc32fast::hash(random.as_bytes()), B62_UPPER_FIRST);
-        format!("{prefix}_{random}{}", String::from_utf8(c.to_vec()).unwrap())
+        format!(
+            "{prefix}_{random}{}",
+            String::from_utf8(c.to_vec()).unwrap()
+        )
     }
 
     #[test]
@@ -317,10 +378,16 @@ mod tests {
         assert!(is_placeholder(b"AKIAIOSFODNN7EXAMPLE"));
         assert!(is_placeholder(b"<your-token>"));
         assert!(!is_placeholder(b"Zx8fQ2mP0vLr7TqW"));
-        assert!(!password(b"password", Some(b"u")));
-        assert!(!password(b"app", Some(b"app")));
-        assert!(!password(b"${DB_PASSWORD}", Some(b"u")));
-        assert!(password(b"S3cr3t-Pa55", Some(b"u")));
+        assert!(!password(b"password", Some(b"u"), None));
+        assert!(!password(b"app", Some(b"app"), None));
+        assert!(!password(b"${DB_PASSWORD}", Some(b"u"), None));
+        assert!(password(b"S3cr3t-Pa55", Some(b"u"), None));
+        assert!(!password(b"xyz", Some(b"abc"), Some(b"example.com")));
+        assert!(password(
+            b"S3cr3t-Pa55x",
+            Some(b"u"),
+            Some(b"db.example.net")
+        ));
     }
 
     #[test]
@@ -328,10 +395,16 @@ mod tests {
         assert!(generic(Some(b"api_key"), b"9f8Kq2LmZx7Pq4Wd"));
         assert!(!generic(Some(b"public_key"), b"9f8Kq2LmZx7Pq4Wd"));
         assert!(!generic(Some(b"token"), b"get_token_for_user"));
-        assert!(!generic(Some(b"secret"), b"123e4567-e89b-12d3-a456-426614174000"));
+        assert!(!generic(
+            Some(b"secret"),
+            b"123e4567-e89b-12d3-a456-426614174000"
+        ));
         assert!(!generic(Some(b"secret"), b"settings.auth.secret2"));
         assert!(!generic(Some(b"HtPwD1fTgpQGhVUN"), b"FsOrHsxY1eBUynwMwDL7"));
-        assert!(generic(Some(b"awsSecretAccessKey"), b"FsOrHsxY1eBUynwMwDL7"));
+        assert!(generic(
+            Some(b"awsSecretAccessKey"),
+            b"FsOrHsxY1eBUynwMwDL7"
+        ));
     }
 
     #[test]
@@ -340,7 +413,8 @@ mod tests {
         let p = URL_SAFE_NO_PAD.encode(br#"{"sub":"svc","exp":1}"#);
         assert!(jwt(format!("{h}.{p}.c2lnbmF0dXJlc2lnbmF0dXJl").as_bytes()));
         assert!(!jwt(format!("{h}.eyJub3Rqc29u.c2ln").as_bytes()));
-        let ex = URL_SAFE_NO_PAD.encode(br#"{"sub":"1234567890","name":"John Doe","iat":1516239022}"#);
+        let ex =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"1234567890","name":"John Doe","iat":1516239022}"#);
         assert!(!jwt(format!("{h}.{ex}.c2lnbmF0dXJl").as_bytes()));
     }
 }

@@ -1,5 +1,7 @@
 //! The engine on realistic inputs: chunk boundaries, long lines, binary content, suppression.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Read;
 
 use mayfly_scan::{Outcome, RuleSet, Scanner};
@@ -134,7 +136,10 @@ fn a_private_key_spanning_a_chunk_boundary_is_found() {
     data.extend_from_slice(key.as_bytes());
     data.extend_from_slice(&vec![b'b'; 2 << 20]);
     let (_, found) = s.scan_slice(&data);
-    let ids: Vec<_> = found.iter().map(|m| s.rule(m.rule).unwrap().id.as_str()).collect();
+    let ids: Vec<_> = found
+        .iter()
+        .map(|m| s.rule(m.rule).unwrap().id.as_str())
+        .collect();
     assert_eq!(ids, vec!["private-key"]);
     assert_eq!(found[0].line, 2);
 }
@@ -145,7 +150,11 @@ fn a_secret_in_the_middle_of_a_very_long_line_is_found() {
     let t = github_token("gho", 3);
     let mut data = Vec::new();
     for i in 0..400_000 {
-        data.extend_from_slice(if i % 2 == 0 { b"var token=a;" } else { b"f(key,v);  " });
+        data.extend_from_slice(if i % 2 == 0 {
+            b"var token=a;"
+        } else {
+            b"f(key,v);  "
+        });
     }
     data.extend_from_slice(format!("x=\"{t}\";").as_bytes());
     for _ in 0..400_000 {
@@ -199,6 +208,9 @@ fn a_generic_match_on_a_specific_secret_is_reported_once_by_the_specific_rule() 
     let found = ids(&s, text.as_bytes());
     assert_eq!(
         found,
-        vec![("github-pat".into(), 1, 14), ("generic-secret".into(), 2, 18)]
+        vec![
+            ("github-pat".into(), 1, 14),
+            ("generic-secret".into(), 2, 18)
+        ]
     );
 }
