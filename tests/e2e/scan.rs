@@ -438,3 +438,37 @@ fn the_labelled_corpus_is_found_with_high_recall_and_precision() {
         assert!(f64::from(*hit) / f64::from(*all) >= 0.8, "{t}: {hit}/{all}");
     }
 }
+
+#[test]
+fn user_rules_add_to_and_switch_off_built_in_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(
+        d,
+        "app.cfg",
+        &format!(
+            "internal = acme_7f3k9q2m5x8v1b4n6z0c\naws = {}\n",
+            aws_key(40)
+        ),
+    );
+    write(
+        d,
+        "ours.toml",
+        "disable = [\"aws-access-key-id\"]\n[[rule]]\nid = \"acme-key\"\ndescription = \"ACME key\"\nkeywords_exact = [\"acme_\"]\nregex = '\\b(?P<s>acme_[a-z0-9]{20})\\b'\n",
+    );
+    let (code, v, err) = scan_json(d, &["--rules", "ours.toml", "app.cfg"]);
+    assert_eq!(code, 1, "{err}");
+    let rules: Vec<_> = findings(&v).iter().map(|f| f["rule"].clone()).collect();
+    assert_eq!(rules, vec!["acme-key"]);
+    write(
+        d,
+        "bad.toml",
+        "[[rule]]\nid = \"x\"\ndescription = \"d\"\nregex = \"(\"\nkeywords = [\"ab\"]\n",
+    );
+    let (code, out, err) = run_cli(d, &["scan", "--rules", "bad.toml", "app.cfg"]);
+    assert_eq!(code, 2);
+    assert!(
+        out.is_empty() && err.contains("bad.toml") && err.contains("does not compile"),
+        "{err}"
+    );
+}
