@@ -188,6 +188,8 @@ const PLACEHOLDER_PASSWORDS: &[&[u8]] = &[
     b"yourpassword",
     b"db_password",
     b"token",
+    b"opensesame",
+    b"open%20sesame",
 ];
 
 /// Hosts reserved for documentation (RFC 2606, RFC 6761).
@@ -205,7 +207,7 @@ fn documentation_host(host: &[u8]) -> bool {
 /// A password from a URL: not a placeholder, template variable, mask or the user name; at a
 /// documentation host (`https://abc:xyz@example.com`), only a strong one counts.
 pub fn password(pw: &[u8], user: Option<&[u8]>, host: Option<&[u8]>) -> bool {
-    if host.is_some_and(documentation_host) && (pw.len() < 10 || entropy(pw) < 3.0) {
+    if host.is_some_and(documentation_host) && (pw.len() < 12 || entropy(pw) < 3.5) {
         return false;
     }
     // Bounds the rule's regex leaves open (counted repetitions make its automaton large).
@@ -254,6 +256,7 @@ const NOT_SECRET_NAMES: &[&str] = &[
     "length",
     "size",
     "count",
+    "_len",
     "format",
     "endpoint",
     "_env",
@@ -297,6 +300,25 @@ pub fn generic(name: Option<&[u8]>, value: &[u8]) -> bool {
         return false;
     }
     if is_uuid(value) {
+        return false;
+    }
+    // The name repeated (`{"setAttr-Token-B0", "setAttr-Token-B0"}`), a JWT or JWT part (the
+    // jwt rule decides those), or an UPPER_SNAKE constant (`"CLIENT_TRAFFIC_SECRET_0"`).
+    if let Some(n) = name
+        && !n.is_empty()
+        && value.len() >= n.len()
+        && value.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    {
+        return false;
+    }
+    if memchr::memmem::find(value, b"eyJ").is_some() {
+        return false;
+    }
+    if value
+        .iter()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        && value.iter().filter(|&&b| b == b'_').count() >= 2
+    {
         return false;
     }
     // Publishable keys (Stripe `pk_live_`, Mapbox `pk.`) are public by design; `$VAR` is a
@@ -401,6 +423,12 @@ mod tests {
         ));
         assert!(!generic(Some(b"secret"), b"settings.auth.secret2"));
         assert!(!generic(Some(b"HtPwD1fTgpQGhVUN"), b"FsOrHsxY1eBUynwMwDL7"));
+        assert!(!generic(Some(b"secret"), b"CLIENT_TRAFFIC_SECRET_0"));
+        assert!(!generic(Some(b"setAttr-Token-B0"), b"setAttr-Token-B0"));
+        assert!(!generic(
+            Some(b"token"),
+            b"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+        ));
         assert!(generic(
             Some(b"awsSecretAccessKey"),
             b"FsOrHsxY1eBUynwMwDL7"
