@@ -406,7 +406,7 @@ mod tests {
         assert!(password(b"S3cr3t-Pa55", Some(b"u"), None));
         assert!(!password(b"xyz", Some(b"abc"), Some(b"example.com")));
         assert!(password(
-            b"S3cr3t-Pa55x",
+            b"S3cr3t-Pa55x-9QzL",
             Some(b"u"),
             Some(b"db.example.net")
         ));
