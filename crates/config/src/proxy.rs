@@ -102,6 +102,9 @@ pub struct RouteConfig {
     /// Request headers removed before forwarding (beside `Authorization`, hop-by-hop headers and
     /// the injected header, which always are).
     pub drop_headers: Vec<String>,
+    /// A Cedar policy file deciding which workloads may make which calls through the route
+    /// (beside audience and scopes); relative paths are from the config file's directory.
+    pub policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -133,6 +136,7 @@ struct RawRoute {
     inject: Option<RawInject>,
     #[serde(default)]
     drop_headers: Vec<String>,
+    policy_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,7 +220,7 @@ impl RawProxy {
         }
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.into_iter().enumerate() {
-            let route = r.validate(src, i)?;
+            let route = r.validate(src, i, base)?;
             if routes.iter().any(|o| o.name == route.name) {
                 return Err(ConfigError::new(
                     src,
@@ -250,7 +254,7 @@ impl RawProxy {
 }
 
 impl RawRoute {
-    fn validate(self, src: &str, i: usize) -> Result<RouteConfig, ConfigError> {
+    fn validate(self, src: &str, i: usize, base: &Path) -> Result<RouteConfig, ConfigError> {
         let key = |k: &str| format!("proxy.routes[{i}].{k}");
         if !is_token(&self.name) || self.name.len() > 64 {
             return Err(ConfigError::new(
@@ -421,6 +425,7 @@ impl RawRoute {
             scopes: self.scopes,
             inject,
             drop_headers,
+            policy_file: self.policy_file.map(|p| resolve(base, &p)),
         })
     }
 }

@@ -279,6 +279,7 @@ audience = "https://api.stripe.com"
 scopes = ["payments"]
 inject = { header = "Authorization", value = "Bearer {key}" }
 drop_headers = ["Cookie"]
+policy_file = "policies/stripe.cedar"
 [[proxy.routes]]
 name = "maps"
 host = "Maps.Proxy.Internal"
@@ -300,6 +301,10 @@ inject = { query = "key" }
         }
     );
     assert_eq!(p.routes[0].drop_headers, vec!["cookie"]);
+    // Resolved like every other file (relative to the config file).
+    let pf = p.routes[0].policy_file.as_ref().unwrap();
+    assert!(pf.ends_with("policies/stripe.cedar"), "{pf:?}");
+    assert!(p.routes[1].policy_file.is_none());
     assert_eq!(
         p.routes[1].matcher,
         RouteMatch::Host("maps.proxy.internal".into())

@@ -42,6 +42,14 @@ pub enum PolicyError {
         /// The limit.
         limit: usize,
     },
+    /// A proxy route's policy does not parse or does not fit the route schema.
+    #[error("route policy {origin}: {message}")]
+    Route {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The schema does not parse.
     #[error("{file}: {message}")]
     Schema {

@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod fast;
 mod load;
+mod route;
 mod schema;
 mod slice;
 mod sugar;
@@ -40,6 +41,7 @@ mod tests;
 pub use cases::{CaseReport, CaseResult, CaseSettings, Expectation, case_settings, run_cases};
 pub use engine::{PolicyEngine, PolicyInfo};
 pub use error::{PolicyError, ValidationProblem};
+pub use route::{ROUTE_SCHEMA, RouteDecision, RoutePolicy, RouteRequest};
 pub use schema::{WORKLOAD_OPTIONAL_ATTRS, builtin_schema};
 
 /// The reserved action every issuance asks about before its scopes.

@@ -25,6 +25,16 @@ pub enum Refusal {
     /// No route matches.
     #[error("no route of this proxy matches this host and path")]
     NoRoute,
+    /// The route's Cedar policy does not allow this call for this workload.
+    #[error("the policy of route {route} does not allow {method} {path} for this workload")]
+    PolicyDenied {
+        /// Route.
+        route: String,
+        /// HTTP method.
+        method: String,
+        /// Path below the route's prefix.
+        path: String,
+    },
     /// The route's static key expired.
     #[error(
         "the static key of route {route} expired on {date}; its owner {owner} must move off it, or extend it: mayfly debt extend {entry} --until YYYY-MM-DD --reason TEXT"
@@ -63,7 +73,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::MissingToken | Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            Refusal::InsufficientScope(_) | Refusal::KeyExpired { .. } => StatusCode::FORBIDDEN,
+            Refusal::InsufficientScope(_)
+            | Refusal::KeyExpired { .. }
+            | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::NoKey { .. } | Refusal::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,6 +92,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "invalid_request",
             Refusal::NoRoute => "not_found",
             Refusal::KeyExpired { .. } => "key_expired",
+            Refusal::PolicyDenied { .. } => "access_denied",
             Refusal::NoKey { .. } => "key_unavailable",
             Refusal::IssuerUnavailable => "temporarily_unavailable",
             Refusal::UpstreamUnreachable(_) => "upstream_error",

@@ -6,6 +6,7 @@ use hyper::Uri;
 use hyper::header::HeaderName;
 use hyper::http::uri::{Authority, Scheme};
 use mayfly_config::{Inject, RouteConfig, RouteMatch};
+use mayfly_policy::RoutePolicy;
 
 use crate::error::Refusal;
 
@@ -32,6 +33,8 @@ pub struct Route {
     pub inject: Inject,
     /// Request headers removed before forwarding, beside the fixed ones.
     pub drop_headers: Vec<HeaderName>,
+    /// The route's Cedar policy, if it has one (default deny within it).
+    pub policy: Option<RoutePolicy>,
 }
 
 impl Route {
@@ -64,7 +67,24 @@ impl Route {
                     .map_err(|_| format!("route {}: `{h}` is not a header name", c.name))?,
             );
         }
+        let policy = match &c.policy_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    format!(
+                        "route {}: cannot read policy_file {}: {e}",
+                        c.name,
+                        p.display()
+                    )
+                })?;
+                Some(
+                    RoutePolicy::parse(&text, &p.display().to_string())
+                        .map_err(|e| format!("route {}: {e}", c.name))?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
+            policy,
             name: c.name.clone(),
             host,
             prefix,
@@ -186,6 +206,7 @@ mod tests {
             key: name.into(),
             inject: Inject::Query { param: "k".into() },
             drop_headers: vec!["cookie".into()],
+            policy_file: None,
         })
         .unwrap()
     }

@@ -364,6 +364,34 @@ impl Proxy {
         let caller = caller_out.insert(caller);
         i.revocation.check(token, caller, now).await?;
         crate::verify::check_scopes(caller, route)?;
+        if let Some(policy) = &route.policy {
+            // Decoded, so that `/%61dmin` cannot slip past a `forbid` on `/admin`.
+            let decoded = percent_encoding::percent_decode_str(rest)
+                .decode_utf8()
+                .map_err(|_| Refusal::BadRequest("the path is not UTF-8 once percent-decoded"))?;
+            let path = if decoded.starts_with('/') {
+                decoded.into_owned()
+            } else {
+                format!("/{decoded}")
+            };
+            let d = policy.decide(&mayfly_policy::RouteRequest {
+                subject: &caller.sub,
+                client_id: caller.client_id.as_deref().unwrap_or(""),
+                method: req.method().as_str(),
+                route: &route.name,
+                path: &path,
+                audience: &route.audience,
+                scopes: &caller.scopes,
+            });
+            if !d.allow {
+                tracing::info!(route = %route.name, jti = %caller.jti, reasons = ?d.reasons, "the route policy denied the call");
+                return Err(Refusal::PolicyDenied {
+                    route: route.name.clone(),
+                    method: req.method().to_string(),
+                    path,
+                });
+            }
+        }
         let key = i.keys.get(route, now)?;
         let method = req.method().clone();
         let up = forward::upstream_request(req, route, rest, &key)?;

@@ -201,12 +201,22 @@ struct Harness {
 }
 
 async fn harness(expires_in_days: i64) -> Harness {
-    harness_with(expires_in_days, None).await
+    harness_with(expires_in_days, None, None).await
 }
 
-/// With `tls`: (the upstream's https base URL, the CA file to trust for it).
-async fn harness_with(expires_in_days: i64, tls: Option<(String, std::path::PathBuf)>) -> Harness {
+/// With `tls`: (the upstream's https base URL, the CA file to trust for it); with `policy`,
+/// the route's Cedar policy.
+async fn harness_with(
+    expires_in_days: i64,
+    tls: Option<(String, std::path::PathBuf)>,
+    policy: Option<&str>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let policy_file = policy.map(|p| {
+        let f = dir.path().join("up.cedar");
+        std::fs::write(&f, p).unwrap();
+        f
+    });
     let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
         .await
         .unwrap();
@@ -259,6 +269,7 @@ async fn harness_with(expires_in_days: i64, tls: Option<(String, std::path::Path
                 template: "{key}".into(),
             },
             drop_headers: vec!["cookie".into()],
+            policy_file,
         }],
         ..ProxyConfig::default()
     };
@@ -585,7 +596,7 @@ async fn https_upstreams_are_verified_against_the_configured_roots() {
     });
     let url = format!("https://localhost:{port}");
 
-    let h = harness_with(90, Some((url.clone(), ca))).await;
+    let h = harness_with(90, Some((url.clone(), ca)), None).await;
     let r = h.call("/up/x", Some(&h.issuer.token(h.now()))).await;
     assert_eq!(r.0, 200, "{}", r.2);
     assert_eq!(r.2["tls"], true);
@@ -595,9 +606,92 @@ async fn https_upstreams_are_verified_against_the_configured_roots() {
     let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let wrong = dir.path().join("other-ca.pem");
     std::fs::write(&wrong, other.cert.pem()).unwrap();
-    let h = harness_with(90, Some((url, wrong))).await;
+    let h = harness_with(90, Some((url, wrong)), None).await;
     let r = h.call("/up/x", Some(&h.issuer.token(h.now()))).await;
     assert_eq!(r.0, 502, "{}", r.2);
     assert_eq!(r.2["error"], "upstream_error");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// A route's Cedar policy: default deny within it, by workload, method and (percent-decoded)
+/// path; a refusal is 403 `access_denied` and the upstream sees nothing.
+#[tokio::test]
+async fn a_route_policy_decides_which_workload_may_make_which_call() {
+    let policy = r#"
+        @id("billing-reads-invoices")
+        permit(principal == Workload::"spiffe://example.org/billing", action == Action::"GET", resource == Route::"up")
+        when { context.path like "/invoices*" && context.client_id == "billing" };
+        @id("no-admin")
+        forbid(principal, action, resource) when { context.path like "/invoices/admin*" };
+    "#;
+    let h = harness_with(90, None, Some(policy)).await;
+    let now = h.now();
+    let ok = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
+    assert_eq!(ok.0, 200, "{}", ok.2);
+    assert_eq!(h.up.hits.load(Ordering::SeqCst), 1);
+    // Outside the permitted paths; a forbidden path, also when percent-encoded; another workload.
+    let r = h.call("/up/customers/1", Some(&h.issuer.token(now))).await;
+    h.refused(&r, 403, "access_denied", 1);
+    let r = h
+        .call("/up/invoices/admin/x", Some(&h.issuer.token(now)))
+        .await;
+    h.refused(&r, 403, "access_denied", 1);
+    let r = h
+        .call("/up/invoices/%61dmin/x", Some(&h.issuer.token(now)))
+        .await;
+    h.refused(&r, 403, "access_denied", 1);
+    let t = h
+        .issuer
+        .token_with(now, |c| c["sub"] = json!("spiffe://example.org/reports"));
+    h.refused(
+        &h.call("/up/invoices/42", Some(&t)).await,
+        403,
+        "access_denied",
+        1,
+    );
+    let t = h
+        .issuer
+        .token_with(now, |c| c["client_id"] = json!("other"));
+    h.refused(
+        &h.call("/up/invoices/42", Some(&t)).await,
+        403,
+        "access_denied",
+        1,
+    );
+    // Token checks still come first.
+    h.refused(
+        &h.call("/up/invoices/42", None).await,
+        401,
+        "invalid_token",
+        1,
+    );
+}
+
+#[tokio::test]
+async fn a_route_policy_that_does_not_fit_the_schema_stops_the_proxy_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.cedar");
+    std::fs::write(
+        &f,
+        "permit(principal, action, resource) when { context.methd == \"GET\" };",
+    )
+    .unwrap();
+    let route = mayfly_proxy::route::Route::new(&RouteConfig {
+        name: "up".into(),
+        matcher: RouteMatch::PathPrefix("/up/".into()),
+        upstream: url::Url::parse("http://127.0.0.1:9/").unwrap(),
+        audience: AUD.into(),
+        scopes: vec![],
+        key: "up".into(),
+        inject: Inject::Query {
+            param: "api_key".into(),
+        },
+        drop_headers: vec![],
+        policy_file: Some(f),
+    });
+    let e = route.unwrap_err();
+    assert!(
+        e.contains("route up") && e.contains("bad.cedar") && e.contains("route schema"),
+        "{e}"
+    );
 }
