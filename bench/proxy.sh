@@ -9,6 +9,8 @@
 #   BENCH_CONNS (32): connections of the throughput runs (latency runs use 1)
 #   BENCH_REPEAT (3): interleaved rounds (direct, proxy, direct, proxy); medians are reported
 #   BENCH_SKIP_BUILD=1: use the binaries already in target/release
+#   BENCH_UPSTREAM_DELAY_MS (0): the upstream waits this long before each answer (no CPU), like
+#     a remote API's service time; 0 is the harshest case for the proxy/direct ratio
 #
 # Pinning (taskset): the proxy alone on core 0 (its tokio runtime then runs one worker); wrk,
 # the upstream (mayfly-proxybench, one thread) and the token server on core 1. The direct runs

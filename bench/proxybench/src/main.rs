@@ -1,6 +1,8 @@
 //! `mayfly-proxybench ADDR`: a minimal HTTP/1.1 upstream for bench/proxy.sh. It answers
 //! `200 ok` to requests whose `X-Api-Key` equals the variable `BENCH_UPSTREAM_KEY`, and 401
 //! otherwise, on one thread, so that the figures measure the proxy rather than the upstream.
+//! `BENCH_UPSTREAM_DELAY_MS` (default 0) makes every answer wait that long first (without using
+//! CPU), like a remote API's service time.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -30,7 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(addr, Bytes::from(key.into_bytes()))) {
+    let delay = std::env::var("BENCH_UPSTREAM_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis);
+    match rt.block_on(serve(addr, Bytes::from(key.into_bytes()), delay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("upstream: {e}");
@@ -39,7 +45,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(addr: String, key: Bytes) -> std::io::Result<()> {
+async fn serve(addr: String, key: Bytes, delay: std::time::Duration) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("upstream listening on http://{}", listener.local_addr()?);
     loop {
@@ -50,6 +56,9 @@ async fn serve(addr: String, key: Bytes) -> std::io::Result<()> {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let ok = req.headers().get("x-api-key").map(|v| v.as_bytes()) == Some(&key[..]);
                 async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let mut r = Response::new(Full::new(Bytes::from_static(if ok {
                         b"ok"
                     } else {
