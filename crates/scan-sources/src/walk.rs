@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use ignore::{WalkBuilder, WalkState};
@@ -135,11 +135,60 @@ pub(crate) fn scan_file(path: &Path, max_gunzip: u64, counters: &Counters, sink:
         path: shown.to_string(),
         ..Origin::default()
     };
-    if gzip {
-        let mut gunzip = CappedGunzip::new(reader, max_gunzip);
-        counters.hand(sink, &origin, &shown, &mut gunzip);
-    } else {
-        counters.hand(sink, &origin, &shown, &mut reader);
+    let lower = shown.to_ascii_lowercase();
+    let archive = lower.ends_with(".tar") || lower.ends_with(".tar.gz") || lower.ends_with(".tgz");
+    match (gzip, archive) {
+        (true, true) => {
+            scan_tar(
+                &shown,
+                CappedGunzip::new(reader, max_gunzip),
+                counters,
+                sink,
+            );
+        }
+        (false, true) => scan_tar(&shown, reader, counters, sink),
+        (true, false) => {
+            let mut gunzip = CappedGunzip::new(reader, max_gunzip);
+            counters.hand(sink, &origin, &shown, &mut gunzip);
+        }
+        (false, false) => counters.hand(sink, &origin, &shown, &mut reader),
+    }
+}
+
+/// A tarball found in a tree (release artifacts, backups): each regular member is an item,
+/// `archive.tar.gz!path/inside`, streamed. One level deep: archives inside are not opened.
+fn scan_tar(shown: &str, reader: impl Read, counters: &Counters, sink: &dyn Sink) {
+    let mut archive = tar::Archive::new(reader);
+    let read_error = |source: std::io::Error| SourceError::Read {
+        what: shown.to_string(),
+        source,
+    };
+    let entries = match archive.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            counters.error(sink, shown, &read_error(e));
+            return;
+        }
+    };
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                // A corrupt member ends the archive: tar has no index to resync on.
+                counters.error(sink, shown, &read_error(e));
+                return;
+            }
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let inner = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let origin = Origin {
+            path: format!("{shown}!{inner}"),
+            ..Origin::default()
+        };
+        let what = origin.path.clone();
+        counters.hand(sink, &origin, &what, &mut entry);
     }
 }
 

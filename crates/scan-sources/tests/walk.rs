@@ -308,3 +308,61 @@ fn many_files_on_several_threads() {
     seen.dedup();
     assert_eq!(seen.len(), 500);
 }
+
+/// Build a tar archive of (name, bytes) members, plus a directory and a symlink entry.
+fn tarball(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_size(0);
+    dir.set_mode(0o755);
+    b.append_data(&mut dir, "etc/", std::io::empty()).unwrap();
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    b.append_link(&mut link, "etc/link", "/etc/passwd").unwrap();
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn tarballs_in_a_tree_are_opened_member_by_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let t = tarball(&[("etc/app.env", b"TOKEN=inside"), ("README", b"hello")]);
+    write(root, "backup.tar", &t);
+    write(root, "release.tar.gz", &gzip(&t));
+    write(root, "release.tgz", &gzip(&t));
+    let mut cut = gzip(&t);
+    cut.truncate(cut.len() / 2);
+    write(root, "broken.tgz", &cut);
+    let sink = Collect::default();
+    let stats = walk(&[root.to_path_buf()], &opts(), &sink).unwrap();
+    for archive in ["backup.tar", "release.tar.gz", "release.tgz"] {
+        let p = format!("{}!etc/app.env", root.join(archive).display());
+        let item = sink
+            .items()
+            .into_iter()
+            .find(|i| i.origin.path == p)
+            .unwrap();
+        assert_eq!(item.data, b"TOKEN=inside");
+        let readme = format!("{}!README", root.join(archive).display());
+        assert!(sink.items().iter().any(|i| i.origin.path == readme));
+    }
+    // Directories and links are not items; a cut archive is an error naming it.
+    assert!(
+        !sink
+            .items()
+            .iter()
+            .any(|i| i.origin.path.ends_with("!etc/link"))
+    );
+    let errors = sink.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].0.ends_with("broken.tgz"), "{errors:?}");
+    assert_eq!(stats.errors, 1);
+}
