@@ -200,6 +200,41 @@ fn event(name: &str, reason: String) -> AuditEvent {
     e
 }
 
+/// A new entry, created now: `wrapped` when its key is stored, else known by fingerprint.
+pub(crate) fn new_entry(
+    name: String,
+    owner: String,
+    expires_at: i64,
+    routes: Vec<String>,
+    fingerprint: String,
+    wrapped: bool,
+    found_at: Option<String>,
+) -> DebtEntry {
+    let now = now();
+    DebtEntry {
+        name,
+        owner,
+        created_at: now,
+        expires_at,
+        routes,
+        fingerprint,
+        wrapped,
+        key_version: 1,
+        updated_at: now,
+        extended_reason: None,
+        found_at,
+        last_used_at: None,
+    }
+}
+
+fn kind(entry: &DebtEntry) -> &'static str {
+    if entry.wrapped {
+        "wrapped"
+    } else {
+        "known by fingerprint"
+    }
+}
+
 /// Enter one entry and audit it; false when the name is taken.
 pub(crate) async fn enter(
     ctx: &Ctx,
@@ -210,13 +245,9 @@ pub(crate) async fn enter(
     if !ctx.store.add_debt(entry, key, &kek).await? {
         return Ok(false);
     }
-    let what = if entry.wrapped {
-        "wrapped"
-    } else {
-        "known by fingerprint"
-    };
     let mut reason = format!(
-        "added ({what}, fingerprint {}, expires after {}, owner {})",
+        "added ({}, fingerprint {}, expires after {}, owner {})",
+        kind(entry),
         short(&entry.fingerprint),
         last_day(entry.expires_at),
         entry.owner
@@ -276,33 +307,23 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
                     short(&fp)
                 );
             }
-            let wrapped = key.is_some();
-            let entry = DebtEntry {
-                name: name.clone(),
+            let entry = new_entry(
+                name.clone(),
                 owner,
-                created_at: now,
                 expires_at,
                 routes,
-                fingerprint: fp.clone(),
-                wrapped,
-                key_version: 1,
-                updated_at: now,
-                extended_reason: None,
+                fp.clone(),
+                key.is_some(),
                 found_at,
-                last_used_at: None,
-            };
+            );
             if !enter(&ctx, kek, &entry, key.as_ref().map(|k| k.as_slice())).await? {
                 bail!(
                     "entry `{name}` exists: use `mayfly debt rotate {name}` to replace its key, or another name"
                 );
             }
-            let what = if wrapped {
-                "wrapped"
-            } else {
-                "known by fingerprint"
-            };
             println!(
-                "added `{name}` ({what}, fingerprint {}), usable through {} ({} days)",
+                "added `{name}` ({}, fingerprint {}), usable through {} ({} days)",
+                kind(&entry),
                 short(&fp),
                 last_day(expires_at),
                 days_left(expires_at, now)

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mayfly_scan::{Finding, Format, Location, Outcome, RuleSet, Scanner, Stats};
 use mayfly_scan_sources::{Origin, Sink, SourceError, WalkOptions};
-use mayfly_store::DebtEntry;
 
 use crate::admin::Ctx;
 use crate::debt_cmd;
@@ -364,21 +363,15 @@ fn to_debt(
                 _ => f.path.clone(),
             };
             at.push_str(&format!(":{}", f.line));
-            let now = debt_cmd::now();
-            let entry = DebtEntry {
-                name: format!("scan-{}-{}", f.rule, f.secret_sha256.get(..10).unwrap_or("")),
-                owner: owner.to_string(),
-                created_at: now,
+            let entry = debt_cmd::new_entry(
+                format!("scan-{}-{}", f.rule, f.secret_sha256.get(..10).unwrap_or("")),
+                owner.to_string(),
                 expires_at,
-                routes: Vec::new(),
-                fingerprint: f.secret_sha256.clone(),
-                wrapped: false,
-                key_version: 1,
-                updated_at: now,
-                extended_reason: None,
-                found_at: Some(at),
-                last_used_at: None,
-            };
+                Vec::new(),
+                f.secret_sha256.clone(),
+                false,
+                Some(at),
+            );
             if debt_cmd::enter(&ctx, kek.clone(), &entry, None).await? {
                 added += 1;
             } else {

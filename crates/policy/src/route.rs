@@ -34,6 +34,8 @@ const MAX_POLICY_BYTES: usize = 256 * 1024;
 pub struct RoutePolicy {
     set: PolicySet,
     authorizer: Authorizer,
+    /// `Workload`, `Action`, `Route`: parsed once, not per request.
+    types: [EntityTypeName; 3],
 }
 
 /// What a route policy is asked.
@@ -101,9 +103,12 @@ impl RoutePolicy {
                 "holds no policy: a route policy with nothing in it would deny every request",
             ));
         }
+        let ty =
+            |t: &str| EntityTypeName::from_str(t).map_err(|e| err("route schema", e.to_string()));
         Ok(Self {
             set,
             authorizer: Authorizer::new(),
+            types: [ty("Workload")?, ty("Action")?, ty("Route")?],
         })
     }
 
@@ -140,13 +145,13 @@ impl RoutePolicy {
     }
 
     fn request(&self, req: &RouteRequest<'_>) -> Result<Request, String> {
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            let t = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
-            Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+        let [workload, action, route] = &self.types;
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
         };
-        let principal = uid("Workload", req.subject)?;
-        let action = uid("Action", req.method)?;
-        let resource = uid("Route", req.route)?;
+        let principal = uid(workload, req.subject);
+        let action = uid(action, req.method);
+        let resource = uid(route, req.route);
         let scopes = RestrictedExpression::new_set(
             req.scopes
                 .iter()

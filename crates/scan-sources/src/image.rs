@@ -519,14 +519,7 @@ fn scan_layer<R: Read + Seek>(
     let mut raw = BufReader::with_capacity(LAYER_BUF, raw);
     let head = match raw.fill_buf() {
         Ok(head) => head,
-        Err(source) => {
-            let err = SourceError::Read {
-                what: layer.digest.clone(),
-                source,
-            };
-            counters.error(sink, &layer.digest, &err);
-            return;
-        }
+        Err(source) => return counters.read_error(sink, &layer.digest, source),
     };
     let limit = opts
         .max_gunzip_bytes
@@ -549,22 +542,53 @@ fn scan_layer<R: Read + Seek>(
         counters.hand(sink, &origin, &layer.digest, &mut stream);
         return;
     }
-    let mut archive = tar::Archive::new(stream);
-    let layer_error = |source: io::Error| {
+    tar_members(
+        stream,
+        TarOf::Layer(&layer.digest),
+        opts.max_gunzip_bytes,
+        counters,
+        sink,
+    );
+}
+
+/// Where a tar stream comes from.
+pub(crate) enum TarOf<'a> {
+    /// An image layer (its digest): members keep their paths and carry the digest; whiteouts
+    /// are skipped.
+    Layer(&'a str),
+    /// A tarball found in a tree (its path): members are `archive!path`.
+    Archive(&'a str),
+}
+
+/// Hands every regular member of a tar stream to the sink, streamed, gunzipped when it is gzip.
+/// A broken stream ends the archive (tar has no index to resync on) with one error.
+pub(crate) fn tar_members(
+    stream: impl Read,
+    of: TarOf<'_>,
+    max_gunzip: u64,
+    counters: &Counters,
+    sink: &dyn Sink,
+) {
+    let (key, described) = match of {
+        TarOf::Layer(digest) => (digest, format!("layer {digest}")),
+        TarOf::Archive(path) => (path, path.to_owned()),
+    };
+    let stream_error = |source: io::Error| {
         let err = SourceError::Read {
-            what: format!("layer {}", layer.digest),
+            what: described.clone(),
             source,
         };
-        counters.error(sink, &layer.digest, &err);
+        counters.error(sink, key, &err);
     };
+    let mut archive = tar::Archive::new(stream);
     let entries = match archive.entries() {
         Ok(entries) => entries,
-        Err(source) => return layer_error(source),
+        Err(source) => return stream_error(source),
     };
     for entry in entries {
         let mut entry = match entry {
             Ok(entry) => entry,
-            Err(source) => return layer_error(source),
+            Err(source) => return stream_error(source),
         };
         if !matches!(
             entry.header().entry_type(),
@@ -573,26 +597,36 @@ fn scan_layer<R: Read + Seek>(
             continue;
         }
         let path = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
-        let file_name = path.rsplit('/').next().unwrap_or(&path);
-        if file_name.starts_with(".wh.") {
-            // Whiteouts (`.wh.NAME`, `.wh..wh..opq`) delete files of lower layers: no content.
-            Counters::bump(&counters.whiteouts);
-            continue;
-        }
-        let what = format!("{}:{path}", layer.digest);
-        let origin = Origin {
-            path,
-            commit: None,
-            layer: Some(layer.digest.clone()),
+        let (what, origin) = match of {
+            TarOf::Layer(digest) => {
+                let file_name = path.rsplit('/').next().unwrap_or(&path);
+                if file_name.starts_with(".wh.") {
+                    // Whiteouts (`.wh.NAME`, `.wh..wh..opq`) delete files of lower layers: no
+                    // content.
+                    Counters::bump(&counters.whiteouts);
+                    continue;
+                }
+                let what = format!("{digest}:{path}");
+                let origin = Origin {
+                    path,
+                    commit: None,
+                    layer: Some(digest.to_owned()),
+                };
+                (what, origin)
+            }
+            TarOf::Archive(archive) => {
+                let path = format!("{archive}!{path}");
+                let origin = Origin {
+                    path: path.clone(),
+                    ..Origin::default()
+                };
+                (path, origin)
+            }
         };
         let (head, n) = match peek::<3, _>(&mut entry) {
             Ok(head) => head,
             Err(source) => {
-                let err = SourceError::Read {
-                    what: what.clone(),
-                    source,
-                };
-                counters.error(sink, &what, &err);
+                counters.read_error(sink, &what, source);
                 continue;
             }
         };
@@ -602,7 +636,7 @@ fn scan_layer<R: Read + Seek>(
                 sink,
                 &origin,
                 &what,
-                &mut CappedGunzip::new(member, opts.max_gunzip_bytes),
+                &mut CappedGunzip::new(member, max_gunzip),
             );
         } else {
             counters.hand(sink, &origin, &what, &mut member);

@@ -329,15 +329,17 @@ impl Counters {
         let result = sink.item(origin, &mut counting);
         self.bytes.fetch_add(counting.n, Ordering::Relaxed);
         if let Err(source) = result {
-            self.error(
-                sink,
-                what,
-                &SourceError::Read {
-                    what: what.to_owned(),
-                    source,
-                },
-            );
+            self.read_error(sink, what, source);
         }
+    }
+
+    /// Reports that `what` could not be read.
+    pub(crate) fn read_error(&self, sink: &dyn Sink, what: &str, source: io::Error) {
+        let err = SourceError::Read {
+            what: what.to_owned(),
+            source,
+        };
+        self.error(sink, what, &err);
     }
 
     /// Reports a problem to the sink and counts it.

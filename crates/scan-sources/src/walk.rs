@@ -2,12 +2,13 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use ignore::{WalkBuilder, WalkState};
 
 use crate::gz::{CappedGunzip, is_gzip_magic};
+use crate::image::{TarOf, tar_members};
 use crate::{Counters, Origin, Sink, SourceError, Stats, WalkOptions};
 
 /// Read buffer per open file.
@@ -110,26 +111,12 @@ pub(crate) fn scan_file(path: &Path, max_gunzip: u64, counters: &Counters, sink:
     let shown = path.to_string_lossy();
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(source) => {
-            let err = SourceError::Read {
-                what: shown.to_string(),
-                source,
-            };
-            counters.error(sink, &shown, &err);
-            return;
-        }
+        Err(source) => return counters.read_error(sink, &shown, source),
     };
     let mut reader = BufReader::with_capacity(BUF_SIZE, file);
     let gzip = match reader.fill_buf() {
         Ok(head) => is_gzip_magic(head),
-        Err(source) => {
-            let err = SourceError::Read {
-                what: shown.to_string(),
-                source,
-            };
-            counters.error(sink, &shown, &err);
-            return;
-        }
+        Err(source) => return counters.read_error(sink, &shown, source),
     };
     let origin = Origin {
         path: shown.to_string(),
@@ -137,58 +124,19 @@ pub(crate) fn scan_file(path: &Path, max_gunzip: u64, counters: &Counters, sink:
     };
     let lower = shown.to_ascii_lowercase();
     let archive = lower.ends_with(".tar") || lower.ends_with(".tar.gz") || lower.ends_with(".tgz");
+    // Tarballs in a tree (release artifacts, backups): member by member, `archive!path`.
+    let of = TarOf::Archive(&shown);
     match (gzip, archive) {
         (true, true) => {
-            scan_tar(
-                &shown,
-                CappedGunzip::new(reader, max_gunzip),
-                counters,
-                sink,
-            );
+            let gunzip = CappedGunzip::new(reader, max_gunzip);
+            tar_members(gunzip, of, max_gunzip, counters, sink);
         }
-        (false, true) => scan_tar(&shown, reader, counters, sink),
+        (false, true) => tar_members(reader, of, max_gunzip, counters, sink),
         (true, false) => {
             let mut gunzip = CappedGunzip::new(reader, max_gunzip);
             counters.hand(sink, &origin, &shown, &mut gunzip);
         }
         (false, false) => counters.hand(sink, &origin, &shown, &mut reader),
-    }
-}
-
-/// A tarball found in a tree (release artifacts, backups): each regular member is an item,
-/// `archive.tar.gz!path/inside`, streamed. One level deep: archives inside are not opened.
-fn scan_tar(shown: &str, reader: impl Read, counters: &Counters, sink: &dyn Sink) {
-    let mut archive = tar::Archive::new(reader);
-    let read_error = |source: std::io::Error| SourceError::Read {
-        what: shown.to_string(),
-        source,
-    };
-    let entries = match archive.entries() {
-        Ok(e) => e,
-        Err(e) => {
-            counters.error(sink, shown, &read_error(e));
-            return;
-        }
-    };
-    for entry in entries {
-        let mut entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                // A corrupt member ends the archive: tar has no index to resync on.
-                counters.error(sink, shown, &read_error(e));
-                return;
-            }
-        };
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let inner = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let origin = Origin {
-            path: format!("{shown}!{inner}"),
-            ..Origin::default()
-        };
-        let what = origin.path.clone();
-        counters.hand(sink, &origin, &what, &mut entry);
     }
 }
 

@@ -74,10 +74,6 @@ pub struct Scanner {
     keywords: AhoCorasick,
     /// For each keyword pattern, the rules it triggers (with the exact spelling a rule needs).
     triggers: Vec<Vec<(usize, Option<Vec<u8>>)>>,
-    /// For each keyword, the longer keywords containing it, and where.
-    containers: Vec<Vec<(usize, usize)>>,
-    /// The keywords, lowercased.
-    patterns: Vec<Vec<u8>>,
 }
 
 /// A span of a chunk some rule must run over.
@@ -123,23 +119,9 @@ impl Scanner {
                 file: "keywords".into(),
                 msg: e.to_string(),
             })?;
-        let mut containers = vec![Vec::new(); patterns.len()];
-        for (b, pb) in patterns.iter().enumerate() {
-            for (a, pa) in patterns.iter().enumerate() {
-                if a != b && pa.len() > pb.len() {
-                    for off in 0..=pa.len() - pb.len() {
-                        if pa[off..off + pb.len()] == pb[..] {
-                            containers[b].push((a, off));
-                        }
-                    }
-                }
-            }
-        }
         Ok(Self {
             rules,
             keywords,
-            containers,
-            patterns,
             triggers,
         })
     }
@@ -262,8 +244,9 @@ impl Scanner {
         let mut open: Vec<Option<Region>> = vec![None; n];
         let mut found: Vec<(usize, usize, Zeroizing<Vec<u8>>)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
-        for (pattern, p, end) in self.hits(buf) {
-            for (r, exact) in &self.triggers[pattern] {
+        for hit in self.keywords.find_overlapping_iter(buf) {
+            let (p, end) = (hit.start(), hit.end());
+            for (r, exact) in &self.triggers[hit.pattern().as_usize()] {
                 if exact.as_ref().is_some_and(|e| buf[p..end] != e[..]) {
                     continue;
                 }
@@ -291,35 +274,6 @@ impl Scanner {
         }
         dedupe(&self.rules.rules, &mut found, &vetoes);
         found
-    }
-
-    /// Every keyword occurrence in `buf`: (pattern, start, end). The automaton's non-overlapping
-    /// search is about twice as fast as its overlapping one; restarting one byte after each
-    /// hit's start and checking the keywords that contain the one found (`containers`) gives
-    /// the same set of occurrences.
-    fn hits(&self, buf: &[u8]) -> Vec<(usize, usize, usize)> {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < buf.len() {
-            let input = aho_corasick::Input::new(buf).span(pos..buf.len());
-            let Some(hit) = self.keywords.find(input) else {
-                break;
-            };
-            let (pid, start) = (hit.pattern().as_usize(), hit.start());
-            out.push((pid, start, hit.end()));
-            for &(a, off) in &self.containers[pid] {
-                let pat = &self.patterns[a];
-                if let Some(s) = start.checked_sub(off)
-                    && buf
-                        .get(s..s + pat.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(pat))
-                {
-                    out.push((a, s, s + pat.len()));
-                }
-            }
-            pos = start + 1;
-        }
-        out
     }
 
     fn run_rule(
@@ -393,14 +347,13 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8], mut len: usize) -> io::Result<(us
 /// that a megabyte-long minified line costs no more than a short one.
 fn window(buf: &[u8], p: usize, e: usize, multiline: bool) -> Region {
     let lo = p.saturating_sub(BEFORE);
+    let start = memchr::memrchr(b'\n', &buf[lo..p]).map_or(lo, |i| lo + i + 1);
     if multiline {
-        let start = memchr::memrchr(b'\n', &buf[lo..p]).map_or(lo, |i| lo + i + 1);
         return Region {
             start,
             end: (e + MULTILINE_AFTER).min(buf.len()),
         };
     }
-    let start = memchr::memrchr(b'\n', &buf[lo..p]).map_or(lo, |i| lo + i + 1);
     let hi = (e + AFTER).min(buf.len());
     let end = memchr::memchr(b'\n', &buf[e.min(hi)..hi]).map_or(hi, |i| e + i);
     Region { start, end }
