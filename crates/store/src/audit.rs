@@ -261,6 +261,8 @@ async fn committer(
     let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     let mut batch: Vec<(Pending, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut batches: u64 = 0;
+    // The chain head as this committer last wrote it (SQLite's fast path); None: read it.
+    let mut head: Option<(i64, String)> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         gather(&mut rx, &mut batch).await;
@@ -286,6 +288,7 @@ async fn committer(
                     &mut items,
                     &mut guard,
                     !matches!(sink, AuditSink::Off),
+                    &mut head,
                 ),
             )
             .await
@@ -302,7 +305,12 @@ async fn committer(
                 }
             }
             Err(e) => {
-                conn = None;
+                // Closed, not returned to the pool: a batch cut off by its deadline may have
+                // left its transaction open on this connection.
+                if let Some(mut c) = conn.take() {
+                    c.close_on_drop();
+                }
+                head = None;
                 tracing::error!(error = %e, events = items.len(), "audit batch failed; refusing the requests in it");
                 for r in replies {
                     let _ = r.send(Err("audit log unavailable".into()));
@@ -517,66 +525,26 @@ struct EventRow {
     hash: String,
 }
 
-async fn append_batch(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
-    backend: Backend,
+/// The batch's events chained from `(seq, prev)`: their rows, outcomes, JSON lines, and the new
+/// head. Pure (no I/O): the fast and the general path share it.
+struct Chained {
+    rows: Vec<EventRow>,
+    outcomes: Vec<CommitOutcome>,
+    lines: Vec<String>,
+    seq: i64,
+    hash: String,
+}
+
+fn chain(
     kek: &Kek,
     items: &mut [Pending],
-    guard: &mut ReplayGuard,
+    used: &[Option<Used>],
+    mut seq: i64,
+    mut prev: String,
     want_lines: bool,
-) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
-    use sqlx::Connection;
-    let mut tx = conn.begin().await.map_err(db("begin audit batch"))?;
-    let now = items.first().map_or(0, |p| p.event.ts);
-    // Writing the head first takes the lock (see the migration); RETURNING reads it under it.
-    let head =
-        sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1 RETURNING seq, hash")
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("lock audit head"))?;
-    let mut seq: i64 = head.try_get("seq").map_err(db("read audit head"))?;
-    let mut prev: String = head.try_get("hash").map_err(db("read audit head"))?;
-
-    for p in items.iter_mut() {
-        p.event.assertion_jti = p.consume_jti.as_ref().map(|(_, jti, _)| jti.clone());
-        if let Some((iss, jti, _)) = &p.consume_subject {
-            p.event.subject_issuer = Some(iss.clone());
-            p.event.subject_jti = Some(jti.clone());
-        }
-    }
-    let used: Vec<Option<Used>> = match guard {
-        ReplayGuard::Shared => consume_jtis(&mut tx, items).await?,
-        ReplayGuard::Local { seen, .. } => {
-            let mut batch_seen = std::collections::HashSet::new();
-            items
-                .iter()
-                .map(|p| {
-                    let mut used = None;
-                    for (ns, jti, _, what) in p.keys() {
-                        let k = replay_key(&ns, jti);
-                        if (seen.contains_key(&k) || !batch_seen.insert(k)) && used.is_none() {
-                            used = Some(what);
-                        }
-                    }
-                    used
-                })
-                .collect()
-        }
-    };
-    let fresh: Vec<(u128, i64)> = items
-        .iter()
-        .zip(&used)
-        .filter(|(_, u)| u.is_none())
-        .flat_map(|(p, _)| {
-            p.keys()
-                .map(|(ns, jti, _, _)| (replay_key(&ns, jti), p.event.ts))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+) -> Result<Chained, StoreError> {
     let mut outcomes = Vec::with_capacity(items.len());
     let mut lines = Vec::with_capacity(if want_lines { items.len() } else { 0 });
-    // (seq, ts, kind, jti, body, prev_hash, hash) per event.
     let mut rows: Vec<EventRow> = Vec::with_capacity(items.len());
     for (p, used) in items.iter_mut().zip(used) {
         if let Some(what) = used {
@@ -592,24 +560,6 @@ async fn append_batch(
             );
             e.jti = None;
             e.exp = None;
-        } else {
-            if let Some((jti, client, exp)) = &p.revoke {
-                sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                    .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
-                    .execute(&mut *tx).await.map_err(db("revoke token"))?;
-            }
-            if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp)
-            {
-                link_svid_token(
-                    &mut tx,
-                    svid,
-                    token,
-                    p.event.client.as_deref().unwrap_or("-"),
-                    exp,
-                    p.event.ts,
-                )
-                .await?;
-            }
         }
         seq += 1;
         let body =
@@ -640,7 +590,206 @@ async fn append_batch(
             hash,
         });
     }
-    for chunk in statement_chunks(&rows) {
+    Ok(Chained {
+        rows,
+        outcomes,
+        lines,
+        seq,
+        hash: prev,
+    })
+}
+
+/// Which items reuse a single-use key already seen (or seen earlier in this batch), from the
+/// committer's map; and the keys the batch consumes, to remember once it is durable.
+fn local_used(
+    seen: &HashMap<u128, i64>,
+    items: &[Pending],
+) -> (Vec<Option<Used>>, Vec<(u128, i64)>) {
+    let mut batch_seen = std::collections::HashSet::new();
+    let used: Vec<Option<Used>> = items
+        .iter()
+        .map(|p| {
+            let mut used = None;
+            for (ns, jti, _, what) in p.keys() {
+                let k = replay_key(&ns, jti);
+                if (seen.contains_key(&k) || !batch_seen.insert(k)) && used.is_none() {
+                    used = Some(what);
+                }
+            }
+            used
+        })
+        .collect();
+    let fresh = items
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| u.is_none())
+        .flat_map(|(p, _)| {
+            p.keys()
+                .map(|(ns, jti, _, _)| (replay_key(&ns, jti), p.event.ts))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (used, fresh)
+}
+
+/// Record, in each event, the single-use values its request consumed.
+fn note_single_use(items: &mut [Pending]) {
+    for p in items.iter_mut() {
+        p.event.assertion_jti = p.consume_jti.as_ref().map(|(_, jti, _)| jti.clone());
+        if let Some((iss, jti, _)) = &p.consume_subject {
+            p.event.subject_issuer = Some(iss.clone());
+            p.event.subject_jti = Some(jti.clone());
+        }
+    }
+}
+
+/// The SQL of a SQLite batch in one round trip to the driver's thread: the head advances only
+/// if it is still what this committer last wrote (`seq`, `hash`), and each insert only if the
+/// head now holds this batch's last hash (a sequence number alone could match a head that
+/// another writer advanced by as many events). A head moved by another writer therefore
+/// writes nothing, and the caller falls back to the general path, which reads the head under
+/// its lock.
+fn sqlite_batch_sql(rows: usize) -> String {
+    let mut s = String::from(
+        "BEGIN IMMEDIATE; UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? \
+         WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq;",
+    );
+    let mut rest = rows;
+    while rest > 0 {
+        let n = rest.min(ROWS_PER_INSERT);
+        let size = 1usize << (usize::BITS - 1 - n.leading_zeros());
+        s.push(' ');
+        s.push_str(&values_sql(
+            Backend::Sqlite,
+            "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) SELECT * FROM (VALUES",
+            7,
+            size,
+            ") WHERE (SELECT hash FROM audit_head WHERE id = 1) = ?;",
+        ));
+        rest -= size;
+    }
+    s.push_str(" COMMIT;");
+    s
+}
+
+/// SQLite's fast path: one statement string, one round trip, one fsync. `Ok(None)`: the head
+/// was not where this committer left it, nothing was written.
+async fn append_sqlite_fast(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    c: &Chained,
+    head: &(i64, String),
+    now: i64,
+) -> Result<Option<()>, StoreError> {
+    let sql = sqlite_batch_sql(c.rows.len());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(c.seq)
+        .bind(c.hash.as_str())
+        .bind(now)
+        .bind(head.0)
+        .bind(head.1.as_str());
+    for chunk in statement_chunks(&c.rows) {
+        for r in chunk {
+            q = q
+                .bind(r.seq)
+                .bind(r.ts)
+                .bind(r.kind.as_str())
+                .bind(r.jti.as_deref())
+                .bind(r.body.as_str())
+                .bind(r.prev_hash.as_str())
+                .bind(r.hash.as_str());
+        }
+        q = q.bind(c.hash.as_str());
+    }
+    match q.fetch_all(&mut **conn).await {
+        Ok(rows) => {
+            let advanced = rows
+                .first()
+                .and_then(|r| r.try_get::<i64, _>("seq").ok())
+                .is_some_and(|s| s == c.seq);
+            Ok(advanced.then_some(()))
+        }
+        Err(e) => {
+            // The statement string opened the transaction itself: close it here, or the
+            // connection goes back to the pool inside it.
+            use sqlx::Executor;
+            if (&mut **conn).execute("ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+            Err(db("append audit batch")(e))
+        }
+    }
+}
+
+async fn append_batch(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+    kek: &Kek,
+    items: &mut [Pending],
+    guard: &mut ReplayGuard,
+    want_lines: bool,
+    head: &mut Option<(i64, String)>,
+) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
+    use sqlx::Connection;
+    note_single_use(items);
+    let now = items.first().map_or(0, |p| p.event.ts);
+    // Fast path: SQLite, the head known from the last batch, and nothing but events and
+    // single-use keys (revocations and JWT-SVID links take the general path).
+    if let (Backend::Sqlite, Some(h), ReplayGuard::Local { seen, window }) =
+        (backend, head.as_ref(), &mut *guard)
+        && items
+            .iter()
+            .all(|p| p.revoke.is_none() && p.link_svid.is_none())
+    {
+        let (used, fresh) = local_used(seen, items);
+        let c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
+        if append_sqlite_fast(conn, &c, h, now).await?.is_some() {
+            for (k, ts) in fresh {
+                seen.insert(k, ts + *window);
+            }
+            *head = Some((c.seq, c.hash));
+            return Ok((c.outcomes, c.lines));
+        }
+        tracing::debug!("the audit head moved under the committer; reading it again");
+    }
+    *head = None;
+
+    let mut tx = conn.begin().await.map_err(db("begin audit batch"))?;
+    // Writing the head first takes the lock (see the migration); RETURNING reads it under it.
+    let row = sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1 RETURNING seq, hash")
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("lock audit head"))?;
+    let seq: i64 = row.try_get("seq").map_err(db("read audit head"))?;
+    let prev: String = row.try_get("hash").map_err(db("read audit head"))?;
+
+    let (used, fresh) = match guard {
+        ReplayGuard::Shared => (consume_jtis(&mut tx, items).await?, Vec::new()),
+        ReplayGuard::Local { seen, .. } => local_used(seen, items),
+    };
+    for (p, used) in items.iter().zip(&used) {
+        if used.is_some() {
+            continue;
+        }
+        if let Some((jti, client, exp)) = &p.revoke {
+            sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
+                .execute(&mut *tx).await.map_err(db("revoke token"))?;
+        }
+        if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp) {
+            link_svid_token(
+                &mut tx,
+                svid,
+                token,
+                p.event.client.as_deref().unwrap_or("-"),
+                exp,
+                p.event.ts,
+            )
+            .await?;
+        }
+    }
+    let c = chain(kek, items, &used, seq, prev, want_lines)?;
+    for chunk in statement_chunks(&c.rows) {
         let sql = values_sql(
             backend,
             "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES",
@@ -664,8 +813,8 @@ async fn append_batch(
             .map_err(db("append audit events"))?;
     }
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(&prev)
+        .bind(c.seq)
+        .bind(&c.hash)
         .execute(&mut *tx)
         .await
         .map_err(db("advance audit head"))?;
@@ -676,7 +825,10 @@ async fn append_batch(
             seen.insert(k, ts + *window);
         }
     }
-    Ok((outcomes, lines))
+    if backend == Backend::Sqlite {
+        *head = Some((c.seq, c.hash));
+    }
+    Ok((c.outcomes, c.lines))
 }
 
 /// An event as stored.

@@ -344,6 +344,51 @@ async fn replay_window_postgres() {
     replay_window_survives_restart(postgres().await).await;
 }
 
+/// Two writers on one log (a server's committer and a CLI command on the same file, or two
+/// replicas): each commits after the other moved the head, by one event or by as many as the
+/// next batch holds, and the chain stays whole. SQLite's committer takes a one-round-trip path
+/// while the head is where it left it, and must notice when it is not.
+async fn two_writers_interleave(db: Db) {
+    let s = &db.store;
+    let a = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let b = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let mut n = 0;
+    let mut commit = |log: &AuditLog| {
+        n += 1;
+        let log = log.clone();
+        let p = Pending {
+            event: issue(&format!("w{n}")),
+            consume_jti: Some(("svc".into(), format!("wa{n}"), 2_000)),
+            consume_subject: None,
+            revoke: None,
+            link_svid: None,
+        };
+        async move { log.commit(p).await.unwrap() }
+    };
+    let mut seqs = Vec::new();
+    // a, b, a, a, b, b, a: every change of writer finds the head moved (by 1 or by 2).
+    for w in [&a, &b, &a, &a, &b, &b, &a, &b, &a] {
+        match commit(w).await {
+            CommitOutcome::Committed(seq) => seqs.push(seq),
+            o => panic!("{o:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=9).collect::<Vec<i64>>());
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 9);
+}
+
+#[tokio::test]
+async fn two_writers_sqlite() {
+    two_writers_interleave(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn two_writers_postgres() {
+    two_writers_interleave(postgres().await).await;
+}
+
 /// A database written by the first schema keeps every audit event, byte for byte, when the
 /// SQLite-only migration 2 moves the log into a rowid table.
 #[tokio::test]
