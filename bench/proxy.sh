@@ -20,6 +20,11 @@
 # cached for revocation_cache (5 s, then one introspection at the server), the key injected,
 # the response scrubbed, an audit event committed to the SQLite store (off the response path).
 #
+# The same calls through nginx (`apt-get install -y nginx-light`; skipped if absent), pinned the
+# same way, one worker, upstream keep-alive, injecting the same key and checking nothing: the
+# floor for any HTTP reverse proxy on this layout, against which mayfly's token check and audit
+# record can be seen apart from the extra hop itself.
+#
 # Needs wrk (`apt-get install -y wrk`). Loopback only; every run is bounded in time; everything
 # this script starts is stopped on exit.
 set -euo pipefail
@@ -121,18 +126,61 @@ PROXY=$(wait_for "$WORK/proxy.log" "proxy listening on ")
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$PROXY/bench/x")" = 401 ]
 
 PROXY_PID=${PIDS[2]}
+
+NGINX_PID=
+if command -v nginx >/dev/null; then
+  mkdir -p "$WORK/nginx"
+  NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream legacy { server ${UPSTREAM#http://}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location /bench/ {
+      proxy_pass http://legacy;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "";
+      proxy_set_header X-Api-Key "$KEY";
+    }
+  }
+}
+EOF
+  taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr.log" &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/bench/x" && break
+    sleep 0.1
+  done
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT/bench/x")" = 200 ]
+else
+  echo "# nginx not installed: its rows are skipped (apt-get install -y nginx-light)" >&2
+fi
 # cpu_ticks PID: user + system CPU time of a process, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 
-# run NAME CONNS URL HEADER: one wrk run; prints "NAME CONNS req/s p50_ms p99_ms
-# proxy_cpu_us_per_request" (the last is the proxy process's CPU time over the requests it
-# served during the run, for proxy runs; 0 for direct ones).
+# run NAME CONNS URL HEADER [PID]: one wrk run; prints "NAME CONNS req/s p50_ms p99_ms
+# proxy_cpu_us_per_request" (the last is process PID's CPU time over the requests it served
+# during the run, for runs through a proxy; 0 for direct ones).
 run() {
-  local out t0 t1
-  t0=$(cpu_ticks "$PROXY_PID")
+  local out t0 t1 pid=${5:-$PROXY_PID}
+  t0=$(cpu_ticks "$pid")
   out=$(taskset -c 1 wrk -t 1 -c "$2" -d "${SECONDS_PER_RUN}s" --latency -H "$4" "$3")
-  t1=$(cpu_ticks "$PROXY_PID")
+  t1=$(cpu_ticks "$pid")
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$1: non-2xx responses:" >&2
     echo "$out" >&2
@@ -150,13 +198,13 @@ run() {
     /^Requests\/sec:/ { rps = $2 }
     / requests in / { reqs = $1 }
     END {
-      cpu = (name == "proxy" && reqs > 0) ? 1e6 * ticks / hz / reqs : 0
+      cpu = (name != "direct" && reqs > 0) ? 1e6 * ticks / hz / reqs : 0
       printf "%s %s %.0f %.3f %.3f %.1f\n", name, conns, rps, p50, p99, cpu
     }' <<<"$out"
 }
 
 echo "# mayfly proxy benchmark: $(nproc) cores, $(uname -r), wrk ${SECONDS_PER_RUN}s runs, $REPEAT rounds"
-echo "# proxy on core 0; wrk, upstream and token server on core 1"
+echo "# proxy (and nginx) on core 0; wrk, upstream and token server on core 1"
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 for i in $(seq 1 "$REPEAT"); do
@@ -164,6 +212,10 @@ for i in $(seq 1 "$REPEAT"); do
   run proxy 1 "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
   run direct "$CONNS" "$UPSTREAM/x" "x-api-key: $KEY" >>"$RESULTS"
   run proxy "$CONNS" "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
+  if [ -n "$NGINX_PID" ]; then
+    run nginx 1 "http://127.0.0.1:$NGINX_PORT/bench/x" "authorization: Bearer $TOKEN" "$NGINX_PID" >>"$RESULTS"
+    run nginx "$CONNS" "http://127.0.0.1:$NGINX_PORT/bench/x" "authorization: Bearer $TOKEN" "$NGINX_PID" >>"$RESULTS"
+  fi
 done
 
 echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request"
@@ -177,7 +229,7 @@ echo
 echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for c in 1 "$CONNS"; do
-  for m in direct proxy; do
+  for m in direct proxy ${NGINX_PID:+nginx}; do
     echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) |"
   done
 done
@@ -186,3 +238,9 @@ RATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGI
 echo
 echo "added p50 latency (1 connection): $ADDED ms (target < 0.3 ms)"
 echo "throughput through the proxy ($CONNS connections): $RATIO% of direct (target >= 70%)"
+if [ -n "$NGINX_PID" ]; then
+  NRATIO=$(awk -v a="$(med nginx "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+  NADDED=$(awk -v a="$(med nginx 1 4)" -v b="$(med direct 1 4)" 'BEGIN { printf "%.3f", a - b }')
+  MRATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med nginx "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+  echo "nginx (no token check, no audit), same layout: $NRATIO% of direct, added p50 $NADDED ms; mayfly proxy at $MRATIO% of nginx's throughput"
+fi

@@ -2,18 +2,22 @@
 //! parameter, HTTP basic), and every form of it that was sent, for scrubbing the response.
 //!
 //! The key and every value derived from it live in [`Zeroizing`] buffers, wiped when a key is
-//! replaced or the route dropped. The per-request copies in hyper's header map and write buffer
-//! are short-lived and not wiped (hyper owns them).
+//! replaced or the route dropped. The injected header is built once per key: each request gets
+//! a reference-counted handle on the same wiped buffer, not a copy, so a rotated key's value is
+//! wiped once the last request holding it is done. What is not wiped: the bytes hyper encodes
+//! into its per-connection write buffer (reused, then freed by hyper), and the per-request
+//! URI of query-parameter injection.
 
 use base64::Engine;
+use bytes::Bytes;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use mayfly_config::Inject;
 use zeroize::Zeroizing;
 
 /// Where a key goes in a request.
 pub struct Injection {
-    /// A header to set: name and value.
-    header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
+    /// A header to set: name and value (sensitive, backed by one [`Wiped`] buffer).
+    header: Option<(HeaderName, HeaderValue)>,
     /// A query parameter to append: its name and the encoded `name=value` pair.
     query: Option<(String, Zeroizing<String>)>,
     /// Byte strings that must never reach the caller: the key, its encodings and the injected
@@ -29,6 +33,23 @@ impl std::fmt::Debug for Injection {
             .field("needles", &self.needles.len())
             .finish()
     }
+}
+
+/// A buffer that is zeroized when the last [`Bytes`] handle on it drops.
+struct Wiped(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A sensitive header value over a wiped buffer, shared (not copied) by every clone.
+fn shared_value(value: Zeroizing<Vec<u8>>) -> Result<HeaderValue, &'static str> {
+    let mut v = HeaderValue::from_maybe_shared(Bytes::from_owner(Wiped(value)))
+        .map_err(|_| "the injected value cannot go into a header")?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 fn form_encode(data: &[u8]) -> String {
@@ -80,7 +101,7 @@ impl Injection {
                     .map_err(|_| "the route's inject.header is not a header name")?;
                 let value = fill(template, key);
                 needles.push(Zeroizing::new(value.to_vec()));
-                header = Some((name, value));
+                header = Some((name, shared_value(value)?));
             }
             Inject::Query { param } => {
                 let encoded = Zeroizing::new(form_encode(key));
@@ -95,7 +116,7 @@ impl Injection {
                 needles.push(Zeroizing::new(b64.as_bytes().to_vec()));
                 let mut value = Zeroizing::new(b"Basic ".to_vec());
                 value.extend_from_slice(b64.as_bytes());
-                header = Some((AUTHORIZATION, value));
+                header = Some((AUTHORIZATION, shared_value(value)?));
             }
         }
         // The key as it may come back in a URL or form (either hex case).
@@ -120,12 +141,11 @@ impl Injection {
         })
     }
 
-    /// The header to set, as a sensitive value (never shown by `Debug`, never indexed by HPACK).
+    /// The header to set, as a sensitive value (never shown by `Debug`, never indexed by HPACK):
+    /// a handle on the one wiped buffer, not a copy of the key.
     pub fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         let (name, value) = self.header.as_ref()?;
-        let mut v = HeaderValue::from_bytes(value).ok()?;
-        v.set_sensitive(true);
-        Some((name.clone(), v))
+        Some((name.clone(), value.clone()))
     }
 
     /// The name of the injected header, if any (a caller's header of that name is dropped).
@@ -186,6 +206,9 @@ mod tests {
         assert_eq!(v, "Bearer sk_1");
         assert!(v.is_sensitive());
         assert!(!format!("{v:?} {i:?}").contains("sk_1"));
+        // Every request shares the one wiped buffer: no per-request copy of the key.
+        let (_, again) = i.header().unwrap();
+        assert_eq!(v.as_bytes().as_ptr(), again.as_bytes().as_ptr());
         assert!(i.query(Some("a=1")).is_none());
         assert!(i.leaks_in(b"xx sk_1 yy"));
         assert!(
