@@ -649,38 +649,56 @@ fn note_single_use(items: &mut [Pending]) {
 /// another writer advanced by as many events). A head moved by another writer therefore
 /// writes nothing, and the caller falls back to the general path, which reads the head under
 /// its lock.
-fn sqlite_batch_sql(rows: usize) -> String {
+fn sqlite_batch_sql(rows: &[EventRow]) -> String {
     let mut s = String::from(
         "BEGIN IMMEDIATE; UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? \
          WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq;",
     );
-    let mut rest = rows;
-    while rest > 0 {
-        let n = rest.min(ROWS_PER_INSERT);
-        let size = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    for chunk in statement_chunks(rows) {
         s.push(' ');
         s.push_str(&values_sql(
             Backend::Sqlite,
-            "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) SELECT * FROM (VALUES",
-            7,
-            size,
+            &format!("{INSERT_EVENTS} SELECT * FROM (VALUES"),
+            EVENT_COLUMNS,
+            chunk.len(),
             ") WHERE (SELECT hash FROM audit_head WHERE id = 1) = ?;",
         ));
-        rest -= size;
     }
     s.push_str(" COMMIT;");
     s
 }
 
-/// SQLite's fast path: one statement string, one round trip, one fsync. `Ok(None)`: the head
+/// The insert of audit events, up to its `VALUES` list; [`bind_events`] binds a row's columns
+/// in this order.
+const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash)";
+const EVENT_COLUMNS: usize = 7;
+
+fn bind_events<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    rows: &'q [EventRow],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for r in rows {
+        q = q
+            .bind(r.seq)
+            .bind(r.ts)
+            .bind(r.kind.as_str())
+            .bind(r.jti.as_deref())
+            .bind(r.body.as_str())
+            .bind(r.prev_hash.as_str())
+            .bind(r.hash.as_str());
+    }
+    q
+}
+
+/// SQLite's fast path: one statement string, one round trip, one fsync. `Ok(false)`: the head
 /// was not where this committer left it, nothing was written.
 async fn append_sqlite_fast(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     c: &Chained,
     head: &(i64, String),
     now: i64,
-) -> Result<Option<()>, StoreError> {
-    let sql = sqlite_batch_sql(c.rows.len());
+) -> Result<bool, StoreError> {
+    let sql = sqlite_batch_sql(&c.rows);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(c.seq)
         .bind(c.hash.as_str())
@@ -688,26 +706,13 @@ async fn append_sqlite_fast(
         .bind(head.0)
         .bind(head.1.as_str());
     for chunk in statement_chunks(&c.rows) {
-        for r in chunk {
-            q = q
-                .bind(r.seq)
-                .bind(r.ts)
-                .bind(r.kind.as_str())
-                .bind(r.jti.as_deref())
-                .bind(r.body.as_str())
-                .bind(r.prev_hash.as_str())
-                .bind(r.hash.as_str());
-        }
-        q = q.bind(c.hash.as_str());
+        q = bind_events(q, chunk).bind(c.hash.as_str());
     }
     match q.fetch_all(&mut **conn).await {
-        Ok(rows) => {
-            let advanced = rows
-                .first()
-                .and_then(|r| r.try_get::<i64, _>("seq").ok())
-                .is_some_and(|s| s == c.seq);
-            Ok(advanced.then_some(()))
-        }
+        Ok(rows) => Ok(rows
+            .first()
+            .and_then(|r| r.try_get::<i64, _>("seq").ok())
+            .is_some_and(|s| s == c.seq)),
         Err(e) => {
             // The statement string opened the transaction itself: close it here, or the
             // connection goes back to the pool inside it.
@@ -742,7 +747,7 @@ async fn append_batch(
     {
         let (used, fresh) = local_used(seen, items);
         let c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
-        if append_sqlite_fast(conn, &c, h, now).await?.is_some() {
+        if append_sqlite_fast(conn, &c, h, now).await? {
             for (k, ts) in fresh {
                 seen.insert(k, ts + *window);
             }
@@ -792,23 +797,13 @@ async fn append_batch(
     for chunk in statement_chunks(&c.rows) {
         let sql = values_sql(
             backend,
-            "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash) VALUES",
-            7,
+            &format!("{INSERT_EVENTS} VALUES"),
+            EVENT_COLUMNS,
             chunk.len(),
             "",
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q
-                .bind(r.seq)
-                .bind(r.ts)
-                .bind(r.kind.as_str())
-                .bind(r.jti.as_deref())
-                .bind(r.body.as_str())
-                .bind(r.prev_hash.as_str())
-                .bind(r.hash.as_str());
-        }
-        q.execute(&mut *tx)
+        bind_events(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .execute(&mut *tx)
             .await
             .map_err(db("append audit events"))?;
     }
