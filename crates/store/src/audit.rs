@@ -158,11 +158,42 @@ impl AuditLog {
             .send((p, reply))
             .await
             .map_err(|_| StoreError::AuditClosed)?;
-        match wait.await {
-            Ok(Ok(o)) => Ok(o),
-            Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
-            Err(_) => Err(StoreError::AuditClosed),
+        outcome(wait.await)
+    }
+
+    /// Append every item of `ps` (in order) and wait until all are durable: one result per
+    /// item. Queued together, they share group commits, for callers that gather events
+    /// themselves (the proxy) instead of waiting per event.
+    pub async fn commit_all(
+        &self,
+        ps: impl IntoIterator<Item = Pending>,
+    ) -> Vec<Result<CommitOutcome, StoreError>> {
+        let mut waits = Vec::new();
+        for p in ps {
+            let (reply, wait) = oneshot::channel();
+            waits.push(match self.tx.send((p, reply)).await {
+                Ok(()) => Some(wait),
+                Err(_) => None,
+            });
         }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Some(w) => outcome(w.await),
+                None => Err(StoreError::AuditClosed),
+            });
+        }
+        out
+    }
+}
+
+fn outcome(
+    r: Result<Result<CommitOutcome, String>, oneshot::error::RecvError>,
+) -> Result<CommitOutcome, StoreError> {
+    match r {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
+        Err(_) => Err(StoreError::AuditClosed),
     }
 }
 
