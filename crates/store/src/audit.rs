@@ -685,18 +685,33 @@ fn sqlite_batch_sql(rows: &[EventRow]) -> String {
         "BEGIN IMMEDIATE; UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? \
          WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq;",
     );
-    for chunk in statement_chunks(rows) {
+    for (_, size) in padded_chunks(rows) {
         s.push(' ');
         s.push_str(&values_sql(
             Backend::Sqlite,
             &format!("{INSERT_EVENTS} SELECT * FROM (VALUES"),
             EVENT_COLUMNS,
-            chunk.len(),
-            ") WHERE (SELECT hash FROM audit_head WHERE id = 1) = ?;",
+            size,
+            // column1 is `seq`: padding rows are all NULL and are left out.
+            ") WHERE column1 IS NOT NULL AND (SELECT hash FROM audit_head WHERE id = 1) = ?;",
         ));
     }
     s.push_str(" COMMIT;");
     s
+}
+
+/// The one-round-trip batch string is cached by the driver as a whole, so its shape must not
+/// follow the batch size (up to [`MAX_BATCH`] shapes thrashed the statement cache and every
+/// batch was parsed again). Rows therefore go in statements of a few fixed sizes, the last one
+/// padded with NULL rows: a batch of up to [`ROWS_PER_INSERT`] in one statement of the next
+/// power of two, a larger one in full statements of [`ROWS_PER_INSERT`]. Yields (rows, size).
+fn padded_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)> {
+    let size = if rows.len() <= ROWS_PER_INSERT {
+        rows.len().next_power_of_two()
+    } else {
+        ROWS_PER_INSERT
+    };
+    rows.chunks(size.max(1)).map(move |c| (c, size))
 }
 
 /// The insert of audit events, up to its `VALUES` list; [`bind_events`] binds a row's columns
@@ -736,8 +751,14 @@ async fn append_sqlite_fast(
         .bind(now)
         .bind(head.0)
         .bind(head.1.as_str());
-    for chunk in statement_chunks(&c.rows) {
-        q = bind_events(q, chunk).bind(c.hash.as_str());
+    for (chunk, size) in padded_chunks(&c.rows) {
+        q = bind_events(q, chunk);
+        for _ in chunk.len()..size {
+            for _ in 0..EVENT_COLUMNS {
+                q = q.bind(None::<i64>);
+            }
+        }
+        q = q.bind(c.hash.as_str());
     }
     match q.fetch_all(&mut **conn).await {
         Ok(rows) => Ok(rows
@@ -1013,5 +1034,23 @@ mod chunk_tests {
             );
             assert_eq!(chunks.concat(), rows);
         }
+    }
+
+    /// Every batch size up to a full batch maps to one of a few statement shapes (the driver
+    /// caches the one-round-trip string whole), and the padded chunks hold every row once.
+    #[test]
+    fn padded_chunks_have_few_shapes_and_cover_everything() {
+        let mut shapes = std::collections::HashSet::new();
+        for n in 1..=MAX_BATCH {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<(&[usize], usize)> = padded_chunks(&rows).collect();
+            assert!(chunks.iter().all(|(c, size)| c.len() <= *size
+                && size.is_power_of_two()
+                && *size <= ROWS_PER_INSERT));
+            let flat: Vec<usize> = chunks.iter().flat_map(|(c, _)| c.iter().copied()).collect();
+            assert_eq!(flat, rows);
+            shapes.insert(chunks.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+        }
+        assert!(shapes.len() <= 15, "{} shapes", shapes.len());
     }
 }
