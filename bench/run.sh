@@ -217,10 +217,19 @@ for i in $(seq 1 "$BENCH_REPEAT"); do
   log "round $i/$BENCH_REPEAT: crypto ceiling on core 0, ${BENCH_CEILING_SECONDS}s per measurement"
   taskset -c 0 "$LOADGEN" ceiling --seconds "$BENCH_CEILING_SECONDS" >"$OUT/ceiling-$i.json" 2>>"$OUT/setup.log"
   jq -c '{ceiling_ops_per_s, es256_verify_jsonwebtoken_per_s, eddsa_token_sign_per_s}' "$OUT/ceiling-$i.json" >&2
+  # Odd rounds measure mayfly first, even rounds oidc-provider first, so that a drift of the
+  # host within a round does not always favour the same server.
+  oidc_closed() {
+    loadgen "oidc-closed-$i" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
+      --requests "$BENCH_OIDC_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
+  }
+  if [ $((i % 2)) -eq 0 ]; then oidc_closed; fi
   loadgen "mayfly-closed-$i" "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" \
     --requests "$BENCH_MAYFLY_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
-  loadgen "oidc-closed-$i" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
-    --requests "$BENCH_OIDC_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
+  # The ceiling again right after mayfly's run: its ratio to the ceiling uses the mean of the
+  # two, which brackets the run instead of preceding it.
+  taskset -c 0 "$LOADGEN" ceiling --seconds "$BENCH_CEILING_SECONDS" >"$OUT/ceiling-post-$i.json" 2>>"$OUT/setup.log"
+  if [ $((i % 2)) -eq 1 ]; then oidc_closed; fi
   # Fewer connections: mayfly waits on its fsync with every request it holds, so it needs more
   # requests in flight than a server that writes nothing to keep its core busy.
   loadgen "mayfly-low-$i" "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" \

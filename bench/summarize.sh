@@ -30,14 +30,29 @@ paired() { # A-PREFIX A-FIELD B-PREFIX B-FIELD
     awk -v a="$(jq "$2" "$f")" -v b="$(jq "$4" "$3-$i.json")" 'BEGIN { if (b > 0) print a / b }'
   done
 }
+# paired_ceiling PREFIX: per round, PREFIX's tokens/s over the crypto ceiling of that round:
+# the mean of the measurements before and after mayfly's closed-loop run where both exist.
+paired_ceiling() {
+  for f in "$1"-[0-9]*.json; do
+    [ -e "$f" ] || continue
+    local i=${f##*-}
+    i=${i%.json}
+    [ -e "ceiling-$i.json" ] || continue
+    local pre post
+    pre=$(jq .ceiling_ops_per_s "ceiling-$i.json")
+    post=$(get "ceiling-post-$i.json" .ceiling_ops_per_s)
+    awk -v a="$(jq .tokens_per_s "$f")" -v pre="$pre" -v post="$post" \
+      'BEGIN { c = (post == "null") ? pre : (pre + post) / 2; if (c > 0) print a / c }'
+  done
+}
 M_TPS=$(med mayfly-closed .tokens_per_s)
 O_TPS=$(med oidc-closed .tokens_per_s)
 M2_TPS=$(med mayfly2-closed .tokens_per_s)
-CEIL=$(for f in ceiling-[0-9]*.json; do [ -e "$f" ] && jq .ceiling_ops_per_s "$f"; done | median)
+CEIL=$(for f in ceiling-[0-9]*.json ceiling-post-[0-9]*.json; do [ ! -e "$f" ] || jq .ceiling_ops_per_s "$f"; done | median)
 R_OIDC=$(paired mayfly-closed .tokens_per_s oidc-closed .tokens_per_s | median)
-R_CEIL=$(paired mayfly-closed .tokens_per_s ceiling .ceiling_ops_per_s | median)
+R_CEIL=$(paired_ceiling mayfly-closed | median)
 R_OIDC_ALL=$(paired mayfly-closed .tokens_per_s oidc-closed .tokens_per_s | awk '{printf "%s%.1fx", (NR > 1 ? ", " : ""), $1}')
-R_CEIL_ALL=$(paired mayfly-closed .tokens_per_s ceiling .ceiling_ops_per_s | awk '{printf "%s%.0f%%", (NR > 1 ? ", " : ""), 100 * $1}')
+R_CEIL_ALL=$(paired_ceiling mayfly-closed | awk '{printf "%s%.0f%%", (NR > 1 ? ", " : ""), 100 * $1}')
 
 open_str() { # FILE
   [ -e "$1" ] || { echo -; return; }
@@ -53,7 +68,7 @@ echo "|---|---|---|---|"
 echo "| tokens/s, one server core, closed loop, $(all mayfly-closed .concurrency | cut -d, -f1) connections (median of rounds) | $(num "$M_TPS" %.0f) | $(num "$O_TPS" %.0f) | $(num "$R_OIDC" %.1fx) (median of per-round ratios) |"
 echo "| ... each round | $(all mayfly-closed '.tokens_per_s | round') | $(all oidc-closed '.tokens_per_s | round') | ${R_OIDC_ALL:--} |"
 R_LOW=$(paired mayfly-low .tokens_per_s oidc-low .tokens_per_s | median)
-R_LOW_CEIL=$(paired mayfly-low .tokens_per_s ceiling .ceiling_ops_per_s | median)
+R_LOW_CEIL=$(paired_ceiling mayfly-low | median)
 echo "| ... with $(all mayfly-low .concurrency | cut -d, -f1) connections, 8 s per round (median; each round) | $(num "$(med mayfly-low .tokens_per_s)" %.0f) ($(all mayfly-low '.tokens_per_s | round')); $(awk -v r="$R_LOW_CEIL" 'BEGIN { if (r == "null" || r == "") print "-"; else printf "%.0f%%", 100 * r }') of the ceiling | $(num "$(med oidc-low .tokens_per_s)" %.0f) ($(all oidc-low '.tokens_per_s | round')) | $(num "$R_LOW" %.1fx) |"
 echo "| ... p50 / p99 latency (ms), closed loop | $(num "$(med mayfly-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med mayfly-closed .latency_ms.p99_ms)" %.2f) | $(num "$(med oidc-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med oidc-closed .latency_ms.p99_ms)" %.2f) | |"
 cpu_str() { # PREFIX
@@ -75,7 +90,7 @@ echo "Targets: mayfly >= 5x oidc-provider tokens/s: $(num "$R_OIDC" %.1fx);" \
   "peak RSS < 200 MB: $(mb "$(get mayfly-mem-pinned.json .peak_hwm_kb)") (one core) / $(mb "$(get mayfly-mem-both.json .peak_hwm_kb)") (both)."
 echo
 echo "Ceiling rounds (ops/s: verify+sign, verify only, sign only, raw P-256 verify):"
-for f in ceiling-[0-9]*.json; do
-  [ -e "$f" ] && jq -r '"    \(input_filename): \(.ceiling_ops_per_s), \(.es256_verify_jsonwebtoken_per_s), \(.eddsa_token_sign_per_s), \(.p256_verify_raw_aws_lc_per_s)"' "$f"
+for f in ceiling-[0-9]*.json ceiling-post-[0-9]*.json; do
+  [ ! -e "$f" ] || jq -r '"    \(input_filename): \(.ceiling_ops_per_s), \(.es256_verify_jsonwebtoken_per_s), \(.eddsa_token_sign_per_s), \(.p256_verify_raw_aws_lc_per_s)"' "$f"
 done
 exit 0
