@@ -105,6 +105,16 @@ async fn upstream_handler(State(up): State<Up>, req: Request) -> Response {
                 echo(&req)
             )))
             .unwrap(),
+        // An upstream that ignores `Accept-Encoding: identity` and gzips its echo of the key.
+        "/api/gzip-echo" => {
+            use std::io::Write;
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(echo(&req).to_string().as_bytes()).unwrap();
+            Response::builder()
+                .header("content-encoding", "gzip")
+                .body(Body::from(z.finish().unwrap()))
+                .unwrap()
+        }
         "/api/redirect" => Response::builder()
             .status(302)
             .header(
@@ -567,7 +577,7 @@ async fn the_key_appears_in_no_log_error_or_response() {
     let ok = s.token(AUD, "read", None).await;
     let mut seen = String::new();
     for route in ["/legacy", "/q", "/b"] {
-        for path in ["echo", "fail", "redirect", "nothing-here"] {
+        for path in ["echo", "fail", "redirect", "gzip-echo", "nothing-here"] {
             let r = s.get(&format!("{route}/{path}?trace=1"), Some(&ok)).await;
             seen.push_str(&format!("{route}/{path} -> {} {:?}\n{}\n", r.0, r.1, r.2));
             match path {
@@ -576,6 +586,12 @@ async fn the_key_appears_in_no_log_error_or_response() {
                     assert_eq!(r.0, 500);
                     assert!(r.2.contains("[REDACTED]"), "{}", r.2);
                     assert!(r.1.get("x-debug").is_none());
+                }
+                // Compressed, the key could not be scrubbed: refused, not passed on.
+                "gzip-echo" => {
+                    assert_eq!(r.0, 502, "{}", r.2);
+                    assert!(r.2.contains("\"upstream_encoding\""), "{}", r.2);
+                    assert!(r.1.get("content-encoding").is_none());
                 }
                 "redirect" => {
                     assert_eq!(r.0, 302);

@@ -66,6 +66,13 @@ pub enum Refusal {
     /// The upstream did not answer in time.
     #[error("the upstream of route {0} did not answer in time")]
     UpstreamTimeout(String),
+    /// The upstream sent a compressed body (ignoring `Accept-Encoding: identity`): the proxy
+    /// cannot scrub the key out of it, so it is not passed on. The encoding is not named: the
+    /// header is the upstream's text, and could hold the key.
+    #[error(
+        "the upstream of route {0} sent a compressed response (Content-Encoding), which the proxy cannot check for the route's key; configure the upstream to honour Accept-Encoding: identity"
+    )]
+    UpstreamEncoded(String),
 }
 
 impl Refusal {
@@ -79,7 +86,9 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::NoKey { .. } | Refusal::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamUnreachable(_) | Refusal::UpstreamEncoded(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -97,6 +106,7 @@ impl Refusal {
             Refusal::IssuerUnavailable => "temporarily_unavailable",
             Refusal::UpstreamUnreachable(_) => "upstream_error",
             Refusal::UpstreamTimeout(_) => "upstream_timeout",
+            Refusal::UpstreamEncoded(_) => "upstream_encoding",
         }
     }
 
@@ -151,5 +161,7 @@ mod tests {
         };
         assert_eq!(e.status(), 403);
         assert!(e.to_string().contains("mayfly debt extend stripe --until"));
+        let e = Refusal::UpstreamEncoded("stripe".into());
+        assert_eq!((e.status().as_u16(), e.code()), (502, "upstream_encoding"));
     }
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName,
-    HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, HOST, HeaderMap,
+    HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_rustls::HttpsConnector;
@@ -172,17 +173,38 @@ pub fn downstream_response(
             "dropped upstream response headers that held the route's key"
         );
     }
-    let bodyless = *method == Method::HEAD
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    if !bodyless {
+    if !bodyless(parts.status, method) {
         parts.headers.remove(CONTENT_LENGTH);
     }
     let body = ScrubBody::new(body, key, route)
         .map_err(BoxError::from)
         .boxed_unsync();
     Response::from_parts(parts, body)
+}
+
+/// Answers that never have a body (RFC 9110 §6.4.1).
+fn bodyless(status: StatusCode, method: &Method) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether an upstream response carries a body in a content coding other than `identity`
+/// (RFC 9110 §8.4), which the scrubber cannot see into. Bodyless answers are fine.
+pub fn encoded_body(resp: &Response<Incoming>, method: &Method) -> bool {
+    !bodyless(resp.status(), method)
+        && resp
+            .headers()
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .any(|v| match v.to_str() {
+                Ok(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity")),
+                Err(_) => true,
+            })
 }
 
 /// An upstream failure's text for the log, unless it would hold the key.

@@ -407,6 +407,10 @@ impl Proxy {
             Ok(Ok(r)) => r,
         };
         i.usage.record(&key.entry, &caller.sub, now);
+        if forward::encoded_body(&resp, &method) {
+            tracing::warn!(route = %route.name, jti = %caller.jti, "the upstream sent a compressed body despite Accept-Encoding: identity; refused, it cannot be scrubbed");
+            return Err(Refusal::UpstreamEncoded(route.name.clone()));
+        }
         tracing::debug!(route = %route.name, jti = %caller.jti, status = resp.status().as_u16(), "forwarded");
         Ok(forward::downstream_response(
             resp,
