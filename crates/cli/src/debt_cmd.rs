@@ -427,11 +427,14 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
 async fn list(ctx: &Ctx, as_json: bool) -> anyhow::Result<ExitCode> {
     let now = now();
     let entries = ctx.store.list_debt().await?;
-    let mut rows = Vec::with_capacity(entries.len());
-    for e in entries {
-        let usage = ctx.store.debt_usage(&e.name).await?;
-        rows.push((e, usage));
-    }
+    let mut usage = ctx.store.all_debt_usage().await?;
+    let rows: Vec<_> = entries
+        .into_iter()
+        .map(|e| {
+            let u = usage.remove(&e.name).unwrap_or_default();
+            (e, u)
+        })
+        .collect();
     if as_json {
         let out: Vec<_> = rows
             .iter()

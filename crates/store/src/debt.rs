@@ -275,16 +275,34 @@ impl Store {
             .fetch_all(self.pool())
             .await
             .map_err(db("read debt usage"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(DebtUsage {
-                    name: r.try_get("name").map_err(db("read debt usage"))?,
-                    identity: r.try_get("identity").map_err(db("read debt usage"))?,
-                    first_used_at: r.try_get("first_used_at").map_err(db("read debt usage"))?,
-                    last_used_at: r.try_get("last_used_at").map_err(db("read debt usage"))?,
-                    calls: r.try_get("calls").map_err(db("read debt usage"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(usage_row).collect()
     }
+
+    /// Every entry's usage in one query (for the inventory), by entry name; each list most
+    /// recent first.
+    pub async fn all_debt_usage(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<DebtUsage>>, StoreError> {
+        let rows = sqlx::query("SELECT name, identity, first_used_at, last_used_at, calls FROM debt_usage ORDER BY name, last_used_at DESC, identity")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db("read debt usage"))?;
+        let mut by_name: std::collections::HashMap<String, Vec<DebtUsage>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let u = usage_row(r)?;
+            by_name.entry(u.name.clone()).or_default().push(u);
+        }
+        Ok(by_name)
+    }
+}
+
+fn usage_row(r: &sqlx::any::AnyRow) -> Result<DebtUsage, StoreError> {
+    Ok(DebtUsage {
+        name: r.try_get("name").map_err(db("read debt usage"))?,
+        identity: r.try_get("identity").map_err(db("read debt usage"))?,
+        first_used_at: r.try_get("first_used_at").map_err(db("read debt usage"))?,
+        last_used_at: r.try_get("last_used_at").map_err(db("read debt usage"))?,
+        calls: r.try_get("calls").map_err(db("read debt usage"))?,
+    })
 }

@@ -673,10 +673,15 @@ async fn debt_records(db: Db) {
         s.get_debt("stripe").await.unwrap().unwrap().last_used_at,
         Some(3_200)
     );
+    // The inventory's one-query form gives the same lists, by entry.
+    let all = s.all_debt_usage().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all["stripe"], u);
 
     assert!(s.remove_debt("stripe").await.unwrap());
     assert!(!s.remove_debt("stripe").await.unwrap());
     assert!(s.debt_usage("stripe").await.unwrap().is_empty());
+    assert!(s.all_debt_usage().await.unwrap().is_empty());
     assert!(s.get_debt("stripe").await.unwrap().is_none());
 }
 
