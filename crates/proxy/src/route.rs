@@ -2,6 +2,9 @@
 //! is sent to: the route's prefix stripped, the rest joined to the upstream's base path, the
 //! query kept.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
 use hyper::Uri;
 use hyper::header::HeaderName;
 use hyper::http::uri::{Authority, Scheme};
@@ -34,7 +37,88 @@ pub struct Route {
     /// Request headers removed before forwarding, beside the fixed ones.
     pub drop_headers: Vec<HeaderName>,
     /// The route's Cedar policy, if it has one (default deny within it).
-    pub policy: Option<RoutePolicy>,
+    pub policy: Option<PolicySlot>,
+}
+
+/// A route's Cedar policy and the file it comes from, re-read by [`PolicySlot::refresh`] (the
+/// proxy's reload loop) so that a changed policy takes effect without a restart.
+#[derive(Debug)]
+pub struct PolicySlot {
+    file: PathBuf,
+    /// The policy in force and the SHA-256 of the text it was parsed from.
+    loaded: RwLock<(Arc<RoutePolicy>, [u8; 32])>,
+    /// The last refresh error, so that a file left broken is reported once, not every reload.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl PolicySlot {
+    fn load(route: &str, file: &Path) -> Result<Self, String> {
+        let (policy, digest) = Self::read(route, file)?;
+        Ok(Self {
+            file: file.to_path_buf(),
+            loaded: RwLock::new((Arc::new(policy), digest)),
+            last_error: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn read(route: &str, file: &Path) -> Result<(RoutePolicy, [u8; 32]), String> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            format!(
+                "route {route}: cannot read policy_file {}: {e}",
+                file.display()
+            )
+        })?;
+        let policy = RoutePolicy::parse(&text, &file.display().to_string())
+            .map_err(|e| format!("route {route}: {e}"))?;
+        Ok((policy, mayfly_crypto::sha256(text.as_bytes())))
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<RoutePolicy> {
+        match self.loaded.read() {
+            Ok(l) => l.0.clone(),
+            Err(p) => p.into_inner().0.clone(),
+        }
+    }
+
+    /// Whether `error` differs from the previous refresh's (`None`: that one succeeded).
+    pub fn new_error(&self, error: Option<&str>) -> bool {
+        let mut last = match self.last_error.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let changed = last.as_deref() != error;
+        *last = error.map(str::to_string);
+        changed
+    }
+
+    /// Read the file again. `Ok(Some(sha256))`: a changed policy now decides; `Ok(None)`:
+    /// unchanged. An unreadable file or one that does not parse and fit the schema is an error
+    /// that names it, and the policy in force stays: a bad edit never opens a route.
+    pub fn refresh(&self, route: &str) -> Result<Option<[u8; 32]>, String> {
+        let text = std::fs::read_to_string(&self.file).map_err(|e| {
+            format!(
+                "route {route}: cannot read policy_file {}: {e}",
+                self.file.display()
+            )
+        })?;
+        let digest = mayfly_crypto::sha256(text.as_bytes());
+        let same = match self.loaded.read() {
+            Ok(l) => l.1 == digest,
+            Err(p) => p.into_inner().1 == digest,
+        };
+        if same {
+            return Ok(None);
+        }
+        let policy = RoutePolicy::parse(&text, &self.file.display().to_string())
+            .map_err(|e| format!("route {route}: {e}"))?;
+        let mut l = match self.loaded.write() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        *l = (Arc::new(policy), digest);
+        Ok(Some(digest))
+    }
 }
 
 impl Route {
@@ -68,19 +152,7 @@ impl Route {
             );
         }
         let policy = match &c.policy_file {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    format!(
-                        "route {}: cannot read policy_file {}: {e}",
-                        c.name,
-                        p.display()
-                    )
-                })?;
-                Some(
-                    RoutePolicy::parse(&text, &p.display().to_string())
-                        .map_err(|e| format!("route {}: {e}", c.name))?,
-                )
-            }
+            Some(p) => Some(PolicySlot::load(&c.name, p)?),
             None => None,
         };
         Ok(Self {
@@ -195,6 +267,23 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_policy_file_is_reported_once_per_distinct_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.cedar");
+        std::fs::write(&f, "permit(principal, action, resource);").unwrap();
+        let slot = PolicySlot::load("r", &f).unwrap();
+        assert_eq!(slot.refresh("r"), Ok(None));
+        assert!(!slot.new_error(None));
+        assert!(slot.new_error(Some("broken")));
+        assert!(!slot.new_error(Some("broken")));
+        assert!(slot.new_error(Some("gone")));
+        assert!(slot.new_error(None));
+        std::fs::write(&f, "forbid(principal, action, resource);").unwrap();
+        assert!(slot.refresh("r").unwrap().is_some());
+        assert!(slot.refresh("r").unwrap().is_none());
+    }
 
     fn route(name: &str, m: RouteMatch, upstream: &str) -> Route {
         Route::new(&RouteConfig {

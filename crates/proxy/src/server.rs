@@ -199,10 +199,33 @@ impl Proxy {
     /// Look at the store now (rotated, extended, added or removed keys) and flush key usage.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let i = &self.0;
+        self.reload_policies();
         i.usage.flush(&i.store).await;
         i.keys
             .reload(&i.store, &i.kek, i.router.routes(), i.clock.now())
             .await
+    }
+
+    /// Re-read the routes' policy files; a file that changed and still fits the schema takes
+    /// effect now, one that does not is logged (and counted) and the policy in force stays.
+    fn reload_policies(&self) {
+        for r in self.0.router.routes() {
+            let Some(slot) = &r.policy else { continue };
+            match slot.refresh(&r.name) {
+                Ok(changed) => {
+                    slot.new_error(None);
+                    if let Some(digest) = changed {
+                        tracing::info!(route = %r.name, sha256 = %mayfly_crypto::hex(&digest), "route policy changed; the new one decides from now on");
+                    }
+                }
+                // Once per distinct failure: a file left broken is not reported every reload.
+                Err(e) if slot.new_error(Some(&e)) => {
+                    metrics::counter!("mayfly_proxy_policy_reload_failures_total", "route" => r.name.clone()).increment(1);
+                    tracing::error!(error = %e, "route policy not reloaded; the one in force stays");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Number of routes.
@@ -364,7 +387,8 @@ impl Proxy {
         let caller = caller_out.insert(caller);
         i.revocation.check(token, caller, now).await?;
         crate::verify::check_scopes(caller, route)?;
-        if let Some(policy) = &route.policy {
+        if let Some(slot) = &route.policy {
+            let policy = slot.current();
             // Decoded, so that `/%61dmin` cannot slip past a `forbid` on `/admin`.
             let decoded = percent_encoding::percent_decode_str(rest)
                 .decode_utf8()

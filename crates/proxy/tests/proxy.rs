@@ -667,6 +667,45 @@ async fn a_route_policy_decides_which_workload_may_make_which_call() {
     );
 }
 
+/// A policy file edited while the proxy runs decides from the next reload; an edit that does
+/// not fit the schema, or a removed file, leaves the policy in force (it never opens a route).
+#[tokio::test]
+async fn a_changed_route_policy_takes_effect_without_a_restart() {
+    let first = r#"permit(principal, action == Action::"GET", resource) when { context.path like "/invoices*" };"#;
+    let h = harness_with(90, None, Some(first)).await;
+    let file = h._dir.path().join("up.cedar");
+    let now = h.now();
+    let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    let r = h.call("/up/public/1", Some(&h.issuer.token(now))).await;
+    h.refused(&r, 403, "access_denied", 1);
+
+    let second = r#"permit(principal, action == Action::"GET", resource) when { context.path like "/public*" };"#;
+    std::fs::write(&file, second).unwrap();
+    h.proxy.reload().await.unwrap();
+    let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
+    h.refused(&r, 403, "access_denied", 1);
+    let r = h.call("/up/public/1", Some(&h.issuer.token(now))).await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    assert_eq!(h.up.hits.load(Ordering::SeqCst), 2);
+
+    // Broken (an attribute the schema does not have), then gone: the second policy stays.
+    std::fs::write(
+        &file,
+        r#"permit(principal, action, resource) when { context.pathh like "/*" };"#,
+    )
+    .unwrap();
+    h.proxy.reload().await.unwrap();
+    let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
+    h.refused(&r, 403, "access_denied", 2);
+    std::fs::remove_file(&file).unwrap();
+    h.proxy.reload().await.unwrap();
+    let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
+    h.refused(&r, 403, "access_denied", 2);
+    let r = h.call("/up/public/2", Some(&h.issuer.token(now))).await;
+    assert_eq!(r.0, 200, "{}", r.2);
+}
+
 #[tokio::test]
 async fn a_route_policy_that_does_not_fit_the_schema_stops_the_proxy_from_starting() {
     let dir = tempfile::tempdir().unwrap();
