@@ -49,6 +49,9 @@ pub struct PolicySlot {
     loaded: RwLock<(Arc<RoutePolicy>, [u8; 32])>,
     /// The last refresh error, so that a file left broken is reported once, not every reload.
     last_error: std::sync::Mutex<Option<String>>,
+    /// One refresh at a time, so that a change is taken (and reported) once; inside, the
+    /// digest of a changed text seen once and not yet acted on.
+    refreshing: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl PolicySlot {
@@ -58,6 +61,7 @@ impl PolicySlot {
             file: file.to_path_buf(),
             loaded: RwLock::new((Arc::new(policy), digest)),
             last_error: std::sync::Mutex::new(None),
+            refreshing: std::sync::Mutex::new(None),
         })
     }
 
@@ -93,9 +97,18 @@ impl PolicySlot {
     }
 
     /// Read the file again. `Ok(Some(sha256))`: a changed policy now decides; `Ok(None)`:
-    /// unchanged. An unreadable file or one that does not parse and fit the schema is an error
-    /// that names it, and the policy in force stays: a bad edit never opens a route.
+    /// unchanged, or changed but not yet read the same twice in a row. An unreadable file or
+    /// one that does not parse and fit the schema is an error that names it, and the policy in
+    /// force stays: a bad edit never opens a route.
+    ///
+    /// A changed text is acted on only when two refreshes in a row read it: a file rewritten in
+    /// place can be caught half-written, and half a policy (its `forbid`s cut off) can allow
+    /// more than the whole one.
     pub fn refresh(&self, route: &str) -> Result<Option<[u8; 32]>, String> {
+        let mut seen_once = match self.refreshing.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
         let text = std::fs::read_to_string(&self.file).map_err(|e| {
             format!(
                 "route {route}: cannot read policy_file {}: {e}",
@@ -108,6 +121,10 @@ impl PolicySlot {
             Err(p) => p.into_inner().1 == digest,
         };
         if same {
+            *seen_once = None;
+            return Ok(None);
+        }
+        if seen_once.replace(digest) != Some(digest) {
             return Ok(None);
         }
         let policy = RoutePolicy::parse(&text, &self.file.display().to_string())
@@ -280,9 +297,21 @@ mod tests {
         assert!(!slot.new_error(Some("broken")));
         assert!(slot.new_error(Some("gone")));
         assert!(slot.new_error(None));
+        // A change is taken on its second reading in a row, once.
         std::fs::write(&f, "forbid(principal, action, resource);").unwrap();
+        assert!(slot.refresh("r").unwrap().is_none());
         assert!(slot.refresh("r").unwrap().is_some());
         assert!(slot.refresh("r").unwrap().is_none());
+        // A text read once and then changed again (caught mid-write) is never taken.
+        std::fs::write(
+            &f,
+            "forbid(principal, action, resource); permit(principal, action, resource);",
+        )
+        .unwrap();
+        assert!(slot.refresh("r").unwrap().is_none());
+        std::fs::write(&f, "permit(principal, action, resource);").unwrap();
+        assert!(slot.refresh("r").unwrap().is_none());
+        assert!(slot.refresh("r").unwrap().is_some());
     }
 
     fn route(name: &str, m: RouteMatch, upstream: &str) -> Route {

@@ -199,7 +199,7 @@ impl Proxy {
     /// Look at the store now (rotated, extended, added or removed keys) and flush key usage.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let i = &self.0;
-        self.reload_policies();
+        self.reload_policies().await;
         i.usage.flush(&i.store).await;
         i.keys
             .reload(&i.store, &i.kek, i.router.routes(), i.clock.now())
@@ -208,23 +208,31 @@ impl Proxy {
 
     /// Re-read the routes' policy files; a file that changed and still fits the schema takes
     /// effect now, one that does not is logged (and counted) and the policy in force stays.
-    fn reload_policies(&self) {
+    /// Each outcome is also a `policy_change` audit event: who may call what through a key is
+    /// as much the log's business as the calls themselves.
+    async fn reload_policies(&self) {
         for r in self.0.router.routes() {
             let Some(slot) = &r.policy else { continue };
-            match slot.refresh(&r.name) {
+            let (decision, reason) = match slot.refresh(&r.name) {
                 Ok(changed) => {
                     slot.new_error(None);
-                    if let Some(digest) = changed {
-                        tracing::info!(route = %r.name, sha256 = %mayfly_crypto::hex(&digest), "route policy changed; the new one decides from now on");
-                    }
+                    let Some(digest) = changed else { continue };
+                    let sha = mayfly_crypto::hex(&digest);
+                    tracing::info!(route = %r.name, sha256 = %sha, "route policy changed; the new one decides from now on");
+                    (Decision::Allow, format!("sha256:{sha}"))
                 }
                 // Once per distinct failure: a file left broken is not reported every reload.
                 Err(e) if slot.new_error(Some(&e)) => {
                     metrics::counter!("mayfly_proxy_policy_reload_failures_total", "route" => r.name.clone()).increment(1);
                     tracing::error!(error = %e, "route policy not reloaded; the one in force stays");
+                    (Decision::Deny, "policy_refused".to_string())
                 }
-                Err(_) => {}
-            }
+                Err(_) => continue,
+            };
+            let mut e = AuditEvent::new(EventKind::PolicyChange, self.0.clock.now(), decision);
+            e.route = Some(r.name.clone());
+            e.reason = Some(reason);
+            self.0.audit.record(e).await;
         }
     }
 

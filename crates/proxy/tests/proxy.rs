@@ -680,8 +680,17 @@ async fn a_changed_route_policy_takes_effect_without_a_restart() {
     let r = h.call("/up/public/1", Some(&h.issuer.token(now))).await;
     h.refused(&r, 403, "access_denied", 1);
 
+    // Replaced whole (written aside, then renamed), as an operator should: the reload loop
+    // also runs on its own every 100 ms here and must never see half a file.
+    let replace = |text: &str| {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
     let second = r#"permit(principal, action == Action::"GET", resource) when { context.path like "/public*" };"#;
-    std::fs::write(&file, second).unwrap();
+    replace(second);
+    // Taken on the second reading in a row (a half-written file is never read twice).
+    h.proxy.reload().await.unwrap();
     h.proxy.reload().await.unwrap();
     let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
     h.refused(&r, 403, "access_denied", 1);
@@ -690,11 +699,8 @@ async fn a_changed_route_policy_takes_effect_without_a_restart() {
     assert_eq!(h.up.hits.load(Ordering::SeqCst), 2);
 
     // Broken (an attribute the schema does not have), then gone: the second policy stays.
-    std::fs::write(
-        &file,
-        r#"permit(principal, action, resource) when { context.pathh like "/*" };"#,
-    )
-    .unwrap();
+    replace(r#"permit(principal, action, resource) when { context.pathh like "/*" };"#);
+    h.proxy.reload().await.unwrap();
     h.proxy.reload().await.unwrap();
     let r = h.call("/up/invoices/42", Some(&h.issuer.token(now))).await;
     h.refused(&r, 403, "access_denied", 2);
@@ -704,6 +710,40 @@ async fn a_changed_route_policy_takes_effect_without_a_restart() {
     h.refused(&r, 403, "access_denied", 2);
     let r = h.call("/up/public/2", Some(&h.issuer.token(now))).await;
     assert_eq!(r.0, 200, "{}", r.2);
+
+    // Each outcome is in the audit log: the new policy (by its text's digest), then the two
+    // refusals (a file left broken is one event, not one per reload).
+    h.proxy.reload().await.unwrap();
+    h.proxy.finish().await;
+    let changes: Vec<Value> = h
+        .store
+        .audit_tail(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.body).unwrap())
+        .filter(|e| e["kind"] == "policy_change")
+        .collect();
+    let digest = mayfly_crypto::hex(&mayfly_crypto::sha256(second.as_bytes()));
+    let got: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap(),
+                e["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("allow", format!("sha256:{digest}").as_str()),
+            ("deny", "policy_refused"),
+            ("deny", "policy_refused"),
+        ],
+        "{changes:?}"
+    );
+    assert!(changes.iter().all(|e| e["route"] == "up"));
 }
 
 #[tokio::test]

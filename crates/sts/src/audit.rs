@@ -30,6 +30,9 @@ pub enum EventKind {
     ProxyCall,
     /// A key-debt entry was added, rotated, extended or removed.
     DebtChange,
+    /// A proxy route's policy file changed: the new policy took effect (allow), or was refused
+    /// and the one in force stayed (deny).
+    PolicyChange,
 }
 
 /// Allowed or refused.
