@@ -21,7 +21,7 @@ pub use keys::StoredKey;
 pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
 pub use transfer::{
     AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
-    TableCounts, TransferError, exported_tables,
+    TableCounts, TransferError, exported_tables, fuzz_decode_export,
 };
 
 use std::path::Path;
