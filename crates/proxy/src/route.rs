@@ -54,27 +54,26 @@ pub struct PolicySlot {
     refreshing: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
+/// A policy file that could not be taken (the policy in force stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// What was wrong, naming the route and the file.
+    pub error: String,
+    /// Whether this error differs from the previous refresh's: a file left broken is reported
+    /// once, not every reload.
+    pub first: bool,
+}
+
 impl PolicySlot {
     fn load(route: &str, file: &Path) -> Result<Self, String> {
-        let (policy, digest) = Self::read(route, file)?;
+        let text = read_text(route, file)?;
+        let policy = parse(route, file, &text)?;
         Ok(Self {
             file: file.to_path_buf(),
-            loaded: RwLock::new((Arc::new(policy), digest)),
+            loaded: RwLock::new((Arc::new(policy), mayfly_crypto::sha256(text.as_bytes()))),
             last_error: std::sync::Mutex::new(None),
             refreshing: std::sync::Mutex::new(None),
         })
-    }
-
-    fn read(route: &str, file: &Path) -> Result<(RoutePolicy, [u8; 32]), String> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            format!(
-                "route {route}: cannot read policy_file {}: {e}",
-                file.display()
-            )
-        })?;
-        let policy = RoutePolicy::parse(&text, &file.display().to_string())
-            .map_err(|e| format!("route {route}: {e}"))?;
-        Ok((policy, mayfly_crypto::sha256(text.as_bytes())))
     }
 
     /// The policy in force.
@@ -86,7 +85,7 @@ impl PolicySlot {
     }
 
     /// Whether `error` differs from the previous refresh's (`None`: that one succeeded).
-    pub fn new_error(&self, error: Option<&str>) -> bool {
+    fn new_error(&self, error: Option<&str>) -> bool {
         let mut last = match self.last_error.lock() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
@@ -96,25 +95,27 @@ impl PolicySlot {
         changed
     }
 
-    /// Read the file again. `Ok(Some(sha256))`: a changed policy now decides; `Ok(None)`:
-    /// unchanged, or changed but not yet read the same twice in a row. An unreadable file or
-    /// one that does not parse and fit the schema is an error that names it, and the policy in
-    /// force stays: a bad edit never opens a route.
+    /// Read the file again (blocking file I/O). `Ok(Some(sha256))`: a changed policy now
+    /// decides; `Ok(None)`: unchanged, or changed but not yet read the same twice in a row. An
+    /// unreadable file or one that does not parse and fit the schema is [`Refused`], and the
+    /// policy in force stays: a bad edit never opens a route.
     ///
     /// A changed text is acted on only when two refreshes in a row read it: a file rewritten in
     /// place can be caught half-written, and half a policy (its `forbid`s cut off) can allow
     /// more than the whole one.
-    pub fn refresh(&self, route: &str) -> Result<Option<[u8; 32]>, String> {
+    pub fn refresh(&self, route: &str) -> Result<Option<[u8; 32]>, Refused> {
+        let r = self.try_refresh(route);
+        let error = r.as_ref().err().map(String::as_str);
+        let first = self.new_error(error);
+        r.map_err(|error| Refused { error, first })
+    }
+
+    fn try_refresh(&self, route: &str) -> Result<Option<[u8; 32]>, String> {
         let mut seen_once = match self.refreshing.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let text = std::fs::read_to_string(&self.file).map_err(|e| {
-            format!(
-                "route {route}: cannot read policy_file {}: {e}",
-                self.file.display()
-            )
-        })?;
+        let text = read_text(route, &self.file)?;
         let digest = mayfly_crypto::sha256(text.as_bytes());
         let same = match self.loaded.read() {
             Ok(l) => l.1 == digest,
@@ -127,8 +128,7 @@ impl PolicySlot {
         if seen_once.replace(digest) != Some(digest) {
             return Ok(None);
         }
-        let policy = RoutePolicy::parse(&text, &self.file.display().to_string())
-            .map_err(|e| format!("route {route}: {e}"))?;
+        let policy = parse(route, &self.file, &text)?;
         let mut l = match self.loaded.write() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
@@ -136,6 +136,19 @@ impl PolicySlot {
         *l = (Arc::new(policy), digest);
         Ok(Some(digest))
     }
+}
+
+fn read_text(route: &str, file: &Path) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "route {route}: cannot read policy_file {}: {e}",
+            file.display()
+        )
+    })
+}
+
+fn parse(route: &str, file: &Path, text: &str) -> Result<RoutePolicy, String> {
+    RoutePolicy::parse(text, &file.display().to_string()).map_err(|e| format!("route {route}: {e}"))
 }
 
 impl Route {

@@ -211,29 +211,44 @@ impl Proxy {
     /// Each outcome is also a `policy_change` audit event: who may call what through a key is
     /// as much the log's business as the calls themselves.
     async fn reload_policies(&self) {
-        for r in self.0.router.routes() {
-            let Some(slot) = &r.policy else { continue };
-            let (decision, reason) = match slot.refresh(&r.name) {
-                Ok(changed) => {
-                    slot.new_error(None);
-                    let Some(digest) = changed else { continue };
-                    let sha = mayfly_crypto::hex(&digest);
-                    tracing::info!(route = %r.name, sha256 = %sha, "route policy changed; the new one decides from now on");
-                    (Decision::Allow, format!("sha256:{sha}"))
-                }
-                // Once per distinct failure: a file left broken is not reported every reload.
-                Err(e) if slot.new_error(Some(&e)) => {
-                    metrics::counter!("mayfly_proxy_policy_reload_failures_total", "route" => r.name.clone()).increment(1);
-                    tracing::error!(error = %e, "route policy not reloaded; the one in force stays");
-                    (Decision::Deny, "policy_refused".to_string())
-                }
-                Err(_) => continue,
-            };
+        // File reads and Cedar parsing off the runtime's workers, which serve calls.
+        let me = self.clone();
+        let outcomes = match tokio::task::spawn_blocking(move || me.refresh_policies()).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "route policy refresh failed; the policies in force stay");
+                return;
+            }
+        };
+        for (route, decision, reason) in outcomes {
             let mut e = AuditEvent::new(EventKind::PolicyChange, self.0.clock.now(), decision);
-            e.route = Some(r.name.clone());
+            e.route = Some(route);
             e.reason = Some(reason);
             self.0.audit.record(e).await;
         }
+    }
+
+    /// Refresh every route's policy (blocking); the changes and first failures, to audit.
+    fn refresh_policies(&self) -> Vec<(String, Decision, String)> {
+        let mut outcomes = Vec::new();
+        for r in self.0.router.routes() {
+            let Some(slot) = &r.policy else { continue };
+            match slot.refresh(&r.name) {
+                Ok(None) => {}
+                Ok(Some(digest)) => {
+                    let sha = mayfly_crypto::hex(&digest);
+                    tracing::info!(route = %r.name, sha256 = %sha, "route policy changed; the new one decides from now on");
+                    outcomes.push((r.name.clone(), Decision::Allow, format!("sha256:{sha}")));
+                }
+                Err(refused) if refused.first => {
+                    metrics::counter!("mayfly_proxy_policy_reload_failures_total", "route" => r.name.clone()).increment(1);
+                    tracing::error!(error = %refused.error, "route policy not reloaded; the one in force stays");
+                    outcomes.push((r.name.clone(), Decision::Deny, "policy_refused".into()));
+                }
+                Err(_) => {}
+            }
+        }
+        outcomes
     }
 
     /// Number of routes.

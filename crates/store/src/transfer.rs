@@ -511,7 +511,6 @@ impl Store {
     }
 }
 
-/// Whether rows of a table after `t` have been read already.
 /// A line after the header: a row of a table, or the trailer.
 enum Item {
     Row(Entry),
@@ -565,6 +564,7 @@ pub fn fuzz_decode_export(data: &[u8]) {
     }
 }
 
+/// Whether rows of a table after `t` have been read already.
 fn seen_later(seen: &TableCounts, t: Table) -> bool {
     Table::ALL.iter().any(|u| *u > t && seen.get(*u) > 0)
 }
