@@ -9,6 +9,12 @@
 #   BENCH_CONNS (32): connections of the throughput runs (latency runs use 1)
 #   BENCH_REPEAT (3): interleaved rounds (direct, proxy, direct, proxy); medians are reported
 #   BENCH_SKIP_BUILD=1: use the binaries already in target/release
+#   BENCH_PERF=PREFIX: record CPU profiles (perf record, DWARF call graphs) of the proxy and of nginx during
+#     their last throughput runs into PREFIX.proxy and PREFIX.nginx; read one with
+#     `perf report -i PREFIX.proxy --no-children`
+#   BENCH_STRACE=PREFIX: count the system calls (strace -c -f) of the proxy and of nginx during
+#     their last throughput runs into PREFIX.proxy and PREFIX.nginx (slows those runs a lot:
+#     read the counts per request, not the rates)
 #   BENCH_UPSTREAM_DELAY_MS (0): the upstream waits this long before each answer (no CPU), like
 #     a remote API's service time; 0 is the harshest case for the proxy/direct ratio
 #
@@ -178,9 +184,18 @@ TICK_HZ=$(getconf CLK_TCK)
 # during the run, for runs through a proxy; 0 for direct ones).
 run() {
   local out t0 t1 pid=${5:-$PROXY_PID}
+  local perf=
+  if [ -n "${BENCH_PERF:-}" ] && [ "$1" != direct ] && [ "$2" = "$CONNS" ]; then
+    perf record -q -F 1999 --call-graph dwarf,16384 -p "$pid" -o "$BENCH_PERF.$1" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
+    perf=$!
+  elif [ -n "${BENCH_STRACE:-}" ] && [ "$1" != direct ] && [ "$2" = "$CONNS" ]; then
+    timeout -s INT "$SECONDS_PER_RUN" strace -c -f -p "$pid" -o "$BENCH_STRACE.$1" 2>/dev/null &
+    perf=$!
+  fi
   t0=$(cpu_ticks "$pid")
   out=$(taskset -c 1 wrk -t 1 -c "$2" -d "${SECONDS_PER_RUN}s" --latency -H "$4" "$3")
   t1=$(cpu_ticks "$pid")
+  if [ -n "$perf" ]; then wait "$perf" || true; fi
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$1: non-2xx responses:" >&2
     echo "$out" >&2

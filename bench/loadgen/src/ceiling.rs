@@ -138,6 +138,17 @@ pub fn ceiling(seconds: f64) -> anyhow::Result<()> {
             .as_ref()
             .to_vec(),
     );
+    let es_parsed = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        aws_lc_rs::signature::KeyPair::public_key(&es).as_ref(),
+    )
+    .map_err(|_| anyhow::anyhow!("P-256 public key"))?;
+    let parsed_verify = |_: u64| -> anyhow::Result<()> {
+        es_parsed
+            .verify_sig(msg, es_sig.as_ref())
+            .map_err(|_| anyhow::anyhow!("parsed verify"))?;
+        Ok(())
+    };
     let raw_verify = |_: u64| -> anyhow::Result<()> {
         es_pub
             .verify(msg, es_sig.as_ref())
@@ -153,16 +164,19 @@ pub fn ceiling(seconds: f64) -> anyhow::Result<()> {
     let v = measure(seconds, verify)?;
     let s = measure(seconds, sign)?;
     let raw = measure(seconds, raw_verify)?;
+    let parsed = measure(seconds, parsed_verify)?;
     let report = json!({
         "ceiling_ops_per_s": both.round(),
         "es256_verify_jsonwebtoken_per_s": v.round(),
         "eddsa_token_sign_per_s": s.round(),
         "p256_verify_raw_aws_lc_per_s": raw.round(),
+        "p256_verify_parsed_key_aws_lc_per_s": parsed.round(),
         "us_per_op": {
             "verify_plus_sign": 1e6 / both,
             "verify": 1e6 / v,
             "sign": 1e6 / s,
             "raw_p256_verify": 1e6 / raw,
+            "parsed_key_p256_verify": 1e6 / parsed,
         },
         "seconds_each": seconds,
         "threads": 1,

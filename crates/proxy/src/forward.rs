@@ -123,9 +123,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The request for the upstream: the URI rewritten (path joined, key in the query when the
-/// route says so), the caller's `Authorization`, `Host`, hop-by-hop headers, the route's
-/// `drop_headers` and any header named like the injected one removed, the key injected, and
-/// `Accept-Encoding: identity` so that the response can be scrubbed.
+/// route says so), the caller's `Authorization`, hop-by-hop headers, the route's
+/// `drop_headers` and any header named like the injected one removed, `Host` set to the
+/// upstream's, the key injected, and `Accept-Encoding: identity` so that the response can be
+/// scrubbed.
 pub fn upstream_request(
     mut req: Request<Incoming>,
     route: &Route,
@@ -139,7 +140,8 @@ pub fn upstream_request(
     let h = req.headers_mut();
     strip_hop_by_hop(h);
     h.remove(AUTHORIZATION);
-    h.remove(HOST);
+    // The upstream's own Host (the client would otherwise format one per request).
+    h.insert(HOST, route.host_header.clone());
     for n in &route.drop_headers {
         h.remove(n);
     }

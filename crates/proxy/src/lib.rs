@@ -7,7 +7,7 @@
 //!
 //! Modules: [`route`] (matching and URIs), `verify` (tokens), `revocation` (introspection),
 //! `keys` (the keys and their expiry), `inject`, `scrub`, `forward` (the upstream side),
-//! `server` (the caller side), `audit`.
+//! `server` (the caller side), `audit`, `stats` (metric handles).
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -20,6 +20,7 @@ mod revocation;
 pub mod route;
 mod scrub;
 mod server;
+mod stats;
 mod verify;
 
 pub use body::ProxyBody;

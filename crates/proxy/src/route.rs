@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use hyper::Uri;
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
 use mayfly_config::{Inject, RouteConfig, RouteMatch};
 use mayfly_policy::RoutePolicy;
@@ -38,6 +38,10 @@ pub struct Route {
     pub drop_headers: Vec<HeaderName>,
     /// The route's Cedar policy, if it has one (default deny within it).
     pub policy: Option<PolicySlot>,
+    /// The upstream's `Host` header, built once.
+    pub host_header: HeaderValue,
+    /// Its metric handles.
+    pub metrics: crate::stats::RouteMetrics,
 }
 
 /// A route's Cedar policy and the file it comes from, re-read by [`PolicySlot::refresh`] (the
@@ -185,8 +189,12 @@ impl Route {
             Some(p) => Some(PolicySlot::load(&c.name, p)?),
             None => None,
         };
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("route {}: upstream host is not usable", c.name))?;
         Ok(Self {
             policy,
+            host_header,
+            metrics: crate::stats::RouteMetrics::default(),
             name: c.name.clone(),
             host,
             prefix,

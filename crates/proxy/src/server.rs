@@ -378,9 +378,7 @@ impl Proxy {
             }
         };
         let status = resp.status().as_u16();
-        metrics::counter!("mayfly_proxy_requests_total", "route" => route.name.clone(), "status" => status.to_string()).increment(1);
-        metrics::histogram!("mayfly_proxy_request_duration_seconds", "route" => route.name.clone())
-            .record(latency.as_secs_f64());
+        route.metrics.record(&route.name, status, latency);
         self.audit(
             Outcome {
                 route,

@@ -121,11 +121,54 @@ pub enum CommitOutcome {
 }
 
 type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
+type ManyReply = oneshot::Sender<Vec<Result<CommitOutcome, String>>>;
+
+/// What the committer is sent: one event whose caller waits for it, or a batch gathered by
+/// the caller (the proxy), answered with one message.
+#[allow(clippy::large_enum_variant)] // `One` is the token path's: moved as before, no box per token
+enum Job {
+    One(Pending, Reply),
+    Many(Vec<Pending>, ManyReply),
+}
+
+impl Job {
+    fn events(&self) -> usize {
+        match self {
+            Job::One(..) => 1,
+            Job::Many(ps, _) => ps.len(),
+        }
+    }
+}
+
+/// Where a batch's outcomes go back to: a job and how many events it had.
+enum Replier {
+    One(Reply),
+    Many(ManyReply, usize),
+}
+
+impl Replier {
+    /// Answer with the next outcomes of `outcomes` (this job's share).
+    fn send(self, outcomes: &mut impl Iterator<Item = Result<CommitOutcome, String>>) {
+        match self {
+            Replier::One(r) => {
+                let o = outcomes
+                    .next()
+                    .unwrap_or_else(|| Err("audit log unavailable".into()));
+                let _ = r.send(o);
+            }
+            Replier::Many(r, n) => {
+                let mut v: Vec<_> = outcomes.take(n).collect();
+                v.resize_with(n, || Err("audit log unavailable".into()));
+                let _ = r.send(v);
+            }
+        }
+    }
+}
 
 /// Handle to the committer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<(Pending, Reply)>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl AuditLog {
@@ -155,7 +198,7 @@ impl AuditLog {
     pub async fn commit(&self, p: Pending) -> Result<CommitOutcome, StoreError> {
         let (reply, wait) = oneshot::channel();
         self.tx
-            .send((p, reply))
+            .send(Job::One(p, reply))
             .await
             .map_err(|_| StoreError::AuditClosed)?;
         outcome(wait.await)
@@ -168,20 +211,28 @@ impl AuditLog {
         &self,
         ps: impl IntoIterator<Item = Pending>,
     ) -> Vec<Result<CommitOutcome, StoreError>> {
+        // One message per batch-sized slice, not one per event (with a reply channel each).
+        let mut ps = ps.into_iter().peekable();
         let mut waits = Vec::new();
-        for p in ps {
+        while ps.peek().is_some() {
+            let chunk: Vec<Pending> = ps.by_ref().take(MAX_BATCH).collect();
+            let n = chunk.len();
             let (reply, wait) = oneshot::channel();
-            waits.push(match self.tx.send((p, reply)).await {
-                Ok(()) => Some(wait),
-                Err(_) => None,
+            waits.push(match self.tx.send(Job::Many(chunk, reply)).await {
+                Ok(()) => (Some(wait), n),
+                Err(_) => (None, n),
             });
         }
-        let mut out = Vec::with_capacity(waits.len());
-        for w in waits {
-            out.push(match w {
-                Some(w) => outcome(w.await),
-                None => Err(StoreError::AuditClosed),
-            });
+        let mut out = Vec::new();
+        for (w, n) in waits {
+            let answered = match w {
+                Some(w) => w.await.ok(),
+                None => None,
+            };
+            match answered {
+                Some(rs) => out.extend(rs.into_iter().map(|r| outcome(Ok(r)))),
+                None => out.extend((0..n).map(|_| Err(StoreError::AuditClosed))),
+            }
         }
         out
     }
@@ -276,32 +327,45 @@ async fn committer(
     store: Store,
     kek: Arc<Kek>,
     mut sink: AuditSink,
-    mut rx: mpsc::Receiver<(Pending, Reply)>,
+    mut rx: mpsc::Receiver<Job>,
     replay_window: i64,
 ) {
     let mut guard = match ReplayGuard::new(&store, replay_window).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot rebuild the replay window; refusing all requests");
-            while let Some((_, r)) = rx.recv().await {
-                let _ = r.send(Err("audit log unavailable".into()));
+            while let Some(job) = rx.recv().await {
+                let n = job.events();
+                let r = match job {
+                    Job::One(_, r) => Replier::One(r),
+                    Job::Many(_, r) => Replier::Many(r, n),
+                };
+                r.send(&mut std::iter::empty());
             }
             return;
         }
     };
     let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
-    let mut batch: Vec<(Pending, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut batches: u64 = 0;
     // The chain head as this committer last wrote it (SQLite's fast path); None: read it.
     let mut head: Option<(i64, String)> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         gather(&mut rx, &mut batch).await;
-        let mut items: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        for (p, r) in batch.drain(..) {
-            items.push(p);
-            replies.push(r);
+        let mut items: Vec<Pending> = Vec::with_capacity(batch.iter().map(Job::events).sum());
+        let mut replies: Vec<Replier> = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            match job {
+                Job::One(p, r) => {
+                    items.push(p);
+                    replies.push(Replier::One(r));
+                }
+                Job::Many(ps, r) => {
+                    replies.push(Replier::Many(r, ps.len()));
+                    items.extend(ps);
+                }
+            }
         }
         // One connection for the committer: its page cache stays warm between batches.
         if conn.is_none() {
@@ -331,8 +395,9 @@ async fn committer(
                 if let Err(e) = write_lines(&mut sink, &lines) {
                     tracing::error!(error = %e, "cannot write the audit JSON lines; the store holds every event");
                 }
-                for (r, o) in replies.into_iter().zip(outcomes) {
-                    let _ = r.send(Ok(o));
+                let mut outcomes = outcomes.into_iter().map(Ok);
+                for r in replies {
+                    r.send(&mut outcomes);
                 }
             }
             Err(e) => {
@@ -344,7 +409,7 @@ async fn committer(
                 head = None;
                 tracing::error!(error = %e, events = items.len(), "audit batch failed; refusing the requests in it");
                 for r in replies {
-                    let _ = r.send(Err("audit log unavailable".into()));
+                    r.send(&mut std::iter::empty());
                 }
             }
         }
@@ -360,16 +425,20 @@ async fn committer(
 /// Grow a batch while requests keep arriving: take what is queued, let the tasks that are
 /// about to commit run once, and stop when that brought nothing (or the batch is full, or 2 ms
 /// have passed). Idle, this costs one yield; under load it turns many small commits into few.
-async fn gather(rx: &mut mpsc::Receiver<(Pending, Reply)>, batch: &mut Vec<(Pending, Reply)>) {
+async fn gather(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     let started = std::time::Instant::now();
+    let mut events: usize = batch.iter().map(Job::events).sum();
     loop {
-        while batch.len() < MAX_BATCH {
+        while events < MAX_BATCH {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(job) => {
+                    events += job.events();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
-        if batch.len() >= MAX_BATCH || started.elapsed() > std::time::Duration::from_millis(2) {
+        if events >= MAX_BATCH || started.elapsed() > std::time::Duration::from_millis(2) {
             return;
         }
         tokio::task::yield_now().await;
@@ -404,13 +473,6 @@ fn link(kek: &Kek, prev_hash: &str, seq: i64, body: &str) -> String {
     data.push(b'\n');
     data.extend_from_slice(body.as_bytes());
     hex(&kek.audit_mac(&data))
-}
-
-fn kind_name(k: EventKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Rows per multi-row INSERT at most (a power of two): well under SQLite's and PostgreSQL's
@@ -549,7 +611,7 @@ async fn consume_jtis(
 struct EventRow {
     seq: i64,
     ts: i64,
-    kind: String,
+    kind: &'static str,
     jti: Option<String>,
     body: String,
     prev_hash: String,
@@ -614,7 +676,7 @@ fn chain(
         rows.push(EventRow {
             seq,
             ts: p.event.ts,
-            kind: kind_name(p.event.kind),
+            kind: p.event.kind.as_str(),
             jti: p.event.jti.clone(),
             body,
             prev_hash,
@@ -727,7 +789,7 @@ fn bind_events<'q>(
         q = q
             .bind(r.seq)
             .bind(r.ts)
-            .bind(r.kind.as_str())
+            .bind(r.kind)
             .bind(r.jti.as_deref())
             .bind(r.body.as_str())
             .bind(r.prev_hash.as_str())
@@ -968,7 +1030,7 @@ impl Store {
                 let ts: i64 = r.try_get("ts").map_err(db("read audit log"))?;
                 let kind: String = r.try_get("kind").map_err(db("read audit log"))?;
                 let jti: Option<String> = r.try_get("jti").map_err(db("read audit log"))?;
-                if ts != ev.ts || kind != kind_name(ev.kind) || jti != ev.jti {
+                if ts != ev.ts || kind != ev.kind.as_str() || jti != ev.jti {
                     problems.push((
                         e.seq,
                         TamperKind::ColumnMismatch,

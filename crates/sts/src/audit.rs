@@ -35,6 +35,28 @@ pub enum EventKind {
     PolicyChange,
 }
 
+impl EventKind {
+    /// The name stored in the audit table's `kind` column: the same text as in the event's
+    /// JSON (serde's snake_case), without serialising (it is written once per event).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Deny => "deny",
+            Self::Introspect => "introspect",
+            Self::Revoke => "revoke",
+            Self::KeyRotation => "key_rotation",
+            Self::ClientChange => "client_change",
+            Self::AgentAttest => "agent_attest",
+            Self::SvidIssue => "svid_issue",
+            Self::WorkloadExit => "workload_exit",
+            Self::EntryChange => "entry_change",
+            Self::ProxyCall => "proxy_call",
+            Self::DebtChange => "debt_change",
+            Self::PolicyChange => "policy_change",
+        }
+    }
+}
+
 /// Allowed or refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,6 +157,34 @@ impl AuditEvent {
             route: None,
             status: None,
             latency_us: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `kind` column and the chained JSON must agree (`audit verify` compares them).
+    #[test]
+    fn kind_names_match_the_json() {
+        use EventKind::*;
+        for k in [
+            Issue,
+            Deny,
+            Introspect,
+            Revoke,
+            KeyRotation,
+            ClientChange,
+            AgentAttest,
+            SvidIssue,
+            WorkloadExit,
+            EntryChange,
+            ProxyCall,
+            DebtChange,
+            PolicyChange,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
         }
     }
 }
