@@ -9,6 +9,8 @@
 #   BENCH_CONNS (32): connections of the throughput runs (latency runs use 1)
 #   BENCH_REPEAT (3): interleaved rounds (direct, proxy, direct, proxy); medians are reported
 #   BENCH_SKIP_BUILD=1: use the binaries already in target/release
+#   BENCH_BIN_DIR=DIR: take mayfly and mayfly-proxybench from DIR instead (A/B of two builds;
+#     implies BENCH_SKIP_BUILD)
 #   BENCH_PERF=PREFIX: record CPU profiles (perf record, DWARF call graphs) of the proxy and of nginx during
 #     their last throughput runs into PREFIX.proxy and PREFIX.nginx; read one with
 #     `perf report -i PREFIX.proxy --no-children`
@@ -45,10 +47,10 @@ AUD="https://legacy.bench.test"
 KEY="sk_bench_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 command -v wrk >/dev/null || { echo "bench/proxy.sh needs wrk: apt-get install -y wrk" >&2; exit 1; }
-if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+if [ -z "${BENCH_SKIP_BUILD:-}" ] && [ -z "${BENCH_BIN_DIR:-}" ]; then
   cargo build --release -q -p mayfly -p mayfly-proxybench
 fi
-BIN="$ROOT/target/release"
+BIN="${BENCH_BIN_DIR:-$ROOT/target/release}"
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -175,15 +177,18 @@ EOF
 else
   echo "# nginx not installed: its rows are skipped (apt-get install -y nginx-light)" >&2
 fi
-# cpu_ticks PID: user + system CPU time of a process, in clock ticks.
+# cpu_ticks PID: user + system CPU time of a process, in clock ticks; user_ticks: user only
+# (steadier between runs: the system part follows how often the other core sleeps).
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+user_ticks() { awk '{ print $14 }' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 
 # run NAME CONNS URL HEADER [PID]: one wrk run; prints "NAME CONNS req/s p50_ms p99_ms
-# proxy_cpu_us_per_request" (the last is process PID's CPU time over the requests it served
-# during the run, for runs through a proxy; 0 for direct ones).
+# proxy_cpu_us_per_request proxy_user_cpu_us_per_request" (process PID's CPU time, then its
+# user CPU time alone, over the requests it served during the run, for runs through a proxy;
+# 0 for direct ones).
 run() {
-  local out t0 t1 pid=${5:-$PROXY_PID}
+  local out t0 t1 u0 u1 pid=${5:-$PROXY_PID}
   local perf=
   if [ -n "${BENCH_PERF:-}" ] && [ "$1" != direct ] && [ "$2" = "$CONNS" ]; then
     perf record -q -F 1999 --call-graph dwarf,16384 -p "$pid" -o "$BENCH_PERF.$1" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
@@ -193,15 +198,17 @@ run() {
     perf=$!
   fi
   t0=$(cpu_ticks "$pid")
+  u0=$(user_ticks "$pid")
   out=$(taskset -c 1 wrk -t 1 -c "$2" -d "${SECONDS_PER_RUN}s" --latency -H "$4" "$3")
   t1=$(cpu_ticks "$pid")
+  u1=$(user_ticks "$pid")
   if [ -n "$perf" ]; then wait "$perf" || true; fi
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$1: non-2xx responses:" >&2
     echo "$out" >&2
     exit 1
   fi
-  awk -v name="$1" -v conns="$2" -v ticks=$((t1 - t0)) -v hz="$TICK_HZ" '
+  awk -v name="$1" -v conns="$2" -v ticks=$((t1 - t0)) -v uticks=$((u1 - u0)) -v hz="$TICK_HZ" '
     function ms(v) {
       if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
       if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
@@ -214,7 +221,8 @@ run() {
     / requests in / { reqs = $1 }
     END {
       cpu = (name != "direct" && reqs > 0) ? 1e6 * ticks / hz / reqs : 0
-      printf "%s %s %.0f %.3f %.3f %.1f\n", name, conns, rps, p50, p99, cpu
+      user = (name != "direct" && reqs > 0) ? 1e6 * uticks / hz / reqs : 0
+      printf "%s %s %.0f %.3f %.3f %.1f %.1f\n", name, conns, rps, p50, p99, cpu, user
     }' <<<"$out"
 }
 
@@ -233,7 +241,7 @@ for i in $(seq 1 "$REPEAT"); do
   fi
 done
 
-echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request"
+echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request proxy_user_cpu_us_per_request"
 cat "$RESULTS"
 # Medians per (mode, connections).
 med() { # MODE CONNS FIELD
@@ -241,11 +249,11 @@ med() { # MODE CONNS FIELD
     awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 echo
-echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request | of which user |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for c in 1 "$CONNS"; do
   for m in direct proxy ${NGINX_PID:+nginx}; do
-    echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) |"
+    echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) | $(med $m "$c" 7) |"
   done
 done
 ADDED=$(awk -v a="$(med proxy 1 4)" -v b="$(med direct 1 4)" 'BEGIN { printf "%.3f", a - b }')

@@ -122,6 +122,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The last `len` bytes of the request's path: the part after the route's prefix, as
+/// [`Router::find`](crate::route::Router::find) measured it (a suffix, so a char boundary).
+pub fn rest<B>(req: &Request<B>, len: usize) -> &str {
+    let path = req.uri().path();
+    path.get(path.len().saturating_sub(len)..).unwrap_or("")
+}
+
 /// The request for the upstream: the URI rewritten (path joined, key in the query when the
 /// route says so), the caller's `Authorization`, hop-by-hop headers, the route's
 /// `drop_headers` and any header named like the injected one removed, `Host` set to the
@@ -130,9 +137,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 pub fn upstream_request(
     mut req: Request<Incoming>,
     route: &Route,
-    rest: &str,
+    rest_len: usize,
     key: &RouteKey,
 ) -> Result<Request<Incoming>, Refusal> {
+    let rest = rest(&req, rest_len);
     let uri = match key.injection.query(req.uri().query()) {
         Some(q) => route.target(rest, Some(&q))?,
         None => route.target(rest, req.uri().query())?,
@@ -178,7 +186,7 @@ pub fn downstream_response(
     if !bodyless(parts.status, method) {
         parts.headers.remove(CONTENT_LENGTH);
     }
-    let body = ScrubBody::new(body, key, route)
+    let body = ScrubBody::new(body, key)
         .map_err(BoxError::from)
         .boxed_unsync();
     Response::from_parts(parts, body)

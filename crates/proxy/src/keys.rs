@@ -15,6 +15,8 @@ use crate::route::Route;
 /// A route's key, ready to inject.
 #[derive(Debug)]
 pub struct RouteKey {
+    /// The route it is injected on.
+    pub route: String,
     /// The key-debt entry.
     pub entry: String,
     /// Its owner.
@@ -32,6 +34,7 @@ impl RouteKey {
     #[cfg(test)]
     pub fn for_tests(inject: &mayfly_config::Inject, key: &[u8]) -> Self {
         Self {
+            route: "test".into(),
             entry: "test".into(),
             owner: "owner".into(),
             expires_at: i64::MAX,
@@ -155,6 +158,7 @@ impl KeyRing {
                     Some((e, key)) => match Injection::new(&route.inject, &key) {
                         Ok(injection) => {
                             let k = Arc::new(RouteKey {
+                                route: route.name.clone(),
                                 entry: e.name.clone(),
                                 owner: e.owner.clone(),
                                 expires_at: e.expires_at,

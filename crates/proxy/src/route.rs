@@ -242,14 +242,35 @@ pub struct Router {
 }
 
 /// `host[:port]` → lower-case host.
-fn host_only(h: &str) -> String {
+/// The host of a `Host` value or authority: port and a trailing `.` removed (case kept: it is
+/// compared ignoring ASCII case).
+fn host_only(h: &str) -> &str {
     let h = if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
         rest.split(']').next().unwrap_or(rest)
     } else {
         h.rsplit_once(':').map_or(h, |(host, _)| host)
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    h.trim_end_matches('.')
+}
+
+/// Whether a path segment is `.` or `..`, literally or percent-encoded (`%2e`, any case).
+/// Without allocating: this runs on every segment of every call.
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 impl Router {
@@ -272,18 +293,16 @@ impl Router {
         host: Option<&str>,
         path: &'p str,
     ) -> Result<(&'a Route, &'p str), Refusal> {
-        if path.split('/').any(|seg| {
-            matches!(
-                seg.to_ascii_lowercase().replace("%2e", ".").as_str(),
-                "." | ".."
-            )
-        }) {
+        if path.split('/').any(is_dot_segment) {
             return Err(Refusal::BadRequest(
                 "the path holds `.` or `..` segments; send a normalised path",
             ));
         }
         if let Some(h) = host.map(host_only)
-            && let Some(r) = self.routes.iter().find(|r| r.host.as_deref() == Some(&h))
+            && let Some(r) = self
+                .routes
+                .iter()
+                .find(|r| r.host.as_deref().is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
         {
             return Ok((r, path));
         }
@@ -305,6 +324,32 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allocation-free check says what the old one did (lower-case the segment, decode
+    /// `%2e`, compare with `.` and `..`) on every short segment over a small alphabet.
+    #[test]
+    fn dot_segments_match_the_decoding_rule() {
+        let alphabet = [".", "%2e", "%2E", "%2", "%", "2", "e", "a", "%2f"];
+        let mut segs = vec![String::new()];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for s in &segs {
+                for a in alphabet {
+                    next.push(format!("{s}{a}"));
+                }
+            }
+            segs.extend(next);
+        }
+        for seg in &segs {
+            let old = matches!(
+                seg.to_ascii_lowercase().replace("%2e", ".").as_str(),
+                "." | ".."
+            );
+            assert_eq!(is_dot_segment(seg), old, "{seg:?}");
+        }
+        assert_eq!(host_only("API.Example.test.:443"), "API.Example.test");
+        assert_eq!(host_only("[::1]:8080"), "::1");
+    }
 
     #[test]
     fn a_failing_policy_file_is_reported_once_per_distinct_error() {

@@ -119,18 +119,16 @@ pub struct ScrubBody<B> {
     scrub: Scrub,
     trailers: Option<HeaderMap>,
     done: bool,
-    route: String,
 }
 
 impl<B> ScrubBody<B> {
-    /// Wrap an upstream body.
-    pub fn new(inner: B, key: Arc<RouteKey>, route: &str) -> Self {
+    /// Wrap an upstream body (of the key's route).
+    pub fn new(inner: B, key: Arc<RouteKey>) -> Self {
         Self {
             inner,
             scrub: Scrub::new(key),
             trailers: None,
             done: false,
-            route: route.to_string(),
         }
     }
 }
@@ -138,8 +136,9 @@ impl<B> ScrubBody<B> {
 impl<B> Drop for ScrubBody<B> {
     fn drop(&mut self) {
         if self.scrub.redactions > 0 {
-            tracing::warn!(route = %self.route, redactions = self.scrub.redactions, "the upstream's response body held the route's key; it was replaced by [REDACTED]");
-            metrics::counter!("mayfly_proxy_key_redactions_total", "route" => self.route.clone())
+            let route = &self.scrub.key.route;
+            tracing::warn!(route = %route, redactions = self.scrub.redactions, "the upstream's response body held the route's key; it was replaced by [REDACTED]");
+            metrics::counter!("mayfly_proxy_key_redactions_total", "route" => route.clone())
                 .increment(self.scrub.redactions as u64);
         }
     }

@@ -139,7 +139,7 @@ fn bearer(h: &HeaderMap) -> Result<&str, Refusal> {
 /// What one call came to, for the audit log and metrics.
 struct Outcome<'a> {
     route: &'a Route,
-    caller: Option<&'a Caller>,
+    caller: Option<Caller>,
     status: u16,
     reason: &'a str,
     allowed: bool,
@@ -349,18 +349,15 @@ impl Proxy {
             }
             _ => {}
         }
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let (route, rest) = match self.0.router.find(host.as_deref(), req.uri().path()) {
-            Ok((r, rest)) => (r, rest.to_string()),
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        // The remainder is a suffix of the request's path: kept as its length, so that the
+        // request can move on without a copy of it.
+        let (route, rest_len) = match self.0.router.find(host, req.uri().path()) {
+            Ok((r, rest)) => (r, rest.len()),
             Err(refusal) => {
                 metrics::counter!("mayfly_proxy_requests_total", "route" => "", "status" => refusal.status().as_str().to_string()).increment(1);
                 return refusal.response();
@@ -368,7 +365,7 @@ impl Proxy {
         };
         let now = self.0.clock.now();
         let mut caller: Option<Caller> = None;
-        let result = self.forward(req, route, &rest, now, &mut caller).await;
+        let result = self.forward(req, route, rest_len, now, &mut caller).await;
         let latency = started.elapsed();
         let (resp, reason, allowed) = match result {
             Ok(resp) => (resp, "forwarded", true),
@@ -382,7 +379,7 @@ impl Proxy {
         self.audit(
             Outcome {
                 route,
-                caller: caller.as_ref(),
+                caller,
                 status,
                 reason,
                 allowed,
@@ -398,7 +395,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         route: &Route,
-        rest: &str,
+        rest_len: usize,
         now: i64,
         caller_out: &mut Option<Caller>,
     ) -> Result<Response<ProxyBody>, Refusal> {
@@ -411,7 +408,7 @@ impl Proxy {
         if let Some(slot) = &route.policy {
             let policy = slot.current();
             // Decoded, so that `/%61dmin` cannot slip past a `forbid` on `/admin`.
-            let decoded = percent_encoding::percent_decode_str(rest)
+            let decoded = percent_encoding::percent_decode_str(forward::rest(&req, rest_len))
                 .decode_utf8()
                 .map_err(|_| Refusal::BadRequest("the path is not UTF-8 once percent-decoded"))?;
             let path = if decoded.starts_with('/') {
@@ -439,7 +436,7 @@ impl Proxy {
         }
         let key = i.keys.get(route, now)?;
         let method = req.method().clone();
-        let up = forward::upstream_request(req, route, rest, &key)?;
+        let up = forward::upstream_request(req, route, rest_len, &key)?;
         let resp = match tokio::time::timeout(i.upstream_timeout, i.client.request(up)).await {
             Err(_) => {
                 tracing::warn!(route = %route.name, jti = %caller.jti, "the upstream did not answer in time");
@@ -481,11 +478,11 @@ impl Proxy {
         e.latency_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         e.reason = Some(o.reason.to_string());
         if let Some(c) = o.caller {
-            e.identity = Some(c.sub.clone());
-            e.client = c.client_id.clone();
-            e.jti = Some(c.jti.clone());
+            e.identity = Some(c.sub);
+            e.client = c.client_id;
+            e.jti = Some(c.jti);
             e.exp = Some(c.exp);
-            e.scopes = c.scopes.clone();
+            e.scopes = c.scopes;
         }
         self.0.audit.record(e).await;
     }
