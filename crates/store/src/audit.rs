@@ -781,19 +781,21 @@ fn padded_chunks<T>(rows: &[T]) -> impl Iterator<Item = (&[T], usize)> {
 const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, ts, kind, jti, body, prev_hash, hash)";
 const EVENT_COLUMNS: usize = 7;
 
+/// Bind rows' columns, moving their strings in: the driver keeps an owned string as it is,
+/// where a borrowed one would be copied (and allocated) once more per column.
 fn bind_events<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    rows: &'q [EventRow],
+    rows: impl Iterator<Item = EventRow>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     for r in rows {
         q = q
             .bind(r.seq)
             .bind(r.ts)
             .bind(r.kind)
-            .bind(r.jti.as_deref())
-            .bind(r.body.as_str())
-            .bind(r.prev_hash.as_str())
-            .bind(r.hash.as_str());
+            .bind(r.jti)
+            .bind(r.body)
+            .bind(r.prev_hash)
+            .bind(r.hash);
     }
     q
 }
@@ -802,20 +804,25 @@ fn bind_events<'q>(
 /// was not where this committer left it, nothing was written.
 async fn append_sqlite_fast(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
-    c: &Chained,
+    c: &mut Chained,
     head: &(i64, String),
     now: i64,
 ) -> Result<bool, StoreError> {
     let sql = sqlite_batch_sql(&c.rows);
+    let shapes: Vec<(usize, usize)> = padded_chunks(&c.rows)
+        .map(|(chunk, size)| (chunk.len(), size))
+        .collect();
+    // The rows are not needed once bound: a head that moved means chaining again anyway.
+    let mut rows = std::mem::take(&mut c.rows).into_iter();
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(c.seq)
         .bind(c.hash.as_str())
         .bind(now)
         .bind(head.0)
         .bind(head.1.as_str());
-    for (chunk, size) in padded_chunks(&c.rows) {
-        q = bind_events(q, chunk);
-        for _ in chunk.len()..size {
+    for (n, size) in shapes {
+        q = bind_events(q, rows.by_ref().take(n));
+        for _ in n..size {
             for _ in 0..EVENT_COLUMNS {
                 q = q.bind(None::<i64>);
             }
@@ -860,8 +867,8 @@ async fn append_batch(
             .all(|p| p.revoke.is_none() && p.link_svid.is_none())
     {
         let (used, fresh) = local_used(seen, items);
-        let c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
-        if append_sqlite_fast(conn, &c, h, now).await? {
+        let mut c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
+        if append_sqlite_fast(conn, &mut c, h, now).await? {
             for (k, ts) in fresh {
                 seen.insert(k, ts + *window);
             }
@@ -907,16 +914,12 @@ async fn append_batch(
             .await?;
         }
     }
-    let c = chain(kek, items, &used, seq, prev, want_lines)?;
-    for chunk in statement_chunks(&c.rows) {
-        let sql = values_sql(
-            backend,
-            &format!("{INSERT_EVENTS} VALUES"),
-            EVENT_COLUMNS,
-            chunk.len(),
-            "",
-        );
-        bind_events(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+    let mut c = chain(kek, items, &used, seq, prev, want_lines)?;
+    let sizes: Vec<usize> = statement_chunks(&c.rows).map(<[EventRow]>::len).collect();
+    let mut rows = std::mem::take(&mut c.rows).into_iter();
+    for n in sizes {
+        let sql = values_sql(backend, &format!("{INSERT_EVENTS} VALUES"), EVENT_COLUMNS, n, "");
+        bind_events(sqlx::query(sqlx::AssertSqlSafe(sql)), rows.by_ref().take(n))
             .execute(&mut *tx)
             .await
             .map_err(db("append audit events"))?;
