@@ -11,12 +11,12 @@
 #   BENCH_SKIP_BUILD=1: use the binaries already in target/release
 #   BENCH_BIN_DIR=DIR: take mayfly and mayfly-proxybench from DIR instead (A/B of two builds;
 #     implies BENCH_SKIP_BUILD)
-#   BENCH_PERF=PREFIX: record CPU profiles (perf record, DWARF call graphs) of the proxy and of nginx during
-#     their last throughput runs into PREFIX.proxy and PREFIX.nginx; read one with
-#     `perf report -i PREFIX.proxy --no-children`
-#   BENCH_STRACE=PREFIX: count the system calls (strace -c -f) of the proxy and of nginx during
-#     their last throughput runs into PREFIX.proxy and PREFIX.nginx (slows those runs a lot:
-#     read the counts per request, not the rates)
+#   BENCH_PERF=PREFIX: record CPU profiles (perf record, DWARF call graphs) of the proxy and
+#     of nginx during their last throughput runs into PREFIX.proxy and PREFIX.nginx; read one
+#     with `perf report -i PREFIX.proxy --no-children` (needs `apt-get install -y linux-perf`)
+#   BENCH_STRACE=PREFIX: count the system calls (strace -c -f) of the proxy and of nginx
+#     during their last throughput runs into PREFIX.proxy and PREFIX.nginx (slows those runs
+#     a lot: read the counts per request, not the rates; needs `apt-get install -y strace`)
 #   BENCH_UPSTREAM_DELAY_MS (0): the upstream waits this long before each answer (no CPU), like
 #     a remote API's service time; 0 is the harshest case for the proxy/direct ratio
 #
