@@ -299,10 +299,11 @@ impl Router {
             ));
         }
         if let Some(h) = host.map(host_only)
-            && let Some(r) = self
-                .routes
-                .iter()
-                .find(|r| r.host.as_deref().is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
+            && let Some(r) = self.routes.iter().find(|r| {
+                r.host
+                    .as_deref()
+                    .is_some_and(|rh| rh.eq_ignore_ascii_case(h))
+            })
         {
             return Ok((r, path));
         }

@@ -255,7 +255,9 @@ mod tests {
                 for last_flag in [false, true] {
                     let mut sc = Scrub::new(key());
                     let mut out = Vec::new();
-                    out.extend_from_slice(&sc.push_bytes(Bytes::copy_from_slice(&s[..split]), false));
+                    out.extend_from_slice(
+                        &sc.push_bytes(Bytes::copy_from_slice(&s[..split]), false),
+                    );
                     out.extend_from_slice(
                         &sc.push_bytes(Bytes::copy_from_slice(&s[split..]), last_flag),
                     );

@@ -349,11 +349,11 @@ impl Proxy {
             }
             _ => {}
         }
-        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
         // The remainder is a suffix of the request's path: kept as its length, so that the
         // request can move on without a copy of it.
         let (route, rest_len) = match self.0.router.find(host, req.uri().path()) {

@@ -918,7 +918,13 @@ async fn append_batch(
     let sizes: Vec<usize> = statement_chunks(&c.rows).map(<[EventRow]>::len).collect();
     let mut rows = std::mem::take(&mut c.rows).into_iter();
     for n in sizes {
-        let sql = values_sql(backend, &format!("{INSERT_EVENTS} VALUES"), EVENT_COLUMNS, n, "");
+        let sql = values_sql(
+            backend,
+            &format!("{INSERT_EVENTS} VALUES"),
+            EVENT_COLUMNS,
+            n,
+            "",
+        );
         bind_events(sqlx::query(sqlx::AssertSqlSafe(sql)), rows.by_ref().take(n))
             .execute(&mut *tx)
             .await
