@@ -800,10 +800,36 @@ async fn policy_reload_applies_valid_sets_and_refuses_invalid_ones() {
 permit(principal is Workload, action == Action::"write", resource == Audience::"https://api.example.test")
 when { principal has namespace && principal.namespace == "payments" };
 "#;
+    // Every reload that changes something is a `policy_change` event: (decision, reason).
+    let policy_events = || async {
+        f.audit(1000)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "policy_change")
+            .map(|e| {
+                (
+                    e["decision"].as_str().unwrap().to_string(),
+                    e["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = policy_events().await.len();
     std::fs::write(f.dir.path().join("policies/write.cedar"), extra).unwrap();
     f.app.tick().await.unwrap();
     let (s, body) = f.exchange(&sa(), &write).await;
     assert_eq!(s, 200, "{body}");
+    let got = policy_events().await;
+    assert_eq!(got.len(), before + 1, "{got:?}");
+    let (decision, reason) = &got[before];
+    assert_eq!(decision, "allow");
+    let applied = reason
+        .strip_prefix("sha256:")
+        .expect("the set's fingerprint");
+    assert_eq!(applied.len(), 64);
+    // A tick with nothing changed records nothing.
+    f.app.tick().await.unwrap();
+    assert_eq!(policy_events().await.len(), before + 1);
 
     // An invalid set (here: an attribute the schema does not have) is refused whole; the
     // previous set stays in force, also when reloading by hand (SIGHUP).
@@ -813,9 +839,19 @@ when { principal has namespace && principal.namespace == "payments" };
     )
     .unwrap();
     f.app.tick().await.unwrap();
-    assert!(!f.app.reload_policy());
+    assert!(!f.app.reload_policy().await);
     let (s, body) = f.exchange(&sa(), &write).await;
     assert_eq!(s, 200, "{body}");
+    // Refused at the tick and again by hand: each a deny, the set in force unchanged.
+    let got = policy_events().await;
+    assert_eq!(
+        got[before + 1..],
+        [
+            ("deny".to_string(), "policy_refused".to_string()),
+            ("deny".to_string(), "policy_refused".to_string())
+        ],
+        "{got:?}"
+    );
     let got = f
         .exchange(&sa(), &[("audience", DEPLOY), ("scope", "deploy")])
         .await;
@@ -824,8 +860,16 @@ when { principal has namespace && principal.namespace == "payments" };
     // Fixed: it applies.
     std::fs::remove_file(f.dir.path().join("policies/bad.cedar")).unwrap();
     std::fs::remove_file(f.dir.path().join("policies/write.cedar")).unwrap();
-    assert!(f.app.reload_policy());
+    assert!(f.app.reload_policy().await);
     assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
+    let got = policy_events().await;
+    assert_eq!(got.len(), before + 4, "{got:?}");
+    assert_eq!(got[before + 3].0, "allow");
+    assert_ne!(
+        got[before + 3].1,
+        format!("sha256:{applied}"),
+        "another set, another fingerprint"
+    );
 }
 
 #[tokio::test]

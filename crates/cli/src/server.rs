@@ -161,7 +161,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
-                        reloader.reload_policy();
+                        reloader.reload_policy().await;
                     }
                 });
             }

@@ -104,7 +104,7 @@ pub(crate) async fn authenticate(
     if loaded_now {
         // Just registered at run time (perhaps through another replica): its lists become
         // policies now, not at the next tick.
-        app.reload_policy_if_changed();
+        app.reload_policy_if_changed().await;
     }
     let client_id = form.get("client_id");
     match authenticate_assertion(&app.0.settings, &client, assertion, client_id, now) {

@@ -18,6 +18,18 @@ struct Stamp {
     clients: Vec<ClientGrant>,
 }
 
+/// What a reload came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// Nothing changed since the last reload: nothing was built.
+    Unchanged,
+    /// A new set is in force: its fingerprint (SHA-256 over the schema, the files and the
+    /// clients' generated policies).
+    Applied(String),
+    /// The new set was invalid and refused; the previous one stays. Why (names the file).
+    Refused(String),
+}
+
 /// The policy set in force.
 pub(crate) struct Policies {
     engine: RwLock<Arc<PolicyEngine>>,
@@ -82,33 +94,35 @@ impl Policies {
         })
     }
 
-    /// Reload when the directory or the clients changed (or always, with `force`). Returns
-    /// whether a new set is in force. A failing set leaves the old one in place.
-    pub(crate) fn reload(&self, clients: Vec<ClientGrant>, force: bool) -> bool {
+    /// Reload when the directory or the clients changed (or always, with `force`). A failing
+    /// set leaves the old one in place. Each change is acted on once: a set left invalid is
+    /// refused (and reported) once, not at every tick.
+    pub(crate) fn reload(&self, clients: Vec<ClientGrant>, force: bool) -> Reload {
         let files = self.dir.as_deref().map(dir_stamp).unwrap_or_default();
         let next = Stamp { files, clients };
         let Ok(mut stamp) = self.stamp.lock() else {
-            return false;
+            return Reload::Unchanged;
         };
         if !force && *stamp == next {
-            return false;
+            return Reload::Unchanged;
         }
         let result = build(self.dir.as_deref(), &next.clients);
         *stamp = next;
         match result {
             Ok(engine) => {
-                tracing::info!(policies = engine.policy_ids().len(), fingerprint = %engine.fingerprint(), "policy set reloaded");
+                let fingerprint = engine.fingerprint();
+                tracing::info!(policies = engine.policy_ids().len(), fingerprint = %fingerprint, "policy set reloaded");
                 metrics::counter!("mayfly_policy_reloads_total", "result" => "ok").increment(1);
                 if let Ok(mut e) = self.engine.write() {
                     *e = Arc::new(engine);
                 }
-                true
+                Reload::Applied(fingerprint)
             }
             Err(e) => {
                 tracing::error!(error = %e, "POLICY RELOAD REFUSED: the new policy set is invalid; the previous set stays in force");
                 metrics::counter!("mayfly_policy_reloads_total", "result" => "refused")
                     .increment(1);
-                false
+                Reload::Refused(e.to_string())
             }
         }
     }

@@ -199,7 +199,7 @@ impl App {
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients.refresh_all_uris(now).await;
         // A changed policy directory or client list compiles into a new set (or is refused).
-        self.reload_policy_if_changed();
+        self.reload_policy_if_changed().await;
         i.store.purge_expired(now - i.settings.clock_skew).await?;
         i.store
             .purge_expired_spiffe(now - i.settings.clock_skew)
@@ -208,14 +208,37 @@ impl App {
     }
 
     /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
-    /// one is refused and the previous set stays.
-    pub fn reload_policy(&self) -> bool {
-        self.0.policies.reload(self.client_grants(), true)
+    /// one is refused and the previous set stays. Either way it is a `policy_change` event.
+    pub async fn reload_policy(&self) -> bool {
+        let r = self.0.policies.reload(self.client_grants(), true);
+        self.audit_policy_reload(r).await
     }
 
-    /// Rebuild the policy set if the clients or the directory changed.
-    pub(crate) fn reload_policy_if_changed(&self) -> bool {
-        self.0.policies.reload(self.client_grants(), false)
+    /// Rebuild the policy set if the clients or the directory changed (audited likewise).
+    pub(crate) async fn reload_policy_if_changed(&self) -> bool {
+        let r = self.0.policies.reload(self.client_grants(), false);
+        self.audit_policy_reload(r).await
+    }
+
+    /// Who may obtain which token is as much the audit log's business as the tokens: a set
+    /// taken is an `allow` with its fingerprint, a set refused a `deny` (`policy_refused`).
+    /// Returns whether a new set is in force.
+    async fn audit_policy_reload(&self, r: crate::policy::Reload) -> bool {
+        use crate::policy::Reload;
+        use mayfly_sts::{AuditEvent, Decision, EventKind};
+        let (decision, reason, applied) = match r {
+            Reload::Unchanged => return false,
+            Reload::Applied(fingerprint) => {
+                (Decision::Allow, format!("sha256:{fingerprint}"), true)
+            }
+            Reload::Refused(_) => (Decision::Deny, "policy_refused".to_string(), false),
+        };
+        let mut e = AuditEvent::new(EventKind::PolicyChange, self.0.clock.now(), decision);
+        e.reason = Some(reason);
+        if let Err(err) = self.0.audit.commit(mayfly_store::Pending::event(e)).await {
+            tracing::error!(error = %err, "cannot record the policy change in the audit log");
+        }
+        applied
     }
 
     fn client_grants(&self) -> Vec<mayfly_policy::ClientGrant> {
