@@ -10,6 +10,7 @@ mod error;
 mod form;
 mod metadata;
 pub mod spiffe;
+pub mod spiffe_id;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use form::{Form, FormError};

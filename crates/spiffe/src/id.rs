@@ -1,13 +1,5 @@
-//! SPIFFE IDs and trust domain names (SPIFFE ID specification §2).
-//!
-//! A copy of the rules in `mayfly_sts::identity`: engines do not depend on each other, and the
-//! rules are short and fixed by the specification.
-
-/// Longest SPIFFE ID accepted (the specification's limit).
-const MAX_ID_LEN: usize = 2048;
-
-/// Longest trust domain name accepted.
-const MAX_TD_LEN: usize = 255;
+//! SPIFFE IDs and trust domain names (SPIFFE ID specification §2): the rules live in
+//! [`mayfly_proto::spiffe_id`], shared with token identities and X.509-SVIDs.
 
 /// Why a SPIFFE ID or trust domain name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,50 +10,14 @@ pub enum SpiffeIdError {
     Invalid(&'static str),
 }
 
-/// Check `id`: `spiffe://` + a trust domain of lowercase letters, digits, `.`, `-`, `_` + a path
-/// of non-empty segments of letters, digits, `.`, `-`, `_` (never `.` or `..`), no trailing
-/// slash, no query or fragment.
+/// Check `id` against the SPIFFE ID rules ([`mayfly_proto::spiffe_id`]).
 pub fn validate_spiffe_id(id: &str) -> Result<(), SpiffeIdError> {
-    if id.len() > MAX_ID_LEN {
-        return Err(SpiffeIdError::Invalid("longer than 2048 bytes"));
-    }
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or(SpiffeIdError::Invalid("must start with spiffe://"))?;
-    let (td, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    validate_trust_domain(td)?;
-    let Some(path) = path.strip_prefix('/') else {
-        return Ok(());
-    };
-    let ok = path.split('/').all(|seg| {
-        !seg.is_empty()
-            && seg != "."
-            && seg != ".."
-            && seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    });
-    if !ok {
-        return Err(SpiffeIdError::Invalid(
-            "path segments must be non-empty, not `.` or `..`, and use only letters, digits, `.`, `-`, `_`",
-        ));
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_spiffe_id(id).map_err(SpiffeIdError::Invalid)
 }
 
 /// Check a trust domain name: 1-255 lowercase letters, digits, `.`, `-`, `_`.
 pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
-    if td.is_empty()
-        || td.len() > MAX_TD_LEN
-        || !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
-        return Err(SpiffeIdError::Invalid(
-            "the trust domain must be 1-255 lowercase letters, digits, `.`, `-`, `_`",
-        ));
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_trust_domain(td).map_err(SpiffeIdError::Invalid)
 }
 
 /// The trust domain of a valid SPIFFE ID (`example.org` for `spiffe://example.org/a`).

@@ -6,9 +6,6 @@
 
 use serde_json::Value;
 
-/// Longest SPIFFE ID accepted (the specification's limit).
-const MAX_ID_LEN: usize = 2048;
-
 /// Why a SPIFFE ID or template was refused. Values from tokens are not echoed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -27,56 +24,17 @@ pub enum IdentityError {
     NotSpiffeId(&'static str),
 }
 
-/// Check `id` against the SPIFFE ID rules: `spiffe://` + a trust domain of lowercase letters,
-/// digits, `.`, `-`, `_` + a path of non-empty segments of letters, digits, `.`, `-`, `_`
-/// (never `.` or `..`), no trailing slash, no query or fragment.
+/// Check `id` against the SPIFFE ID rules ([`mayfly_proto::spiffe_id`]).
 pub fn validate_spiffe_id(id: &str) -> Result<(), IdentityError> {
-    if id.len() > MAX_ID_LEN {
-        return Err(IdentityError::NotSpiffeId("longer than 2048 bytes"));
-    }
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or(IdentityError::NotSpiffeId("must start with spiffe://"))?;
-    let (td, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    validate_trust_domain(td)?;
-    if path.is_empty() {
-        return Ok(());
-    }
-    for seg in path[1..].split('/') {
-        if !valid_segment(seg) {
-            return Err(IdentityError::NotSpiffeId(
-                "path segments must be non-empty, not `.` or `..`, and use only letters, digits, `.`, `-`, `_`",
-            ));
-        }
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_spiffe_id(id).map_err(IdentityError::NotSpiffeId)
 }
 
-/// A trust domain name: lowercase letters, digits, `.`, `-`, `_`.
+/// A trust domain name: 1-255 lowercase letters, digits, `.`, `-`, `_`.
 pub fn validate_trust_domain(td: &str) -> Result<(), IdentityError> {
-    if td.is_empty()
-        || !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
-        return Err(IdentityError::NotSpiffeId(
-            "the trust domain must be lowercase letters, digits, `.`, `-`, `_`",
-        ));
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_trust_domain(td).map_err(IdentityError::NotSpiffeId)
 }
 
-fn valid_segment(seg: &str) -> bool {
-    !seg.is_empty()
-        && seg != "."
-        && seg != ".."
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
+use mayfly_proto::spiffe_id::valid_path_segment as valid_segment;
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]

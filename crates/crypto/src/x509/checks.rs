@@ -13,9 +13,6 @@ use x509_parser::public_key::PublicKey;
 use super::{CaKey, X509Error};
 use crate::CryptoError;
 
-/// Longest SPIFFE ID accepted (the SPIFFE ID specification's limit).
-const MAX_ID_LEN: usize = 2048;
-
 pub(super) fn check_can_sign_ca(up: &X509Certificate<'_>, key: &CaKey) -> Result<(), CryptoError> {
     let bc = up
         .basic_constraints()
@@ -103,47 +100,11 @@ pub(super) fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// SPIFFE ID rules (SPIFFE ID specification §2): `spiffe://`, a trust domain of lowercase
-/// letters, digits, `.`, `-`, `_`, then optional path segments of letters, digits, `.`, `-`,
-/// `_` that are neither empty nor `.`/`..`; no query, fragment or trailing slash.
+/// SPIFFE ID rules (SPIFFE ID specification §2), shared in [`mayfly_proto::spiffe_id`].
 pub(super) fn validate_spiffe_id(id: &str) -> Result<(), X509Error> {
-    if id.len() > MAX_ID_LEN {
-        return Err(X509Error::SpiffeId("longer than 2048 bytes"));
-    }
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or(X509Error::SpiffeId("must start with spiffe://"))?;
-    let (td, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    validate_trust_domain(td)?;
-    if path.is_empty() {
-        return Ok(());
-    }
-    let ok = path[1..].split('/').all(|seg| {
-        !seg.is_empty()
-            && seg != "."
-            && seg != ".."
-            && seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    });
-    if !ok {
-        return Err(X509Error::SpiffeId(
-            "path segments must be non-empty, not `.` or `..`, and use only letters, digits, `.`, `-`, `_`",
-        ));
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_spiffe_id(id).map_err(X509Error::SpiffeId)
 }
 
 pub(super) fn validate_trust_domain(td: &str) -> Result<(), X509Error> {
-    if td.is_empty()
-        || td.len() > 255
-        || !td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
-        return Err(X509Error::SpiffeId(
-            "the trust domain must be 1-255 lowercase letters, digits, `.`, `-`, `_`",
-        ));
-    }
-    Ok(())
+    mayfly_proto::spiffe_id::validate_trust_domain(td).map_err(X509Error::SpiffeId)
 }
