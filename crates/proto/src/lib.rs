@@ -16,6 +16,11 @@ pub use error::{ErrorCode, ErrorResponse};
 pub use form::{Form, FormError};
 pub use metadata::ServerMetadata;
 
+/// The scopes of a `scope` value (RFC 6749 §3.3: space-delimited), empty pieces skipped.
+pub fn scope_tokens(scope: Option<&str>) -> impl Iterator<Item = &str> {
+    scope.unwrap_or("").split(' ').filter(|s| !s.is_empty())
+}
+
 use serde::{Deserialize, Serialize};
 
 /// `client_assertion_type` for RFC 7523 client authentication (`private_key_jwt`).

@@ -275,12 +275,7 @@ impl Verifier {
         if c.nbf.is_some_and(|nbf| nbf > now + SKEW) || c.iat.is_some_and(|iat| iat > now + SKEW) {
             return Err(invalid("the token is not valid yet"));
         }
-        let scopes: Vec<String> = c
-            .scope
-            .as_deref()
-            .unwrap_or("")
-            .split(' ')
-            .filter(|s| !s.is_empty())
+        let scopes: Vec<String> = mayfly_proto::scope_tokens(c.scope.as_deref())
             .map(str::to_string)
             .collect();
         Ok(Caller {

@@ -88,13 +88,7 @@ pub fn target(params: &TokenParams, defaults: &[String]) -> Result<String, Denia
 /// The requested scopes, deduplicated, in order.
 pub fn requested_scopes(params: &TokenParams) -> Vec<String> {
     let mut scopes: Vec<String> = Vec::new();
-    for s in params
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
-    {
+    for s in mayfly_proto::scope_tokens(params.scope.as_deref()) {
         if !scopes.iter().any(|x| x == s) {
             scopes.push(s.to_string());
         }

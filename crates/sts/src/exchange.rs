@@ -40,12 +40,7 @@ pub fn narrow(
     if aud != orig.aud {
         return Err(Denial::AudienceWidening);
     }
-    let had: Vec<String> = orig
-        .scope
-        .as_deref()
-        .unwrap_or("")
-        .split(' ')
-        .filter(|s| !s.is_empty())
+    let had: Vec<String> = mayfly_proto::scope_tokens(orig.scope.as_deref())
         .map(str::to_string)
         .collect();
     let asked = requested_scopes(params);
