@@ -26,8 +26,8 @@ pub(crate) enum Reload {
     /// A new set is in force: its fingerprint (SHA-256 over the schema, the files and the
     /// clients' generated policies).
     Applied(String),
-    /// The new set was invalid and refused; the previous one stays. Why (names the file).
-    Refused(String),
+    /// The new set was invalid and refused; the previous one stays (the error is logged).
+    Refused,
 }
 
 /// The policy set in force.
@@ -122,7 +122,7 @@ impl Policies {
                 tracing::error!(error = %e, "POLICY RELOAD REFUSED: the new policy set is invalid; the previous set stays in force");
                 metrics::counter!("mayfly_policy_reloads_total", "result" => "refused")
                     .increment(1);
-                Reload::Refused(e.to_string())
+                Reload::Refused
             }
         }
     }

@@ -231,7 +231,7 @@ impl App {
             Reload::Applied(fingerprint) => {
                 (Decision::Allow, format!("sha256:{fingerprint}"), true)
             }
-            Reload::Refused(_) => (Decision::Deny, "policy_refused".to_string(), false),
+            Reload::Refused => (Decision::Deny, "policy_refused".to_string(), false),
         };
         let mut e = AuditEvent::new(EventKind::PolicyChange, self.0.clock.now(), decision);
         e.reason = Some(reason);

@@ -138,7 +138,25 @@ impl Job {
             Job::Many(ps, _) => ps.len(),
         }
     }
+
+    /// Append this job's events to `items`; what answers it once they are committed.
+    fn take(self, items: &mut Vec<Pending>) -> Replier {
+        match self {
+            Job::One(p, r) => {
+                items.push(p);
+                Replier::One(r)
+            }
+            Job::Many(ps, r) => {
+                let n = ps.len();
+                items.extend(ps);
+                Replier::Many(r, n)
+            }
+        }
+    }
 }
+
+/// What a caller is told when its event was not committed (the log says why).
+const UNAVAILABLE: &str = "audit log unavailable";
 
 /// Where a batch's outcomes go back to: a job and how many events it had.
 enum Replier {
@@ -151,14 +169,12 @@ impl Replier {
     fn send(self, outcomes: &mut impl Iterator<Item = Result<CommitOutcome, String>>) {
         match self {
             Replier::One(r) => {
-                let o = outcomes
-                    .next()
-                    .unwrap_or_else(|| Err("audit log unavailable".into()));
+                let o = outcomes.next().unwrap_or_else(|| Err(UNAVAILABLE.into()));
                 let _ = r.send(o);
             }
             Replier::Many(r, n) => {
                 let mut v: Vec<_> = outcomes.take(n).collect();
-                v.resize_with(n, || Err("audit log unavailable".into()));
+                v.resize_with(n, || Err(UNAVAILABLE.into()));
                 let _ = r.send(v);
             }
         }
@@ -334,13 +350,10 @@ async fn committer(
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot rebuild the replay window; refusing all requests");
+            let mut refused = Vec::new();
             while let Some(job) = rx.recv().await {
-                let n = job.events();
-                let r = match job {
-                    Job::One(_, r) => Replier::One(r),
-                    Job::Many(_, r) => Replier::Many(r, n),
-                };
-                r.send(&mut std::iter::empty());
+                job.take(&mut refused).send(&mut std::iter::empty());
+                refused.clear();
             }
             return;
         }
@@ -356,16 +369,7 @@ async fn committer(
         let mut items: Vec<Pending> = Vec::with_capacity(batch.iter().map(Job::events).sum());
         let mut replies: Vec<Replier> = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
-            match job {
-                Job::One(p, r) => {
-                    items.push(p);
-                    replies.push(Replier::One(r));
-                }
-                Job::Many(ps, r) => {
-                    replies.push(Replier::Many(r, ps.len()));
-                    items.extend(ps);
-                }
-            }
+            replies.push(job.take(&mut items));
         }
         // One connection for the committer: its page cache stays warm between batches.
         if conn.is_none() {

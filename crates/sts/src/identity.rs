@@ -4,6 +4,7 @@
 //! A claim that is missing, not a string, or holds a character the SPIFFE ID rules forbid is an
 //! error: a template never yields an empty or ambiguous segment.
 
+use mayfly_proto::spiffe_id::valid_path_segment;
 use serde_json::Value;
 
 /// Why a SPIFFE ID or template was refused. Values from tokens are not echoed.
@@ -33,8 +34,6 @@ pub fn validate_spiffe_id(id: &str) -> Result<(), IdentityError> {
 pub fn validate_trust_domain(td: &str) -> Result<(), IdentityError> {
     mayfly_proto::spiffe_id::validate_trust_domain(td).map_err(IdentityError::NotSpiffeId)
 }
-
-use mayfly_proto::spiffe_id::valid_path_segment as valid_segment;
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +148,7 @@ impl IdentityTemplate {
                     if whole {
                         validate_spiffe_id(&v)
                             .map_err(|_| IdentityError::InvalidClaim(ptr.clone()))?;
-                    } else if !v.split('/').all(valid_segment) {
+                    } else if !v.split('/').all(valid_path_segment) {
                         return Err(IdentityError::InvalidClaim(ptr.clone()));
                     }
                     out.push_str(&v);
