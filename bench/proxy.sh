@@ -31,7 +31,9 @@
 # The same calls through nginx (`apt-get install -y nginx-light`; skipped if absent), pinned the
 # same way, one worker, upstream keep-alive, injecting the same key and checking nothing: the
 # floor for any HTTP reverse proxy on this layout, against which mayfly's token check and audit
-# record can be seen apart from the extra hop itself.
+# record can be seen apart from the extra hop itself. And through `mayfly-proxybench proxy`, the
+# floor of a proxy built on hyper as mayfly is: the same server, client and runtime, forwarding
+# with the key added and doing nothing else.
 #
 # Needs wrk (`apt-get install -y wrk`). Loopback only; every run is bounded in time; everything
 # this script starts is stopped on exit.
@@ -135,6 +137,15 @@ PROXY=$(wait_for "$WORK/proxy.log" "proxy listening on ")
 
 PROXY_PID=${PIDS[2]}
 
+# The floor of a hyper-based proxy: the same stack as mayfly proxy (hyper-util's auto server and
+# legacy pooled client, a tokio runtime) injecting the same key, and nothing else.
+BENCH_UPSTREAM_KEY="$KEY" taskset -c 0 "$BIN/mayfly-proxybench" proxy 127.0.0.1:0 "${UPSTREAM#http://}" \
+  2>"$WORK/floor.log" &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+FLOOR=$(wait_for "$WORK/floor.log" "floor proxy listening on ")
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$FLOOR/bench/x")" = 200 ]
+
 NGINX_PID=
 if command -v nginx >/dev/null; then
   mkdir -p "$WORK/nginx"
@@ -235,6 +246,8 @@ for i in $(seq 1 "$REPEAT"); do
   run proxy 1 "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
   run direct "$CONNS" "$UPSTREAM/x" "x-api-key: $KEY" >>"$RESULTS"
   run proxy "$CONNS" "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
+  run hyper-floor 1 "$FLOOR/bench/x" "authorization: Bearer $TOKEN" "$FLOOR_PID" >>"$RESULTS"
+  run hyper-floor "$CONNS" "$FLOOR/bench/x" "authorization: Bearer $TOKEN" "$FLOOR_PID" >>"$RESULTS"
   if [ -n "$NGINX_PID" ]; then
     run nginx 1 "http://127.0.0.1:$NGINX_PORT/bench/x" "authorization: Bearer $TOKEN" "$NGINX_PID" >>"$RESULTS"
     run nginx "$CONNS" "http://127.0.0.1:$NGINX_PORT/bench/x" "authorization: Bearer $TOKEN" "$NGINX_PID" >>"$RESULTS"
@@ -252,7 +265,7 @@ echo
 echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request | of which user |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 for c in 1 "$CONNS"; do
-  for m in direct proxy ${NGINX_PID:+nginx}; do
+  for m in direct proxy hyper-floor ${NGINX_PID:+nginx}; do
     echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) | $(med $m "$c" 7) |"
   done
 done
@@ -261,6 +274,9 @@ RATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGI
 echo
 echo "added p50 latency (1 connection): $ADDED ms (target < 0.3 ms)"
 echo "throughput through the proxy ($CONNS connections): $RATIO% of direct (target >= 70%)"
+FRATIO=$(awk -v a="$(med hyper-floor "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+FMRATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med hyper-floor "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+echo "hyper floor (the same stack, forwarding only), same layout: $FRATIO% of direct; mayfly proxy at $FMRATIO% of it"
 if [ -n "$NGINX_PID" ]; then
   NRATIO=$(awk -v a="$(med nginx "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
   NADDED=$(awk -v a="$(med nginx 1 4)" -v b="$(med direct 1 4)" 'BEGIN { printf "%.3f", a - b }')

@@ -5,14 +5,15 @@
 #   bench/run.sh                 # everything, results in bench/results/<UTC time>/
 #
 # Knobs (environment; BENCH_ because mayfly refuses unknown MAYFLY_* variables):
-#   BENCH_REPEAT (3): interleaved rounds (ceiling, mayfly, oidc-provider); medians are reported
+#   BENCH_REPEAT (3): interleaved rounds (ceiling, mayfly, ceiling, floor, oidc-provider); medians
+#     are reported. The floor is `mayfly-floor`: HTTP plus the same cryptography, no state.
 #   BENCH_CLOSED_SECONDS (15): length of each closed-loop run, capped at
 #   BENCH_MAYFLY_REQUESTS (200000) / BENCH_OIDC_REQUESTS (40000) presigned assertions
 #   BENCH_CONC (64): connections in the closed loop that measures the peak (64 in open loop)
 #   BENCH_CONC_LOW (32): a shorter closed loop per round with fewer connections, for comparison
 #   BENCH_OPEN_SECONDS (20): length of the open-loop run at half the peak rate
 #   BENCH_CEILING_SECONDS (2): per measurement (four per round)
-#   BENCH_SKIP_BUILD=1, OUT=DIR (default bench/results/<UTC time>)
+#   BENCH_FLOOR_PORT (18082), BENCH_SKIP_BUILD=1, OUT=DIR (default bench/results/<UTC time>)
 #
 # Layout: servers on core 0, load generator on core 1 ("per core" figures), then mayfly on both
 # cores with the load generator unpinned. Loopback only; every run is bounded in requests and
@@ -32,6 +33,7 @@ BENCH_OPEN_SECONDS=${BENCH_OPEN_SECONDS:-20}
 BENCH_CEILING_SECONDS=${BENCH_CEILING_SECONDS:-2}
 BENCH_MAYFLY_PORT=${BENCH_MAYFLY_PORT:-18080}
 BENCH_OIDC_PORT=${BENCH_OIDC_PORT:-18081}
+BENCH_FLOOR_PORT=${BENCH_FLOOR_PORT:-18082}
 CAP_SECONDS=90 # hard cap on any single load run
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/bench/results/$STAMP}
@@ -39,6 +41,7 @@ export RUST_BACKTRACE=0
 
 LOADGEN=$ROOT/target/release/mayfly-loadgen
 MAYFLY=$ROOT/target/release/mayfly
+FLOOR=$ROOT/target/release/mayfly-floor
 WORK=$(mktemp -d /tmp/mayfly-bench.XXXXXX)
 mkdir -p "$OUT"
 
@@ -138,6 +141,7 @@ MAYFLY_ISSUER=http://127.0.0.1:$BENCH_MAYFLY_PORT
 MAYFLY_URL=$MAYFLY_ISSUER/oauth2/token
 OIDC_ISSUER=http://127.0.0.1:$BENCH_OIDC_PORT
 OIDC_URL=$OIDC_ISSUER/token
+FLOOR_ISSUER=http://127.0.0.1:$BENCH_FLOOR_PORT
 
 write_mayfly_config() { # DATA_DIR NAME
   cat >"$WORK/mayfly.toml" <<EOF
@@ -187,9 +191,23 @@ start_oidc() {
   wait_port "$BENCH_OIDC_PORT"
 }
 
+# The floor: HTTP plus the same cryptography on the same stack as mayfly, and nothing else (no
+# audit record, no replay check, no policy). What separates it from the ceiling is the cost of
+# HTTP on loopback; what separates mayfly from it is the cost of mayfly's own work.
+FLOOR_PID=
+start_floor() {
+  taskset -c 0 "$FLOOR" --listen "127.0.0.1:$BENCH_FLOOR_PORT" --issuer "$FLOOR_ISSUER" \
+    --jwks "$JWKS" >"$OUT/floor.stdout" 2>"$OUT/floor.stderr" &
+  FLOOR_PID=$!
+  PIDS+=("$FLOOR_PID")
+  wait_http "$FLOOR_ISSUER/healthz"
+}
+
 MAYFLY_ARGS=(--url "$MAYFLY_URL" --aud "$MAYFLY_ISSUER" --key "$WORK/client" --client-id bench-client
   --resource https://api.example.test --scope read)
 OIDC_ARGS=(--url "$OIDC_URL" --aud "$OIDC_ISSUER" --key "$WORK/client" --client-id bench-client
+  --resource https://api.example.test --scope read)
+FLOOR_ARGS=(--url "$FLOOR_ISSUER/oauth2/token" --aud "$FLOOR_ISSUER" --key "$WORK/client" --client-id bench-client
   --resource https://api.example.test --scope read)
 PIN_LG=(taskset -c 1 "$LOADGEN" run)
 
@@ -204,6 +222,7 @@ STEAL0=$(steal_ticks)
 log "mayfly and oidc-provider on core 0, load generator on core 1"
 start_mayfly 0 pinned
 start_oidc
+start_floor
 sleep 2
 jq -n --argjson m "$(kb "$MAYFLY_PID" VmRSS)" --argjson o "$(kb "$OIDC_PID" VmRSS)" \
   '{mayfly_idle_rss_kb: $m, oidc_idle_rss_kb: $o}' >"$OUT/mem-idle.json"
@@ -212,6 +231,7 @@ log "idle VmRSS: mayfly $(kb "$MAYFLY_PID" VmRSS) kB, oidc-provider $(kb "$OIDC_
 loadgen mayfly-warmup "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" --requests 5000 --concurrency "$BENCH_CONC"
 # A longer warm-up for oidc-provider: V8 needs a few thousand requests before its JIT settles.
 loadgen oidc-warmup "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" --requests 5000 --concurrency "$BENCH_CONC"
+loadgen floor-warmup "$FLOOR_PID" "${PIN_LG[@]}" "${FLOOR_ARGS[@]}" --requests 5000 --concurrency "$BENCH_CONC"
 
 for i in $(seq 1 "$BENCH_REPEAT"); do
   log "round $i/$BENCH_REPEAT: crypto ceiling on core 0, ${BENCH_CEILING_SECONDS}s per measurement"
@@ -229,6 +249,8 @@ for i in $(seq 1 "$BENCH_REPEAT"); do
   # The ceiling again right after mayfly's run: its ratio to the ceiling uses the mean of the
   # two, which brackets the run instead of preceding it.
   taskset -c 0 "$LOADGEN" ceiling --seconds "$BENCH_CEILING_SECONDS" >"$OUT/ceiling-post-$i.json" 2>>"$OUT/setup.log"
+  loadgen "floor-closed-$i" "$FLOOR_PID" "${PIN_LG[@]}" "${FLOOR_ARGS[@]}" \
+    --requests "$BENCH_MAYFLY_REQUESTS" --concurrency "$BENCH_CONC" --duration "$BENCH_CLOSED_SECONDS"
   if [ $((i % 2)) -eq 1 ]; then oidc_closed; fi
   # Fewer connections: mayfly waits on its fsync with every request it holds, so it needs more
   # requests in flight than a server that writes nothing to keep its core busy.
@@ -257,6 +279,7 @@ log "after load: mayfly VmRSS $(kb "$MAYFLY_PID" VmRSS) kB VmHWM $(kb "$MAYFLY_P
   "oidc-provider VmRSS $(kb "$OIDC_PID" VmRSS) kB VmHWM $(kb "$OIDC_PID" VmHWM) kB"
 stop "$MAYFLY_PID"
 stop "$OIDC_PID"
+stop "$FLOOR_PID"
 
 # ---- mayfly on both cores, the load generator unpinned (sharing them) ------------------------
 log "mayfly on both cores, load generator unpinned"

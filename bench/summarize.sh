@@ -77,6 +77,13 @@ cpu_str() { # PREFIX
 echo "| ... CPU use in cores (server, load generator, rest of machine) | $(cpu_str mayfly-closed) | $(cpu_str oidc-closed) | |"
 echo "| open loop at half the median peak: latency (ms) from the scheduled send time | $(open_str mayfly-open-half.json) | $(open_str oidc-open-half.json) | |"
 echo "| crypto ceiling, one core (ES256 verify + EdDSA sign), median of rounds | $(num "$CEIL" %.0f) ops/s | | mayfly at $(awk -v r="$R_CEIL" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }') of it (per round: ${R_CEIL_ALL:--}) |"
+F_TPS=$(med floor-closed .tokens_per_s)
+if [ "$F_TPS" != null ]; then
+  R_F_CEIL=$(paired_ceiling floor-closed | median)
+  R_F_OIDC=$(paired floor-closed .tokens_per_s oidc-closed .tokens_per_s | median)
+  R_M_F=$(paired mayfly-closed .tokens_per_s floor-closed .tokens_per_s | median)
+  echo "| HTTP + crypto floor (\`mayfly-floor\`: same stack, no state), one core, same connections (median; each round) | $(num "$F_TPS" %.0f) ($(all floor-closed '.tokens_per_s | round')); $(awk -v r="$R_F_CEIL" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }') of the ceiling | | floor $(num "$R_F_OIDC" %.1fx) oidc-provider; mayfly at $(awk -v r="$R_M_F" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }') of the floor (per round: $(paired mayfly-closed .tokens_per_s floor-closed .tokens_per_s | awk '{printf "%s%.0f%%", (NR > 1 ? ", " : ""), 100 * $1}')) |"
+fi
 echo "| tokens/s, mayfly on both cores, load generator sharing them | $(num "$M2_TPS" %.0f) (each: $(all mayfly2-closed '.tokens_per_s | round')) | | |"
 echo "| ... CPU use in cores | $(cpu_str mayfly2-closed) | | |"
 echo "| RSS idle (VmRSS) | $(mb "$(get mem-idle.json .mayfly_idle_rss_kb)") | $(mb "$(get mem-idle.json .oidc_idle_rss_kb)") | |"
