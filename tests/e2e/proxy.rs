@@ -42,6 +42,22 @@ fn assert_no_key(what: &str, text: &str) {
     }
 }
 
+/// The store the server of a [`Setup`] in `dir` created, and its `proxy_call` events' bodies.
+async fn proxy_calls(dir: &std::path::Path) -> (Store, Vec<Value>) {
+    let store = Store::open_sqlite(&dir.join("data").join("mayfly.db"))
+        .await
+        .unwrap();
+    let calls = store
+        .audit_tail(1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.body).unwrap())
+        .filter(|e| e["kind"] == "proxy_call")
+        .collect();
+    (store, calls)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The upstream: accepts only KEY (X-Api-Key, api_key query parameter or basic user), counts.
 
@@ -185,7 +201,16 @@ struct ProxyProcess {
 
 impl ProxyProcess {
     fn start(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let s = Spawned::until_listening("proxy", "proxy listening on ", dir, config, env);
+        Self::start_on(None, dir, config, env)
+    }
+
+    fn start_on(
+        cpus: Option<&str>,
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let s = Spawned::until_listening_on(cpus, "proxy", "proxy listening on ", dir, config, env);
         ProxyProcess {
             base: s.url,
             child: s.child,
@@ -252,6 +277,11 @@ fn jwks(k: &SigningKey) -> String {
 
 impl Setup {
     async fn start(proxy_env: &[(&str, &str)]) -> Setup {
+        Self::start_on(None, proxy_env).await
+    }
+
+    /// Server and proxy each restricted to the CPUs in `cpus` when given.
+    async fn start_on(cpus: Option<&str>, proxy_env: &[(&str, &str)]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (up_url, up) = start_upstream().await;
         let wl = SigningKey::generate(KeyAlg::ES256, Some("wl")).unwrap();
@@ -315,7 +345,7 @@ inject = {{ basic = "{{key}}:" }}
                 private = private.display()
             ),
         );
-        let server = ServerProcess::start(dir.path(), &config, &[]);
+        let server = ServerProcess::start_on(cpus, dir.path(), &config, &[]);
         // The key, sealed under the master key in the store the server created.
         let store = Store::open_sqlite(&dir.path().join("data").join("mayfly.db"))
             .await
@@ -351,7 +381,7 @@ inject = {{ basic = "{{key}}:" }}
         drop(store);
         let mut env = vec![("MAYFLY_PROXY_ISSUER", server.issuer.as_str())];
         env.extend_from_slice(proxy_env);
-        let proxy = ProxyProcess::start(dir.path(), &config, &env);
+        let proxy = ProxyProcess::start_on(cpus, dir.path(), &config, &env);
         Setup {
             dir,
             config,
@@ -543,15 +573,7 @@ async fn only_valid_tokens_reach_the_upstream() {
     let mut proxy = s.proxy;
     let out = proxy.stop();
     assert_no_key("the proxy's output", &out);
-    let store = Store::open_sqlite(&s.dir.path().join("data").join("mayfly.db"))
-        .await
-        .unwrap();
-    let events = store.audit_tail(1000).await.unwrap();
-    let calls: Vec<Value> = events
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(&e.body).unwrap())
-        .filter(|e| e["kind"] == "proxy_call")
-        .collect();
+    let (store, calls) = proxy_calls(s.dir.path()).await;
     assert_eq!(calls.len(), 10, "{calls:?}");
     let text = format!("{calls:?}");
     assert_no_key("the audit log", &text);
@@ -569,6 +591,39 @@ async fn only_valid_tokens_reach_the_upstream() {
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].calls, 4);
     let _ = &s.config;
+}
+
+/// A sidecar given one core: server and proxy say they noticed (single-threaded scheduler) and
+/// work as they do on several: a token, a forwarded call, an exact refusal that never reaches
+/// the upstream, a graceful stop on SIGTERM, and both calls in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_server_and_proxy_run_single_threaded() {
+    let s = Setup::start_on(Some("0"), &[]).await;
+    for (what, err) in [("server", &s.server.stderr), ("proxy", &s.proxy.stderr)] {
+        let err = err.lock().unwrap().clone();
+        assert!(
+            err.contains("1 CPU: single-threaded scheduler"),
+            "the {what} did not report its scheduler: {err}"
+        );
+    }
+    let ok = s.token(AUD, "read", None).await;
+    let r = s.get("/legacy/echo", Some(&ok)).await;
+    assert_eq!(r.0, 200, "{}", r.2);
+    assert_eq!(s.hits(), 1);
+    let r = s.get("/legacy/echo", None).await;
+    s.refused(&r, 401, "invalid_token", 1);
+
+    let mut proxy = s.proxy;
+    let out = proxy.stop();
+    assert_no_key("the proxy's output", &out);
+    let reasons: Vec<String> = proxy_calls(s.dir.path())
+        .await
+        .1
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "forwarded"), "{reasons:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,15 +95,24 @@ pub struct Spawned {
 
 impl Spawned {
     /// Start `mayfly SUBCOMMAND --config CONFIG` in `dir` with extra environment; waits (60 s at
-    /// most) for a stderr line holding `marker` followed by a URL.
-    pub fn until_listening(
+    /// most) for a stderr line holding `marker` followed by a URL. With `cpus` (a `taskset -c`
+    /// list), it runs on those CPUs only: how a sidecar with one core of its own runs.
+    pub fn until_listening_on(
+        cpus: Option<&str>,
         subcommand: &str,
         marker: &str,
         dir: &Path,
         config: &Path,
         env: &[(&str, &str)],
     ) -> Spawned {
-        let mut cmd = Command::new(mayfly_bin());
+        let mut cmd = match cpus {
+            None => Command::new(mayfly_bin()),
+            Some(list) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", list]).arg(mayfly_bin());
+                c
+            }
+        };
         cmd.args([subcommand, "--config", config.to_str().unwrap()])
             .current_dir(dir)
             .env("MAYFLY_MASTER_KEY", TEST_MASTER_KEY)
@@ -152,7 +161,17 @@ impl Spawned {
 impl ServerProcess {
     /// Start `mayfly server --config CONFIG` in `dir` with extra environment; waits until it listens.
     pub fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let s = Spawned::until_listening("server", "listening on ", dir, config, env);
+        Self::start_on(None, dir, config, env)
+    }
+
+    /// As [`ServerProcess::start`], on the CPUs in `cpus` (a `taskset -c` list) when given.
+    pub fn start_on(
+        cpus: Option<&str>,
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let s = Spawned::until_listening_on(cpus, "server", "listening on ", dir, config, env);
         ServerProcess {
             issuer: s.url.trim_end_matches('/').to_string(),
             child: s.child,

@@ -16,35 +16,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::claims::{AccessClaims, AssertionClaims};
 use crate::keys::{ClientKey, unix_now};
 
 const CLIENT: &str = "bench-client";
 const ISSUER: &str = "http://127.0.0.1:8080";
-
-#[derive(Deserialize)]
-#[allow(dead_code)] // fields are read by serde and kept to mirror what the server deserializes
-struct AssertionClaims {
-    iss: String,
-    sub: String,
-    jti: String,
-    exp: u64,
-    iat: u64,
-}
-
-#[derive(Serialize)]
-struct AccessClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    client_id: &'a str,
-    scope: &'a str,
-    jti: String,
-    iat: u64,
-    exp: u64,
-}
 
 fn measure(seconds: f64, mut op: impl FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<f64> {
     // Warm up caches and the allocator for a tenth of the time, then count.

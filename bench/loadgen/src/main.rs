@@ -11,6 +11,7 @@
 //! first response's shape. Every non-200 answer is an error, and a run with errors exits non-zero.
 
 mod ceiling;
+mod claims;
 mod keys;
 mod run;
 mod stats;

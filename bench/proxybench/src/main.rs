@@ -6,8 +6,8 @@
 //!
 //! `mayfly-proxybench proxy LISTEN UPSTREAM`: the floor of a hyper-based proxy, for the same
 //! runs. It forwards every request to `UPSTREAM` (host:port) with the `X-Api-Key` added, through
-//! the stack `mayfly proxy` uses (hyper-util's auto server, its legacy pooled client, a tokio
-//! multi-thread runtime) and nothing else: no token check, no audit, no scrubbing. Whatever
+//! the stack `mayfly proxy` uses (hyper-util's auto server, its legacy pooled client, tokio with
+//! the same choice of scheduler) and nothing else: no token check, no audit, no scrubbing. Whatever
 //! separates it from direct calls is the cost of hyper on both sides plus loopback; whatever
 //! separates `mayfly proxy` from it is mayfly's own work. A measuring stick, never a proxy to
 //! deploy.
@@ -102,11 +102,17 @@ fn floor_proxy(listen: Option<String>, upstream: Option<String>) -> ExitCode {
         eprintln!("BENCH_UPSTREAM_KEY is not a valid header value");
         return ExitCode::from(2);
     };
-    // As `mayfly proxy`: a multi-thread runtime, one worker per core it may run on.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // As `mayfly proxy`: the single-threaded scheduler on one CPU, one worker per core otherwise.
+    let rt = if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");

@@ -272,6 +272,33 @@ enum TokenCmd {
     },
 }
 
+/// The async runtime for this process. With one core to run on (a `taskset` or cpuset of one
+/// CPU, or a cgroup quota of one: what `available_parallelism` reports), the work-stealing
+/// scheduler has nobody to steal from and only adds cross-thread wake-ups and atomics to every
+/// task switch; the single-threaded scheduler does the same work for less (docs/PERFORMANCE.md,
+/// "Session 11"). With more cores, one worker per core as before.
+fn runtime_builder() -> tokio::runtime::Builder {
+    if single_cpu() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
+fn single_cpu() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+}
+
+/// The scheduler this process runs on, for the start-up banners: operators pinning a sidecar
+/// to a core can see that it noticed.
+pub(crate) fn scheduler() -> String {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() == 1 => "1 CPU: single-threaded scheduler".into(),
+        Ok(n) => format!("{n} CPUs: one worker each"),
+        Err(_) => "CPU count unknown: multi-threaded scheduler".into(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The scanner runs on its own threads; only --to-debt starts a runtime.
@@ -279,10 +306,7 @@ fn main() -> ExitCode {
         Cmd::Scan(args) => return scan_cmd::run(args),
         cmd => Cli { cmd },
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mayfly: cannot start the async runtime: {e}");

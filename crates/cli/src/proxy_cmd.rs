@@ -56,8 +56,9 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     .await
     .context("cannot start the proxy")?;
     eprintln!(
-        "mayfly: proxy listening on http://{addr} ({} routes)",
-        proxy.routes()
+        "mayfly: proxy listening on http://{addr} ({} routes; {})",
+        proxy.routes(),
+        crate::scheduler()
     );
     proxy
         .serve(listener, crate::server::shutdown_signal())

@@ -177,7 +177,8 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         data_dir.display().to_string()
     };
     eprintln!(
-        "mayfly: listening on http://{addr} (issuer {issuer}, data in {store_desc}, {n_clients} configured clients)"
+        "mayfly: listening on http://{addr} (issuer {issuer}, data in {store_desc}, {n_clients} configured clients; {})",
+        crate::scheduler()
     );
     if let Some(l) = agent_listener {
         eprintln!(

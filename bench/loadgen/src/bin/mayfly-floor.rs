@@ -1,8 +1,8 @@
-//! `floor-server`: the token endpoint reduced to HTTP plus its cryptography, to split the gap
+//! `mayfly-floor`: the token endpoint reduced to HTTP plus its cryptography, to split the gap
 //! between mayfly and the crypto ceiling into what HTTP on loopback costs (here) and what
 //! mayfly's own work costs (audit record, replay check, policy, metrics: mayfly minus this).
 //!
-//! Per request, on the same stack as mayfly (tokio multi-thread runtime, axum over hyper
+//! Per request, on mayfly's stack (tokio with the same choice of scheduler, axum over hyper
 //! HTTP/1.1, mimalloc): read the body (at most 64 KiB), parse the form, verify the ES256
 //! client assertion with `jsonwebtoken::decode` against the one registered key (signature,
 //! `exp`, `aud`, `iss`, required claims), sign an RFC 9068 access token with Ed25519 and answer
@@ -26,7 +26,12 @@ use clap::Parser;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mayfly_proto::Form;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+// Shared with the ceiling (a module of the main binary of this package).
+#[path = "../claims.rs"]
+mod claims;
+use claims::{AccessClaims, AssertionClaims};
 
 // As `mayfly` itself: the floor must not differ from it in the allocator.
 #[global_allocator]
@@ -51,28 +56,6 @@ struct FloorArgs {
     /// The registered client id (`iss` = `sub` of the assertions).
     #[arg(long, default_value = "bench-client")]
     client_id: String,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)] // read by serde, as the server's typed claims are
-struct AssertionClaims {
-    iss: String,
-    sub: String,
-    jti: String,
-    exp: u64,
-    iat: u64,
-}
-
-#[derive(Serialize)]
-struct AccessClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    client_id: &'a str,
-    scope: &'a str,
-    jti: String,
-    iat: u64,
-    exp: u64,
 }
 
 #[derive(Serialize)]
@@ -120,10 +103,16 @@ fn main() -> anyhow::Result<()> {
         header_b64,
         seq: AtomicU64::new(0),
     });
-    // The same runtime shape as `mayfly server`: one worker per core it may run on.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The same runtime as `mayfly server`: single-threaded on one CPU, a worker per core otherwise.
+    let rt = if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async move {
         let app = axum::Router::new()
             .route("/oauth2/token", axum::routing::post(token))
