@@ -147,6 +147,9 @@ async fn proxy(
     let authority: hyper::http::uri::Authority = upstream
         .parse()
         .map_err(|e| std::io::Error::other(format!("upstream {upstream}: {e}")))?;
+    // Built once, as `mayfly proxy` builds each route's Host header once.
+    let host = hyper::header::HeaderValue::from_str(authority.as_str())
+        .map_err(|e| std::io::Error::other(format!("upstream {upstream}: {e}")))?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("floor proxy listening on http://{}", listener.local_addr()?);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -154,9 +157,11 @@ async fn proxy(
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let (client, key, authority) = (client.clone(), key.clone(), authority.clone());
+        let (client, key, authority, host) =
+            (client.clone(), key.clone(), authority.clone(), host.clone());
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (client, key, authority) = (client.clone(), key.clone(), authority.clone());
+            let (client, key, authority, host) =
+                (client.clone(), key.clone(), authority.clone(), host.clone());
             async move {
                 let (mut parts, body) = req.into_parts();
                 let mut uri = parts.uri.into_parts();
@@ -166,9 +171,7 @@ async fn proxy(
                     Ok(u) => u,
                     Err(_) => return Ok::<_, Infallible>(status(StatusCode::BAD_REQUEST)),
                 };
-                if let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(hyper::header::HOST, host);
-                }
+                parts.headers.insert(hyper::header::HOST, host);
                 parts.headers.insert("x-api-key", key);
                 match client.request(Request::from_parts(parts, body)).await {
                     Ok(resp) => Ok(resp.map(http_body_util::Either::Left)),

@@ -278,24 +278,27 @@ enum TokenCmd {
 /// task switch; the single-threaded scheduler does the same work for less (docs/PERFORMANCE.md,
 /// "Session 11"). With more cores, one worker per core as before.
 fn runtime_builder() -> tokio::runtime::Builder {
-    if single_cpu() {
+    if cpus() == Some(1) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     }
 }
 
-fn single_cpu() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+/// The CPUs this process may run on (None: unknown): what the runtime is sized for.
+fn cpus() -> Option<usize> {
+    std::thread::available_parallelism()
+        .ok()
+        .map(std::num::NonZeroUsize::get)
 }
 
 /// The scheduler this process runs on, for the start-up banners: operators pinning a sidecar
 /// to a core can see that it noticed.
 pub(crate) fn scheduler() -> String {
-    match std::thread::available_parallelism() {
-        Ok(n) if n.get() == 1 => "1 CPU: single-threaded scheduler".into(),
-        Ok(n) => format!("{n} CPUs: one worker each"),
-        Err(_) => "CPU count unknown: multi-threaded scheduler".into(),
+    match cpus() {
+        Some(1) => "1 CPU: single-threaded scheduler".into(),
+        Some(n) => format!("{n} CPUs: one worker each"),
+        None => "CPU count unknown: multi-threaded scheduler".into(),
     }
 }
 
