@@ -13,6 +13,10 @@
 #   BENCH_CONC_LOW (32): a shorter closed loop per round with fewer connections, for comparison
 #   BENCH_OPEN_SECONDS (20): length of the open-loop run at half the peak rate
 #   BENCH_CEILING_SECONDS (2): per measurement (four per round)
+#   BENCH_PAIRS (8), BENCH_PAIR_SECONDS (3): after the rounds, short closed-loop slices of mayfly,
+#     oidc-provider and the floor back to back (ABC, then CBA), whose per-slice ratios give
+#     second estimates of mayfly vs oidc-provider and vs the floor, with less of the host's
+#     drift in them
 #   BENCH_FLOOR_PORT (18082), BENCH_SKIP_BUILD=1, OUT=DIR (default bench/results/<UTC time>)
 #
 # Layout: servers on core 0, load generator on core 1 ("per core" figures), then mayfly on both
@@ -31,6 +35,8 @@ BENCH_CONC=${BENCH_CONC:-64}
 BENCH_CONC_LOW=${BENCH_CONC_LOW:-32}
 BENCH_OPEN_SECONDS=${BENCH_OPEN_SECONDS:-20}
 BENCH_CEILING_SECONDS=${BENCH_CEILING_SECONDS:-2}
+BENCH_PAIRS=${BENCH_PAIRS:-8}
+BENCH_PAIR_SECONDS=${BENCH_PAIR_SECONDS:-3}
 BENCH_MAYFLY_PORT=${BENCH_MAYFLY_PORT:-18080}
 BENCH_OIDC_PORT=${BENCH_OIDC_PORT:-18081}
 BENCH_FLOOR_PORT=${BENCH_FLOOR_PORT:-18082}
@@ -258,6 +264,32 @@ for i in $(seq 1 "$BENCH_REPEAT"); do
     --requests "$BENCH_MAYFLY_REQUESTS" --concurrency "$BENCH_CONC_LOW" --duration 8
   loadgen "oidc-low-$i" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
     --requests "$BENCH_OIDC_REQUESTS" --concurrency "$BENCH_CONC_LOW" --duration 8
+done
+
+# Paired slices: the rounds above measure each server for 15 s, a minute or so apart, and the
+# host's speed drifts by tens of percent over that time (per-round ratios of one run have
+# ranged from 3.6x to 5.3x). Here the servers take turns for a few seconds each, in ABC CBA
+# order (mayfly, oidc-provider, floor in odd slices; the reverse in even ones), and each slice
+# gives one ratio per pair of servers: what drifts slowly cancels.
+log "paired slices: $BENCH_PAIRS x (mayfly, oidc-provider, floor), ${BENCH_PAIR_SECONDS}s each"
+for k in $(seq 1 "$BENCH_PAIRS"); do
+  slice_mayfly() {
+    loadgen "slice-mayfly-$k" "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" \
+      --requests $((BENCH_PAIR_SECONDS * 15000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
+  }
+  slice_oidc() {
+    loadgen "slice-oidc-$k" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
+      --requests $((BENCH_PAIR_SECONDS * 4000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
+  }
+  slice_floor() {
+    loadgen "slice-floor-$k" "$FLOOR_PID" "${PIN_LG[@]}" "${FLOOR_ARGS[@]}" \
+      --requests $((BENCH_PAIR_SECONDS * 15000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
+  }
+  if [ $((k % 2)) -eq 1 ]; then
+    slice_mayfly; slice_oidc; slice_floor
+  else
+    slice_floor; slice_oidc; slice_mayfly
+  fi
 done
 
 PEAK=$(median_rate mayfly-closed)

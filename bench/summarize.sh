@@ -69,6 +69,11 @@ echo "| tokens/s, one server core, closed loop, $(all mayfly-closed .concurrency
 echo "| ... each round | $(all mayfly-closed '.tokens_per_s | round') | $(all oidc-closed '.tokens_per_s | round') | ${R_OIDC_ALL:--} |"
 R_LOW=$(paired mayfly-low .tokens_per_s oidc-low .tokens_per_s | median)
 R_LOW_CEIL=$(paired_ceiling mayfly-low | median)
+R_SLICE=$(paired slice-mayfly .tokens_per_s slice-oidc .tokens_per_s | median)
+R_SLICE_F=$(paired slice-mayfly .tokens_per_s slice-floor .tokens_per_s | median)
+if [ "$R_SLICE" != null ]; then
+  echo "| ... paired slices of $(all slice-mayfly .elapsed_s | cut -d, -f1 | awk '{printf "%.0f", $1}') s, ABC CBA order (median; each slice's ratio) | $(num "$(med slice-mayfly .tokens_per_s)" %.0f) | $(num "$(med slice-oidc .tokens_per_s)" %.0f) | $(num "$R_SLICE" %.1fx) ($(paired slice-mayfly .tokens_per_s slice-oidc .tokens_per_s | awk '{printf "%s%.1fx", (NR > 1 ? ", " : ""), $1}')) |"
+fi
 echo "| ... with $(all mayfly-low .concurrency | cut -d, -f1) connections, 8 s per round (median; each round) | $(num "$(med mayfly-low .tokens_per_s)" %.0f) ($(all mayfly-low '.tokens_per_s | round')); $(awk -v r="$R_LOW_CEIL" 'BEGIN { if (r == "null" || r == "") print "-"; else printf "%.0f%%", 100 * r }') of the ceiling | $(num "$(med oidc-low .tokens_per_s)" %.0f) ($(all oidc-low '.tokens_per_s | round')) | $(num "$R_LOW" %.1fx) |"
 echo "| ... p50 / p99 latency (ms), closed loop | $(num "$(med mayfly-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med mayfly-closed .latency_ms.p99_ms)" %.2f) | $(num "$(med oidc-closed .latency_ms.p50_ms)" %.2f) / $(num "$(med oidc-closed .latency_ms.p99_ms)" %.2f) | |"
 cpu_str() { # PREFIX
@@ -83,6 +88,9 @@ if [ "$F_TPS" != null ]; then
   R_F_OIDC=$(paired floor-closed .tokens_per_s oidc-closed .tokens_per_s | median)
   R_M_F=$(paired mayfly-closed .tokens_per_s floor-closed .tokens_per_s | median)
   echo "| HTTP + crypto floor (\`mayfly-floor\`: same stack, no state), one core, same connections (median; each round) | $(num "$F_TPS" %.0f) ($(all floor-closed '.tokens_per_s | round')); $(awk -v r="$R_F_CEIL" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }') of the ceiling | | floor $(num "$R_F_OIDC" %.1fx) oidc-provider; mayfly at $(awk -v r="$R_M_F" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }') of the floor (per round: $(paired mayfly-closed .tokens_per_s floor-closed .tokens_per_s | awk '{printf "%s%.0f%%", (NR > 1 ? ", " : ""), 100 * $1}')) |"
+  if [ "$R_SLICE_F" != null ]; then
+    echo "| ... floor in the paired slices (median; mayfly's share of the floor in each slice) | $(num "$(med slice-floor .tokens_per_s)" %.0f) | | floor $(num "$(paired slice-floor .tokens_per_s slice-oidc .tokens_per_s | median)" %.1fx) oidc-provider; mayfly at $(awk -v r="$R_SLICE_F" 'BEGIN { printf "%.0f%%", 100 * r }') of the floor ($(paired slice-mayfly .tokens_per_s slice-floor .tokens_per_s | awk '{printf "%s%.0f%%", (NR > 1 ? ", " : ""), 100 * $1}')) |"
+  fi
 fi
 echo "| tokens/s, mayfly on both cores, load generator sharing them | $(num "$M2_TPS" %.0f) (each: $(all mayfly2-closed '.tokens_per_s | round')) | | |"
 echo "| ... CPU use in cores | $(cpu_str mayfly2-closed) | | |"
@@ -90,7 +98,7 @@ echo "| RSS idle (VmRSS) | $(mb "$(get mem-idle.json .mayfly_idle_rss_kb)") | $(
 echo "| RSS peak under load (VmHWM), one core | $(mb "$(get mayfly-mem-pinned.json .peak_hwm_kb)") | $(mb "$(get oidc-mem.json .peak_hwm_kb)") | |"
 echo "| RSS peak under load (VmHWM), both cores | $(mb "$(get mayfly-mem-both.json .peak_hwm_kb)") | | |"
 echo
-echo "Targets: mayfly >= 5x oidc-provider tokens/s: $(num "$R_OIDC" %.1fx);" \
+echo "Targets: mayfly >= 5x oidc-provider tokens/s: $(num "$R_OIDC" %.1fx) (paired slices: $(num "$R_SLICE" %.1fx));" \
   "p99 < 10 ms at half peak: $(num "$(get mayfly-open-half.json .latency_ms.p99_ms)" %.2f) ms;" \
   ">= 60% of the crypto ceiling: $(awk -v r="$R_CEIL" 'BEGIN { if (r == "null") print "-"; else printf "%.0f%%", 100 * r }');" \
   "idle RSS < 60 MB: $(mb "$(get mem-idle.json .mayfly_idle_rss_kb)");" \
