@@ -272,24 +272,22 @@ done
 # order (mayfly, oidc-provider, floor in odd slices; the reverse in even ones), and each slice
 # gives one ratio per pair of servers: what drifts slowly cancels.
 log "paired slices: $BENCH_PAIRS x (mayfly, oidc-provider, floor), ${BENCH_PAIR_SECONDS}s each"
+slice() { # NAME PID PRESIGNED [loadgen run args...]: one slice of pair $k
+  local name=$1 pid=$2 n=$3
+  shift 3
+  loadgen "slice-$name-$k" "$pid" "${PIN_LG[@]}" "$@" \
+    --requests "$n" --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
+}
 for k in $(seq 1 "$BENCH_PAIRS"); do
-  slice_mayfly() {
-    loadgen "slice-mayfly-$k" "$MAYFLY_PID" "${PIN_LG[@]}" "${MAYFLY_ARGS[@]}" \
-      --requests $((BENCH_PAIR_SECONDS * 15000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
-  }
-  slice_oidc() {
-    loadgen "slice-oidc-$k" "$OIDC_PID" "${PIN_LG[@]}" "${OIDC_ARGS[@]}" \
-      --requests $((BENCH_PAIR_SECONDS * 4000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
-  }
-  slice_floor() {
-    loadgen "slice-floor-$k" "$FLOOR_PID" "${PIN_LG[@]}" "${FLOOR_ARGS[@]}" \
-      --requests $((BENCH_PAIR_SECONDS * 15000)) --concurrency "$BENCH_CONC" --duration "$BENCH_PAIR_SECONDS"
-  }
-  if [ $((k % 2)) -eq 1 ]; then
-    slice_mayfly; slice_oidc; slice_floor
-  else
-    slice_floor; slice_oidc; slice_mayfly
-  fi
+  order=(mayfly oidc floor)
+  [ $((k % 2)) -eq 1 ] || order=(floor oidc mayfly)
+  for who in "${order[@]}"; do
+    case $who in
+      mayfly) slice mayfly "$MAYFLY_PID" $((BENCH_PAIR_SECONDS * 15000)) "${MAYFLY_ARGS[@]}" ;;
+      oidc) slice oidc "$OIDC_PID" $((BENCH_PAIR_SECONDS * 4000)) "${OIDC_ARGS[@]}" ;;
+      floor) slice floor "$FLOOR_PID" $((BENCH_PAIR_SECONDS * 15000)) "${FLOOR_ARGS[@]}" ;;
+    esac
+  done
 done
 
 PEAK=$(median_rate mayfly-closed)

@@ -105,13 +105,11 @@ fn floor_proxy(listen: Option<String>, upstream: Option<String>) -> ExitCode {
     // As `mayfly proxy`: the single-threaded scheduler on one CPU, one worker per core otherwise.
     let rt = if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    }
+    .enable_all()
+    .build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

@@ -285,11 +285,15 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
-/// The CPUs this process may run on (None: unknown): what the runtime is sized for.
+/// The CPUs this process may run on (None: unknown): what the runtime is sized for. Read once
+/// (it reads cgroup files), so that the banner names the scheduler that was chosen.
 fn cpus() -> Option<usize> {
-    std::thread::available_parallelism()
-        .ok()
-        .map(std::num::NonZeroUsize::get)
+    static CPUS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .map(std::num::NonZeroUsize::get)
+    })
 }
 
 /// The scheduler this process runs on, for the start-up banners: operators pinning a sidecar

@@ -106,13 +106,11 @@ fn main() -> anyhow::Result<()> {
     // The same runtime as `mayfly server`: single-threaded on one CPU, a worker per core otherwise.
     let rt = if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    }
+    .enable_all()
+    .build()?;
     rt.block_on(async move {
         let app = axum::Router::new()
             .route("/oauth2/token", axum::routing::post(token))
