@@ -795,7 +795,7 @@ async fn policy_reload_applies_valid_sets_and_refuses_invalid_ones() {
     let write = [("audience", API), ("scope", "write")];
     assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
 
-    // A valid change applies without a restart, on the next tick.
+    // A valid change applies without a restart.
     let extra = r#"@id("payments-write")
 permit(principal is Workload, action == Action::"write", resource == Audience::"https://api.example.test")
 when { principal has namespace && principal.namespace == "payments" };
@@ -816,6 +816,12 @@ when { principal has namespace && principal.namespace == "payments" };
     };
     let before = policy_events().await.len();
     std::fs::write(f.dir.path().join("policies/write.cedar"), extra).unwrap();
+    // A changed text applies once two ticks in a row read it (a file caught half-written
+    // must not decide): not at the first tick...
+    f.app.tick().await.unwrap();
+    assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
+    assert_eq!(policy_events().await.len(), before);
+    // ...at the second.
     f.app.tick().await.unwrap();
     let (s, body) = f.exchange(&sa(), &write).await;
     assert_eq!(s, 200, "{body}");
@@ -838,6 +844,7 @@ when { principal has namespace && principal.namespace == "payments" };
         "permit(principal is Workload, action, resource) when { principal.colour == \"red\" };",
     )
     .unwrap();
+    f.app.tick().await.unwrap();
     f.app.tick().await.unwrap();
     assert!(!f.app.reload_policy().await);
     let (s, body) = f.exchange(&sa(), &write).await;

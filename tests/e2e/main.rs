@@ -4,6 +4,7 @@
 // Test helpers: a failure should stop the test where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod anchor;
 mod cli;
 mod crash;
 mod debt;

@@ -193,12 +193,36 @@ pub async fn audit_tail(config: Option<PathBuf>, n: i64) -> anyhow::Result<ExitC
 }
 
 /// `mayfly audit verify`.
-pub async fn audit_verify(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn audit_verify(
+    config: Option<PathBuf>,
+    anchor: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::open(config).await?;
-    let report = ctx.store.audit_verify(&*ctx.kek(false)?).await?;
+    let anchors = match anchor {
+        Some(path) => {
+            let a = mayfly_store::Anchor::read_file(path)
+                .with_context(|| format!("cannot read anchors from {}", path.display()))?;
+            if a.is_empty() {
+                bail!(
+                    "{} holds no audit anchors; give the file the server writes its audit output to (audit.output = \"file\")",
+                    path.display()
+                );
+            }
+            a
+        }
+        None => Vec::new(),
+    };
+    let report = ctx
+        .store
+        .audit_verify_anchored(&*ctx.kek(false)?, &anchors)
+        .await?;
     if report.problems.is_empty() {
+        let anchored = match anchors.iter().map(|a| a.seq).max() {
+            Some(seq) => format!(", {} anchors up to event {seq} match", anchors.len()),
+            None => String::new(),
+        };
         println!(
-            "audit log intact: {} events, head {}",
+            "audit log intact: {} events, head {}{anchored}",
             report.events, report.head
         );
         return Ok(ExitCode::SUCCESS);
@@ -210,6 +234,7 @@ pub async fn audit_verify(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             TamperKind::Reordered => "REORDERED",
             TamperKind::ColumnMismatch => "EDITED",
             TamperKind::Truncated => "TRUNCATED",
+            TamperKind::ForgedAnchor => "FORGED ANCHOR",
         };
         println!("event {seq}: {what}: {detail}");
     }

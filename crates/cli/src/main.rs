@@ -201,7 +201,12 @@ enum AuditCmd {
         n: i64,
     },
     /// Check the whole chain; exit 1 and name every edited, deleted or reordered event.
-    Verify,
+    Verify {
+        /// A file holding the anchors the server wrote to its audit output (the JSON-lines
+        /// copy itself will do): a tail cut from the database, head included, is found.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -342,7 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Cmd::Audit { config, cmd } => match cmd {
             AuditCmd::Tail { n } => admin::audit_tail(config, n).await,
-            AuditCmd::Verify => admin::audit_verify(config).await,
+            AuditCmd::Verify { anchor } => admin::audit_verify(config, anchor.as_deref()).await,
         },
         Cmd::Entry { config, cmd } => spiffe_cmd::entry(config, cmd).await,
         Cmd::Proxy { config } => proxy_cmd::run(config).await,

@@ -61,7 +61,12 @@ pub(crate) fn init_tracing() {
 pub(crate) fn audit_sink(cfg: &Config) -> anyhow::Result<AuditSink> {
     use std::os::unix::fs::OpenOptionsExt;
     Ok(match cfg.audit.output {
-        AuditOutput::Off => AuditSink::Off,
+        AuditOutput::Off => {
+            tracing::warn!(
+                "audit.output = \"off\": no audit anchors are written outside the database, so events cut from the end of the log (head included) cannot be detected"
+            );
+            AuditSink::Off
+        }
         AuditOutput::Stdout => AuditSink::Stdout,
         AuditOutput::Stderr => AuditSink::Stderr,
         AuditOutput::File => {

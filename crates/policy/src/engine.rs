@@ -104,6 +104,13 @@ impl PolicyEngine {
         crate::load::build(Some(&schema), &files, clients)
     }
 
+    /// What [`PolicyEngine::load_dir`] reads, without building: the schema text and the
+    /// `*.cedar` files as (file name, text), for a caller that must see the same text twice
+    /// before it trusts a directory being rewritten (then [`PolicyEngine::from_sources`]).
+    pub fn read_dir(dir: &Path) -> Result<(String, Vec<(String, String)>), PolicyError> {
+        crate::dir::read_dir(dir)
+    }
+
     /// Decide one request. Never fails: a request the engine cannot evaluate is denied, with the
     /// reason in `errors`.
     ///

@@ -14,14 +14,24 @@ use mayfly_sts::{Authorizer, AuthzDecision, AuthzQuery, Client, PrincipalKind};
 /// What the running set was built from, to tell whether a reload has anything to do.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Stamp {
-    files: Vec<(String, u64, std::time::SystemTime)>,
+    /// SHA-256 over the directory's schema and policy texts (or over the read error).
+    files: [u8; 32],
     clients: Vec<ClientGrant>,
+}
+
+/// The reload bookkeeping: the inputs of the set in force, and a changed directory text read
+/// once and waiting for a second read that agrees.
+#[derive(Debug, Default)]
+struct Seen {
+    built: Stamp,
+    pending: Option<[u8; 32]>,
 }
 
 /// What a reload came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reload {
-    /// Nothing changed since the last reload: nothing was built.
+    /// Nothing changed since the last reload, or the directory changed and has not yet read
+    /// the same twice in a row: nothing was built.
     Unchanged,
     /// A new set is in force: its fingerprint (SHA-256 over the schema, the files and the
     /// clients' generated policies).
@@ -34,7 +44,7 @@ pub(crate) enum Reload {
 pub(crate) struct Policies {
     engine: RwLock<Arc<PolicyEngine>>,
     dir: Option<PathBuf>,
-    stamp: Mutex<Stamp>,
+    seen: Mutex<Seen>,
 }
 
 /// The sugar inputs: every client with its lists.
@@ -51,26 +61,39 @@ pub(crate) fn grants<'a>(clients: impl IntoIterator<Item = &'a Client>) -> Vec<C
     g
 }
 
-fn dir_stamp(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if let Ok(m) = e.metadata() {
-                v.push((
-                    e.file_name().to_string_lossy().into_owned(),
-                    m.len(),
-                    m.modified().unwrap_or(std::time::UNIX_EPOCH),
-                ));
+/// The directory's texts as read now (`None` without a directory), and their digest. A read
+/// error has a digest of its own, so that a directory that stays unreadable is reported once.
+type Sources = Result<(String, Vec<(String, String)>), PolicyError>;
+
+fn read(dir: Option<&Path>) -> (Option<Sources>, [u8; 32]) {
+    let Some(dir) = dir else {
+        return (None, [0; 32]);
+    };
+    let sources = PolicyEngine::read_dir(dir);
+    let mut text = Vec::new();
+    match &sources {
+        Ok((schema, files)) => {
+            // Lengths first, so that moving text between files changes the digest.
+            for part in std::iter::once(("", schema.as_str()))
+                .chain(files.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+            {
+                text.extend_from_slice(
+                    format!("{}:{}:{}\n", part.0.len(), part.1.len(), part.0).as_bytes(),
+                );
+                text.extend_from_slice(part.1.as_bytes());
             }
         }
+        Err(e) => text.extend_from_slice(format!("error: {e}").as_bytes()),
     }
-    v.sort();
-    v
+    (Some(sources), mayfly_crypto::sha256(&text))
 }
 
-fn build(dir: Option<&Path>, clients: &[ClientGrant]) -> Result<PolicyEngine, PolicyError> {
-    match dir {
-        Some(d) => PolicyEngine::load_dir(d, clients),
+fn build(sources: Option<Sources>, clients: &[ClientGrant]) -> Result<PolicyEngine, PolicyError> {
+    match sources {
+        Some(read) => {
+            let (schema, files) = read?;
+            PolicyEngine::from_sources(&schema, &files, clients)
+        }
         None => PolicyEngine::sugar_only(clients),
     }
 }
@@ -81,33 +104,56 @@ impl Policies {
         dir: Option<PathBuf>,
         clients: Vec<ClientGrant>,
     ) -> Result<Self, PolicyError> {
-        let stamp = Stamp {
-            files: dir.as_deref().map(dir_stamp).unwrap_or_default(),
-            clients,
-        };
-        let engine = build(dir.as_deref(), &stamp.clients)?;
+        let (sources, files) = read(dir.as_deref());
+        let engine = build(sources, &clients)?;
         tracing::info!(policies = engine.policy_ids().len(), fingerprint = %engine.fingerprint(), dir = ?dir, "policy set loaded");
         Ok(Self {
             engine: RwLock::new(Arc::new(engine)),
             dir,
-            stamp: Mutex::new(stamp),
+            seen: Mutex::new(Seen {
+                built: Stamp { files, clients },
+                pending: None,
+            }),
         })
     }
 
     /// Reload when the directory or the clients changed (or always, with `force`). A failing
     /// set leaves the old one in place. Each change is acted on once: a set left invalid is
     /// refused (and reported) once, not at every tick.
+    ///
+    /// A changed directory is acted on only when two reads in a row agree: a file rewritten in
+    /// place can be caught half-written, and half a policy (its `forbid`s cut off) can allow
+    /// more than the whole one. Periodic reloads compare with the previous tick's read; a
+    /// forced one (SIGHUP) reads again once the set is built, and waits for the next tick if
+    /// the text moved in between.
     pub(crate) fn reload(&self, clients: Vec<ClientGrant>, force: bool) -> Reload {
-        let files = self.dir.as_deref().map(dir_stamp).unwrap_or_default();
-        let next = Stamp { files, clients };
-        let Ok(mut stamp) = self.stamp.lock() else {
+        let Ok(mut seen) = self.seen.lock() else {
             return Reload::Unchanged;
         };
-        if !force && *stamp == next {
+        let (sources, files) = read(self.dir.as_deref());
+        let next = Stamp { files, clients };
+        if !force && seen.built == next {
+            seen.pending = None;
             return Reload::Unchanged;
         }
-        let result = build(self.dir.as_deref(), &next.clients);
-        *stamp = next;
+        let moved = next.files != seen.built.files;
+        if moved && !force && seen.pending.replace(files) != Some(files) {
+            tracing::info!("the policy directory changed; it applies once a second read agrees");
+            return Reload::Unchanged;
+        }
+        let result = build(sources, &next.clients);
+        if moved && force {
+            let (_, again) = read(self.dir.as_deref());
+            if again != files {
+                seen.pending = Some(again);
+                tracing::warn!(
+                    "the policy directory changed while it was read; not applied, retried at the next tick"
+                );
+                return Reload::Unchanged;
+            }
+        }
+        seen.built = next;
+        seen.pending = None;
         match result {
             Ok(engine) => {
                 let fingerprint = engine.fingerprint();
@@ -167,5 +213,71 @@ impl Authorizer for Policies {
             policies: d.policies,
             max_ttl: d.max_ttl,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../../conf/policies/schema.cedarschema");
+    const PERMIT: &str =
+        "@id(\"read-all\")\npermit (principal, action == Action::\"token\", resource);\n";
+    const FORBID: &str = "@id(\"no-admin\")\nforbid (principal, action == Action::\"token\", resource == Audience::\"https://admin.example\");\n";
+
+    fn ids(p: &Policies) -> Vec<String> {
+        p.current().policy_ids()
+    }
+
+    /// A policy file caught half-written (its `forbid` not yet there) is not taken: a change
+    /// applies only once two reads in a row agree, at the tick and on SIGHUP alike.
+    #[test]
+    fn a_half_written_policy_file_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
+        let file = dir.path().join("rules.cedar");
+        std::fs::write(&file, format!("{PERMIT}{FORBID}")).unwrap();
+        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new()).unwrap();
+        assert!(ids(&p).contains(&"no-admin".to_string()));
+
+        // The writer truncated the file and has written only the permit so far: a valid set
+        // that allows more. The first read of it changes nothing.
+        std::fs::write(&file, PERMIT).unwrap();
+        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert!(ids(&p).contains(&"no-admin".to_string()));
+        // The write completes (with an edit) before the next tick: that text is new again.
+        let edited = format!("{PERMIT}{FORBID}// reviewed\n");
+        std::fs::write(&file, &edited).unwrap();
+        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert!(ids(&p).contains(&"no-admin".to_string()));
+        // A second read agrees: it applies.
+        assert!(matches!(p.reload(Vec::new(), false), Reload::Applied(_)));
+        assert!(ids(&p).contains(&"no-admin".to_string()));
+        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+
+        // A text that stays is taken at the second tick, forbid or not: only a moving text waits.
+        std::fs::write(&file, PERMIT).unwrap();
+        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert!(matches!(p.reload(Vec::new(), false), Reload::Applied(_)));
+        assert_eq!(ids(&p), vec!["read-all".to_string()]);
+    }
+
+    /// A client-list change (from the store, never half-written) applies at once.
+    #[test]
+    fn a_client_change_applies_at_the_first_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), PERMIT).unwrap();
+        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new()).unwrap();
+        let clients = vec![ClientGrant {
+            client_id: "billing".into(),
+            audiences: vec!["https://api.example".into()],
+            scopes: Vec::new(),
+        }];
+        assert!(matches!(
+            p.reload(clients.clone(), false),
+            Reload::Applied(_)
+        ));
+        assert_eq!(p.reload(clients, false), Reload::Unchanged);
     }
 }

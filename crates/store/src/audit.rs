@@ -363,7 +363,23 @@ async fn committer(
     let mut batches: u64 = 0;
     // The chain head as this committer last wrote it (SQLite's fast path); None: read it.
     let mut head: Option<(i64, String)> = None;
-    while let Some(first) = rx.recv().await {
+    let mut anchoring = crate::anchor::Anchoring::new();
+    loop {
+        // Wait for the next request, or until an anchor falls due when the log goes quiet.
+        let next = match anchoring.deadline() {
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    anchor_now(&mut anchoring, &kek, &mut sink);
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = next else {
+            anchor_now(&mut anchoring, &kek, &mut sink);
+            break;
+        };
         batch.push(first);
         gather(&mut rx, &mut batch).await;
         let mut items: Vec<Pending> = Vec::with_capacity(batch.iter().map(Job::events).sum());
@@ -395,7 +411,12 @@ async fn committer(
             None => Err(StoreError::AuditClosed),
         };
         match result {
-            Ok((outcomes, lines)) => {
+            Ok((outcomes, mut lines, (seq, hash))) => {
+                if !matches!(sink, AuditSink::Off)
+                    && let Some(anchor) = anchoring.committed(&kek, seq, &hash, wall_clock())
+                {
+                    lines.push(anchor);
+                }
                 if let Err(e) = write_lines(&mut sink, &lines) {
                     tracing::error!(error = %e, "cannot write the audit JSON lines; the store holds every event");
                 }
@@ -420,7 +441,7 @@ async fn committer(
         batches += 1;
         if let (ReplayGuard::Local { seen, .. }, true) = (&mut guard, batches.is_multiple_of(1024))
         {
-            let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
+            let now = wall_clock();
             seen.retain(|_, until| *until > now);
         }
     }
@@ -449,6 +470,22 @@ async fn gather(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
         if rx.is_empty() {
             return;
         }
+    }
+}
+
+fn wall_clock() -> i64 {
+    mayfly_sts::Clock::now(&mayfly_sts::SystemClock)
+}
+
+/// Write the anchor owed for the newest head, if any (an idle log, or the committer stopping).
+fn anchor_now(anchoring: &mut crate::anchor::Anchoring, kek: &Kek, sink: &mut AuditSink) {
+    if matches!(sink, AuditSink::Off) {
+        return;
+    }
+    if let Some(line) = anchoring.take(kek, wall_clock())
+        && let Err(e) = write_lines(sink, &[line])
+    {
+        tracing::error!(error = %e, "cannot write an audit anchor to the audit output");
     }
 }
 
@@ -858,7 +895,7 @@ async fn append_batch(
     guard: &mut ReplayGuard,
     want_lines: bool,
     head: &mut Option<(i64, String)>,
-) -> Result<(Vec<CommitOutcome>, Vec<String>), StoreError> {
+) -> Result<Committed, StoreError> {
     use sqlx::Connection;
     note_single_use(items);
     let now = items.first().map_or(0, |p| p.event.ts);
@@ -876,8 +913,8 @@ async fn append_batch(
             for (k, ts) in fresh {
                 seen.insert(k, ts + *window);
             }
-            *head = Some((c.seq, c.hash));
-            return Ok((c.outcomes, c.lines));
+            *head = Some((c.seq, c.hash.clone()));
+            return Ok((c.outcomes, c.lines, (c.seq, c.hash)));
         }
         tracing::debug!("the audit head moved under the committer; reading it again");
     }
@@ -948,10 +985,13 @@ async fn append_batch(
         }
     }
     if backend == Backend::Sqlite {
-        *head = Some((c.seq, c.hash));
+        *head = Some((c.seq, c.hash.clone()));
     }
-    Ok((c.outcomes, c.lines))
+    Ok((c.outcomes, c.lines, (c.seq, c.hash)))
 }
+
+/// What a batch came to: one outcome per event, the JSON lines, and the chain's new head.
+type Committed = (Vec<CommitOutcome>, Vec<String>, (i64, String));
 
 /// An event as stored.
 #[derive(Debug, Clone)]
@@ -979,6 +1019,9 @@ pub enum TamperKind {
     ColumnMismatch,
     /// Events were removed from the end of the log.
     Truncated,
+    /// An anchor's MAC does not verify under this master key: forged, altered, or written by
+    /// another deployment.
+    ForgedAnchor,
 }
 
 /// The result of walking the chain.
@@ -1009,6 +1052,30 @@ impl Store {
 
     /// Walk the whole chain and report every edited, deleted or reordered event.
     pub async fn audit_verify(&self, kek: &Kek) -> Result<ChainReport, StoreError> {
+        self.audit_verify_anchored(kek, &[]).await
+    }
+
+    /// [`Store::audit_verify`], and check the chain against anchors kept outside the database
+    /// (see [`crate::Anchor`]): each authentic anchor must name an event still in the chain,
+    /// with the same hash. This is what finds a tail cut together with its head.
+    pub async fn audit_verify_anchored(
+        &self,
+        kek: &Kek,
+        anchors: &[crate::Anchor],
+    ) -> Result<ChainReport, StoreError> {
+        let mut by_seq: HashMap<i64, &crate::Anchor> = HashMap::new();
+        let mut forged = Vec::new();
+        for a in anchors {
+            if a.authentic(kek) {
+                by_seq.insert(a.seq, a);
+            } else {
+                forged.push((
+                    a.seq,
+                    TamperKind::ForgedAnchor,
+                    "an anchor's MAC does not verify under this master key".to_string(),
+                ));
+            }
+        }
         let rows = sqlx::query(
             "SELECT seq, ts, kind, jti, body, prev_hash, hash FROM audit_events ORDER BY seq",
         )
@@ -1057,9 +1124,36 @@ impl Store {
                     "content is not an audit event".into(),
                 ));
             }
+            if let Some(a) = by_seq.remove(&e.seq)
+                && a.hash != e.hash
+            {
+                problems.push((
+                    e.seq,
+                    TamperKind::Edited,
+                    format!("differs from the anchor written at {}", a.ts),
+                ));
+            }
             expected_seq = e.seq + 1;
             prev = e.hash;
         }
+        // Anchors left over name events the chain lacks: in a gap (reported above as missing)
+        // or past its end.
+        let end = expected_seq - 1;
+        if let Some(last) = by_seq
+            .into_values()
+            .filter(|a| a.seq > end)
+            .max_by_key(|a| a.seq)
+        {
+            problems.push((
+                last.seq,
+                TamperKind::Truncated,
+                format!(
+                    "the log ends at {end} but an anchor written at {} covers event {}",
+                    last.ts, last.seq
+                ),
+            ));
+        }
+        problems.extend(forged);
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(self.pool())
             .await

@@ -5,6 +5,7 @@
 //! Not here: deciding anything. The engine decides; this crate remembers.
 #![forbid(unsafe_code)]
 
+mod anchor;
 mod audit;
 mod clients;
 mod debt;
@@ -12,6 +13,7 @@ mod keys;
 mod spiffe;
 mod transfer;
 
+pub use anchor::{ANCHOR_EVERY_EVENTS, ANCHOR_INTERVAL, Anchor};
 pub use audit::{
     AuditLog, AuditSink, ChainReport, CommitOutcome, Pending, StoredEvent, TamperKind,
 };
