@@ -23,6 +23,7 @@ mod http;
 mod jwt;
 mod peer;
 mod procs;
+mod sockdiag;
 mod state;
 mod svid;
 mod upstream;
