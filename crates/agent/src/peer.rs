@@ -77,11 +77,13 @@ impl PeerInfo {
     }
 }
 
-/// Bind a unix socket at `path`: a stale socket file is removed first (but a live one, with a
-/// server answering, is left alone and reported, and a non-socket file is never removed). The
-/// socket file is made mode 0777 so any local process can reach the agent and be attested;
-/// who may reach the directory is the operator's decision.
+/// Bind a unix socket at `path`: its directory is created or checked first (see
+/// [`crate::prepare_socket_dir`]: only the agent's uid or root may change it), a stale socket
+/// file is removed (but a live one, with a server answering, is left alone and reported, and a
+/// non-socket file is never removed). The socket file is made mode 0777 so any local process
+/// that can search the directory can reach the agent and be attested.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    crate::rundir::prepare_socket_dir(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -509,3 +509,37 @@ async fn stale_socket_is_replaced_live_one_refused_and_shutdown_ends_streams() {
     assert!(!stale.exists());
     assert!(within("end of stream", open.next()).await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_in_a_directory_others_can_write_is_refused() {
+    let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
+    let fx = Fixture::start(vec![me], |_| {}).await;
+    let open = fx.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = open.join("agent.sock");
+    let err = fx
+        .agent
+        .serve(&sock, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, mayfly_agent::AgentError::SocketDir { path, .. } if *path == open),
+        "{err}"
+    );
+    let err = fx
+        .agent
+        .serve_http(&sock, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chmod go-w"), "{err}");
+    assert!(!sock.exists());
+    // A directory the agent creates is 0755: reachable by every uid, writable by the agent.
+    let fresh = fx.dir.path().join("fresh");
+    fx.agent
+        .serve(&fresh.join("agent.sock"), std::future::ready(()))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+}
