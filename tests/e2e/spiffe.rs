@@ -598,7 +598,8 @@ class C(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(sys.argv[1])
 c = C("agent")
-c.request("GET", "/v1/token?audience=https%3A%2F%2Fapi.example.test&scope=read")
+c.request("GET", "/v1/token?audience=https%3A%2F%2Fapi.example.test&scope=read",
+          headers={"workload.spiffe.io": "true"})
 r = c.getresponse()
 out = {"status": r.status, "body": json.loads(r.read())}
 if r.status == 200:

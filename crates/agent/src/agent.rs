@@ -421,7 +421,11 @@ impl Inner {
         .await
         .map_err(|_| Refusal::Denied)?;
         let workload = workload.map_err(|e: AttestError| {
-            tracing::info!(reason = %e, "workload attestation failed");
+            if e.suspicious() {
+                tracing::warn!(reason = %e, "workload attestation refused");
+            } else {
+                tracing::info!(reason = %e, "workload attestation failed");
+            }
             Refusal::Denied
         })?;
         let entries: Vec<EntryWire> = snapshot

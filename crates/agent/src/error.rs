@@ -17,6 +17,15 @@ pub enum AgentError {
     /// The socket path is in use by a live server, or is not a socket.
     #[error("{0}")]
     Socket(String),
+    /// The directory of a socket could be changed by someone other than the agent (or root),
+    /// or there is no safe default for it.
+    #[error("socket directory {}: {reason}", path.display())]
+    SocketDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// A call to the server failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),

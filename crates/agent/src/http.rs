@@ -2,6 +2,10 @@
 //! mayfly access token without speaking gRPC. The caller is attested like a Workload API
 //! caller; its first entry's JWT-SVID (audience: the server's token issuer) is exchanged at the
 //! server (RFC 8693) for an access token, returned as the token endpoint's JSON.
+//!
+//! Every request must carry the header `workload.spiffe.io: true`, as every Workload API call
+//! carries that metadata: a browser or a server-side request forgery that reaches the socket
+//! cannot add it, so it cannot obtain the workload's token.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -40,6 +44,9 @@ pub(crate) async fn serve(
     .map_err(|e| AgentError::Serve(e.to_string()))
 }
 
+/// The header every request must carry, with the value `true` (the Workload API's metadata).
+const SECURITY_HEADER: &str = "workload.spiffe.io";
+
 #[derive(Deserialize)]
 struct TokenQuery {
     audience: Option<String>,
@@ -55,8 +62,20 @@ fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Resp
 async fn token(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Response {
+    if headers.get(SECURITY_HEADER).map(HeaderValue::as_bytes) != Some(b"true") {
+        tracing::info!(
+            reason = "security header missing",
+            "agent token request refused"
+        );
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the header `workload.spiffe.io: true` is required",
+        );
+    }
     let Ok(Query(query)) = query else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -23,6 +23,8 @@ mod http;
 mod jwt;
 mod peer;
 mod procs;
+mod rundir;
+mod sockdiag;
 mod state;
 mod svid;
 mod upstream;
@@ -32,6 +34,7 @@ mod workload_api;
 pub use agent::{Agent, AgentStatus};
 pub use config::AgentConfig;
 pub use error::AgentError;
+pub use rundir::{default_socket_path, prepare_socket_dir};
 pub use upstream::{Upstream, UpstreamError};
 pub use upstream_http::{Attestation, HttpUpstream, HttpUpstreamError, decode_authorities};
 

@@ -1,10 +1,15 @@
 //! Unix socket plumbing shared by the gRPC and HTTP endpoints: binding, and the peer's
 //! credentials captured when a connection is accepted.
 //!
-//! The credentials come from `SO_PEERCRED` (tokio's `peer_cred`), which the kernel records at
-//! `connect()`. With them the agent reads the process start time right away, so a later
-//! attestation can tell whether the pid still names the process that connected (and not a
-//! process that reused its pid after it exited).
+//! The credentials come from `SO_PEERCRED`, which the kernel records at `connect()`. With them
+//! the agent reads, right away, the process start time (so a later attestation can tell
+//! whether the pid still names the process that connected, and not one that reused its pid),
+//! the identity of its executable (so an `execve` after connecting is seen) and the inode of
+//! the peer's end of the connection (to find every process holding it).
+//!
+//! `SO_PEERPIDFD` would pin the process itself, but neither tokio nor rustix exposes it
+//! without `unsafe`, and it would not see an `execve` anyway; start time plus executable
+//! identity cover the same ground.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -17,6 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::attest::FileKey;
 use crate::error::AgentError;
 
 /// Who is on the other end of a connection, as of its `connect()`.
@@ -27,6 +33,37 @@ pub(crate) struct Peer {
     pub gid: u32,
     /// Start time of `pid` when the connection was accepted.
     pub start_time: Option<u64>,
+    /// The executable `pid` ran when the connection was accepted.
+    pub exe: Option<FileKey>,
+    /// Inode of the peer's end of the connection (`socket:[<inode>]` in `/proc/<pid>/fd`).
+    pub socket_ino: Option<u64>,
+}
+
+impl Peer {
+    /// The peer of the accepted connection `sock`, or `None` if the kernel gave no
+    /// credentials.
+    pub(crate) fn capture(sock: &UnixStream) -> Option<Self> {
+        // tokio's reading, which maps a pid the kernel could not name (0) to `None`.
+        let cred = sock.peer_cred().ok()?;
+        let pid = cred.pid();
+        let start_time = pid.and_then(crate::attest::start_time);
+        let exe = pid.and_then(crate::attest::exe_key);
+        let socket_ino = match crate::sockdiag::peer_inode(sock) {
+            Ok(ino) => Some(ino),
+            Err(e) => {
+                tracing::debug!(error = %e, "the peer's socket inode is unknown");
+                None
+            }
+        };
+        Some(Self {
+            pid,
+            uid: cred.uid(),
+            gid: cred.gid(),
+            start_time,
+            exe,
+            socket_ino,
+        })
+    }
 }
 
 /// Connection info attached to every request (gRPC and HTTP); `None` if the kernel gave no
@@ -36,24 +73,17 @@ pub(crate) struct PeerInfo(pub Option<Arc<Peer>>);
 
 impl PeerInfo {
     fn of(stream: &UnixStream) -> Self {
-        let peer = stream.peer_cred().ok().map(|cred| {
-            let pid = cred.pid();
-            Arc::new(Peer {
-                pid,
-                uid: cred.uid(),
-                gid: cred.gid(),
-                start_time: pid.and_then(crate::attest::start_time),
-            })
-        });
-        Self(peer)
+        Self(Peer::capture(stream).map(Arc::new))
     }
 }
 
-/// Bind a unix socket at `path`: a stale socket file is removed first (but a live one, with a
-/// server answering, is left alone and reported, and a non-socket file is never removed). The
-/// socket file is made mode 0777 so any local process can reach the agent and be attested;
-/// who may reach the directory is the operator's decision.
+/// Bind a unix socket at `path`: its directory is created or checked first (see
+/// [`crate::prepare_socket_dir`]: only the agent's uid or root may change it), a stale socket
+/// file is removed (but a live one, with a server answering, is left alone and reported, and a
+/// non-socket file is never removed). The socket file is made mode 0777 so any local process
+/// that can search the directory can reach the agent and be attested.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, AgentError> {
+    crate::rundir::prepare_socket_dir(path)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {

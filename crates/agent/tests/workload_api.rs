@@ -359,10 +359,19 @@ async fn workload_exit_is_reported_with_its_jtis() {
     assert_eq!(fx.agent.status().tracked_processes, 0);
 }
 
-/// `GET` on the HTTP socket; returns (status, JSON body).
+/// `GET` on the HTTP socket with the security header; returns (status, JSON body).
 async fn http_get(path: &std::path::Path, target: &str) -> (u16, serde_json::Value) {
+    http_get_with(path, target, "workload.spiffe.io: true\r\n").await
+}
+
+/// `GET` on the HTTP socket with `extra` header lines; returns (status, JSON body).
+async fn http_get_with(
+    path: &std::path::Path,
+    target: &str,
+    extra: &str,
+) -> (u16, serde_json::Value) {
     let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
-    let req = format!("GET {target} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {target} HTTP/1.1\r\nHost: agent\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
@@ -408,6 +417,37 @@ async fn http_token_endpoint_exchanges_the_callers_jwt_svid() {
     let (status, body) = http_get(sock, "/v1/token?audience=unreachable").await;
     assert_eq!(status, 502, "{body}");
     assert!(body["error"].is_string() && body["error_description"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_token_endpoint_requires_the_security_header() {
+    let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
+    let fx = Fixture::start(vec![me], |_| {}).await;
+    let sock = &fx.http_socket;
+    // As a browser or a forged server-side request would send it: no header, or another value.
+    for extra in [
+        "",
+        "workload.spiffe.io: yes\r\n",
+        "workload.spiffe.io: TRUE\r\n",
+    ] {
+        let (status, body) =
+            http_get_with(sock, "/v1/token?audience=https%3A%2F%2Fapi", extra).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{extra:?}: {body}"
+        );
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("workload.spiffe.io"),
+            "{body}"
+        );
+    }
+    assert!(fx.server.exchanges.lock().unwrap().is_empty());
+    let (status, _) = http_get(sock, "/v1/token?audience=https%3A%2F%2Fapi").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,4 +508,38 @@ async fn stale_socket_is_replaced_live_one_refused_and_shutdown_ends_streams() {
         .unwrap();
     assert!(!stale.exists());
     assert!(within("end of stream", open.next()).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_in_a_directory_others_can_write_is_refused() {
+    let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
+    let fx = Fixture::start(vec![me], |_| {}).await;
+    let open = fx.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = open.join("agent.sock");
+    let err = fx
+        .agent
+        .serve(&sock, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, mayfly_agent::AgentError::SocketDir { path, .. } if *path == open),
+        "{err}"
+    );
+    let err = fx
+        .agent
+        .serve_http(&sock, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chmod go-w"), "{err}");
+    assert!(!sock.exists());
+    // A directory the agent creates is 0755: reachable by every uid, writable by the agent.
+    let fresh = fx.dir.path().join("fresh");
+    fx.agent
+        .serve(&fresh.join("agent.sock"), std::future::ready(()))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
 }

@@ -255,9 +255,11 @@ pub struct AgentArgs {
     /// ... and the file holding the token (re-read at each attestation).
     #[arg(long)]
     pub platform_token_file: Option<PathBuf>,
-    /// The Workload API socket.
-    #[arg(long, default_value = "/tmp/mayfly-agent/public.sock")]
-    pub socket: PathBuf,
+    /// The Workload API socket [default: /run/mayfly/agent.sock as root, else
+    /// $XDG_RUNTIME_DIR/mayfly/agent.sock]. Its directory is created mode 0755 if missing, and
+    /// refused if another uid than the agent's (or root) owns it or others can write it.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// Also serve `GET /v1/token` on this unix socket.
     #[arg(long)]
     pub http_socket: Option<PathBuf>,
@@ -306,6 +308,14 @@ pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let issuer = required(&args.issuer, "--issuer")?;
     let td = required(&args.trust_domain, "--trust-domain")?;
     mayfly_spiffe::id::validate_trust_domain(td).with_context(|| format!("--trust-domain {td}"))?;
+    // Before attesting (which may spend a single-use join token): the sockets' directories.
+    let socket = match &args.socket {
+        Some(p) => p.clone(),
+        None => mayfly_agent::default_socket_path()?,
+    };
+    for path in std::iter::once(&socket).chain(args.http_socket.as_ref()) {
+        mayfly_agent::prepare_socket_dir(path)?;
+    }
     let bundle_path = args
         .trust_bundle
         .as_ref()
@@ -388,13 +398,13 @@ pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!(
         "mayfly agent: starting the Workload API on {}{}",
-        args.socket.display(),
+        socket.display(),
         args.http_socket
             .as_ref()
             .map(|p| format!(" and GET /v1/token on {}", p.display()))
             .unwrap_or_default()
     );
-    let serve = agent.serve(&args.socket, stop());
+    let serve = agent.serve(&socket, stop());
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r,
