@@ -5,7 +5,8 @@
 //! call both ways. The key never reaches a caller: response headers holding it are dropped and
 //! the body is scrubbed. Every call is an audit event.
 //!
-//! Modules: [`route`] (matching and URIs), `verify` (tokens), `revocation` (introspection),
+//! Modules: [`path`] (the normal form every decision and forward uses), [`route`] (matching
+//! and URIs), `verify` (tokens), `revocation` (introspection),
 //! `keys` (the keys and their expiry), `inject`, `scrub`, `forward` (the upstream side),
 //! `server` (the caller side), `audit`, `stats` (metric handles).
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod error;
 mod forward;
 mod inject;
 mod keys;
+pub mod path;
 mod revocation;
 pub mod route;
 mod scrub;
