@@ -24,7 +24,7 @@ pub enum Refusal {
     BadRequest(&'static str),
     /// The request path cannot be normalised safely (encoded `/` or `\\`, NUL, ...).
     #[error("{0}")]
-    BadPath(#[from] crate::path::PathError),
+    BadPath(#[from] mayfly_proto::path::PathError),
     /// No route matches.
     #[error("no route of this proxy matches this host and path")]
     NoRoute,

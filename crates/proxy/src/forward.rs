@@ -25,9 +25,9 @@ use rustls_pki_types::pem::PemObject;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::Refusal;
 use crate::keys::RouteKey;
-use crate::path::NormalPath;
 use crate::route::Route;
 use crate::scrub::{self, ScrubBody};
+use mayfly_proto::path::NormalPath;
 
 /// The client towards upstreams; request bodies stream straight from the caller.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;

@@ -12,7 +12,7 @@ use mayfly_config::{Inject, RouteConfig, RouteMatch};
 use mayfly_policy::RoutePolicy;
 
 use crate::error::Refusal;
-use crate::path::NormalPath;
+use mayfly_proto::path::NormalPath;
 
 /// One configured route, ready to match and forward.
 #[derive(Debug)]
@@ -285,20 +285,19 @@ impl Router {
                     .is_some_and(|rh| rh.eq_ignore_ascii_case(h))
             })
         {
-            return Ok((r, normal.suffix(0)));
+            return Ok((r, normal.suffix(0).ok_or(Refusal::NoRoute)?));
         }
         let mut best: Option<(&Route, usize)> = None;
         for r in &self.routes {
             let Some(p) = &r.prefix else { continue };
             let matched = path == p
                 || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'));
-            if matched
-                && best.is_none_or(|(_, at)| at < p.len())
-            {
+            if matched && best.is_none_or(|(_, at)| at < p.len()) {
                 best = Some((r, p.len()));
             }
         }
-        best.map(|(r, at)| (r, normal.suffix(at)))
+        // A prefix matched whole segments, so its end is a segment boundary.
+        best.and_then(|(r, at)| Some((r, normal.suffix(at)?)))
             .ok_or(Refusal::NoRoute)
     }
 }
@@ -384,14 +383,20 @@ mod tests {
                 .to_string()
         };
         assert_eq!(find(None, "/api/x/y"), Ok(("a".into(), "/x/y".into())));
-        assert_eq!(target("a", "/x/y", Some("q=1")), "https://a.test/v1/x/y?q=1");
+        assert_eq!(
+            target("a", "/x/y", Some("q=1")),
+            "https://a.test/v1/x/y?q=1"
+        );
         assert_eq!(find(None, "/api/b/z"), Ok(("b".into(), "/z".into())));
         assert_eq!(target("b", "/z", None), "http://127.0.0.1:9/z");
         assert_eq!(find(None, "/api/b"), Ok(("b".into(), "".into())));
         let rt = &r.routes()[1];
         let n = NormalPath::new("/api/b").unwrap();
         let (_, rest) = r.find(None, &n).unwrap();
-        assert_eq!(rt.target(&rest, None).unwrap().to_string(), "http://127.0.0.1:9/");
+        assert_eq!(
+            rt.target(&rest, None).unwrap().to_string(),
+            "http://127.0.0.1:9/"
+        );
         // A prefix matches whole segments only.
         assert_eq!(find(None, "/api/bc").unwrap().0, "a");
         assert_eq!(find(None, "/apix"), Err(Refusal::NoRoute));
@@ -404,6 +409,9 @@ mod tests {
         // another route's, nor out of the upstream's base path.
         assert_eq!(find(None, "/api/b/../x"), Ok(("a".into(), "/x".into())));
         assert_eq!(find(None, "/api//b//z"), Ok(("b".into(), "/z".into())));
-        assert_eq!(find(None, "/api/b/%2e%2e/%2e%2e/admin"), Err(Refusal::NoRoute));
+        assert_eq!(
+            find(None, "/api/b/%2e%2e/%2e%2e/admin"),
+            Err(Refusal::NoRoute)
+        );
     }
 }

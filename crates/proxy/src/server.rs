@@ -23,10 +23,10 @@ use crate::body::{ProxyBody, full};
 use crate::error::Refusal;
 use crate::forward::{self, UpstreamClient};
 use crate::keys::KeyRing;
-use crate::path::NormalPath;
 use crate::revocation::Revocation;
 use crate::route::{Route, Router};
 use crate::verify::{Caller, Issuer, Verifier};
+use mayfly_proto::path::NormalPath;
 
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 const MAX_HEAD: usize = 64 * 1024;
@@ -359,7 +359,10 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => {
                 let refusal = Refusal::BadPath(e);
-                tracing::info!(error = refusal.reason(), "refused a path that cannot be normalised safely");
+                tracing::info!(
+                    error = refusal.reason(),
+                    "refused a path that cannot be normalised safely"
+                );
                 metrics::counter!("mayfly_proxy_requests_total", "route" => "", "status" => refusal.status().as_str().to_string()).increment(1);
                 let resp = refusal.response();
                 self.audit(

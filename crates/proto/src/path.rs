@@ -1,6 +1,6 @@
-//! The request path in normal form, the only form the router, a route's policy and the
-//! forwarder take: whatever a caller spells, the policy decides on the path the upstream is
-//! then sent, byte for byte.
+//! A request path in normal form: the only form the proxy's router, a route's policy and its
+//! forwarder take, so that whatever a caller spells, the policy decides on the path the
+//! upstream is then sent, byte for byte (and a route prefix in config is written in it).
 //!
 //! Normal form (RFC 3986 §6.2.2, plus merged slashes):
 //! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded (`%61` is `a`,
@@ -105,10 +105,11 @@ impl<'a> NormalPath<'a> {
         matches!(self.0, Cow::Owned(_))
     }
 
-    /// The path below byte `at`, which must be at a segment boundary (the end of a route's
-    /// prefix): a remainder, normal as the whole is.
-    pub(crate) fn suffix(&self, at: usize) -> NormalPath<'_> {
-        NormalPath(Cow::Borrowed(self.0.get(at..).unwrap_or("")))
+    /// The remainder below byte `at` (the end of a route's prefix), normal as the whole is;
+    /// `None` unless `at` is at a segment boundary (a `/`, or the end).
+    pub fn suffix(&self, at: usize) -> Option<NormalPath<'_>> {
+        let rest = self.0.get(at..)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(NormalPath(Cow::Borrowed(rest)))
     }
 
     /// The path as a route policy sees it (`context.path`): percent-decoded, starting with
@@ -220,11 +221,7 @@ fn normalise(raw: &str) -> Result<String, PathError> {
                     _ if is_unreserved(v) => bytes.push(v),
                     _ => {
                         high |= v >= 0x80;
-                        bytes.extend_from_slice(&[
-                            b'%',
-                            HEX[usize::from(h)],
-                            HEX[usize::from(l)],
-                        ]);
+                        bytes.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
                     }
                 }
                 i += 3;
@@ -345,8 +342,72 @@ mod tests {
     fn the_policy_sees_the_decoded_path() {
         let n = NormalPath::new("/caf%C3%A9/a%3Bb%20c").unwrap();
         assert_eq!(n.decoded(), "/café/a;b c");
-        assert_eq!(n.suffix(n.as_str().len()).decoded(), "/");
+        assert_eq!(n.suffix(n.as_str().len()).unwrap().decoded(), "/");
         let n = NormalPath::new("/up/x").unwrap();
-        assert_eq!(n.suffix(3).as_str(), "/x");
+        assert_eq!(n.suffix(3).unwrap().as_str(), "/x");
+        assert_eq!(n.suffix(2), None);
+        assert_eq!(n.suffix(9), None);
+    }
+
+    /// What every normal form holds (the fuzz target `path` checks the same on any input).
+    fn check(raw: &str) {
+        let Ok(n) = NormalPath::new(raw) else {
+            assert!(!is_normal(raw), "{raw:?}");
+            return;
+        };
+        let s = n.as_str();
+        assert!(
+            s.starts_with('/') && !s.contains("//") && !s.contains('\\'),
+            "{raw:?}"
+        );
+        assert!(
+            s[1..].split('/').all(|g| dot_segment(g).is_none()),
+            "{raw:?}"
+        );
+        assert_eq!(
+            NormalPath::new(s).as_ref().map(NormalPath::rewritten),
+            Ok(false)
+        );
+        assert_eq!(is_normal(raw), !n.rewritten() && is_normal(s), "{raw:?}");
+        if !n.rewritten() {
+            assert_eq!(s, raw);
+        }
+        for (i, _) in s.match_indices('%') {
+            let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
+            assert!(s[i + 1..i + 3].bytes().all(|c| !c.is_ascii_lowercase()));
+            assert!(
+                !is_unreserved(v) && !matches!(v, b'/' | b'\\' | 0),
+                "{raw:?}"
+            );
+        }
+        let d = n.decoded();
+        assert_eq!(d.split('/').count(), s.split('/').count(), "{raw:?}");
+        assert!(
+            d[1..].split('/').all(|g| !matches!(g, "." | "..")),
+            "{raw:?}"
+        );
+        assert!(!d.contains(['\\', '\0']), "{raw:?}");
+    }
+
+    /// Every path of up to four pieces over an alphabet of the tricky ones.
+    #[test]
+    fn normal_forms_hold_their_invariants() {
+        let alphabet = [
+            "/", ".", "%2e", "%2E", "%2f", "%5C", "%", "%2", "2", "e", "a", "%61", "%3b", ";",
+            "\\", "%00", "%C3", "%a9", "é",
+        ];
+        let mut paths = vec![String::from("/")];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &paths {
+                for a in alphabet {
+                    next.push(format!("{p}{a}"));
+                }
+            }
+            paths.extend(next);
+        }
+        for p in &paths {
+            check(p);
+        }
     }
 }
