@@ -88,7 +88,8 @@ pub struct RouteConfig {
     pub name: String,
     /// How requests are matched.
     pub matcher: RouteMatch,
-    /// Upstream base URL (`https://`, or `http://` for loopback and tests).
+    /// Upstream base URL: `https://`, or `http://` to a loopback host only (`127.0.0.0/8`,
+    /// `[::1]`, `localhost`), checked at validation.
     pub upstream: url::Url,
     /// The audience a token must carry.
     pub audience: String,
@@ -152,6 +153,17 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether a URL's host is this machine: a loopback address, or `localhost` (which
+/// resolves to one only, RFC 6761 §6.3).
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 impl RawProxy {
@@ -274,6 +286,27 @@ impl RawRoute {
                         "start it with `/`, e.g. path_prefix = \"/stripe/\"",
                     ));
                 }
+                // Request paths are matched in normal form: a prefix in any other would
+                // never match.
+                match mayfly_proto::path::NormalPath::new(&p) {
+                    Ok(n) if !n.rewritten() => {}
+                    Ok(n) => {
+                        return Err(ConfigError::new(
+                            src,
+                            key("path_prefix"),
+                            format!("`{p}` is not in the normal form requests are matched in"),
+                            format!("write it as path_prefix = \"{}\"", n.as_str()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::new(
+                            src,
+                            key("path_prefix"),
+                            format!("`{p}` is not a path prefix: {e}"),
+                            "write a plain path, e.g. path_prefix = \"/stripe/\"",
+                        ));
+                    }
+                }
                 RouteMatch::PathPrefix(p)
             }
             (None, Some(h)) => {
@@ -316,6 +349,18 @@ impl RawRoute {
                 key("upstream"),
                 format!("`{upstream}` is not a base URL the proxy can forward to"),
                 "use https://host[:port][/base/path] with no query, fragment or credentials",
+            ));
+        }
+        // The key crosses this hop in the clear over plain http: only where nobody else can
+        // see it (the host itself).
+        if upstream.scheme() == "http" && !is_loopback(&upstream) {
+            return Err(ConfigError::new(
+                src,
+                key("upstream"),
+                format!(
+                    "`{upstream}` is plain http to a host that is not loopback: the route's key would cross the network in the clear"
+                ),
+                "use https:// (add the upstream's CA with proxy.upstream_ca_file if it is private); plain http is for 127.0.0.1, [::1] or localhost only",
             ));
         }
         if self.audience.is_empty() {

@@ -348,6 +348,19 @@ inject = { query = "key" }
             "[proxy]\nclient_id = \"p\"\n".to_string(),
             "proxy.client_id",
         ),
+        // A prefix that no normalised request path could match.
+        (
+            route("path_prefix = \"/a//b/\"\ninject = { query = \"k\" }"),
+            "proxy.routes[0].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/%61pi/\"\ninject = { query = \"k\" }"),
+            "proxy.routes[0].path_prefix",
+        ),
+        (
+            route("path_prefix = \"/a%2Fb/\"\ninject = { query = \"k\" }"),
+            "proxy.routes[0].path_prefix",
+        ),
         (
             "[proxy]\nrevocation_cache = \"1h\"\n".to_string(),
             "proxy.revocation_cache",
@@ -356,5 +369,43 @@ inject = { query = "key" }
         let e = parse(&text, &[]).unwrap_err();
         assert_eq!(e.key, key, "{text}: {e}");
         assert!(!e.fix.is_empty());
+    }
+}
+
+/// The route's key crosses the proxy → upstream hop: plain http only to this host.
+#[test]
+fn plain_http_upstreams_must_be_loopback() {
+    let route = |upstream: &str| {
+        format!(
+            "[[proxy.routes]]\nname = \"r\"\npath_prefix = \"/r/\"\nupstream = \"{upstream}\"\naudience = \"a\"\ninject = {{ query = \"k\" }}\n"
+        )
+    };
+    for ok in [
+        "http://127.0.0.1:9000",
+        "http://127.8.9.10/base",
+        "http://[::1]:8080/",
+        "http://localhost:3000",
+        "http://LocalHost",
+        "https://api.example.com",
+        "https://10.0.0.5",
+    ] {
+        let c = parse(&route(ok), &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(
+            c.proxy.routes[0].upstream.as_str().trim_end_matches('/'),
+            url::Url::parse(ok).unwrap().as_str().trim_end_matches('/')
+        );
+    }
+    for bad in [
+        "http://api.example.com",
+        "http://10.0.0.5:8080",
+        "http://0.0.0.0:9000",
+        "http://[::ffff:127.0.0.1]/",
+        "http://localhost.example.com",
+        "http://127.0.0.1.nip.io",
+    ] {
+        let e = parse(&route(bad), &[]).unwrap_err();
+        assert_eq!(e.key, "proxy.routes[0].upstream", "{bad}: {e}");
+        assert!(e.to_string().contains("not loopback"), "{bad}: {e}");
+        assert!(e.fix.contains("https://"), "{bad}: {e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod cache;
 mod error;
 mod form;
 mod metadata;
+pub mod path;
 pub mod spiffe;
 pub mod spiffe_id;
 

@@ -22,6 +22,9 @@ pub enum Refusal {
     /// The request is malformed (bad path, several tokens, ...).
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The request path cannot be normalised safely (encoded `/` or `\\`, NUL, ...).
+    #[error("{0}")]
+    BadPath(#[from] mayfly_proto::path::PathError),
     /// No route matches.
     #[error("no route of this proxy matches this host and path")]
     NoRoute,
@@ -83,7 +86,7 @@ impl Refusal {
             Refusal::InsufficientScope(_)
             | Refusal::KeyExpired { .. }
             | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
-            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::BadPath(_) => StatusCode::BAD_REQUEST,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::NoKey { .. } | Refusal::IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamUnreachable(_) | Refusal::UpstreamEncoded(_) => {
@@ -98,7 +101,7 @@ impl Refusal {
         match self {
             Refusal::MissingToken | Refusal::InvalidToken(_) => "invalid_token",
             Refusal::InsufficientScope(_) => "insufficient_scope",
-            Refusal::BadRequest(_) => "invalid_request",
+            Refusal::BadRequest(_) | Refusal::BadPath(_) => "invalid_request",
             Refusal::NoRoute => "not_found",
             Refusal::KeyExpired { .. } => "key_expired",
             Refusal::PolicyDenied { .. } => "access_denied",
@@ -107,6 +110,15 @@ impl Refusal {
             Refusal::UpstreamUnreachable(_) => "upstream_error",
             Refusal::UpstreamTimeout(_) => "upstream_timeout",
             Refusal::UpstreamEncoded(_) => "upstream_encoding",
+        }
+    }
+
+    /// The audit event's `reason`: the `error` code, or for a refused path what was wrong
+    /// with it (`path_encoded_slash`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadPath(e) => e.reason(),
+            _ => self.code(),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::error::Refusal;
 use crate::keys::RouteKey;
 use crate::route::Route;
 use crate::scrub::{self, ScrubBody};
+use mayfly_proto::path::NormalPath;
 
 /// The client towards upstreams; request bodies stream straight from the caller.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
@@ -122,28 +123,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// The last `len` bytes of the request's path: the part after the route's prefix, as
-/// [`Router::find`](crate::route::Router::find) measured it (a suffix, so a char boundary).
-pub fn rest<B>(req: &Request<B>, len: usize) -> &str {
-    let path = req.uri().path();
-    path.get(path.len().saturating_sub(len)..).unwrap_or("")
-}
-
-/// The request for the upstream: the URI rewritten (path joined, key in the query when the
-/// route says so), the caller's `Authorization`, hop-by-hop headers, the route's
+/// The request for the upstream: the URI rewritten (the normalised path remainder the policy
+/// decided on joined to the base path, the caller's query as it came, the key in the query
+/// when the route says so), the caller's `Authorization`, hop-by-hop headers, the route's
 /// `drop_headers` and any header named like the injected one removed, `Host` set to the
 /// upstream's, the key injected, and `Accept-Encoding: identity` so that the response can be
 /// scrubbed.
 pub fn upstream_request(
     mut req: Request<Incoming>,
     route: &Route,
-    rest_len: usize,
+    rest: &NormalPath<'_>,
+    query: Option<&str>,
     key: &RouteKey,
 ) -> Result<Request<Incoming>, Refusal> {
-    let rest = rest(&req, rest_len);
-    let uri = match key.injection.query(req.uri().query()) {
+    let uri = match key.injection.query(query) {
         Some(q) => route.target(rest, Some(&q))?,
-        None => route.target(rest, req.uri().query())?,
+        None => route.target(rest, query)?,
     };
     let h = req.headers_mut();
     strip_hop_by_hop(h);

@@ -5,7 +5,8 @@
 //! call both ways. The key never reaches a caller: response headers holding it are dropped and
 //! the body is scrubbed. Every call is an audit event.
 //!
-//! Modules: [`route`] (matching and URIs), `verify` (tokens), `revocation` (introspection),
+//! Modules: [`route`] (matching and URIs, on the path's normal form,
+//! [`mayfly_proto::path`]), `verify` (tokens), `revocation` (introspection),
 //! `keys` (the keys and their expiry), `inject`, `scrub`, `forward` (the upstream side),
 //! `server` (the caller side), `audit`, `stats` (metric handles).
 #![forbid(unsafe_code)]

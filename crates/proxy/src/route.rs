@@ -12,6 +12,7 @@ use mayfly_config::{Inject, RouteConfig, RouteMatch};
 use mayfly_policy::RoutePolicy;
 
 use crate::error::Refusal;
+use mayfly_proto::path::NormalPath;
 
 /// One configured route, ready to match and forward.
 #[derive(Debug)]
@@ -214,8 +215,10 @@ impl Route {
         &self.authority
     }
 
-    /// The upstream URI for a request's path remainder and query (already rewritten).
-    pub fn target(&self, rest: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+    /// The upstream URI for a request's (normalised) path remainder and query (already
+    /// rewritten): the upstream gets the path the route's policy decided on.
+    pub fn target(&self, rest: &NormalPath<'_>, query: Option<&str>) -> Result<Uri, Refusal> {
+        let rest = rest.as_str();
         let mut pq = String::with_capacity(self.base_path.len() + rest.len() + 64);
         pq.push_str(&self.base_path);
         pq.push_str(rest);
@@ -254,25 +257,6 @@ fn host_only(h: &str) -> &str {
     h.trim_end_matches('.')
 }
 
-/// Whether a path segment is `.` or `..`, literally or percent-encoded (`%2e`, any case).
-/// Without allocating: this runs on every segment of every call.
-fn is_dot_segment(seg: &str) -> bool {
-    let mut rest = seg.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        match rest {
-            [b'.', tail @ ..] => rest = tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
-            _ => return false,
-        }
-        dots += 1;
-        if dots > 2 {
-            return false;
-        }
-    }
-    dots > 0
-}
-
 impl Router {
     /// From the configured routes.
     pub fn new(routes: Vec<Route>) -> Self {
@@ -285,19 +269,15 @@ impl Router {
     }
 
     /// The route for a request, and the path remainder to forward (starting with `/`, or
-    /// empty). Host routes win; then the longest matching path prefix. Paths with `.` or `..`
-    /// segments (also percent-encoded) are refused, so a caller cannot climb out of the
-    /// upstream's base path.
+    /// empty). Host routes win; then the longest matching path prefix. The path is normal
+    /// (no dot segments, no `//`), so a prefix is matched on the path the upstream will get
+    /// and the remainder cannot climb out of the upstream's base path.
     pub fn find<'a, 'p>(
         &'a self,
         host: Option<&str>,
-        path: &'p str,
-    ) -> Result<(&'a Route, &'p str), Refusal> {
-        if path.split('/').any(is_dot_segment) {
-            return Err(Refusal::BadRequest(
-                "the path holds `.` or `..` segments; send a normalised path",
-            ));
-        }
+        normal: &'p NormalPath<'_>,
+    ) -> Result<(&'a Route, NormalPath<'p>), Refusal> {
+        let path = normal.as_str();
         if let Some(h) = host.map(host_only)
             && let Some(r) = self.routes.iter().find(|r| {
                 r.host
@@ -305,20 +285,20 @@ impl Router {
                     .is_some_and(|rh| rh.eq_ignore_ascii_case(h))
             })
         {
-            return Ok((r, path));
+            return Ok((r, normal.suffix(0).ok_or(Refusal::NoRoute)?));
         }
-        let mut best: Option<(&Route, &str)> = None;
+        let mut best: Option<(&Route, usize)> = None;
         for r in &self.routes {
             let Some(p) = &r.prefix else { continue };
             let matched = path == p
                 || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'));
-            if matched
-                && best.is_none_or(|(b, _)| b.prefix.as_ref().is_some_and(|bp| bp.len() < p.len()))
-            {
-                best = Some((r, &path[p.len()..]));
+            if matched && best.is_none_or(|(_, at)| at < p.len()) {
+                best = Some((r, p.len()));
             }
         }
-        best.ok_or(Refusal::NoRoute)
+        // A prefix matched whole segments, so its end is a segment boundary.
+        best.and_then(|(r, at)| Some((r, normal.suffix(at)?)))
+            .ok_or(Refusal::NoRoute)
     }
 }
 
@@ -326,28 +306,8 @@ impl Router {
 mod tests {
     use super::*;
 
-    /// The allocation-free check says what the old one did (lower-case the segment, decode
-    /// `%2e`, compare with `.` and `..`) on every short segment over a small alphabet.
     #[test]
-    fn dot_segments_match_the_decoding_rule() {
-        let alphabet = [".", "%2e", "%2E", "%2", "%", "2", "e", "a", "%2f"];
-        let mut segs = vec![String::new()];
-        for _ in 0..3 {
-            let mut next = Vec::new();
-            for s in &segs {
-                for a in alphabet {
-                    next.push(format!("{s}{a}"));
-                }
-            }
-            segs.extend(next);
-        }
-        for seg in &segs {
-            let old = matches!(
-                seg.to_ascii_lowercase().replace("%2e", ".").as_str(),
-                "." | ".."
-            );
-            assert_eq!(is_dot_segment(seg), old, "{seg:?}");
-        }
+    fn host_only_strips_port_and_dot() {
         assert_eq!(host_only("API.Example.test.:443"), "API.Example.test");
         assert_eq!(host_only("[::1]:8080"), "::1");
     }
@@ -411,36 +371,47 @@ mod tests {
             ),
             route("h", RouteMatch::Host("h.proxy".into()), "https://h.test"),
         ]);
-        let (rt, rest) = r.find(None, "/api/x/y").unwrap();
-        assert_eq!((rt.name.as_str(), rest), ("a", "/x/y"));
+        let find = |host: Option<&str>, p: &str| {
+            let n = NormalPath::new(p).unwrap();
+            r.find(host, &n)
+                .map(|(rt, rest)| (rt.name.clone(), rest.as_str().to_string()))
+        };
+        let target = |name: &str, rest: &str, q: Option<&str>| {
+            let rt = r.routes().iter().find(|rt| rt.name == name).unwrap();
+            rt.target(&NormalPath::new(rest).unwrap(), q)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(find(None, "/api/x/y"), Ok(("a".into(), "/x/y".into())));
         assert_eq!(
-            rt.target(rest, Some("q=1")).unwrap().to_string(),
+            target("a", "/x/y", Some("q=1")),
             "https://a.test/v1/x/y?q=1"
         );
-        let (rt, rest) = r.find(None, "/api/b/z").unwrap();
-        assert_eq!((rt.name.as_str(), rest), ("b", "/z"));
+        assert_eq!(find(None, "/api/b/z"), Ok(("b".into(), "/z".into())));
+        assert_eq!(target("b", "/z", None), "http://127.0.0.1:9/z");
+        assert_eq!(find(None, "/api/b"), Ok(("b".into(), "".into())));
+        let rt = &r.routes()[1];
+        let n = NormalPath::new("/api/b").unwrap();
+        let (_, rest) = r.find(None, &n).unwrap();
         assert_eq!(
-            rt.target(rest, None).unwrap().to_string(),
-            "http://127.0.0.1:9/z"
-        );
-        let (rt, rest) = r.find(None, "/api/b").unwrap();
-        assert_eq!((rt.name.as_str(), rest), ("b", ""));
-        assert_eq!(
-            rt.target(rest, None).unwrap().to_string(),
+            rt.target(&rest, None).unwrap().to_string(),
             "http://127.0.0.1:9/"
         );
         // A prefix matches whole segments only.
-        let (rt, _) = r.find(None, "/api/bc").unwrap();
-        assert_eq!(rt.name, "a");
-        assert_eq!(r.find(None, "/apix").unwrap_err(), Refusal::NoRoute);
-        let (rt, rest) = r.find(Some("H.Proxy:8081"), "/api/x").unwrap();
-        assert_eq!((rt.name.as_str(), rest), ("h", "/api/x"));
-        assert_eq!(rt.target("", None).unwrap().to_string(), "https://h.test/");
-        for bad in ["/api/../admin", "/api/%2e%2E/admin", "/api/./x"] {
-            assert!(
-                matches!(r.find(None, bad), Err(Refusal::BadRequest(_))),
-                "{bad}"
-            );
-        }
+        assert_eq!(find(None, "/api/bc").unwrap().0, "a");
+        assert_eq!(find(None, "/apix"), Err(Refusal::NoRoute));
+        assert_eq!(
+            find(Some("H.Proxy:8081"), "/api/x"),
+            Ok(("h".into(), "/api/x".into()))
+        );
+        assert_eq!(target("h", "/", None), "https://h.test/");
+        // Matched on the normal form: dot segments cannot climb out of a prefix into
+        // another route's, nor out of the upstream's base path.
+        assert_eq!(find(None, "/api/b/../x"), Ok(("a".into(), "/x".into())));
+        assert_eq!(find(None, "/api//b//z"), Ok(("b".into(), "/z".into())));
+        assert_eq!(
+            find(None, "/api/b/%2e%2e/%2e%2e/admin"),
+            Err(Refusal::NoRoute)
+        );
     }
 }

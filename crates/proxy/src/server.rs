@@ -26,6 +26,7 @@ use crate::keys::KeyRing;
 use crate::revocation::Revocation;
 use crate::route::{Route, Router};
 use crate::verify::{Caller, Issuer, Verifier};
+use mayfly_proto::path::NormalPath;
 
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 const MAX_HEAD: usize = 64 * 1024;
@@ -138,7 +139,8 @@ fn bearer(h: &HeaderMap) -> Result<&str, Refusal> {
 
 /// What one call came to, for the audit log and metrics.
 struct Outcome<'a> {
-    route: &'a Route,
+    /// `None`: refused before a route was chosen (a path that cannot be normalised).
+    route: Option<&'a Route>,
     caller: Option<Caller>,
     status: u16,
     reason: &'a str,
@@ -325,7 +327,7 @@ impl Proxy {
     }
 
     /// One call.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         match req.uri().path() {
             "/.mayfly/healthz" => {
@@ -349,36 +351,63 @@ impl Proxy {
             }
             _ => {}
         }
-        let host = req
-            .uri()
+        // The URI is taken out of the request (leaving `/`, no allocation) so that the
+        // normalised path can borrow it while the request moves on to the upstream.
+        let uri = std::mem::take(req.uri_mut());
+        let now = self.0.clock.now();
+        let path = match NormalPath::new(uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                let refusal = Refusal::BadPath(e);
+                tracing::info!(
+                    error = refusal.reason(),
+                    "refused a path that cannot be normalised safely"
+                );
+                metrics::counter!("mayfly_proxy_requests_total", "route" => "", "status" => refusal.status().as_str().to_string()).increment(1);
+                let resp = refusal.response();
+                self.audit(
+                    Outcome {
+                        route: None,
+                        caller: None,
+                        status: resp.status().as_u16(),
+                        reason: refusal.reason(),
+                        allowed: false,
+                    },
+                    now,
+                    started.elapsed(),
+                )
+                .await;
+                return resp;
+            }
+        };
+        let host = uri
             .authority()
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
-        // The remainder is a suffix of the request's path: kept as its length, so that the
-        // request can move on without a copy of it.
-        let (route, rest_len) = match self.0.router.find(host, req.uri().path()) {
-            Ok((r, rest)) => (r, rest.len()),
+        let (route, rest) = match self.0.router.find(host, &path) {
+            Ok(found) => found,
             Err(refusal) => {
                 metrics::counter!("mayfly_proxy_requests_total", "route" => "", "status" => refusal.status().as_str().to_string()).increment(1);
                 return refusal.response();
             }
         };
-        let now = self.0.clock.now();
         let mut caller: Option<Caller> = None;
-        let result = self.forward(req, route, rest_len, now, &mut caller).await;
+        let result = self
+            .forward(req, route, &rest, uri.query(), now, &mut caller)
+            .await;
         let latency = started.elapsed();
         let (resp, reason, allowed) = match result {
             Ok(resp) => (resp, "forwarded", true),
             Err(refusal) => {
                 tracing::info!(route = %route.name, jti = caller.as_ref().map_or("-", |c| c.jti.as_str()), error = refusal.code(), "refused");
-                (refusal.response(), refusal.code(), false)
+                (refusal.response(), refusal.reason(), false)
             }
         };
         let status = resp.status().as_u16();
         route.metrics.record(&route.name, status, latency);
         self.audit(
             Outcome {
-                route,
+                route: Some(route),
                 caller,
                 status,
                 reason,
@@ -391,11 +420,14 @@ impl Proxy {
         resp
     }
 
+    /// Check the token and the route's policy, and forward: the policy decides on `rest`, the
+    /// normalised path, and the upstream is sent that same path.
     async fn forward(
         &self,
         req: Request<Incoming>,
         route: &Route,
-        rest_len: usize,
+        rest: &NormalPath<'_>,
+        query: Option<&str>,
         now: i64,
         caller_out: &mut Option<Caller>,
     ) -> Result<Response<ProxyBody>, Refusal> {
@@ -407,15 +439,9 @@ impl Proxy {
         crate::verify::check_scopes(caller, route)?;
         if let Some(slot) = &route.policy {
             let policy = slot.current();
-            // Decoded, so that `/%61dmin` cannot slip past a `forbid` on `/admin`.
-            let decoded = percent_encoding::percent_decode_str(forward::rest(&req, rest_len))
-                .decode_utf8()
-                .map_err(|_| Refusal::BadRequest("the path is not UTF-8 once percent-decoded"))?;
-            let path = if decoded.starts_with('/') {
-                decoded.into_owned()
-            } else {
-                format!("/{decoded}")
-            };
+            // Decoded (so that `/%61dmin` is `/admin` to a `forbid`), and with the same
+            // segments as the path forwarded: normalising refused `%2F` and removed `..`.
+            let path = rest.decoded();
             let d = policy.decide(&mayfly_policy::RouteRequest {
                 subject: &caller.sub,
                 client_id: caller.client_id.as_deref().unwrap_or(""),
@@ -430,13 +456,13 @@ impl Proxy {
                 return Err(Refusal::PolicyDenied {
                     route: route.name.clone(),
                     method: req.method().to_string(),
-                    path,
+                    path: path.into_owned(),
                 });
             }
         }
         let key = i.keys.get(route, now)?;
         let method = req.method().clone();
-        let up = forward::upstream_request(req, route, rest_len, &key)?;
+        let up = forward::upstream_request(req, route, rest, query, &key)?;
         let resp = match tokio::time::timeout(i.upstream_timeout, i.client.request(up)).await {
             Err(_) => {
                 tracing::warn!(route = %route.name, jti = %caller.jti, "the upstream did not answer in time");
@@ -472,8 +498,8 @@ impl Proxy {
                 Decision::Deny
             },
         );
-        e.route = Some(o.route.name.clone());
-        e.audience = Some(o.route.audience.clone());
+        e.route = o.route.map(|r| r.name.clone());
+        e.audience = o.route.map(|r| r.audience.clone());
         e.status = Some(o.status);
         e.latency_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         e.reason = Some(o.reason.to_string());

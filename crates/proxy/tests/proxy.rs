@@ -417,7 +417,7 @@ async fn tokens_are_checked_before_anything_reaches_the_upstream() {
         .unwrap()
         .insert(peek(&t)["jti"].as_str().unwrap().to_string());
     h.refused(&h.call("/up/x", Some(&t)).await, 401, "invalid_token", hits);
-    // Unknown route; path climbing out of the base.
+    // Unknown route; a path climbing out of the route is, normalised, another path (`/admin`).
     h.refused(
         &h.call("/nope", Some(&h.issuer.token(now))).await,
         404,
@@ -426,8 +426,8 @@ async fn tokens_are_checked_before_anything_reaches_the_upstream() {
     );
     h.refused(
         &h.call("/up/%2e%2e/admin", Some(&h.issuer.token(now))).await,
-        400,
-        "invalid_request",
+        404,
+        "not_found",
         hits,
     );
 
@@ -773,4 +773,117 @@ async fn a_route_policy_that_does_not_fit_the_schema_stops_the_proxy_from_starti
         e.contains("route up") && e.contains("bad.cedar") && e.contains("route schema"),
         "{e}"
     );
+}
+
+/// What one spelling of a path must come to.
+enum Want {
+    /// Forwarded: the upstream receives exactly this path (below its base) and query.
+    Sent(&'static str),
+    /// 403 `access_denied` from the route's policy.
+    Denied,
+    /// 400 `invalid_request`, audited with this reason.
+    Refused(&'static str),
+}
+
+/// Every spelling of a path is decided as its normal form (RFC 3986 §6.2.2: unreserved
+/// escapes decoded, escape hex upper-cased, dot segments removed, plus `//` merged), and the
+/// upstream receives exactly the path that was decided on; encoded `/` and `\`, raw `\`,
+/// NUL, bad escapes and `..;` are refused with 400 and an audit reason.
+#[tokio::test]
+async fn every_spelling_of_a_path_is_decided_and_forwarded_as_its_normal_form() {
+    use Want::*;
+    let policy = r#"
+        permit(principal, action == Action::"GET", resource) when { context.path like "/invoices*" };
+        forbid(principal, action, resource) when { context.path like "/invoices/admin*" };
+    "#;
+    let h = harness_with(90, None, Some(policy)).await;
+    let cases: &[(&str, Want)] = &[
+        // Plain.
+        ("/invoices/42", Sent("/invoices/42")),
+        ("/invoices/admin", Denied),
+        // Repeated slashes.
+        ("/invoices//42", Sent("/invoices/42")),
+        ("//invoices/42", Sent("/invoices/42")),
+        ("/invoices//admin", Denied),
+        ("//invoices///admin", Denied),
+        ("/invoices/admin//x", Denied),
+        // Dot segments, literal and encoded, in either case.
+        ("/invoices/./42", Sent("/invoices/42")),
+        ("/invoices/x/../42", Sent("/invoices/42")),
+        ("/invoices/./admin", Denied),
+        ("/invoices/%2e/admin", Denied),
+        ("/invoices/%2E/admin", Denied),
+        ("/invoices/x/../admin", Denied),
+        ("/invoices/x/%2e%2e/admin", Denied),
+        ("/invoices/x/%2E%2e/admin", Denied),
+        ("/invoices/x/.%2E/admin", Denied),
+        ("/invoices/x/..//admin", Denied),
+        ("/public/../invoices/admin", Denied),
+        ("/invoices/admin/.", Denied),
+        // Encoded letters (unreserved characters), hex in either case.
+        ("/invoices/%61dmin", Denied),
+        ("/invoices/adm%69n", Denied),
+        ("/%69nvoices/%61dmin", Denied),
+        ("/%69nvoices/%34%32", Sent("/invoices/42")),
+        ("/invoices/%7e%5Fa", Sent("/invoices/~_a")),
+        // Letter case is the path's own (RFC 3986 §6.2.2.1): `A` is not `a`.
+        ("/invoices/%41dmin", Sent("/invoices/Admin")),
+        ("/Invoices/admin", Denied),
+        // Other escapes stay escaped, upper-cased; the query is passed on untouched.
+        ("/invoices/a%3bb", Sent("/invoices/a%3Bb")),
+        (
+            "/invoices/a%20b?q=%2f..&r=%2e",
+            Sent("/invoices/a%20b?q=%2f..&r=%2e"),
+        ),
+        // What upstreams read in different ways is refused.
+        ("/invoices%2Fadmin", Refused("path_encoded_slash")),
+        ("/invoices%2fadmin", Refused("path_encoded_slash")),
+        ("/invoices/%5cadmin", Refused("path_encoded_backslash")),
+        ("/invoices\\admin", Refused("path_backslash")),
+        ("/invoices/%00admin", Refused("path_nul")),
+        ("/invoices/..;/admin", Refused("path_dot_parameter")),
+        ("/invoices/%zz", Refused("path_bad_escape")),
+        ("/invoices/%c0%af", Refused("path_not_utf8")),
+    ];
+    assert!(cases.len() >= 20);
+    let mut hits = 0;
+    for (rest, want) in cases {
+        let r = h
+            .call(&format!("/up{rest}"), Some(&h.issuer.token(h.now())))
+            .await;
+        h.proxy.finish().await;
+        let tail = h.store.audit_tail(1).await.unwrap();
+        let event: Value = serde_json::from_str(&tail[0].body).unwrap();
+        assert_eq!(event["kind"], "proxy_call", "{rest}");
+        match want {
+            Sent(path) => {
+                hits += 1;
+                assert_eq!(r.0, 200, "{rest}: {}", r.2);
+                assert_eq!(r.2["path"], format!("/base{path}"), "{rest}");
+                assert_eq!(event["reason"], "forwarded", "{rest}");
+            }
+            Denied => {
+                h.refused(&r, 403, "access_denied", hits);
+                assert_eq!(event["reason"], "access_denied", "{rest}");
+            }
+            Refused(reason) => {
+                h.refused(&r, 400, "invalid_request", hits);
+                assert_eq!(event["reason"], *reason, "{rest}");
+                assert_eq!(event["decision"], "deny", "{rest}");
+            }
+        }
+    }
+    // `..` cannot climb out of the route's prefix into the upstream: normalised, the path is
+    // another one, which no route serves.
+    let r = h
+        .call("/up/../invoices/42", Some(&h.issuer.token(h.now())))
+        .await;
+    h.refused(&r, 404, "not_found", hits);
+    let r = h
+        .call(
+            "/up/%2e%2e/base/invoices/admin",
+            Some(&h.issuer.token(h.now())),
+        )
+        .await;
+    h.refused(&r, 404, "not_found", hits);
 }
