@@ -559,11 +559,20 @@ async fn agent_owned_svids(db: Db) {
     assert!(!s.is_svid_revoked("svid-b").await.unwrap());
     assert!(!s.is_revoked("t-b").await.unwrap());
     // Its own agent may.
-    let r = s.revoke_own_svids(b, &jtis[1..2], 1_201, 5_000).await.unwrap();
-    assert_eq!((r.svids, r.ignored, r.tokens), (1, 0, vec!["t-b".to_string()]));
+    let r = s
+        .revoke_own_svids(b, &jtis[1..2], 1_201, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.svids, r.ignored, r.tokens),
+        (1, 0, vec!["t-b".to_string()])
+    );
     // Expired records are purged.
     s.purge_expired_spiffe(6_000).await.unwrap();
-    let r = s.revoke_own_svids(a, &jtis[..1], 6_001, 9_000).await.unwrap();
+    let r = s
+        .revoke_own_svids(a, &jtis[..1], 6_001, 9_000)
+        .await
+        .unwrap();
     assert_eq!((r.svids, r.ignored), (0, 1));
 
     for id in [b, a] {

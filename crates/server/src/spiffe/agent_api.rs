@@ -128,7 +128,9 @@ async fn agent(ctx: &Ctx, peer: &Peer) -> Result<String, ApiError> {
             "this SVID has been superseded; the agent must use its latest SVID or re-attest",
         )),
         // Never attested, or evicted by an operator (`mayfly agent evict`).
-        None => Err(ApiError::Forbidden("unknown or evicted agent; attest again")),
+        None => Err(ApiError::Forbidden(
+            "unknown or evicted agent; attest again",
+        )),
     }
 }
 
