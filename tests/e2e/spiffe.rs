@@ -988,17 +988,36 @@ async fn two_workloads_use_their_svids_for_mutual_tls_across_a_rotation() {
 
 const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// A projected service-account token as the kubelet writes it for the agent's pod.
-fn k8s_token(key: &SigningKey, sa: &str) -> String {
+/// The `[[issuers]]` entry `k8s` (token exchange audience `mayfly`) and its node attestation
+/// (audience `mayfly-node`, node named by the node-name claim, only the agent's service account).
+const K8S_NODE_ATTESTATION: &str = r#"[[issuers]]
+name = "k8s"
+issuer = "https://kubernetes.default.svc.cluster.local"
+preset = "kubernetes"
+jwks_file = "k8s.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+max_token_age = "1h"
+
+[[node_attestation]]
+issuer = "k8s"
+audience = "mayfly-node"
+node_claims = ["/kubernetes.io/node/name"]
+required_claims = { "/kubernetes.io/serviceaccount/name" = "mayfly-agent" }
+max_token_lifetime = "10m"
+"#;
+
+/// A projected service-account token as the kubelet writes it for the agent's pod on `node`.
+fn k8s_token_for(key: &SigningKey, sa: &str, node: &str, aud: Value) -> String {
     let n = crate::fixture::now();
     key.sign_jwt(
         None,
         &json!({
-            "aud": ["mayfly"], "iss": K8S_ISS, "iat": n, "nbf": n, "exp": n + 3600,
+            "aud": aud, "iss": K8S_ISS, "iat": n, "nbf": n, "exp": n + 600,
             "jti": mayfly_crypto::random_id().unwrap(),
             "kubernetes.io": {
                 "namespace": "spire-system",
-                "node": {"name": "node-7", "uid": "6f2c1c9e-0c2a-4a1e-9f1f-3b4c5d6e7f80"},
+                "node": {"name": node, "uid": "6f2c1c9e-0c2a-4a1e-9f1f-3b4c5d6e7f80"},
                 "pod": {"name": "mayfly-agent-x2k4q", "uid": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"},
                 "serviceaccount": {"name": sa, "uid": "9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a"}
             },
@@ -1008,27 +1027,90 @@ fn k8s_token(key: &SigningKey, sa: &str) -> String {
     .unwrap()
 }
 
+/// The token the agent's pod on `node-7` gets for the node-attestation audience.
+fn k8s_token(key: &SigningKey, sa: &str) -> String {
+    k8s_token_for(key, sa, "node-7", json!(["mayfly-node"]))
+}
+
+/// A server trusting `k8s` (with node attestation) whose keys are `k8s`, with `extra` config.
+fn k8s_domain(k8s: &SigningKey, extra: &str) -> Domain {
+    let jwks = json!({"keys": [k8s.public_jwk()]}).to_string();
+    Domain::start_with("1h", &format!("{K8S_NODE_ATTESTATION}{extra}"), |dir| {
+        std::fs::write(dir.join("k8s.jwks.json"), &jwks).unwrap()
+    })
+}
+
+impl Domain {
+    /// An agent in this process (the agent API client `mayfly agent` uses), attested with `how`.
+    async fn upstream(
+        &self,
+        how: &mayfly_agent::Attestation,
+    ) -> Result<mayfly_agent::HttpUpstream, mayfly_agent::HttpUpstreamError> {
+        let pem = std::fs::read_to_string(&self.bundle).unwrap();
+        let bundle = mayfly_crypto::x509::certs_from_pem(&pem).unwrap();
+        mayfly_agent::HttpUpstream::attest(&self.agent_api, &self.server.issuer, TD, bundle, how)
+            .await
+    }
+
+    /// Platform attestation with `token` (written to a file, as the kubelet does).
+    async fn platform_upstream(
+        &self,
+        issuer: &str,
+        token: &str,
+    ) -> Result<mayfly_agent::HttpUpstream, mayfly_agent::HttpUpstreamError> {
+        let file = self.dir.path().join(format!(
+            "platform-{}.token",
+            mayfly_crypto::random_id().unwrap()
+        ));
+        std::fs::write(&file, token).unwrap();
+        self.upstream(&mayfly_agent::Attestation::Platform {
+            issuer: issuer.into(),
+            token_file: file,
+        })
+        .await
+    }
+
+    /// Join-token attestation of the agent `name`.
+    async fn join_upstream(&self, name: &str) -> mayfly_agent::HttpUpstream {
+        let token = std::fs::read_to_string(self.join_token(name)).unwrap();
+        let how = mayfly_agent::Attestation::JoinToken(Arc::new(zeroize::Zeroizing::new(token)));
+        self.upstream(&how).await.unwrap()
+    }
+
+    /// The audit events (JSON lines on the server's stdout) so far.
+    fn audit_events(&self) -> Vec<Value> {
+        self.server
+            .stdout
+            .lock()
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+}
+
+/// The refusal's HTTP status, `error` and `error_description`.
+fn refused<T: std::fmt::Debug>(
+    r: Result<T, mayfly_agent::HttpUpstreamError>,
+) -> (u16, String, String) {
+    match r {
+        Err(mayfly_agent::HttpUpstreamError::Refused {
+            status,
+            error,
+            description,
+        }) => (status, error, description),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// An agent attests with its pod's service-account token, checked by the server's trusted
-/// issuer `k8s` (no join token anywhere), gets an agent ID derived from it, and serves the
-/// entries parented to that ID. A token signed by another key is refused.
+/// issuer `k8s` listed for node attestation (no join token anywhere), gets the agent ID of its
+/// node, and serves the entries parented to that ID. A token signed by another key is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_attests_with_a_platform_token() {
     let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
-    let jwks = json!({"keys": [k8s.public_jwk()]}).to_string();
-    let d = Domain::start_with(
-        "1h",
-        r#"[[issuers]]
-name = "k8s"
-issuer = "https://kubernetes.default.svc.cluster.local"
-preset = "kubernetes"
-jwks_file = "k8s.jwks.json"
-audiences = ["mayfly"]
-algorithms = ["ES256"]
-max_token_age = "1h"
-"#,
-        |dir| std::fs::write(dir.join("k8s.jwks.json"), &jwks).unwrap(),
-    );
-    let agent_id = "spiffe://example.org/mayfly/agent/k8s/ns/spire-system/sa/mayfly-agent";
+    let d = k8s_domain(&k8s, "");
+    let agent_id = "spiffe://example.org/mayfly/agent/k8s/node-7";
     d.cli_ok(&[
         "entry",
         "add",
@@ -1072,10 +1154,9 @@ max_token_age = "1h"
     assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/on-k8s");
 
     // Audited as a platform attestation of that agent ID.
-    let audit = d.server.stdout.lock().unwrap().clone();
-    let attest: Vec<Value> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let attest: Vec<Value> = d
+        .audit_events()
+        .into_iter()
         .filter(|e| e["kind"] == "agent_attest")
         .collect();
     let denied = attest
@@ -1093,4 +1174,295 @@ max_token_age = "1h"
         .expect("an allowed attestation");
     assert_eq!(ok["identity"], agent_id);
     assert_eq!(ok["reason"], "platform:k8s");
+}
+
+/// Two nodes of one DaemonSet (same namespace and service account) attest with their own
+/// tokens and get two agent IDs, each serving only its own entries; neither evicts the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_get_two_agent_ids() {
+    let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
+    let d = k8s_domain(&k8s, "");
+    // The tokens also name the exchange audience, so that the same tokens attested (as one
+    // agent ID) before node attestation was gated.
+    let aud = json!(["mayfly-node", "mayfly"]);
+    let a = d
+        .platform_upstream(
+            "k8s",
+            &k8s_token_for(&k8s, "mayfly-agent", "node-a", aud.clone()),
+        )
+        .await
+        .unwrap();
+    let b = d
+        .platform_upstream("k8s", &k8s_token_for(&k8s, "mayfly-agent", "node-b", aud))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.spiffe_id(),
+        "spiffe://example.org/mayfly/agent/k8s/node-a"
+    );
+    assert_eq!(
+        b.spiffe_id(),
+        "spiffe://example.org/mayfly/agent/k8s/node-b"
+    );
+    d.entry(
+        "spiffe://example.org/on-a",
+        "k8s/node-a",
+        &["unix:uid:0".into()],
+    );
+    d.entry(
+        "spiffe://example.org/on-b",
+        "k8s/node-b",
+        &["unix:uid:0".into()],
+    );
+    // Both stay authenticated, each with its own entries.
+    let ids = |r: mayfly_proto::spiffe::SyncResponse| -> Vec<String> {
+        r.entries.into_iter().map(|e| e.spiffe_id).collect()
+    };
+    assert_eq!(ids(a.sync().await.unwrap()), ["spiffe://example.org/on-a"]);
+    assert_eq!(ids(b.sync().await.unwrap()), ["spiffe://example.org/on-b"]);
+
+    // A token for the exchange audience only (what any workload on the cluster can get) does
+    // not attest, nor one of another service account.
+    let (status, error, _) = refused(
+        d.platform_upstream(
+            "k8s",
+            &k8s_token_for(&k8s, "mayfly-agent", "node-c", json!(["mayfly"])),
+        )
+        .await,
+    );
+    assert_eq!((status, error.as_str()), (403, "attestation_failed"));
+    let (status, error, _) = refused(
+        d.platform_upstream(
+            "k8s",
+            &k8s_token_for(&k8s, "some-workload", "node-c", json!(["mayfly-node"])),
+        )
+        .await,
+    );
+    assert_eq!((status, error.as_str()), (403, "attestation_failed"));
+    let reasons: Vec<Value> = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "agent_attest" && e["decision"] == "deny")
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "platform_token_refused: subject_wrong_audience",
+            "platform_token_refused: required_claim_mismatch"
+        ]
+    );
+}
+
+/// An `[[issuers]]` entry that is not listed under `[[node_attestation]]` attests nothing, even
+/// with a valid token for its (token-exchange) audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_not_listed_for_node_attestation_is_refused() {
+    let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
+    let ci = SigningKey::generate(KeyAlg::ES256, Some("ci")).unwrap();
+    let ci_jwks = json!({"keys": [ci.public_jwk()]}).to_string();
+    let d = {
+        let jwks = json!({"keys": [k8s.public_jwk()]}).to_string();
+        Domain::start_with(
+            "1h",
+            &format!(
+                r#"{K8S_NODE_ATTESTATION}
+[[issuers]]
+name = "ci"
+issuer = "https://ci.example.test"
+identity = "spiffe://{{trust_domain}}/ci/{{/sub}}"
+jwks_file = "ci.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+"#
+            ),
+            |dir| {
+                std::fs::write(dir.join("k8s.jwks.json"), &jwks).unwrap();
+                std::fs::write(dir.join("ci.jwks.json"), &ci_jwks).unwrap();
+            },
+        )
+    };
+    let n = crate::fixture::now();
+    let token = ci
+        .sign_jwt(
+            None,
+            &json!({"iss": "https://ci.example.test", "sub": "runner-1", "aud": ["mayfly", "mayfly-node"],
+                "iat": n, "exp": n + 300, "jti": mayfly_crypto::random_id().unwrap()}),
+        )
+        .unwrap();
+    let (status, error, description) = refused(d.platform_upstream("ci", &token).await);
+    assert_eq!((status, error.as_str()), (403, "attestation_failed"));
+    assert!(
+        description.contains("not allowed for node attestation"),
+        "{description}"
+    );
+    // An issuer that is not configured at all: the same.
+    let (status, error, _) = refused(d.platform_upstream("nope", &token).await);
+    assert_eq!((status, error.as_str()), (403, "attestation_failed"));
+    let denied: Vec<Value> = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "agent_attest" && e["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(denied[0]["reason"], "node_attestation_not_allowed");
+    assert_eq!(denied[0]["subject_issuer"], "ci");
+    assert_eq!(denied[1]["reason"], "node_attestation_not_allowed");
+    assert!(
+        d.audit_events()
+            .iter()
+            .all(|e| !(e["kind"] == "agent_attest" && e["decision"] == "allow")),
+        "nothing attested"
+    );
+}
+
+/// A platform token attests once: presented again (a copy taken from the node, say), it is
+/// refused, and the agent that used it first keeps its SVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_platform_token_is_refused() {
+    let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-sa")).unwrap();
+    let d = k8s_domain(&k8s, "");
+    let token = k8s_token_for(
+        &k8s,
+        "mayfly-agent",
+        "node-a",
+        json!(["mayfly-node", "mayfly"]),
+    );
+    let first = d.platform_upstream("k8s", &token).await.unwrap();
+    let (status, error, description) = refused(d.platform_upstream("k8s", &token).await);
+    assert_eq!((status, error.as_str()), (403, "attestation_failed"));
+    assert!(description.contains("already been used"), "{description}");
+    let replay = d
+        .audit_events()
+        .into_iter()
+        .find(|e| e["decision"] == "deny")
+        .expect("the replay is audited");
+    assert_eq!(replay["reason"], "subject_replayed", "{replay}");
+    assert_eq!(replay["subject_issuer"], "k8s");
+    assert_eq!(replay["identity"], first.spiffe_id());
+    // The first agent was not replaced by the replay.
+    first.sync().await.unwrap();
+}
+
+/// Agent A reports agent B's JWT-SVID as its exited workload's: nothing of B's is revoked (the
+/// JWT-SVID and the token exchanged from it stay valid) and the report is audited as ignored.
+/// B's own report revokes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_revoke_another_agents_jwt_svids() {
+    let d = Domain::start("1h");
+    let a = d.join_upstream("node-a").await;
+    let b = d.join_upstream("node-b").await;
+    let entry = d.entry(
+        "spiffe://example.org/python",
+        "node-b",
+        &["unix:uid:0".into()],
+    );
+    let minted = b
+        .mint_jwt(&entry, &[d.server.issuer.clone()])
+        .await
+        .unwrap();
+    let (status, exchanged) = exchange(&d, &minted.token).await;
+    assert_eq!(status, 200, "{exchanged}");
+    let token = exchanged["access_token"].as_str().unwrap().to_string();
+
+    let report = mayfly_proto::spiffe::WorkloadExitedRequest {
+        pid: 4242,
+        spiffe_ids: vec!["spiffe://example.org/python".into()],
+        jwt_svid_jtis: vec![minted.jti.clone()],
+    };
+    let r = a.workload_exited(&report).await.unwrap();
+    assert_eq!(r.revoked_tokens, 0);
+    assert_eq!(d.introspect(&token).await["active"], true);
+    let (status, again) = exchange(&d, &minted.token).await;
+    assert_eq!(status, 200, "B's JWT-SVID still exchanges: {again}");
+    let exits: Vec<Value> = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "workload_exit")
+        .collect();
+    assert_eq!(exits[0]["client"], a.spiffe_id());
+    assert_eq!(
+        exits[0]["reason"],
+        "pid 4242 exited: 0 JWT-SVIDs and 0 tokens revoked, 1 ignored (not minted by this agent)"
+    );
+
+    // Its own agent's report revokes them.
+    let r = b.workload_exited(&report).await.unwrap();
+    assert_eq!(r.revoked_tokens, 2);
+    assert_eq!(d.introspect(&token).await["active"], false);
+    let (status, _) = exchange(&d, &minted.token).await;
+    assert_eq!(status, 400);
+}
+
+/// `mayfly agent list` shows attested agents; `mayfly agent evict` makes the agent's SVID
+/// worthless on every agent API route, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_agent_is_refused_on_every_route() {
+    let d = Domain::start("1h");
+    let a = d.join_upstream("node-a").await;
+    let b = d.join_upstream("node-b").await;
+    let entry = d.entry(
+        "spiffe://example.org/python",
+        "node-a",
+        &["unix:uid:0".into()],
+    );
+    a.sync().await.unwrap();
+    let listed: Vec<Value> = d
+        .cli_ok(&["agent", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["spiffe_id"], a.spiffe_id());
+    assert_eq!(listed[0]["attestation"], "join_token");
+    assert!(listed[0]["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(listed[0]["expires_at"].as_i64() > listed[0]["attested_at"].as_i64());
+    let table = d.cli_ok(&["agent", "list"]);
+    assert!(
+        table.contains(a.spiffe_id()) && table.contains("EXPIRES_AT"),
+        "{table}"
+    );
+
+    let out = d.cli_ok(&["agent", "evict", a.spiffe_id()]);
+    assert!(out.contains("evicted"), "{out}");
+    let forbidden = (403, "access_denied".to_string());
+    let code = |r: (u16, String, String)| (r.0, r.1);
+    assert_eq!(code(refused(a.sync().await)), forbidden);
+    assert_eq!(code(refused(a.renew().await)), forbidden);
+    assert_eq!(
+        code(refused(
+            a.mint_jwt(&entry, &["https://x.test".into()]).await
+        )),
+        forbidden
+    );
+    assert_eq!(code(refused(a.sign_x509(&entry, b"csr").await)), forbidden);
+    let report = mayfly_proto::spiffe::WorkloadExitedRequest {
+        pid: 1,
+        spiffe_ids: vec![],
+        jwt_svid_jtis: vec![],
+    };
+    assert_eq!(code(refused(a.workload_exited(&report).await)), forbidden);
+    // The other agent is untouched; evicting an unknown agent fails.
+    b.sync().await.unwrap();
+    let (code, _, err) = run_cli(
+        d.dir.path(),
+        &[
+            "agent",
+            "evict",
+            a.spiffe_id(),
+            "-c",
+            d.config.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no agent"), "{err}");
+    // Audited in the chain.
+    let tail = d.cli_ok(&["audit", "tail", "-n", "20"]);
+    let evicted = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["reason"] == "agent_evicted")
+        .unwrap_or_else(|| panic!("an eviction event: {tail}"));
+    assert_eq!(evicted["kind"], "agent_attest");
+    assert_eq!(evicted["identity"], a.spiffe_id());
 }

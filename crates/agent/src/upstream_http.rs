@@ -58,7 +58,8 @@ pub enum Attestation {
     /// A join token (single use: a restart needs a new one).
     JoinToken(Arc<Zeroizing<String>>),
     /// A platform token re-read from a file at each attestation (e.g. a projected Kubernetes
-    /// service-account token), checked by the server's `[[issuers]]` entry `issuer`.
+    /// service-account token), checked by the server's `[[issuers]]` entry `issuer`, which
+    /// must be listed under `[[node_attestation]]`. Each token attests once (its `jti`).
     Platform {
         /// The `[[issuers]]` name.
         issuer: String,

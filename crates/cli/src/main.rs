@@ -97,7 +97,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: spiffe_cmd::EntryCmd,
     },
-    /// Run the SPIFFE agent (Workload API on a unix socket), or `mayfly agent token create`.
+    /// Run the SPIFFE agent (Workload API on a unix socket), or `mayfly agent token create`, `mayfly agent list`, `mayfly agent evict`.
     #[command(args_conflicts_with_subcommands = true)]
     Agent {
         #[command(subcommand)]
@@ -361,6 +361,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spiffe_cmd::join_token_create(config, &ttl, agent_name).await
             }
         },
+        Cmd::Agent {
+            cmd: Some(spiffe_cmd::AgentCmd::List { config, json }),
+            ..
+        } => spiffe_cmd::agent_list(config, json).await,
+        Cmd::Agent {
+            cmd: Some(spiffe_cmd::AgentCmd::Evict { config, spiffe_id }),
+            ..
+        } => spiffe_cmd::agent_evict(config, &spiffe_id).await,
         Cmd::Agent { cmd: None, args } => spiffe_cmd::agent_run(args).await,
         Cmd::Bundle {
             cmd: BundleCmd::Show { config, json },

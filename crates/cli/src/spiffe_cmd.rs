@@ -249,10 +249,12 @@ pub struct AgentArgs {
     /// File holding a join token (never pass secrets on the command line).
     #[arg(long)]
     pub join_token_file: Option<PathBuf>,
-    /// Attest with a platform token instead: the server's [[issuers]] name ...
+    /// Attest with a platform token instead: the name of a server [[issuers]] entry listed
+    /// under [[node_attestation]] ...
     #[arg(long, requires = "platform_token_file")]
     pub platform_issuer: Option<String>,
-    /// ... and the file holding the token (re-read at each attestation).
+    /// ... and the file holding the token (re-read at each attestation; each token attests
+    /// once, so a restart needs the platform's next token).
     #[arg(long)]
     pub platform_token_file: Option<PathBuf>,
     /// The Workload API socket [default: /run/mayfly/agent.sock as root, else
@@ -279,6 +281,71 @@ pub enum AgentCmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// List attested agents: SPIFFE ID, how it attested, its SVID's serial and times.
+    List {
+        /// TOML config file of the server.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict an agent: its SVID no longer authenticates it on any agent API route (it must
+    /// attest again, with a new join token or platform token).
+    Evict {
+        /// TOML config file of the server.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The agent's SPIFFE ID (`mayfly agent list`).
+        spiffe_id: String,
+    },
+}
+
+/// `mayfly agent list`.
+pub async fn agent_list(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::open(config).await?;
+    let agents = ctx.store.list_agents().await?;
+    if json {
+        for a in agents {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "spiffe_id": a.spiffe_id, "attestation": a.attestation, "serial": a.serial,
+                    "attested_at": a.attested_at, "expires_at": a.expires_at,
+                })
+            );
+        }
+    } else {
+        println!(
+            "{:<64} {:<20} {:<40} {:<12} EXPIRES_AT",
+            "SPIFFE ID", "ATTESTATION", "SERIAL", "ATTESTED_AT"
+        );
+        for a in agents {
+            println!(
+                "{:<64} {:<20} {:<40} {:<12} {}",
+                a.spiffe_id, a.attestation, a.serial, a.attested_at, a.expires_at
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly agent evict SPIFFE_ID`.
+pub async fn agent_evict(config: Option<PathBuf>, spiffe_id: &str) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::open(config).await?;
+    let Some(agent) = ctx.store.get_agent(spiffe_id).await? else {
+        bail!("no agent `{spiffe_id}` (see `mayfly agent list`)");
+    };
+    if !ctx.store.remove_agent(spiffe_id).await? {
+        bail!("no agent `{spiffe_id}` (see `mayfly agent list`)");
+    }
+    let mut e = AuditEvent::new(EventKind::AgentAttest, now(), Decision::Allow);
+    e.identity = Some(spiffe_id.to_string());
+    e.reason = Some("agent_evicted".into());
+    e.jti = Some(format!("serial:{}", agent.serial));
+    ctx.record(ctx.kek(true)?, vec![e]).await?;
+    println!("evicted agent {spiffe_id}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `mayfly agent token ...`

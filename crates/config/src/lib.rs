@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod node;
 mod proxy;
 mod raw;
 
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use node::NodeAttestationConfig;
 pub use proxy::{Inject, ProxyConfig, RouteConfig, RouteMatch};
 pub use raw::AuditOutput;
 
@@ -213,6 +215,8 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// Trusted issuers of subject tokens.
     pub issuers: Vec<IssuerConfig>,
+    /// `[[node_attestation]]`: the issuers whose platform tokens may attest agents.
+    pub node_attestation: Vec<NodeAttestationConfig>,
     /// SPIFFE issuing.
     pub spiffe: SpiffeConfig,
     /// `[proxy]`: the legacy translation proxy (`mayfly proxy`).

@@ -35,6 +35,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     spiffe: RawSpiffe,
     #[serde(default)]
+    node_attestation: Vec<crate::node::RawNodeAttestation>,
+    #[serde(default)]
     proxy: crate::proxy::RawProxy,
 }
 
@@ -491,6 +493,7 @@ impl RawConfig {
             }
             issuers.push(iss);
         }
+        let node_attestation = crate::node::validate(self.node_attestation, src, &issuers)?;
 
         Ok(Config {
             spiffe,
@@ -498,6 +501,7 @@ impl RawConfig {
             trust_domain,
             policy_dir,
             issuers,
+            node_attestation,
             listen,
             issuer,
             data_dir,

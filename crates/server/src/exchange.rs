@@ -101,25 +101,6 @@ async fn own_jwt_svid(app: &App, token: &str, now: i64) -> Result<Verified, Deni
     })
 }
 
-/// Verify a platform token from the configured issuer `name` (agent attestation); returns the
-/// mapped identity.
-pub(crate) async fn platform_identity(
-    app: &App,
-    name: &str,
-    token: &str,
-    now: i64,
-) -> Result<String, Denial> {
-    let issuer = app
-        .0
-        .issuers
-        .find_by_name(name)
-        .ok_or(Denial::UntrustedIssuer)?;
-    if claimed_issuer(token)? != issuer.trusted.issuer {
-        return Err(Denial::UntrustedIssuer);
-    }
-    Ok(verify_federated(app, &issuer, token, now).await?.identity)
-}
-
 /// Verify with the issuer's cached keys; on an unknown `kid` refetch once (rate-limited) and
 /// retry.
 async fn verify_federated(

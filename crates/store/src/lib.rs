@@ -20,7 +20,9 @@ pub use audit::{
 pub use clients::StoredClient;
 pub use debt::{DebtEntry, DebtUsage};
 pub use keys::StoredKey;
-pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
+pub use spiffe::{
+    AuthorityKind, JoinTokenOutcome, OwnRevocation, StoredAgent, StoredAuthority, StoredEntry,
+};
 pub use transfer::{
     AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
     TableCounts, TransferError, exported_tables, fuzz_decode_export,
@@ -122,6 +124,11 @@ fn migrator(backend: Backend) -> Migrator {
         },
         m(3, "spiffe", include_str!("../migrations/0003_spiffe.sql")),
         m(4, "key debt", include_str!("../migrations/0004_debt.sql")),
+        m(
+            5,
+            "JWT-SVID minters",
+            include_str!("../migrations/0005_svid_minters.sql"),
+        ),
     ])
 }
 

@@ -101,6 +101,17 @@ pub struct StoredAgent {
     pub expires_at: i64,
 }
 
+/// What a workload-exit report revoked: only JWT-SVIDs the reporting agent minted count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnRevocation {
+    /// JWT-SVIDs of this agent, now revoked (or already revoked).
+    pub svids: usize,
+    /// Access tokens minted from them, revoked now.
+    pub tokens: Vec<String>,
+    /// Reported jtis this agent did not mint (another agent's, unknown or expired): left alone.
+    pub ignored: usize,
+}
+
 fn json_list(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(text)
         .map_err(|_| StoreError::Corrupt(format!("{what} is not a JSON list")))
@@ -342,6 +353,86 @@ impl Store {
         .transpose()
     }
 
+    /// Every attested agent, ordered by SPIFFE ID.
+    pub async fn list_agents(&self) -> Result<Vec<StoredAgent>, StoreError> {
+        let rows = sqlx::query("SELECT spiffe_id, attestation, serial, attested_at, expires_at FROM spiffe_agents ORDER BY spiffe_id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db("list agents"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAgent {
+                    spiffe_id: r.try_get("spiffe_id").map_err(db("read agent"))?,
+                    attestation: r.try_get("attestation").map_err(db("read agent"))?,
+                    serial: r.try_get("serial").map_err(db("read agent"))?,
+                    attested_at: r.try_get("attested_at").map_err(db("read agent"))?,
+                    expires_at: r.try_get("expires_at").map_err(db("read agent"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Evict an agent: forget it, so its SVID no longer authenticates it; `false` if there was
+    /// none. It may attest again only with a new join token or platform token.
+    pub async fn remove_agent(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM spiffe_agents WHERE spiffe_id = $1")
+            .bind(spiffe_id)
+            .execute(self.pool())
+            .await
+            .map_err(db("evict agent"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Remember that `agent_id` minted the JWT-SVID `jti` (until `expires_at`), so that only
+    /// that agent can report it as its workload's.
+    pub async fn record_svid_minter(
+        &self,
+        jti: &str,
+        agent_id: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO svid_minters (jti, agent_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(jti)
+            .bind(agent_id)
+            .bind(expires_at)
+            .execute(self.pool())
+            .await
+            .map_err(db("record JWT-SVID minter"))?;
+        Ok(())
+    }
+
+    /// Revoke, of `jtis`, the JWT-SVIDs that `agent_id` minted (see [`Store::revoke_svids`]);
+    /// the others are counted and left alone, so no agent can revoke another's workloads.
+    pub async fn revoke_own_svids(
+        &self,
+        agent_id: &str,
+        jtis: &[String],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<OwnRevocation, StoreError> {
+        let mut own = Vec::with_capacity(jtis.len());
+        for jti in jtis {
+            let row = sqlx::query("SELECT agent_id FROM svid_minters WHERE jti = $1")
+                .bind(jti)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db("look up JWT-SVID minter"))?;
+            let minter: Option<String> = row
+                .map(|r| r.try_get("agent_id"))
+                .transpose()
+                .map_err(db("read JWT-SVID minter"))?;
+            if minter.as_deref() == Some(agent_id) && !own.contains(jti) {
+                own.push(jti.clone());
+            }
+        }
+        let tokens = self.revoke_svids(&own, now, expires_at).await?;
+        Ok(OwnRevocation {
+            svids: own.len(),
+            ignored: jtis.len().saturating_sub(own.len()),
+            tokens,
+        })
+    }
+
     /// Whether a JWT-SVID has been revoked.
     pub async fn is_svid_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM revoked_svids WHERE jti = $1")
@@ -418,6 +509,7 @@ impl Store {
         for sql in [
             "DELETE FROM revoked_svids WHERE expires_at < $1",
             "DELETE FROM svid_tokens WHERE expires_at < $1",
+            "DELETE FROM svid_minters WHERE expires_at < $1",
             // Kept a day past expiry so a late attempt is told "expired", not "unknown".
             "DELETE FROM join_tokens WHERE expires_at < $1 - 86400",
         ] {

@@ -536,6 +536,74 @@ async fn spiffe_records(db: Db) {
     assert!(s.is_revoked("t4").await.unwrap());
 }
 
+/// A workload-exit report revokes only the JWT-SVIDs the reporting agent minted (and the
+/// tokens minted from them); evicted agents are gone from the list.
+async fn agent_owned_svids(db: Db) {
+    use mayfly_store::StoredAgent;
+    let s = &db.store;
+    let (a, b) = ("spiffe://td/mayfly/agent/a", "spiffe://td/mayfly/agent/b");
+    s.record_svid_minter("svid-a", a, 5_000).await.unwrap();
+    s.record_svid_minter("svid-b", b, 5_000).await.unwrap();
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let mut e = issue("t-b");
+    e.exp = Some(5_000);
+    let mut p = Pending::event(e);
+    p.link_svid = Some("svid-b".into());
+    log.commit(p).await.unwrap();
+
+    let jtis = ["svid-a", "svid-b", "svid-unknown"].map(String::from);
+    let r = s.revoke_own_svids(a, &jtis, 1_200, 5_000).await.unwrap();
+    assert_eq!((r.svids, r.ignored), (1, 2));
+    assert!(r.tokens.is_empty());
+    assert!(s.is_svid_revoked("svid-a").await.unwrap());
+    assert!(!s.is_svid_revoked("svid-b").await.unwrap());
+    assert!(!s.is_revoked("t-b").await.unwrap());
+    // Its own agent may.
+    let r = s
+        .revoke_own_svids(b, &jtis[1..2], 1_201, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.svids, r.ignored, r.tokens),
+        (1, 0, vec!["t-b".to_string()])
+    );
+    // Expired records are purged.
+    s.purge_expired_spiffe(6_000).await.unwrap();
+    let r = s
+        .revoke_own_svids(a, &jtis[..1], 6_001, 9_000)
+        .await
+        .unwrap();
+    assert_eq!((r.svids, r.ignored), (0, 1));
+
+    for id in [b, a] {
+        s.upsert_agent(&StoredAgent {
+            spiffe_id: id.into(),
+            attestation: "join_token".into(),
+            serial: "01".into(),
+            attested_at: 1_000,
+            expires_at: 4_600,
+        })
+        .await
+        .unwrap();
+    }
+    let ids = |v: Vec<StoredAgent>| v.into_iter().map(|a| a.spiffe_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_agents().await.unwrap()), [a, b]);
+    assert!(s.remove_agent(a).await.unwrap());
+    assert!(!s.remove_agent(a).await.unwrap());
+    assert_eq!(s.get_agent(a).await.unwrap(), None);
+    assert_eq!(ids(s.list_agents().await.unwrap()), [b]);
+}
+
+#[tokio::test]
+async fn agent_owned_svids_sqlite() {
+    agent_owned_svids(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn agent_owned_svids_postgres() {
+    agent_owned_svids(postgres().await).await;
+}
+
 #[tokio::test]
 async fn spiffe_records_sqlite() {
     spiffe_records(sqlite().await).await;

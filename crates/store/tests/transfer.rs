@@ -766,6 +766,7 @@ async fn a_file_from_before_spiffe_imports() {
             "spiffe_agents",
             "revoked_svids",
             "svid_tokens",
+            "svid_minters",
         ] {
             assert_eq!(counts.remove(t), Some(serde_json::json!(0)));
         }

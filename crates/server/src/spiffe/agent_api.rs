@@ -17,7 +17,7 @@ use mayfly_proto::spiffe::{
     RenewRequest, SignX509Request, SignX509Response, SyncResponse, WorkloadExitedRequest,
     WorkloadExitedResponse,
 };
-use mayfly_store::{JoinTokenOutcome, StoredAgent, StoredEntry};
+use mayfly_store::{CommitOutcome, JoinTokenOutcome, StoredAgent, StoredEntry};
 use mayfly_sts::{AuditEvent, Decision, EventKind};
 
 use super::tls::Peer;
@@ -127,18 +127,20 @@ async fn agent(ctx: &Ctx, peer: &Peer) -> Result<String, ApiError> {
         Some(_) => Err(ApiError::Forbidden(
             "this SVID has been superseded; the agent must use its latest SVID or re-attest",
         )),
-        None => Err(ApiError::Forbidden("unknown agent; attest first")),
+        // Never attested, or evicted by an operator (`mayfly agent evict`).
+        None => Err(ApiError::Forbidden(
+            "unknown or evicted agent; attest again",
+        )),
     }
 }
 
-/// Issue the agent's own SVID and record it.
-async fn issue_agent_svid(
+/// Sign the agent's own SVID (not yet recorded: see [`record_agent`]).
+fn sign_agent_svid(
     ctx: &Ctx,
     agent_id: &str,
-    attestation: &str,
     csr: &str,
     now: i64,
-) -> Result<AgentSvidResponse, ApiError> {
+) -> Result<(AgentSvidResponse, String), ApiError> {
     let sp = &ctx.app.0.spiffe;
     let csr = decode_b64("csr", csr)?;
     let ttl = sp.p.cfg.x509_svid_ttl.as_secs() as i64;
@@ -150,24 +152,35 @@ async fn issue_agent_svid(
         .and_then(|leaf| mayfly_crypto::x509::SvidInfo::parse(leaf).ok())
         .map(|i| i.serial)
         .ok_or(ApiError::Internal)?;
-    ctx.app
-        .0
-        .store
-        .upsert_agent(&StoredAgent {
-            spiffe_id: agent_id.to_string(),
-            attestation: attestation.to_string(),
-            serial,
-            attested_at: now,
-            expires_at,
-        })
-        .await
-        .map_err(unavailable)?;
-    Ok(AgentSvidResponse {
+    let resp = AgentSvidResponse {
         spiffe_id: agent_id.to_string(),
         chain: chain_b64(&chain),
         expires_at,
         bundle: sp.snapshot().bundle.clone(),
-    })
+    };
+    Ok((resp, serial))
+}
+
+/// Record the agent's SVID: from now on only this one authenticates it.
+async fn record_agent(
+    ctx: &Ctx,
+    resp: &AgentSvidResponse,
+    attestation: &str,
+    serial: String,
+    now: i64,
+) -> Result<(), ApiError> {
+    ctx.app
+        .0
+        .store
+        .upsert_agent(&StoredAgent {
+            spiffe_id: resp.spiffe_id.clone(),
+            attestation: attestation.to_string(),
+            serial,
+            attested_at: now,
+            expires_at: resp.expires_at,
+        })
+        .await
+        .map_err(unavailable)
 }
 
 /// Parse `<id>.<secret>`; the id is 16 lowercase hex digits.
@@ -184,6 +197,7 @@ async fn attest(
     let now = ctx.app.0.clock.now();
     let sp = &ctx.app.0.spiffe;
     let td = sp.p.trust_domain.clone();
+    let mut consume = None;
     let (agent_id, how) = match &req.attestation {
         AgentAttestation::JoinToken { token } => {
             let Some((id, secret)) = split_join_token(token) else {
@@ -218,37 +232,46 @@ async fn attest(
             (agent_id, "join_token".to_string())
         }
         AgentAttestation::Platform { issuer, token } => {
-            let identity =
-                match crate::exchange::platform_identity(&ctx.app, issuer, token, now).await {
-                    Ok(id) => id,
-                    Err(denial) => {
-                        // Audited with the machine-readable reason; the agent is told no more.
-                        let mut e = event(&ctx, EventKind::AgentAttest, Decision::Deny, now);
-                        e.reason = Some(format!("platform_token_refused: {}", denial.reason()));
-                        e.subject_issuer = Some(issuer.chars().take(64).collect());
-                        audit(&ctx, e).await?;
-                        return Err(ApiError::Attestation("the platform token was not accepted"));
-                    }
-                };
-            // spiffe://td/ns/a/sa/b from issuer `k8s` -> spiffe://td/mayfly/agent/k8s/ns/a/sa/b
-            let path =
-                identity
-                    .strip_prefix(&format!("spiffe://{td}/"))
-                    .ok_or(ApiError::Attestation(
-                        "the platform identity is in another trust domain",
-                    ))?;
-            (
-                format!("{}{issuer}/{path}", super::agent_prefix(&td)),
-                format!("platform:{issuer}"),
-            )
+            let node = match super::node_attest::verify(&ctx.app, issuer, token, now).await {
+                Ok(n) => n,
+                Err(refusal) => {
+                    // Audited with the machine-readable reason; the agent is told no more.
+                    let mut e = event(&ctx, EventKind::AgentAttest, Decision::Deny, now);
+                    e.reason = Some(refusal.reason());
+                    e.subject_issuer = Some(issuer.chars().take(64).collect());
+                    audit(&ctx, e).await?;
+                    return Err(ApiError::Attestation(refusal.message()));
+                }
+            };
+            // Single use: consumed atomically with the attestation's audit event, in the same
+            // namespace as the issuer's one-time subject tokens, until the token expires.
+            consume = Some((
+                issuer.clone(),
+                node.jti,
+                node.exp + ctx.app.0.settings.clock_skew,
+            ));
+            (node.agent_id, format!("platform:{issuer}"))
         }
     };
-    let resp = issue_agent_svid(&ctx, &agent_id, &how, &req.csr, now).await?;
+    let (resp, serial) = sign_agent_svid(&ctx, &agent_id, &req.csr, now)?;
     let mut e = event(&ctx, EventKind::AgentAttest, Decision::Allow, now);
     e.identity = Some(agent_id.clone());
-    e.reason = Some(how);
+    e.reason = Some(how.clone());
     e.exp = Some(resp.expires_at);
-    audit(&ctx, e).await?;
+    // The audit commit decides single use before the agent is recorded: a replayed platform
+    // token never replaces the SVID of the agent that used it first.
+    let mut pending = mayfly_store::Pending::event(e);
+    pending.consume_subject = consume;
+    match ctx.app.0.audit.commit(pending).await.map_err(unavailable)? {
+        CommitOutcome::Committed(_) => {}
+        CommitOutcome::SubjectReplay(_) | CommitOutcome::Replay(_) => {
+            tracing::warn!(agent = %agent_id, "replayed platform token refused");
+            return Err(ApiError::Attestation(
+                "the platform token has already been used",
+            ));
+        }
+    }
+    record_agent(&ctx, &resp, &how, serial, now).await?;
     tracing::info!(agent = %agent_id, "agent attested");
     Ok(Json(resp))
 }
@@ -282,7 +305,8 @@ async fn renew(
         .map_err(unavailable)?
         .map(|a| a.attestation)
         .unwrap_or_default();
-    let resp = issue_agent_svid(&ctx, &agent_id, &how, &req.csr, now).await?;
+    let (resp, serial) = sign_agent_svid(&ctx, &agent_id, &req.csr, now)?;
+    record_agent(&ctx, &resp, &how, serial, now).await?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
     e.identity = Some(agent_id);
     e.reason = Some("agent_renewal".into());
@@ -396,6 +420,13 @@ async fn svid_jwt(
         .spiffe
         .mint_jwt(&entry.spiffe_id, &req.audience, entry.jwt_ttl, now)
         .map_err(|_| ApiError::Internal)?;
+    // Only the agent that minted a JWT-SVID may later report its workload's exit.
+    ctx.app
+        .0
+        .store
+        .record_svid_minter(&jti, &agent_id, expires_at)
+        .await
+        .map_err(unavailable)?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
     e.client = Some(agent_id);
     e.identity = Some(entry.spiffe_id);
@@ -424,24 +455,32 @@ async fn workload_exited(
         )));
     }
     let keep_until = now + ctx.app.0.spiffe.jwt_max_ttl();
-    let revoked = ctx
+    let r = ctx
         .app
         .0
         .store
-        .revoke_svids(&req.jwt_svid_jtis, now, keep_until)
+        .revoke_own_svids(&agent_id, &req.jwt_svid_jtis, now, keep_until)
         .await
         .map_err(unavailable)?;
     let mut e = event(&ctx, EventKind::WorkloadExit, Decision::Allow, now);
     e.client = Some(agent_id.clone());
     e.identity = req.spiffe_ids.first().cloned();
-    e.reason = Some(format!(
+    let mut reason = format!(
         "pid {} exited: {} JWT-SVIDs and {} tokens revoked",
         req.pid,
-        req.jwt_svid_jtis.len(),
-        revoked.len()
-    ));
+        r.svids,
+        r.tokens.len()
+    );
+    if r.ignored > 0 {
+        reason.push_str(&format!(
+            ", {} ignored (not minted by this agent)",
+            r.ignored
+        ));
+    }
+    e.reason = Some(reason);
     audit(&ctx, e).await?;
-    tracing::info!(agent = %agent_id, pid = req.pid, svids = req.jwt_svid_jtis.len(), tokens = revoked.len(), "workload exited; revoked what it held");
+    tracing::info!(agent = %agent_id, pid = req.pid, svids = r.svids, ignored = r.ignored, tokens = r.tokens.len(), "workload exited; revoked what it held");
+    let revoked = r.tokens;
     Ok(Json(WorkloadExitedResponse {
         revoked_tokens: revoked.len() as u64,
     }))

@@ -3,6 +3,7 @@
 //! own X.509-SVID for the agent API.
 
 pub(crate) mod agent_api;
+mod node_attest;
 pub mod tls;
 
 use std::sync::{Arc, RwLock};

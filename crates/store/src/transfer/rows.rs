@@ -25,6 +25,7 @@ pub(super) enum Table {
     SpiffeAgents,
     RevokedSvids,
     SvidTokens,
+    SvidMinters,
     DebtKeys,
     DebtUsage,
     AuditEvents,
@@ -32,7 +33,7 @@ pub(super) enum Table {
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 14] = [
+    pub(super) const ALL: [Table; 15] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
@@ -43,6 +44,7 @@ impl Table {
         Table::SpiffeAgents,
         Table::RevokedSvids,
         Table::SvidTokens,
+        Table::SvidMinters,
         Table::DebtKeys,
         Table::DebtUsage,
         Table::AuditEvents,
@@ -61,6 +63,7 @@ impl Table {
             Table::SpiffeAgents => "spiffe_agents",
             Table::RevokedSvids => "revoked_svids",
             Table::SvidTokens => "svid_tokens",
+            Table::SvidMinters => "svid_minters",
             Table::DebtKeys => "debt_keys",
             Table::DebtUsage => "debt_usage",
             Table::AuditEvents => "audit_events",
@@ -120,6 +123,7 @@ impl Table {
             ],
             Table::RevokedSvids => &["jti", "revoked_at", "expires_at"],
             Table::SvidTokens => &["svid_jti", "token_jti", "client_id", "expires_at"],
+            Table::SvidMinters => &["jti", "agent_id", "expires_at"],
             Table::DebtKeys => &[
                 "name",
                 "owner",
@@ -154,7 +158,7 @@ impl Table {
             Table::UsedJti => format!("{}, {}", text("client_id"), text("jti")),
             Table::SpiffeAuthorities | Table::SpiffeEntries | Table::JoinTokens => text("id"),
             Table::SpiffeAgents => text("spiffe_id"),
-            Table::RevokedSvids => text("jti"),
+            Table::RevokedSvids | Table::SvidMinters => text("jti"),
             Table::SvidTokens => format!("{}, {}", text("svid_jti"), text("token_jti")),
             Table::DebtKeys => text("name"),
             Table::DebtUsage => format!("{}, {}", text("name"), text("identity")),
@@ -272,6 +276,14 @@ pub(super) struct SvidTokenRow {
     pub(super) expires_at: i64,
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SvidMinterRow {
+    pub(super) jti: String,
+    pub(super) agent_id: String,
+    pub(super) expires_at: i64,
+}
+
 /// A legacy key, sealed under the master key as stored (or none: known by fingerprint only).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +352,7 @@ pub(super) enum Entry {
     SpiffeAgents(AgentRow),
     RevokedSvids(RevokedSvidRow),
     SvidTokens(SvidTokenRow),
+    SvidMinters(SvidMinterRow),
     DebtKeys(DebtKeyRow),
     DebtUsage(DebtUsageRow),
     AuditEvents(AuditEventRow),
@@ -359,6 +372,7 @@ impl Entry {
             Entry::SpiffeAgents(_) => Table::SpiffeAgents,
             Entry::RevokedSvids(_) => Table::RevokedSvids,
             Entry::SvidTokens(_) => Table::SvidTokens,
+            Entry::SvidMinters(_) => Table::SvidMinters,
             Entry::DebtKeys(_) => Table::DebtKeys,
             Entry::DebtUsage(_) => Table::DebtUsage,
             Entry::AuditEvents(_) => Table::AuditEvents,
@@ -447,6 +461,11 @@ impl Entry {
                 svid_jti: g(r, "svid_jti")?,
                 token_jti: g(r, "token_jti")?,
                 client_id: g(r, "client_id")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::SvidMinters => Entry::SvidMinters(SvidMinterRow {
+                jti: g(r, "jti")?,
+                agent_id: g(r, "agent_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
             Table::DebtKeys => Entry::DebtKeys(DebtKeyRow {
@@ -552,6 +571,10 @@ impl Entry {
                 .bind(r.svid_jti.as_str())
                 .bind(r.token_jti.as_str())
                 .bind(r.client_id.as_str())
+                .bind(r.expires_at),
+            Entry::SvidMinters(r) => q
+                .bind(r.jti.as_str())
+                .bind(r.agent_id.as_str())
                 .bind(r.expires_at),
             Entry::DebtKeys(r) => q
                 .bind(r.name.as_str())
