@@ -1357,7 +1357,7 @@ async fn an_agent_cannot_revoke_another_agents_jwt_svids() {
         &["unix:uid:0".into()],
     );
     let minted = b
-        .mint_jwt(&entry, &[d.server.issuer.clone()])
+        .mint_jwt(&entry, std::slice::from_ref(&d.server.issuer))
         .await
         .unwrap();
     let (status, exchanged) = exchange(&d, &minted.token).await;
