@@ -1087,6 +1087,20 @@ impl Domain {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .collect()
     }
+
+    /// The audit events once `n` of them satisfy `pred` (the JSON lines reach the test through
+    /// a pipe, after the response), within 30 s.
+    fn audit_wait(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all: Vec<Value> = self.audit_events().into_iter().filter(&pred).collect();
+            if all.len() >= n {
+                return all;
+            }
+            assert!(Instant::now() < deadline, "audit events: {all:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The refusal's HTTP status, `error` and `error_description`.
@@ -1154,11 +1168,7 @@ async fn an_agent_attests_with_a_platform_token() {
     assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/on-k8s");
 
     // Audited as a platform attestation of that agent ID.
-    let attest: Vec<Value> = d
-        .audit_events()
-        .into_iter()
-        .filter(|e| e["kind"] == "agent_attest")
-        .collect();
+    let attest = d.audit_wait(2, |e| e["kind"] == "agent_attest");
     let denied = attest
         .iter()
         .find(|e| e["decision"] == "deny")
@@ -1240,9 +1250,10 @@ async fn two_nodes_get_two_agent_ids() {
     );
     assert_eq!((status, error.as_str()), (403, "attestation_failed"));
     let reasons: Vec<Value> = d
-        .audit_events()
+        .audit_wait(2, |e| {
+            e["kind"] == "agent_attest" && e["decision"] == "deny"
+        })
         .into_iter()
-        .filter(|e| e["kind"] == "agent_attest" && e["decision"] == "deny")
         .map(|e| e["reason"].clone())
         .collect();
     assert_eq!(
@@ -1299,11 +1310,9 @@ algorithms = ["ES256"]
     // An issuer that is not configured at all: the same.
     let (status, error, _) = refused(d.platform_upstream("nope", &token).await);
     assert_eq!((status, error.as_str()), (403, "attestation_failed"));
-    let denied: Vec<Value> = d
-        .audit_events()
-        .into_iter()
-        .filter(|e| e["kind"] == "agent_attest" && e["decision"] == "deny")
-        .collect();
+    let denied = d.audit_wait(2, |e| {
+        e["kind"] == "agent_attest" && e["decision"] == "deny"
+    });
     assert_eq!(denied.len(), 2, "{denied:?}");
     assert_eq!(denied[0]["reason"], "node_attestation_not_allowed");
     assert_eq!(denied[0]["subject_issuer"], "ci");
@@ -1332,11 +1341,7 @@ async fn a_replayed_platform_token_is_refused() {
     let (status, error, description) = refused(d.platform_upstream("k8s", &token).await);
     assert_eq!((status, error.as_str()), (403, "attestation_failed"));
     assert!(description.contains("already been used"), "{description}");
-    let replay = d
-        .audit_events()
-        .into_iter()
-        .find(|e| e["decision"] == "deny")
-        .expect("the replay is audited");
+    let replay = d.audit_wait(1, |e| e["decision"] == "deny").remove(0);
     assert_eq!(replay["reason"], "subject_replayed", "{replay}");
     assert_eq!(replay["subject_issuer"], "k8s");
     assert_eq!(replay["identity"], first.spiffe_id());
@@ -1375,11 +1380,7 @@ async fn an_agent_cannot_revoke_another_agents_jwt_svids() {
     assert_eq!(d.introspect(&token).await["active"], true);
     let (status, again) = exchange(&d, &minted.token).await;
     assert_eq!(status, 200, "B's JWT-SVID still exchanges: {again}");
-    let exits: Vec<Value> = d
-        .audit_events()
-        .into_iter()
-        .filter(|e| e["kind"] == "workload_exit")
-        .collect();
+    let exits = d.audit_wait(1, |e| e["kind"] == "workload_exit");
     assert_eq!(exits[0]["client"], a.spiffe_id());
     assert_eq!(
         exits[0]["reason"],

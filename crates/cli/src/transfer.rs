@@ -37,8 +37,8 @@ fn print_counts(c: &TableCounts) {
     println!("  {} join tokens (hashes only)", c.join_tokens);
     println!("  {} attested agents", c.spiffe_agents);
     println!(
-        "  {} revoked JWT-SVIDs, {} tokens minted from JWT-SVIDs",
-        c.revoked_svids, c.svid_tokens
+        "  {} revoked JWT-SVIDs, {} tokens minted from JWT-SVIDs, {} JWT-SVID minters",
+        c.revoked_svids, c.svid_tokens, c.svid_minters
     );
     println!(
         "  {} key-debt entries (wrapped keys sealed under the master key), {} usage records",

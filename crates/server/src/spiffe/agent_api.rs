@@ -248,7 +248,7 @@ async fn attest(
             consume = Some((
                 issuer.clone(),
                 node.jti,
-                node.exp + ctx.app.0.settings.clock_skew,
+                node.exp.saturating_add(ctx.app.0.settings.clock_skew),
             ));
             (node.agent_id, format!("platform:{issuer}"))
         }
@@ -480,8 +480,7 @@ async fn workload_exited(
     e.reason = Some(reason);
     audit(&ctx, e).await?;
     tracing::info!(agent = %agent_id, pid = req.pid, svids = r.svids, ignored = r.ignored, tokens = r.tokens.len(), "workload exited; revoked what it held");
-    let revoked = r.tokens;
     Ok(Json(WorkloadExitedResponse {
-        revoked_tokens: revoked.len() as u64,
+        revoked_tokens: r.tokens.len() as u64,
     }))
 }
