@@ -117,8 +117,66 @@ fn exec_role() {
             assert!(status.success());
             drop(sock);
         }
+        // Connect to the HTTP socket, ask once as the launcher (keep-alive: the agent has now
+        // accepted the connection), then become the victim's binary, which asks again.
+        "self-exec-http" => {
+            let mut sock = std::os::unix::net::UnixStream::connect(env(SOCKET)).unwrap();
+            let first = http_token(&mut sock);
+            assert_eq!(first, 403, "the launcher itself is no workload");
+            let err = std::process::Command::new(env(VICTIM))
+                .args(ROLE_ARGS)
+                .env(ROLE, "http-fetch")
+                .env(ON_STDIN, "1")
+                .stdin(Stdio::from(OwnedFd::from(sock)))
+                .exec();
+            panic!("exec failed: {err}");
+        }
+        // `GET /v1/token` on the connection given as stdin, or a new one.
+        "http-fetch" => {
+            let mut sock = if std::env::var(ON_STDIN).is_ok() {
+                std::os::unix::net::UnixStream::from(stdin_fd())
+            } else {
+                std::os::unix::net::UnixStream::connect(env(SOCKET)).unwrap()
+            };
+            let status = http_token(&mut sock);
+            let result = PathBuf::from(env(RESULT));
+            let tmp = result.with_extension("tmp");
+            std::fs::write(&tmp, format!("http {status}\n")).unwrap();
+            std::fs::rename(tmp, result).unwrap();
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// One keep-alive `GET /v1/token` on `sock`; its status (the body is read and dropped).
+fn http_token(sock: &mut std::os::unix::net::UnixStream) -> u16 {
+    use std::io::{BufRead, Read, Write};
+    sock.write_all(
+        b"GET /v1/token?audience=https%3A%2F%2Fapi HTTP/1.1\r\nHost: agent\r\n\
+          workload.spiffe.io: true\r\n\r\n",
+    )
+    .unwrap();
+    // Byte by byte, so nothing past this response is consumed from the shared socket.
+    let mut reader = std::io::BufReader::with_capacity(1, &*sock);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    status
 }
 
 /// Our stdin, which a launcher made the agent connection.
@@ -194,13 +252,24 @@ fn fetch_on(stream: std::os::unix::net::UnixStream) -> String {
     })
 }
 
-/// Run a role process and return what its fetcher wrote to `result`.
+/// Run a role process on the Workload API socket and return what its fetcher wrote.
 async fn run_role(fx: &Fixture, victim: &Path, result: &Path, role: &str, sync: bool) -> String {
+    run_role_on(&fx.socket, victim, result, role, sync).await
+}
+
+/// Run a role process on `socket` and return what its fetcher wrote to `result`.
+async fn run_role_on(
+    socket: &Path,
+    victim: &Path,
+    result: &Path,
+    role: &str,
+    sync: bool,
+) -> String {
     let _ = std::fs::remove_file(result);
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(ROLE_ARGS)
         .env(ROLE, role)
-        .env(SOCKET, &fx.socket)
+        .env(SOCKET, socket)
         .env(VICTIM, victim)
         .env(RESULT, result)
         .stdout(Stdio::null())
@@ -263,18 +332,31 @@ async fn exec_after_connect_is_refused() {
     let got = run_role(&fx, &victim, &result, "child-execs", true).await;
     assert_eq!(got, "err PermissionDenied", "child-execs");
 
+    // The same on the HTTP socket: the launcher asks (403), then execs the victim's binary,
+    // which asks on the same connection.
+    let got = run_role_on(&fx.http_socket, &victim, &result, "self-exec-http", false).await;
+    assert_eq!(got, "http 403", "self-exec-http");
+    assert!(fx.server.exchanges.lock().unwrap().is_empty());
+    let got = run_victim_role(&fx.http_socket, &victim, &result, "http-fetch").await;
+    assert_eq!(got, "http 200");
+
     // And the victim's binary is still served afterwards.
     let got = run_role_victim(&fx, &victim, &result).await;
     assert_eq!(got, served);
 }
 
-/// The victim's binary connecting to the agent itself.
+/// The victim's binary connecting to the Workload API itself.
 async fn run_role_victim(fx: &Fixture, victim: &Path, result: &Path) -> String {
+    run_victim_role(&fx.socket, victim, result, "fetch").await
+}
+
+/// The victim's binary connecting to `socket` itself, in `role`.
+async fn run_victim_role(socket: &Path, victim: &Path, result: &Path, role: &str) -> String {
     let _ = std::fs::remove_file(result);
     let status = tokio::process::Command::new(victim)
         .args(ROLE_ARGS)
-        .env(ROLE, "fetch")
-        .env(SOCKET, &fx.socket)
+        .env(ROLE, role)
+        .env(SOCKET, socket)
         .env(RESULT, result)
         .stdout(Stdio::null())
         .status()
