@@ -253,18 +253,25 @@ fn fetch_on(stream: std::os::unix::net::UnixStream) -> String {
 }
 
 /// Run a role process on the Workload API socket and return what its fetcher wrote.
-async fn run_role(fx: &Fixture, victim: &Path, result: &Path, role: &str, sync: bool) -> String {
+async fn run_role(
+    fx: &Fixture,
+    victim: &Path,
+    result: &Path,
+    role: &str,
+    sync: bool,
+) -> (String, u32) {
     run_role_on(&fx.socket, victim, result, role, sync).await
 }
 
-/// Run a role process on `socket` and return what its fetcher wrote to `result`.
+/// Run a role process on `socket` and return what its fetcher wrote to `result`, with the
+/// launcher's pid.
 async fn run_role_on(
     socket: &Path,
     victim: &Path,
     result: &Path,
     role: &str,
     sync: bool,
-) -> String {
+) -> (String, u32) {
     let _ = std::fs::remove_file(result);
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(ROLE_ARGS)
@@ -278,6 +285,7 @@ async fn run_role_on(
         cmd.env(SYNC, "1");
     }
     let mut child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
     let outcome = within(role, async {
         loop {
             if let Ok(s) = std::fs::read_to_string(result) {
@@ -290,11 +298,52 @@ async fn run_role_on(
     // The launcher (or the victim's binary it became) may still be running.
     let _ = child.start_kill();
     let _ = child.wait().await;
-    outcome
+    (outcome, pid)
+}
+
+/// The agent's log in this test process (every test's agent), to find refusal reasons in.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+fn assert_logged(reason: &str) {
+    let log = logged();
+    assert!(log.contains(reason), "{reason:?} not in the log:\n{log}");
+}
+
+fn exe_changed(pid: u32) -> String {
+    format!("reason=process {pid} runs another executable than when it connected")
+}
+
+fn held_by_other(pid: u32) -> String {
+    format!("reason=the connection of process {pid} is also held by process")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_after_connect_is_refused() {
+    capture_log();
     let dir = tempfile::tempdir().unwrap();
     let dir_path = dir.path().canonicalize().unwrap();
     // The victim's binary: this test binary with bytes appended (still runs, other hash).
@@ -321,21 +370,33 @@ async fn exec_after_connect_is_refused() {
     // Connect, fork a child with the launcher's code, exec the victim's binary in the parent
     // (the pid the agent knows) and fetch from the child: refused, whether the exec came after
     // the agent accepted the connection or raced it.
-    for sync in [true, false] {
-        let got = run_role(&fx, &victim, &result, "parent-execs", sync).await;
-        assert_eq!(got, "err PermissionDenied", "parent-execs, sync {sync}");
-    }
+    let (got, pid) = run_role(&fx, &victim, &result, "parent-execs", true).await;
+    assert_eq!(got, "err PermissionDenied", "parent-execs");
+    assert_logged(&exe_changed(pid));
+    let (got, pid) = run_role(&fx, &victim, &result, "parent-execs", false).await;
+    assert_eq!(
+        got, "err PermissionDenied",
+        "parent-execs, racing the accept"
+    );
+    let (changed, held) = (exe_changed(pid), held_by_other(pid));
+    assert!(
+        logged().contains(&changed) || logged().contains(&held),
+        "neither {changed:?} nor {held:?} in the log"
+    );
     // Connect, then exec the victim's binary in the same process, which uses the connection.
-    let got = run_role(&fx, &victim, &result, "self-exec", true).await;
+    let (got, pid) = run_role(&fx, &victim, &result, "self-exec", true).await;
     assert_eq!(got, "err PermissionDenied", "self-exec");
+    assert_logged(&exe_changed(pid));
     // Connect, fork, the child execs the victim's binary and uses the inherited connection.
-    let got = run_role(&fx, &victim, &result, "child-execs", true).await;
+    let (got, pid) = run_role(&fx, &victim, &result, "child-execs", true).await;
     assert_eq!(got, "err PermissionDenied", "child-execs");
+    assert_logged(&held_by_other(pid));
 
     // The same on the HTTP socket: the launcher asks (403), then execs the victim's binary,
     // which asks on the same connection.
-    let got = run_role_on(&fx.http_socket, &victim, &result, "self-exec-http", false).await;
+    let (got, pid) = run_role_on(&fx.http_socket, &victim, &result, "self-exec-http", false).await;
     assert_eq!(got, "http 403", "self-exec-http");
+    assert_logged(&exe_changed(pid));
     assert!(fx.server.exchanges.lock().unwrap().is_empty());
     let got = run_victim_role(&fx.http_socket, &victim, &result, "http-fetch").await;
     assert_eq!(got, "http 200");
@@ -370,6 +431,7 @@ async fn run_victim_role(socket: &Path, victim: &Path, result: &Path, role: &str
 /// executable holds the connection, the next push is a `PermissionDenied`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ends_when_another_executable_holds_the_connection() {
+    capture_log();
     let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let hash = mayfly_crypto::hex(&mayfly_crypto::sha256(&exe));
     let me = entry("e-me", "me/by-hash", &[format!("unix:sha256:{hash}")]);
@@ -411,4 +473,6 @@ async fn stream_ends_when_another_executable_holds_the_connection() {
     other.wait().unwrap();
     let status = next.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let me = std::process::id();
+    assert_logged(&format!("{} {}", held_by_other(me), other.id()));
 }
