@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use mayfly_agent::proto::X509svidRequest;
 use mayfly_agent::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use support::{Fixture, entry, within};
+use support::{Fixture, assert_logged, capture_log, entry, logged, within};
 
 const ROLE: &str = "MAYFLY_EXEC_ROLE";
 const SOCKET: &str = "MAYFLY_EXEC_SOCKET";
@@ -299,38 +299,6 @@ async fn run_role_on(
     let _ = child.start_kill();
     let _ = child.wait().await;
     (outcome, pid)
-}
-
-/// The agent's log in this test process (every test's agent), to find refusal reasons in.
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_log() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| LogWriter)
-        .with_ansi(false)
-        .try_init();
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
-}
-
-fn assert_logged(reason: &str) {
-    let log = logged();
-    assert!(log.contains(reason), "{reason:?} not in the log:\n{log}");
 }
 
 fn exe_changed(pid: u32) -> String {
