@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use mayfly_agent::proto::X509svidRequest;
 use mayfly_agent::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use support::{Fixture, entry, within};
+use support::{Fixture, assert_logged, capture_log, entry, logged, within};
 
 const ROLE: &str = "MAYFLY_EXEC_ROLE";
 const SOCKET: &str = "MAYFLY_EXEC_SOCKET";
@@ -117,8 +117,66 @@ fn exec_role() {
             assert!(status.success());
             drop(sock);
         }
+        // Connect to the HTTP socket, ask once as the launcher (keep-alive: the agent has now
+        // accepted the connection), then become the victim's binary, which asks again.
+        "self-exec-http" => {
+            let mut sock = std::os::unix::net::UnixStream::connect(env(SOCKET)).unwrap();
+            let first = http_token(&mut sock);
+            assert_eq!(first, 403, "the launcher itself is no workload");
+            let err = std::process::Command::new(env(VICTIM))
+                .args(ROLE_ARGS)
+                .env(ROLE, "http-fetch")
+                .env(ON_STDIN, "1")
+                .stdin(Stdio::from(OwnedFd::from(sock)))
+                .exec();
+            panic!("exec failed: {err}");
+        }
+        // `GET /v1/token` on the connection given as stdin, or a new one.
+        "http-fetch" => {
+            let mut sock = if std::env::var(ON_STDIN).is_ok() {
+                std::os::unix::net::UnixStream::from(stdin_fd())
+            } else {
+                std::os::unix::net::UnixStream::connect(env(SOCKET)).unwrap()
+            };
+            let status = http_token(&mut sock);
+            let result = PathBuf::from(env(RESULT));
+            let tmp = result.with_extension("tmp");
+            std::fs::write(&tmp, format!("http {status}\n")).unwrap();
+            std::fs::rename(tmp, result).unwrap();
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// One keep-alive `GET /v1/token` on `sock`; its status (the body is read and dropped).
+fn http_token(sock: &mut std::os::unix::net::UnixStream) -> u16 {
+    use std::io::{BufRead, Read, Write};
+    sock.write_all(
+        b"GET /v1/token?audience=https%3A%2F%2Fapi HTTP/1.1\r\nHost: agent\r\n\
+          workload.spiffe.io: true\r\n\r\n",
+    )
+    .unwrap();
+    // Byte by byte, so nothing past this response is consumed from the shared socket.
+    let mut reader = std::io::BufReader::with_capacity(1, &*sock);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    status
 }
 
 /// Our stdin, which a launcher made the agent connection.
@@ -194,13 +252,31 @@ fn fetch_on(stream: std::os::unix::net::UnixStream) -> String {
     })
 }
 
-/// Run a role process and return what its fetcher wrote to `result`.
-async fn run_role(fx: &Fixture, victim: &Path, result: &Path, role: &str, sync: bool) -> String {
+/// Run a role process on the Workload API socket and return what its fetcher wrote.
+async fn run_role(
+    fx: &Fixture,
+    victim: &Path,
+    result: &Path,
+    role: &str,
+    sync: bool,
+) -> (String, u32) {
+    run_role_on(&fx.socket, victim, result, role, sync).await
+}
+
+/// Run a role process on `socket` and return what its fetcher wrote to `result`, with the
+/// launcher's pid.
+async fn run_role_on(
+    socket: &Path,
+    victim: &Path,
+    result: &Path,
+    role: &str,
+    sync: bool,
+) -> (String, u32) {
     let _ = std::fs::remove_file(result);
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
     cmd.args(ROLE_ARGS)
         .env(ROLE, role)
-        .env(SOCKET, &fx.socket)
+        .env(SOCKET, socket)
         .env(VICTIM, victim)
         .env(RESULT, result)
         .stdout(Stdio::null())
@@ -209,6 +285,7 @@ async fn run_role(fx: &Fixture, victim: &Path, result: &Path, role: &str, sync: 
         cmd.env(SYNC, "1");
     }
     let mut child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
     let outcome = within(role, async {
         loop {
             if let Ok(s) = std::fs::read_to_string(result) {
@@ -221,11 +298,20 @@ async fn run_role(fx: &Fixture, victim: &Path, result: &Path, role: &str, sync: 
     // The launcher (or the victim's binary it became) may still be running.
     let _ = child.start_kill();
     let _ = child.wait().await;
-    outcome
+    (outcome, pid)
+}
+
+fn exe_changed(pid: u32) -> String {
+    format!("reason=process {pid} runs another executable than when it connected")
+}
+
+fn held_by_other(pid: u32) -> String {
+    format!("reason=the connection of process {pid} is also held by process")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_after_connect_is_refused() {
+    capture_log();
     let dir = tempfile::tempdir().unwrap();
     let dir_path = dir.path().canonicalize().unwrap();
     // The victim's binary: this test binary with bytes appended (still runs, other hash).
@@ -252,29 +338,54 @@ async fn exec_after_connect_is_refused() {
     // Connect, fork a child with the launcher's code, exec the victim's binary in the parent
     // (the pid the agent knows) and fetch from the child: refused, whether the exec came after
     // the agent accepted the connection or raced it.
-    for sync in [true, false] {
-        let got = run_role(&fx, &victim, &result, "parent-execs", sync).await;
-        assert_eq!(got, "err PermissionDenied", "parent-execs, sync {sync}");
-    }
+    let (got, pid) = run_role(&fx, &victim, &result, "parent-execs", true).await;
+    assert_eq!(got, "err PermissionDenied", "parent-execs");
+    assert_logged(&exe_changed(pid));
+    let (got, pid) = run_role(&fx, &victim, &result, "parent-execs", false).await;
+    assert_eq!(
+        got, "err PermissionDenied",
+        "parent-execs, racing the accept"
+    );
+    let (changed, held) = (exe_changed(pid), held_by_other(pid));
+    assert!(
+        logged().contains(&changed) || logged().contains(&held),
+        "neither {changed:?} nor {held:?} in the log"
+    );
     // Connect, then exec the victim's binary in the same process, which uses the connection.
-    let got = run_role(&fx, &victim, &result, "self-exec", true).await;
+    let (got, pid) = run_role(&fx, &victim, &result, "self-exec", true).await;
     assert_eq!(got, "err PermissionDenied", "self-exec");
+    assert_logged(&exe_changed(pid));
     // Connect, fork, the child execs the victim's binary and uses the inherited connection.
-    let got = run_role(&fx, &victim, &result, "child-execs", true).await;
+    let (got, pid) = run_role(&fx, &victim, &result, "child-execs", true).await;
     assert_eq!(got, "err PermissionDenied", "child-execs");
+    assert_logged(&held_by_other(pid));
+
+    // The same on the HTTP socket: the launcher asks (403), then execs the victim's binary,
+    // which asks on the same connection.
+    let (got, pid) = run_role_on(&fx.http_socket, &victim, &result, "self-exec-http", false).await;
+    assert_eq!(got, "http 403", "self-exec-http");
+    assert_logged(&exe_changed(pid));
+    assert!(fx.server.exchanges.lock().unwrap().is_empty());
+    let got = run_victim_role(&fx.http_socket, &victim, &result, "http-fetch").await;
+    assert_eq!(got, "http 200");
 
     // And the victim's binary is still served afterwards.
     let got = run_role_victim(&fx, &victim, &result).await;
     assert_eq!(got, served);
 }
 
-/// The victim's binary connecting to the agent itself.
+/// The victim's binary connecting to the Workload API itself.
 async fn run_role_victim(fx: &Fixture, victim: &Path, result: &Path) -> String {
+    run_victim_role(&fx.socket, victim, result, "fetch").await
+}
+
+/// The victim's binary connecting to `socket` itself, in `role`.
+async fn run_victim_role(socket: &Path, victim: &Path, result: &Path, role: &str) -> String {
     let _ = std::fs::remove_file(result);
     let status = tokio::process::Command::new(victim)
         .args(ROLE_ARGS)
-        .env(ROLE, "fetch")
-        .env(SOCKET, &fx.socket)
+        .env(ROLE, role)
+        .env(SOCKET, socket)
         .env(RESULT, result)
         .stdout(Stdio::null())
         .status()
@@ -288,6 +399,7 @@ async fn run_role_victim(fx: &Fixture, victim: &Path, result: &Path) -> String {
 /// executable holds the connection, the next push is a `PermissionDenied`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ends_when_another_executable_holds_the_connection() {
+    capture_log();
     let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let hash = mayfly_crypto::hex(&mayfly_crypto::sha256(&exe));
     let me = entry("e-me", "me/by-hash", &[format!("unix:sha256:{hash}")]);
@@ -329,4 +441,6 @@ async fn stream_ends_when_another_executable_holds_the_connection() {
     other.wait().unwrap();
     let status = next.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let me = std::process::id();
+    assert_logged(&format!("{} {}", held_by_other(me), other.id()));
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use spiffe::{JwtSvid, SpiffeId, TrustDomain, WorkloadApiError};
-use support::{Fixture, ISSUER, TD, entry, jwt_claims, my_uid, within};
+use support::{Fixture, ISSUER, TD, assert_logged, capture_log, entry, jwt_claims, my_uid, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn uid_selector(uid: u32) -> String {
@@ -421,6 +421,7 @@ async fn http_token_endpoint_exchanges_the_callers_jwt_svid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_token_endpoint_requires_the_security_header() {
+    capture_log();
     let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
     let fx = Fixture::start(vec![me], |_| {}).await;
     let sock = &fx.http_socket;
@@ -446,6 +447,7 @@ async fn http_token_endpoint_requires_the_security_header() {
         );
     }
     assert!(fx.server.exchanges.lock().unwrap().is_empty());
+    assert_logged("agent token request refused reason=\"security header missing\"");
     let (status, _) = http_get(sock, "/v1/token?audience=https%3A%2F%2Fapi").await;
     assert_eq!(status, 200);
 }

@@ -355,3 +355,36 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// The agent's log in this test process (every test's agent), to find refusal reasons in;
+/// [`capture_log`] starts it.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .try_init();
+}
+
+pub fn logged() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+pub fn assert_logged(reason: &str) {
+    let log = logged();
+    assert!(log.contains(reason), "{reason:?} not in the log:\n{log}");
+}
