@@ -391,6 +391,12 @@ impl Proxy {
                 return refusal.response();
             }
         };
+        // One spelling per path for an upstream that ignores case, decided and forwarded.
+        let rest = if route.case_insensitive {
+            rest.into_ascii_lowercase()
+        } else {
+            rest
+        };
         let mut caller: Option<Caller> = None;
         let result = self
             .forward(req, route, &rest, uri.query(), now, &mut caller)
