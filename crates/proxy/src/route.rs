@@ -10,9 +10,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
 use mayfly_config::{Inject, RouteConfig, RouteMatch};
 use mayfly_policy::RoutePolicy;
+use mayfly_proto::path::NormalPath;
 
 use crate::error::Refusal;
-use mayfly_proto::path::NormalPath;
 
 /// One configured route, ready to match and forward.
 #[derive(Debug)]
