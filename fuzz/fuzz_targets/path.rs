@@ -36,6 +36,13 @@ fuzz_target!(|data: &[u8]| {
         let v = u8::from_str_radix(hex, 16).unwrap();
         assert!(!unreserved(v) && !matches!(v, b'/' | b'\\' | 0), "{raw:?}");
     }
+    // Lower-cased for a case-insensitive upstream, it is still normal.
+    let lower = n.clone().into_ascii_lowercase();
+    assert_eq!(
+        NormalPath::new(lower.as_str()).as_ref().map(NormalPath::rewritten),
+        Ok(false),
+        "{raw:?}"
+    );
     // What a policy sees has the same segments as what is forwarded.
     let d = n.decoded();
     assert_eq!(d.split('/').count(), s.split('/').count(), "{raw:?}");

@@ -833,4 +833,21 @@ inject = { query = "api_key" }
         crate::support::run_cli(d.path(), &["proxy", "--config", cfg.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("no [[proxy.routes]]"), "{err}");
+
+    // A plain http upstream off this host: the key would cross the network in the clear.
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "issuer = \"http://127.0.0.1:1\"\n[proxy]\nclient_id = \"p\"\nkey_file = \"p.json\"\n{}",
+            route.replace(
+                "https://api.example.test\"\naud",
+                "http://api.example.test\"\naud"
+            )
+        ),
+    );
+    let (code, _o, err) =
+        crate::support::run_cli(d.path(), &["proxy", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("proxy.routes[0].upstream"), "{err}");
+    assert!(err.contains("not loopback"), "{err}");
 }

@@ -106,6 +106,10 @@ pub struct RouteConfig {
     /// A Cedar policy file deciding which workloads may make which calls through the route
     /// (beside audience and scopes); relative paths are from the config file's directory.
     pub policy_file: Option<PathBuf>,
+    /// The upstream reads paths ignoring ASCII case: the path remainder is lower-cased before
+    /// the policy decides and the upstream receives it, so `/Admin` cannot pass for another
+    /// path than `/admin`. Off by default (paths are case-sensitive, RFC 3986 §6.2.2.1).
+    pub case_insensitive_upstream: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -138,6 +142,8 @@ struct RawRoute {
     #[serde(default)]
     drop_headers: Vec<String>,
     policy_file: Option<String>,
+    #[serde(default)]
+    case_insensitive_upstream: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,6 +477,7 @@ impl RawRoute {
             inject,
             drop_headers,
             policy_file: self.policy_file.map(|p| resolve(base, &p)),
+            case_insensitive_upstream: self.case_insensitive_upstream,
         })
     }
 }

@@ -112,6 +112,42 @@ impl<'a> NormalPath<'a> {
         (rest.is_empty() || rest.starts_with('/')).then_some(NormalPath(Cow::Borrowed(rest)))
     }
 
+    /// For an upstream that ignores case: ASCII letters lower-cased (not the hex digits of
+    /// escapes, which stay upper case), so that `/Admin` is `/admin` to a policy as to the
+    /// upstream. No copy when there is nothing to lower.
+    pub fn into_ascii_lowercase(self) -> Self {
+        let b = self.0.as_bytes();
+        let mut i = 0;
+        let mut upper = false;
+        while i < b.len() {
+            if b[i] == b'%' {
+                i += 3;
+                continue;
+            }
+            upper |= b[i].is_ascii_uppercase();
+            i += 1;
+        }
+        if !upper {
+            return self;
+        }
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.extend_from_slice(b.get(i..i + 3).unwrap_or(&b[i..]));
+                i += 3;
+                continue;
+            }
+            out.push(b[i].to_ascii_lowercase());
+            i += 1;
+        }
+        // Only ASCII letters changed: still UTF-8.
+        match String::from_utf8(out) {
+            Ok(s) => NormalPath(Cow::Owned(s)),
+            Err(_) => self,
+        }
+    }
+
     /// The path as a route policy sees it (`context.path`): percent-decoded, starting with
     /// `/`. Decoding cannot add a segment or a dot segment: `%2F` is refused and `%2E` is
     /// already decoded, so the decided path has the same segments as the forwarded one.
@@ -346,6 +382,13 @@ mod tests {
         let n = NormalPath::new("/up/x").unwrap();
         assert_eq!(n.suffix(3).unwrap().as_str(), "/x");
         assert_eq!(n.suffix(2), None);
+        let n = NormalPath::new("/Invoices/%c3%89/ADMIN%3b").unwrap();
+        assert_eq!(
+            n.into_ascii_lowercase().as_str(),
+            "/invoices/%C3%89/admin%3B"
+        );
+        let n = NormalPath::new("/a/%3B").unwrap().into_ascii_lowercase();
+        assert!(!n.rewritten());
         assert_eq!(n.suffix(9), None);
     }
 

@@ -19,6 +19,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mayfly_proto::path::NormalPath;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -27,7 +28,6 @@ use crate::error::Refusal;
 use crate::keys::RouteKey;
 use crate::route::Route;
 use crate::scrub::{self, ScrubBody};
-use mayfly_proto::path::NormalPath;
 
 /// The client towards upstreams; request bodies stream straight from the caller.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;

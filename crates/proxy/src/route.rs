@@ -10,9 +10,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
 use mayfly_config::{Inject, RouteConfig, RouteMatch};
 use mayfly_policy::RoutePolicy;
+use mayfly_proto::path::NormalPath;
 
 use crate::error::Refusal;
-use mayfly_proto::path::NormalPath;
 
 /// One configured route, ready to match and forward.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub struct Route {
     pub drop_headers: Vec<HeaderName>,
     /// The route's Cedar policy, if it has one (default deny within it).
     pub policy: Option<PolicySlot>,
+    /// The upstream ignores ASCII case in paths: decide on and forward the lower-cased path.
+    pub case_insensitive: bool,
     /// The upstream's `Host` header, built once.
     pub host_header: HeaderValue,
     /// Its metric handles.
@@ -109,18 +111,28 @@ impl PolicySlot {
     /// place can be caught half-written, and half a policy (its `forbid`s cut off) can allow
     /// more than the whole one.
     pub fn refresh(&self, route: &str) -> Result<Option<[u8; 32]>, Refused> {
-        let r = self.try_refresh(route);
-        let error = r.as_ref().err().map(String::as_str);
-        let first = self.new_error(error);
-        r.map_err(|error| Refused { error, first })
-    }
-
-    fn try_refresh(&self, route: &str) -> Result<Option<[u8; 32]>, String> {
+        // One refresh at a time, its error bookkeeping included: the reload loop and an
+        // explicit reload must not undo each other's.
         let mut seen_once = match self.refreshing.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let text = read_text(route, &self.file)?;
+        let r = self.try_refresh(route, &mut seen_once);
+        // A change read once and not yet acted on says nothing about the file yet.
+        let pending = matches!(r, Ok(None)) && seen_once.is_some();
+        let first = !pending && self.new_error(r.as_ref().err().map(|(k, _)| k.as_str()));
+        r.map_err(|(_, error)| Refused { error, first })
+    }
+
+    /// The error comes with what makes it the same as the previous one: for a text that does
+    /// not parse, the text's digest (Cedar lists some problems in no fixed order, so the
+    /// message of one text can differ between readings).
+    fn try_refresh(
+        &self,
+        route: &str,
+        seen_once: &mut Option<[u8; 32]>,
+    ) -> Result<Option<[u8; 32]>, (String, String)> {
+        let text = read_text(route, &self.file).map_err(|e| (e.clone(), e))?;
         let digest = mayfly_crypto::sha256(text.as_bytes());
         let same = match self.loaded.read() {
             Ok(l) => l.1 == digest,
@@ -133,7 +145,8 @@ impl PolicySlot {
         if seen_once.replace(digest) != Some(digest) {
             return Ok(None);
         }
-        let policy = parse(route, &self.file, &text)?;
+        let policy = parse(route, &self.file, &text)
+            .map_err(|e| (format!("parse:{}", mayfly_crypto::hex(&digest)), e))?;
         let mut l = match self.loaded.write() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
@@ -194,6 +207,7 @@ impl Route {
             .map_err(|_| format!("route {}: upstream host is not usable", c.name))?;
         Ok(Self {
             policy,
+            case_insensitive: c.case_insensitive_upstream,
             host_header,
             metrics: crate::stats::RouteMetrics::default(),
             name: c.name.clone(),
@@ -352,6 +366,7 @@ mod tests {
             inject: Inject::Query { param: "k".into() },
             drop_headers: vec!["cookie".into()],
             policy_file: None,
+            case_insensitive_upstream: false,
         })
         .unwrap()
     }

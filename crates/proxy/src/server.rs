@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mayfly_config::ProxyConfig;
 use mayfly_crypto::{Kek, SigningKey};
+use mayfly_proto::path::NormalPath;
 use mayfly_store::{AuditLog, Store, StoreError};
 use mayfly_sts::{AuditEvent, Clock, Decision, EventKind};
 use tokio::net::TcpListener;
@@ -26,7 +27,6 @@ use crate::keys::KeyRing;
 use crate::revocation::Revocation;
 use crate::route::{Route, Router};
 use crate::verify::{Caller, Issuer, Verifier};
-use mayfly_proto::path::NormalPath;
 
 /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
 const MAX_HEAD: usize = 64 * 1024;
@@ -390,6 +390,12 @@ impl Proxy {
                 metrics::counter!("mayfly_proxy_requests_total", "route" => "", "status" => refusal.status().as_str().to_string()).increment(1);
                 return refusal.response();
             }
+        };
+        // One spelling per path for an upstream that ignores case, decided and forwarded.
+        let rest = if route.case_insensitive {
+            rest.into_ascii_lowercase()
+        } else {
+            rest
         };
         let mut caller: Option<Caller> = None;
         let result = self

@@ -211,6 +211,16 @@ async fn harness_with(
     tls: Option<(String, std::path::PathBuf)>,
     policy: Option<&str>,
 ) -> Harness {
+    harness_full(expires_in_days, tls, policy, false).await
+}
+
+/// With `case_insensitive`, the route's upstream ignores case in paths.
+async fn harness_full(
+    expires_in_days: i64,
+    tls: Option<(String, std::path::PathBuf)>,
+    policy: Option<&str>,
+    case_insensitive: bool,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let policy_file = policy.map(|p| {
         let f = dir.path().join("up.cedar");
@@ -270,6 +280,7 @@ async fn harness_with(
             },
             drop_headers: vec!["cookie".into()],
             policy_file,
+            case_insensitive_upstream: case_insensitive,
         }],
         ..ProxyConfig::default()
     };
@@ -767,6 +778,7 @@ async fn a_route_policy_that_does_not_fit_the_schema_stops_the_proxy_from_starti
         },
         drop_headers: vec![],
         policy_file: Some(f),
+        case_insensitive_upstream: false,
     });
     let e = route.unwrap_err();
     assert!(
@@ -884,6 +896,43 @@ async fn every_spelling_of_a_path_is_decided_and_forwarded_as_its_normal_form() 
             "/up/%2e%2e/base/invoices/admin",
             Some(&h.issuer.token(h.now())),
         )
+        .await;
+    h.refused(&r, 404, "not_found", hits);
+}
+
+/// A route whose upstream ignores case: the path is lower-cased (escapes keep their upper-case
+/// hex) before the policy decides, and the upstream receives that path.
+#[tokio::test]
+async fn a_case_insensitive_upstream_gets_the_lower_cased_path_the_policy_decided_on() {
+    let policy = r#"
+        permit(principal, action == Action::"GET", resource) when { context.path like "/invoices*" };
+        forbid(principal, action, resource) when { context.path like "/invoices/admin*" };
+    "#;
+    let h = harness_full(90, None, Some(policy), true).await;
+    let mut hits = 0;
+    for (rest, sent) in [
+        ("/INVOICES/42", Some("/invoices/42")),
+        ("/Invoices/A%3b", Some("/invoices/a%3B")),
+        ("/invoices/Admin", None),
+        ("/invoices/ADMIN/x", None),
+        ("/invoices/%41dmin", None),
+        ("/Invoices//%41DMIN", None),
+    ] {
+        let r = h
+            .call(&format!("/up{rest}"), Some(&h.issuer.token(h.now())))
+            .await;
+        match sent {
+            Some(path) => {
+                hits += 1;
+                assert_eq!(r.0, 200, "{rest}: {}", r.2);
+                assert_eq!(r.2["path"], format!("/base{path}"), "{rest}");
+            }
+            None => h.refused(&r, 403, "access_denied", hits),
+        }
+    }
+    // The prefix is matched as written.
+    let r = h
+        .call("/UP/invoices/42", Some(&h.issuer.token(h.now())))
         .await;
     h.refused(&r, 404, "not_found", hits);
 }
