@@ -797,15 +797,12 @@ fn fetch_url(src: &str, key: &str, text: &str) -> Result<url::Url, ConfigError> 
 impl RawClient {
     fn validate(self, src: &str, base: &Path, i: usize) -> Result<ClientConfig, ConfigError> {
         let key = |k: &str| format!("clients[{i}].{k}");
-        if self.id.is_empty()
-            || self.id.len() > 128
-            || self.id.chars().any(|c| c.is_control() || c == ' ')
-        {
+        if !crate::valid_client_id(&self.id) {
             return Err(ConfigError::new(
                 src,
                 key("id"),
-                "must be 1 to 128 printable characters without spaces",
-                "pick an id like \"billing-worker\"",
+                crate::CLIENT_ID_RULE,
+                crate::CLIENT_ID_FIX,
             ));
         }
         let jwks = match (self.jwks_file, self.jwks, self.jwks_uri) {

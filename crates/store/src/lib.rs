@@ -9,6 +9,7 @@ mod audit;
 mod clients;
 mod debt;
 mod keys;
+mod revocation;
 mod spiffe;
 mod transfer;
 
@@ -18,6 +19,7 @@ pub use audit::{
 pub use clients::StoredClient;
 pub use debt::{DebtEntry, DebtUsage};
 pub use keys::StoredKey;
+pub use revocation::IssuedToken;
 pub use spiffe::{AuthorityKind, JoinTokenOutcome, StoredAgent, StoredAuthority, StoredEntry};
 pub use transfer::{
     AppliedMigration, EXPORT_FORMAT, ExportSummary, ImportOptions, ImportSummary, MAX_LINE,
@@ -120,6 +122,11 @@ fn migrator(backend: Backend) -> Migrator {
         },
         m(3, "spiffe", include_str!("../migrations/0003_spiffe.sql")),
         m(4, "key debt", include_str!("../migrations/0004_debt.sql")),
+        m(
+            6,
+            "token parents",
+            include_str!("../migrations/0006_token_parents.sql"),
+        ),
     ])
 }
 
@@ -283,7 +290,12 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(db("purge revocations"))?;
-        Ok(a.rows_affected() + b.rows_affected())
+        let c = sqlx::query("DELETE FROM token_parents WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db("purge token links"))?;
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
     }
 
     /// Whether the token `jti` has been revoked.

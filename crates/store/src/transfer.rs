@@ -127,6 +127,9 @@ pub struct TableCounts {
     /// Tokens minted from JWT-SVIDs (revoked with them).
     #[serde(default)]
     pub svid_tokens: u64,
+    /// Links from derived tokens to the tokens they came from. Absent (0) in older files.
+    #[serde(default)]
+    pub token_parents: u64,
     /// Key-debt entries (wrapped keys sealed). Absent (0) in files from before key debt.
     #[serde(default)]
     pub debt_keys: u64,
@@ -152,6 +155,7 @@ impl TableCounts {
             Table::SpiffeAgents => &mut self.spiffe_agents,
             Table::RevokedSvids => &mut self.revoked_svids,
             Table::SvidTokens => &mut self.svid_tokens,
+            Table::TokenParents => &mut self.token_parents,
             Table::DebtKeys => &mut self.debt_keys,
             Table::DebtUsage => &mut self.debt_usage,
             Table::AuditEvents => &mut self.audit_events,

@@ -114,6 +114,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
                 consume_subject: None,
                 revoke: None,
                 link_svid: None,
+                parents: Vec::new(),
             };
             log.commit(p).await.unwrap()
         }));
@@ -145,6 +146,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
+        parents: Vec::new(),
     })
     .await
     .unwrap();
@@ -162,6 +164,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_subject: Some((iss.into(), jti.into(), 2_000)),
         revoke: None,
         link_svid: None,
+        parents: Vec::new(),
     };
     assert!(matches!(
         log.commit(subject("k8s", "s1", None)).await.unwrap(),
@@ -212,6 +215,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         }
     };
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
@@ -265,6 +269,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_subject: Some(("k8s".into(), jti.into(), now + window)),
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         }
     };
     let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
@@ -362,6 +367,7 @@ async fn two_writers_interleave(db: Db) {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         };
         async move { log.commit(p).await.unwrap() }
     };

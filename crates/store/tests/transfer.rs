@@ -145,6 +145,7 @@ async fn populate(s: &Store) {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         };
         assert!(matches!(
             log.commit(p).await.unwrap(),
@@ -159,6 +160,7 @@ async fn populate(s: &Store) {
         consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
+        parents: Vec::new(),
     })
     .await
     .unwrap();
@@ -168,6 +170,7 @@ async fn populate(s: &Store) {
         consume_subject: Some(("k8s".into(), "s1".into(), 2_000)),
         revoke: None,
         link_svid: None,
+        parents: Vec::new(),
     })
     .await
     .unwrap();
@@ -644,6 +647,7 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
         consume_subject: subject.map(|s| ("k8s".to_string(), s.to_string(), ts + 600)),
         revoke: None,
         link_svid: None,
+        parents: Vec::new(),
     };
     for p in [
         recent(Some("a-old"), None, now - 10_000),

@@ -25,6 +25,7 @@ pub(super) enum Table {
     SpiffeAgents,
     RevokedSvids,
     SvidTokens,
+    TokenParents,
     DebtKeys,
     DebtUsage,
     AuditEvents,
@@ -32,7 +33,7 @@ pub(super) enum Table {
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 14] = [
+    pub(super) const ALL: [Table; 15] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
@@ -43,6 +44,7 @@ impl Table {
         Table::SpiffeAgents,
         Table::RevokedSvids,
         Table::SvidTokens,
+        Table::TokenParents,
         Table::DebtKeys,
         Table::DebtUsage,
         Table::AuditEvents,
@@ -61,6 +63,7 @@ impl Table {
             Table::SpiffeAgents => "spiffe_agents",
             Table::RevokedSvids => "revoked_svids",
             Table::SvidTokens => "svid_tokens",
+            Table::TokenParents => "token_parents",
             Table::DebtKeys => "debt_keys",
             Table::DebtUsage => "debt_usage",
             Table::AuditEvents => "audit_events",
@@ -120,6 +123,7 @@ impl Table {
             ],
             Table::RevokedSvids => &["jti", "revoked_at", "expires_at"],
             Table::SvidTokens => &["svid_jti", "token_jti", "client_id", "expires_at"],
+            Table::TokenParents => &["parent_jti", "child_jti", "client_id", "expires_at"],
             Table::DebtKeys => &[
                 "name",
                 "owner",
@@ -156,6 +160,7 @@ impl Table {
             Table::SpiffeAgents => text("spiffe_id"),
             Table::RevokedSvids => text("jti"),
             Table::SvidTokens => format!("{}, {}", text("svid_jti"), text("token_jti")),
+            Table::TokenParents => format!("{}, {}", text("parent_jti"), text("child_jti")),
             Table::DebtKeys => text("name"),
             Table::DebtUsage => format!("{}, {}", text("name"), text("identity")),
             Table::AuditEvents => "seq".into(),
@@ -272,6 +277,16 @@ pub(super) struct SvidTokenRow {
     pub(super) expires_at: i64,
 }
 
+/// A token derived from another token of ours.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenParentRow {
+    pub(super) parent_jti: String,
+    pub(super) child_jti: String,
+    pub(super) client_id: String,
+    pub(super) expires_at: i64,
+}
+
 /// A legacy key, sealed under the master key as stored (or none: known by fingerprint only).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +355,7 @@ pub(super) enum Entry {
     SpiffeAgents(AgentRow),
     RevokedSvids(RevokedSvidRow),
     SvidTokens(SvidTokenRow),
+    TokenParents(TokenParentRow),
     DebtKeys(DebtKeyRow),
     DebtUsage(DebtUsageRow),
     AuditEvents(AuditEventRow),
@@ -359,6 +375,7 @@ impl Entry {
             Entry::SpiffeAgents(_) => Table::SpiffeAgents,
             Entry::RevokedSvids(_) => Table::RevokedSvids,
             Entry::SvidTokens(_) => Table::SvidTokens,
+            Entry::TokenParents(_) => Table::TokenParents,
             Entry::DebtKeys(_) => Table::DebtKeys,
             Entry::DebtUsage(_) => Table::DebtUsage,
             Entry::AuditEvents(_) => Table::AuditEvents,
@@ -446,6 +463,12 @@ impl Entry {
             Table::SvidTokens => Entry::SvidTokens(SvidTokenRow {
                 svid_jti: g(r, "svid_jti")?,
                 token_jti: g(r, "token_jti")?,
+                client_id: g(r, "client_id")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::TokenParents => Entry::TokenParents(TokenParentRow {
+                parent_jti: g(r, "parent_jti")?,
+                child_jti: g(r, "child_jti")?,
                 client_id: g(r, "client_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
@@ -551,6 +574,11 @@ impl Entry {
             Entry::SvidTokens(r) => q
                 .bind(r.svid_jti.as_str())
                 .bind(r.token_jti.as_str())
+                .bind(r.client_id.as_str())
+                .bind(r.expires_at),
+            Entry::TokenParents(r) => q
+                .bind(r.parent_jti.as_str())
+                .bind(r.child_jti.as_str())
                 .bind(r.client_id.as_str())
                 .bind(r.expires_at),
             Entry::DebtKeys(r) => q
