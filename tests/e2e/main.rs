@@ -18,6 +18,7 @@ mod policy_cli;
 mod proxy;
 mod rejections;
 mod replicas;
+mod revocation;
 mod rotation;
 mod scan;
 mod spiffe;
