@@ -903,7 +903,10 @@ async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
     // Within one cache lifetime at most three calls per token could slip through.
     assert!(s.hits() <= hits + 3 * 15, "{}", s.hits());
     let r = s.get("/legacy/echo", Some(&actor)).await;
-    assert_eq!(r.0, 200, "the actor's own token is not derived from the root");
+    assert_eq!(
+        r.0, 200,
+        "the actor's own token is not derived from the root"
+    );
     let mut proxy = s.proxy;
     proxy.stop();
     let (_store, calls) = proxy_calls(s.dir.path()).await;

@@ -647,7 +647,14 @@ async fn revoking_a_token_revokes_its_derived_tokens_at_every_replica() {
     }
     let (code, _, err) = run_cli(
         c.replicas[1]._dir.path(),
-        &["token", "revoke", "--config", "mayfly.toml", "--jti", "no-such-jti"],
+        &[
+            "token",
+            "revoke",
+            "--config",
+            "mayfly.toml",
+            "--jti",
+            "no-such-jti",
+        ],
     );
     assert_eq!(code, 1);
     assert!(

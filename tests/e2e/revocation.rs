@@ -230,7 +230,12 @@ async fn a_workload_revokes_its_own_token_by_presenting_it() {
     let (st, v) = env.exchange(&s, &env.sa_token()).await;
     assert_eq!(st, 200, "{v}");
     let wl = v["access_token"].as_str().unwrap().to_string();
-    assert!(peek(&wl)["client_id"].as_str().unwrap().starts_with("spiffe://"));
+    assert!(
+        peek(&wl)["client_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("spiffe://")
+    );
     let introspect = |t: String| {
         let (env, s) = (&env, &s);
         async move {

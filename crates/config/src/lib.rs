@@ -26,9 +26,7 @@ pub const CLIENT_ID_FIX: &str = "pick an id like \"billing-worker\"";
 
 /// Check a client id against [`CLIENT_ID_RULE`].
 pub fn valid_client_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.chars().any(|c| c.is_control() || c.is_whitespace())
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// A configuration problem, with where it came from and how to fix it.

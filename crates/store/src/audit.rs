@@ -301,15 +301,20 @@ impl ReplayGuard {
         let mut seen = HashMap::new();
         let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
         // One-time subject tokens, each until its own exp + skew (see `persist_subjects`).
-        let rows = sqlx::query("SELECT client_id, jti, expires_at FROM used_jti WHERE expires_at >= $1")
-            .bind(now)
-            .fetch_all(store.pool())
-            .await
-            .map_err(db("rebuild replay window"))?;
+        let rows =
+            sqlx::query("SELECT client_id, jti, expires_at FROM used_jti WHERE expires_at >= $1")
+                .bind(now)
+                .fetch_all(store.pool())
+                .await
+                .map_err(db("rebuild replay window"))?;
         for r in rows {
-            let ns: String = r.try_get("client_id").map_err(db("rebuild replay window"))?;
+            let ns: String = r
+                .try_get("client_id")
+                .map_err(db("rebuild replay window"))?;
             let jti: String = r.try_get("jti").map_err(db("rebuild replay window"))?;
-            let until: i64 = r.try_get("expires_at").map_err(db("rebuild replay window"))?;
+            let until: i64 = r
+                .try_get("expires_at")
+                .map_err(db("rebuild replay window"))?;
             seen.insert(replay_key(&ns, &jti), until);
         }
         if window > 0 {
@@ -715,12 +720,15 @@ fn chain(
     })
 }
 
+/// A key a batch consumed: (replay key, event time, keep until).
+type Fresh = (u128, i64, i64);
+
 /// Which items reuse a single-use key already seen (or seen earlier in this batch), from the
 /// committer's map; and the keys the batch consumes, to remember once it is durable.
 fn local_used(
     seen: &HashMap<u128, i64>,
     items: &[Pending],
-) -> (Vec<Option<Used>>, Vec<(u128, i64, i64)>) {
+) -> (Vec<Option<Used>>, Vec<Fresh>) {
     let mut batch_seen = std::collections::HashSet::new();
     let used: Vec<Option<Used>> = items
         .iter()
@@ -751,7 +759,7 @@ fn local_used(
 /// Remember consumed keys (key, event time, keep until) once durable: each for the replay window
 /// and at least until its own keep-until (a one-time subject token's `exp` + skew, which may be
 /// far beyond the assertion window).
-fn remember(seen: &mut HashMap<u128, i64>, fresh: Vec<(u128, i64, i64)>, window: i64) {
+fn remember(seen: &mut HashMap<u128, i64>, fresh: Vec<Fresh>, window: i64) {
     for (k, ts, until) in fresh {
         seen.insert(k, until.max(ts + window));
     }
@@ -913,14 +921,12 @@ async fn append_batch(
     // path).
     if let (Backend::Sqlite, Some(h), ReplayGuard::Local { seen, window }) =
         (backend, head.as_ref(), &mut *guard)
-        && items
-            .iter()
-            .all(|p| {
-                p.revoke.is_none()
-                    && p.link_svid.is_none()
-                    && p.parents.is_empty()
-                    && p.consume_subject.is_none()
-            })
+        && items.iter().all(|p| {
+            p.revoke.is_none()
+                && p.link_svid.is_none()
+                && p.parents.is_empty()
+                && p.consume_subject.is_none()
+        })
     {
         let (used, fresh) = local_used(seen, items);
         let mut c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
@@ -958,8 +964,7 @@ async fn append_batch(
         if let Some((jti, client, exp)) = &p.revoke {
             crate::revocation::revoke_tree(&mut tx, jti, client, *exp, p.event.ts).await?;
         }
-        if let (false, Some(token), Some(exp)) = (p.parents.is_empty(), &p.event.jti, p.event.exp)
-        {
+        if let (false, Some(token), Some(exp)) = (p.parents.is_empty(), &p.event.jti, p.event.exp) {
             crate::revocation::link_parents(
                 &mut tx,
                 &p.parents,

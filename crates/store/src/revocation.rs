@@ -56,7 +56,10 @@ pub(crate) async fn revoke_descendants(
     .await
     .map_err(db("revoke derived tokens"))?;
     rows.iter()
-        .map(|r| r.try_get::<String, _>("jti").map_err(db("revoke derived tokens")))
+        .map(|r| {
+            r.try_get::<String, _>("jti")
+                .map_err(db("revoke derived tokens"))
+        })
         .collect()
 }
 

@@ -737,10 +737,15 @@ async fn revocation_reaches_derived_tokens(db: Db) {
         assert!(s.is_revoked(jti).await.unwrap(), "{jti} must be revoked");
     }
     for jti in ["actor", "sibling"] {
-        assert!(!s.is_revoked(jti).await.unwrap(), "{jti} is not derived from root");
+        assert!(
+            !s.is_revoked(jti).await.unwrap(),
+            "{jti} is not derived from root"
+        );
     }
     // Minted while its parent was being revoked: recorded after, revoked as it is recorded.
-    log.commit(issued("late", &["narrowed"], None)).await.unwrap();
+    log.commit(issued("late", &["narrowed"], None))
+        .await
+        .unwrap();
     assert!(s.is_revoked("late").await.unwrap());
 
     // A workload exits: its JWT-SVID's token and the tokens derived from that one.
