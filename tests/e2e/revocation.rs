@@ -87,6 +87,17 @@ id = "svc"
 jwks_file = "svc.jwks.json"
 audiences = ["{API}"]
 scopes = ["read"]
+introspect = ["{API}"]
+[[clients]]
+id = "peer"
+jwks_file = "svc.jwks.json"
+audiences = ["{API}"]
+scopes = ["read"]
+[[clients]]
+id = "rs"
+jwks_file = "svc.jwks.json"
+audiences = ["https://rs.example.test"]
+introspect = ["{API}"]
 [[issuers]]
 name = "k8s"
 issuer = "{K8S_ISS}"
@@ -138,11 +149,16 @@ one_time_use = true
     }
 
     fn assertion(&self, issuer: &str) -> String {
+        self.assertion_as("svc", issuer)
+    }
+
+    /// A client assertion for `id` (every test client shares the key `svc-1`).
+    fn assertion_as(&self, id: &str, issuer: &str) -> String {
         let n = self.clock.now();
         self.svc
             .sign_jwt(
                 None,
-                &json!({"iss": "svc", "sub": "svc", "aud": issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}),
+                &json!({"iss": id, "sub": id, "aud": issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}),
             )
             .unwrap()
     }
@@ -338,4 +354,89 @@ fn run_time_client_ids_follow_the_config_rule() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Introspection shows a token to its own client and to clients granted its audience
+/// (`introspect = [...]`); a client that may merely request that audience sees
+/// `{"active": false}` and nothing else, and the refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_limited_to_the_owner_and_granted_audiences() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
+        .await
+        .unwrap();
+    let env = Env::new(now());
+    let s = env.server(store.clone()).await;
+    let a = env.assertion_as("peer", &s.issuer);
+    let (st, v) = env
+        .post(
+            &s,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+                ("scope", "read"),
+            ],
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(peek(&token)["aud"], API);
+    let introspect = |who: &'static str| {
+        let (env, s, t) = (&env, &s, token.clone());
+        async move {
+            let a = env.assertion_as(who, &s.issuer);
+            let (st, v) = env
+                .post(
+                    s,
+                    "/oauth2/introspect",
+                    &[
+                        ("client_assertion_type", ASSERTION_TYPE),
+                        ("client_assertion", &a),
+                        ("token", &t),
+                    ],
+                )
+                .await;
+            assert_eq!(st, 200, "{v}");
+            v
+        }
+    };
+    // The owner, and a client granted introspection of the audience.
+    assert_eq!(introspect("peer").await["active"], true);
+    assert_eq!(introspect("rs").await["active"], true);
+    // `peer` may request tokens for the audience but holds no grant: it does not see `svc`'s.
+    let a = env.assertion_as("svc", &s.issuer);
+    let (st, v) = env
+        .post(
+            &s,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+                ("scope", "read"),
+            ],
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let svc_token = v["access_token"].as_str().unwrap().to_string();
+    let a = env.assertion_as("peer", &s.issuer);
+    let (st, v) = env
+        .post(
+            &s,
+            "/oauth2/introspect",
+            &[
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+                ("token", &svc_token),
+            ],
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!({"active": false}));
+    let e = last_event(&store).await;
+    assert_eq!(e["reason"], "introspection_not_granted", "{e}");
+    assert_eq!(e["client"], "peer");
+    assert!(e.get("jti").is_none() || e["jti"].is_null(), "{e}");
 }

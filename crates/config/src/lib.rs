@@ -145,6 +145,9 @@ pub struct ClientConfig {
     pub scopes: Vec<String>,
     /// Per-client lifetime cap (never above `tokens.max_ttl`).
     pub max_ttl: Option<Duration>,
+    /// Audiences whose tokens (any client's) it may introspect, besides its own tokens: a
+    /// resource server or the proxy in front of one. Nobody else sees other clients' tokens.
+    pub introspect: Vec<String>,
 }
 
 /// `[pool]`: the database connection pool.

@@ -224,6 +224,8 @@ struct RawClient {
     #[serde(default)]
     scopes: Vec<String>,
     max_ttl: Option<String>,
+    #[serde(default)]
+    introspect: Vec<String>,
 }
 
 pub(crate) fn duration(
@@ -855,12 +857,21 @@ impl RawClient {
             None => None,
             Some(t) => Some(duration(src, &key("max_ttl"), Some(&t), "")?),
         };
+        if self.introspect.iter().any(|a| a.is_empty()) {
+            return Err(ConfigError::new(
+                src,
+                key("introspect"),
+                "an audience to introspect is empty",
+                "list the audiences whose tokens this client may introspect, e.g. introspect = [\"https://api.example.test\"]",
+            ));
+        }
         Ok(ClientConfig {
             id: self.id,
             jwks,
             audiences: self.audiences,
             scopes: self.scopes,
             max_ttl,
+            introspect: self.introspect,
         })
     }
 }

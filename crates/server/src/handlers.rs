@@ -455,9 +455,22 @@ pub(crate) async fn introspect(
             claims,
             now,
         } = token_query(&app, &parts, body, &mut caller).await?;
-        // A client sees its own tokens and tokens meant for its audiences; others are inactive.
-        let visible = claims
-            .filter(|c| c.client_id == client.id || client.audiences.iter().any(|a| a == &c.aud));
+        // A client sees its own tokens, and tokens for the audiences it was granted introspection
+        // of: `introspect` in its config, or, for the `[proxy]` client of this config, its
+        // routes' audiences. Others are inactive (RFC 7662 §2.2: reveal nothing).
+        let granted = |aud: &str| {
+            let cfg = &app.0.config;
+            cfg.clients
+                .iter()
+                .find(|c| c.id == client.id)
+                .is_some_and(|c| c.introspect.iter().any(|a| a == aud))
+                || (cfg.proxy.client_id.as_deref() == Some(client.id.as_str())
+                    && cfg.proxy.routes.iter().any(|r| r.audience == aud))
+        };
+        let hidden = claims
+            .as_ref()
+            .is_some_and(|c| c.client_id != client.id && !granted(&c.aud));
+        let visible = claims.filter(|_| !hidden);
         let active = match &visible {
             Some(c) => !app
                 .0
@@ -471,7 +484,16 @@ pub(crate) async fn introspect(
         e.client = Some(client.id.clone());
         e.jti = visible.as_ref().map(|c| c.jti.clone());
         e.source = source(&addr);
-        e.reason = Some(if active { "active" } else { "inactive" }.into());
+        e.reason = Some(
+            if hidden {
+                "introspection_not_granted"
+            } else if active {
+                "active"
+            } else {
+                "inactive"
+            }
+            .into(),
+        );
         commit_consuming(&app, e, auth, None).await?;
         Ok(match visible {
             Some(c) if active => IntrospectionResponse {
