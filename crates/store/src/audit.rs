@@ -725,10 +725,7 @@ type Fresh = (u128, i64, i64);
 
 /// Which items reuse a single-use key already seen (or seen earlier in this batch), from the
 /// committer's map; and the keys the batch consumes, to remember once it is durable.
-fn local_used(
-    seen: &HashMap<u128, i64>,
-    items: &[Pending],
-) -> (Vec<Option<Used>>, Vec<Fresh>) {
+fn local_used(seen: &HashMap<u128, i64>, items: &[Pending]) -> (Vec<Option<Used>>, Vec<Fresh>) {
     let mut batch_seen = std::collections::HashSet::new();
     let used: Vec<Option<Used>> = items
         .iter()
