@@ -19,6 +19,7 @@ mod policy_cli;
 mod proxy;
 mod rejections;
 mod replicas;
+mod revocation;
 mod rotation;
 mod scan;
 mod spiffe;

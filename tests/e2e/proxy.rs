@@ -851,3 +851,86 @@ inject = { query = "api_key" }
     assert!(err.contains("proxy.routes[0].upstream"), "{err}");
     assert!(err.contains("not loopback"), "{err}");
 }
+
+/// A token narrowed by exchange, and one exchanged with an actor, both derived from a client
+/// token the proxy has already let through: revoking the root makes the proxy refuse all three
+/// once its revocation cache (1 s here) has run out. Polled, with a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let s = Setup::start(&[("MAYFLY_PROXY_REVOCATION_CACHE", "1s")]).await;
+    let exchange = |form: Vec<(&'static str, String)>| {
+        let s = &s;
+        async move {
+            let mut f: Vec<(&str, &str)> = vec![("grant_type", EXCHANGE)];
+            f.extend(form.iter().map(|(k, v)| (*k, v.as_str())));
+            let r = s
+                .http
+                .post(format!("{}/oauth2/token", s.server.issuer))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(serde_urlencoded(&f))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let root = s.token(AUD, "read", None).await;
+    let actor = s.token(AUD, "read", None).await;
+    let narrowed = exchange(vec![
+        ("subject_token", root.clone()),
+        ("subject_token_type", AT.into()),
+        ("scope", "read".into()),
+    ])
+    .await;
+    let delegated = exchange(vec![
+        ("subject_token", narrowed.clone()),
+        ("subject_token_type", AT.into()),
+        ("actor_token", actor.clone()),
+        ("actor_token_type", AT.into()),
+    ])
+    .await;
+    // Each goes through once, so the proxy caches it as active.
+    for t in [&root, &narrowed, &delegated] {
+        let r = s.get("/legacy/echo", Some(t)).await;
+        assert_eq!(r.0, 200, "{}", r.2);
+    }
+    let hits = s.hits();
+    s.revoke(&root).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for t in [&root, &narrowed, &delegated] {
+        loop {
+            let r = s.get("/legacy/echo", Some(t)).await;
+            if r.0 == 401 {
+                s.refused(&r, 401, "invalid_token", s.hits());
+                assert!(r.2.contains("revoked"), "{}", r.2);
+                break;
+            }
+            assert_eq!(r.0, 200, "{}", r.2);
+            assert!(
+                Instant::now() < deadline,
+                "still let through long after the revocation cache time"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Within one cache lifetime at most three calls per token could slip through.
+    assert!(s.hits() <= hits + 3 * 15, "{}", s.hits());
+    let r = s.get("/legacy/echo", Some(&actor)).await;
+    assert_eq!(
+        r.0, 200,
+        "the actor's own token is not derived from the root"
+    );
+    let mut proxy = s.proxy;
+    proxy.stop();
+    let (_store, calls) = proxy_calls(s.dir.path()).await;
+    assert!(
+        calls
+            .iter()
+            .any(|e| e["status"] == 401 && e["reason"] == "invalid_token"),
+        "{calls:?}"
+    );
+}

@@ -203,6 +203,18 @@ impl Cluster {
         kids
     }
 
+    /// The newest audit event's body.
+    async fn last_event(&self) -> Value {
+        let pool = sqlx::PgPool::connect(&self.db.url()).await.unwrap();
+        let (body,): (String,) =
+            sqlx::query_as("SELECT body FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// The jtis of issued tokens the shared database holds audit events for.
     async fn audited_jtis(&self) -> HashSet<String> {
         let pool = sqlx::PgPool::connect(&self.db.url()).await.unwrap();
@@ -511,4 +523,142 @@ fn peek_kid(token: &str) -> String {
     )
     .unwrap();
     v["kid"].as_str().unwrap().to_string()
+}
+
+/// A chain three deep: a client token, narrowed by token exchange without client
+/// authentication, then exchanged again with another token of ours as actor. Each step runs at
+/// another replica. Revoking the root at one replica makes all three inactive at every replica;
+/// the actor's own token stays active. An operator's `mayfly token revoke --jti` does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_revokes_its_derived_tokens_at_every_replica() {
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let c = Cluster::start().await;
+    let token = |v: &(u16, Value)| -> String {
+        assert_eq!(v.0, 200, "{}", v.1);
+        v.1["access_token"].as_str().unwrap().to_string()
+    };
+    let root = token(&c.token_at(0, &c.assertion()).await);
+    let actor = token(&c.token_at(1, &c.assertion()).await);
+    let narrowed = token(
+        &c.post(
+            1,
+            "/oauth2/token",
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &root),
+                ("subject_token_type", AT),
+                ("scope", "read"),
+            ],
+        )
+        .await,
+    );
+    let delegated = token(
+        &c.post(
+            2,
+            "/oauth2/token",
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &narrowed),
+                ("subject_token_type", AT),
+                ("actor_token", &actor),
+                ("actor_token_type", AT),
+            ],
+        )
+        .await,
+    );
+    assert!(peek(&delegated)["act"].is_object(), "{}", peek(&delegated));
+    let cr = &c;
+    let active = |r: usize, t: String| async move {
+        let a = cr.assertion();
+        let (s, v) = cr
+            .post(
+                r,
+                "/oauth2/introspect",
+                &[
+                    ("client_assertion_type", ASSERTION_TYPE),
+                    ("client_assertion", &a),
+                    ("token", &t),
+                ],
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["active"] == true
+    };
+    for t in [&root, &narrowed, &delegated, &actor] {
+        assert!(active(0, t.clone()).await);
+    }
+    let a = c.assertion();
+    let (s, v) = c
+        .post(
+            0,
+            "/oauth2/revoke",
+            &[
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+                ("token", &root),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for r in 0..3 {
+        for t in [&root, &narrowed, &delegated] {
+            assert!(!active(r, t.clone()).await, "replica {r}: {}", peek(t));
+        }
+        assert!(active(r, actor.clone()).await, "the actor's own token");
+    }
+    // The narrowed token is dead as a subject too.
+    let (s, v) = c
+        .post(
+            2,
+            "/oauth2/token",
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &narrowed),
+                ("subject_token_type", AT),
+            ],
+        )
+        .await;
+    assert_error(&(s, v), 400, "invalid_request");
+    assert_eq!(c.last_event().await["reason"], "invalid_subject_token");
+
+    // The operator revokes the actor's token by jti: the tokens derived from it go too.
+    let second = token(
+        &c.post(
+            0,
+            "/oauth2/token",
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &actor),
+                ("subject_token_type", AT),
+            ],
+        )
+        .await,
+    );
+    let jti = peek(&actor)["jti"].as_str().unwrap().to_string();
+    let (code, out, err) = run_cli(
+        c.replicas[1]._dir.path(),
+        &["token", "revoke", "--config", "mayfly.toml", "--jti", &jti],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for r in 0..3 {
+        assert!(!active(r, actor.clone()).await);
+        assert!(!active(r, second.clone()).await);
+    }
+    let (code, _, err) = run_cli(
+        c.replicas[1]._dir.path(),
+        &[
+            "token",
+            "revoke",
+            "--config",
+            "mayfly.toml",
+            "--jti",
+            "no-such-jti",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no token with jti `no-such-jti` was issued by this deployment"),
+        "{err}"
+    );
 }

@@ -128,6 +128,7 @@ id = "svc"
 jwks_file = "svc.jwks.json"
 audiences = ["{AUD}"]
 scopes = ["read"]
+introspect = ["{AUD}"]
 {extra}
 "#,
                 data = dir.path().join("data").display()

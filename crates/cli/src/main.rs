@@ -275,6 +275,16 @@ enum TokenCmd {
         #[arg(long)]
         audience: Option<String>,
     },
+    /// Revoke a token this deployment issued, by its jti, and every token derived from it
+    /// (operator action on the store; any client or workload).
+    Revoke {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The token's `jti` (from the audit log or `mayfly token inspect`).
+        #[arg(long)]
+        jti: String,
+    },
 }
 
 /// The async runtime for this process. With one core to run on (a `taskset` or cpuset of one
@@ -400,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 issuer,
                 audience,
             } => token::inspect(&token, &issuer, audience.as_deref()).await,
+            TokenCmd::Revoke { config, jti } => admin::token_revoke(config, &jti).await,
         },
         Cmd::Policy { cmd } => policy_cmd::run(cmd),
         Cmd::Migrate { config } => transfer::migrate(config).await,

@@ -19,6 +19,18 @@ pub use node::NodeAttestationConfig;
 pub use proxy::{Inject, ProxyConfig, RouteConfig, RouteMatch};
 pub use raw::AuditOutput;
 
+/// What a client id must be: 1 to 128 printable characters, no whitespace (ids are joined with
+/// spaces in logs and replay namespaces, and travel in `client_id` claims). The one rule for
+/// config files and run-time registrations alike.
+pub const CLIENT_ID_RULE: &str = "must be 1 to 128 printable characters without spaces";
+/// How to fix a client id that breaks [`CLIENT_ID_RULE`].
+pub const CLIENT_ID_FIX: &str = "pick an id like \"billing-worker\"";
+
+/// Check a client id against [`CLIENT_ID_RULE`].
+pub fn valid_client_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && !id.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 /// A configuration problem, with where it came from and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: {key}: {problem}\n  fix: {fix}")]
@@ -135,6 +147,9 @@ pub struct ClientConfig {
     pub scopes: Vec<String>,
     /// Per-client lifetime cap (never above `tokens.max_ttl`).
     pub max_ttl: Option<Duration>,
+    /// Audiences whose tokens (any client's) it may introspect, besides its own tokens: a
+    /// resource server or the proxy in front of one. Nobody else sees other clients' tokens.
+    pub introspect: Vec<String>,
 }
 
 /// `[pool]`: the database connection pool.

@@ -226,6 +226,8 @@ struct RawClient {
     #[serde(default)]
     scopes: Vec<String>,
     max_ttl: Option<String>,
+    #[serde(default)]
+    introspect: Vec<String>,
 }
 
 pub(crate) fn duration(
@@ -801,15 +803,12 @@ fn fetch_url(src: &str, key: &str, text: &str) -> Result<url::Url, ConfigError> 
 impl RawClient {
     fn validate(self, src: &str, base: &Path, i: usize) -> Result<ClientConfig, ConfigError> {
         let key = |k: &str| format!("clients[{i}].{k}");
-        if self.id.is_empty()
-            || self.id.len() > 128
-            || self.id.chars().any(|c| c.is_control() || c == ' ')
-        {
+        if !crate::valid_client_id(&self.id) {
             return Err(ConfigError::new(
                 src,
                 key("id"),
-                "must be 1 to 128 printable characters without spaces",
-                "pick an id like \"billing-worker\"",
+                crate::CLIENT_ID_RULE,
+                crate::CLIENT_ID_FIX,
             ));
         }
         let jwks = match (self.jwks_file, self.jwks, self.jwks_uri) {
@@ -862,12 +861,21 @@ impl RawClient {
             None => None,
             Some(t) => Some(duration(src, &key("max_ttl"), Some(&t), "")?),
         };
+        if self.introspect.iter().any(|a| a.is_empty()) {
+            return Err(ConfigError::new(
+                src,
+                key("introspect"),
+                "an audience to introspect is empty",
+                "list the audiences whose tokens this client may introspect, e.g. introspect = [\"https://api.example.test\"]",
+            ));
+        }
         Ok(ClientConfig {
             id: self.id,
             jwks,
             audiences: self.audiences,
             scopes: self.scopes,
             max_ttl,
+            introspect: self.introspect,
         })
     }
 }

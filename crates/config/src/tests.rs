@@ -409,3 +409,25 @@ fn plain_http_upstreams_must_be_loopback() {
         assert!(e.fix.contains("https://"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn client_introspect_grants_and_ids() {
+    let jwks = r#"jwks = { keys = [ { kty = "OKP", crv = "Ed25519", x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" } ] }"#;
+    let text = format!(
+        "[[clients]]\nid = \"rs\"\naudiences = [\"x\"]\nintrospect = [\"https://api\"]\n{jwks}\n"
+    );
+    let c = Config::from_toml_str(&text, "t.toml", Path::new("."), &[]).unwrap();
+    assert_eq!(c.clients[0].introspect, vec!["https://api".to_string()]);
+    let text =
+        format!("[[clients]]\nid = \"rs\"\naudiences = [\"x\"]\nintrospect = [\"\"]\n{jwks}\n");
+    let e = Config::from_toml_str(&text, "t.toml", Path::new("."), &[]).unwrap_err();
+    assert_eq!(e.key, "clients[0].introspect");
+    // One rule for ids, here and at run time: no whitespace of any kind.
+    for bad in ["a b", "a\u{a0}b", ""] {
+        let text = format!("[[clients]]\nid = \"{bad}\"\naudiences = [\"x\"]\n{jwks}\n");
+        let e = Config::from_toml_str(&text, "t.toml", Path::new("."), &[]).unwrap_err();
+        assert_eq!(e.key, "clients[0].id");
+        assert_eq!(e.problem, crate::CLIENT_ID_RULE);
+        assert!(!crate::valid_client_id(bad));
+    }
+}

@@ -32,6 +32,13 @@ fn build(
         id: id.to_string(),
         problem,
     };
+    if !mayfly_config::valid_client_id(id) {
+        return Err(err(format!(
+            "the id {} (fix: {})",
+            mayfly_config::CLIENT_ID_RULE,
+            mayfly_config::CLIENT_ID_FIX
+        )));
+    }
     let keys = VerifyingKeys::from_jwks(&set.map_err(err)?).map_err(|e| err(e.to_string()))?;
     Ok(Client {
         id: id.to_string(),

@@ -44,6 +44,14 @@ impl Verified {
             Self::Ours(c) => &c.sub,
         }
     }
+
+    /// The jti of one of our own tokens (a parent of the token derived from it).
+    fn our_jti(&self) -> Option<&str> {
+        match self {
+            Self::Ours(c) => Some(&c.jti),
+            Self::Federated { .. } => None,
+        }
+    }
 }
 
 /// Verify a JWT from a trusted issuer: pick the issuer by its (unverified) `iss`, verify with
@@ -222,6 +230,12 @@ async fn finish(
     caller: &mut Caller,
 ) -> Result<TokenResponse, Denial> {
     let params = token_params(form)?;
+    // Our own tokens this one derives from (subject, actor): revoking one revokes it.
+    let parents: Vec<String> = [Some(&subject), actor.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.our_jti().map(str::to_string))
+        .collect();
     let prior_act: Option<&Value> = match &subject {
         Verified::Ours(c) => c.act.as_ref(),
         Verified::Federated { .. } => None,
@@ -325,7 +339,10 @@ async fn finish(
     e.client = client_id_auth;
     e.actor = caller.actor.clone();
     e.source = src;
-    issue(app, grant, grant_type, e, auth, consume, link_svid, now).await
+    issue(
+        app, grant, grant_type, e, auth, consume, link_svid, parents, now,
+    )
+    .await
 }
 
 /// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`.

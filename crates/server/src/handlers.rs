@@ -181,7 +181,7 @@ async fn commit_consuming(
     auth: AuthenticatedClient,
     revoke: Option<(String, String, i64)>,
 ) -> Result<(), Denial> {
-    commit_event(app, event, Some(auth), None, revoke, None).await
+    commit_event(app, event, Some(auth), None, revoke, None, Vec::new()).await
 }
 
 /// Commit `event` atomically with consuming single-use values: the client assertion's jti and
@@ -193,6 +193,7 @@ pub(crate) async fn commit_event(
     subject: Option<(String, String, i64)>,
     revoke: Option<(String, String, i64)>,
     link_svid: Option<String>,
+    parents: Vec<String>,
 ) -> Result<(), Denial> {
     let skew = app.0.settings.clock_skew;
     let pending = Pending {
@@ -201,6 +202,7 @@ pub(crate) async fn commit_event(
         consume_subject: subject,
         revoke,
         link_svid,
+        parents,
     };
     match app.0.audit.commit(pending).await {
         Ok(CommitOutcome::Committed(_)) => Ok(()),
@@ -261,6 +263,7 @@ pub(crate) async fn issue(
     auth: Option<AuthenticatedClient>,
     subject: Option<(String, String, i64)>,
     link_svid: Option<String>,
+    parents: Vec<String>,
     now: i64,
 ) -> Result<TokenResponse, Denial> {
     let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
@@ -276,7 +279,7 @@ pub(crate) async fn issue(
         .as_ref()
         .map_or_else(|| "-".to_string(), |a| a.client_id.clone());
     // The token leaves only once its event (and each single use) is durable.
-    commit_event(app, e, auth, subject, None, link_svid).await?;
+    commit_event(app, e, auth, subject, None, link_svid, parents).await?;
     // debug, not info: the audit log already has one line per token, durably.
     tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
     metrics::counter!("mayfly_tokens_issued_total", "client" => client_label, "grant" => grant_type).increment(1);
@@ -334,6 +337,7 @@ async fn client_credentials(
         Some(auth),
         None,
         None,
+        Vec::new(),
         now,
     )
     .await
@@ -414,7 +418,17 @@ async fn token_query(
     let body = read_form_body(app, &parts.headers, body).await?;
     let form = parse_form(&body, &[])?;
     let now = app.0.clock.now();
-    let (client, auth) = authenticate(app, &parts.headers, &form, now, caller).await?;
+    query_form(app, parts, &form, now, caller).await
+}
+
+async fn query_form(
+    app: &App,
+    parts: &Parts,
+    form: &Form<'_>,
+    now: i64,
+    caller: &mut Caller,
+) -> Result<TokenQuery, Denial> {
+    let (client, auth) = authenticate(app, &parts.headers, form, now, caller).await?;
     let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
     let claims = check_access_token(&app.0.settings, &app.keys().verifying, token, now);
     Ok(TokenQuery {
@@ -441,9 +455,22 @@ pub(crate) async fn introspect(
             claims,
             now,
         } = token_query(&app, &parts, body, &mut caller).await?;
-        // A client sees its own tokens and tokens meant for its audiences; others are inactive.
-        let visible = claims
-            .filter(|c| c.client_id == client.id || client.audiences.iter().any(|a| a == &c.aud));
+        // A client sees its own tokens, and tokens for the audiences it was granted introspection
+        // of: `introspect` in its config, or, for the `[proxy]` client of this config, its
+        // routes' audiences. Others are inactive (RFC 7662 §2.2: reveal nothing).
+        let granted = |aud: &str| {
+            let cfg = &app.0.config;
+            cfg.clients
+                .iter()
+                .find(|c| c.id == client.id)
+                .is_some_and(|c| c.introspect.iter().any(|a| a == aud))
+                || (cfg.proxy.client_id.as_deref() == Some(client.id.as_str())
+                    && cfg.proxy.routes.iter().any(|r| r.audience == aud))
+        };
+        let hidden = claims
+            .as_ref()
+            .is_some_and(|c| c.client_id != client.id && !granted(&c.aud));
+        let visible = claims.filter(|_| !hidden);
         let active = match &visible {
             Some(c) => !app
                 .0
@@ -457,7 +484,16 @@ pub(crate) async fn introspect(
         e.client = Some(client.id.clone());
         e.jti = visible.as_ref().map(|c| c.jti.clone());
         e.source = source(&addr);
-        e.reason = Some(if active { "active" } else { "inactive" }.into());
+        e.reason = Some(
+            if hidden {
+                "introspection_not_granted"
+            } else if active {
+                "active"
+            } else {
+                "inactive"
+            }
+            .into(),
+        );
         commit_consuming(&app, e, auth, None).await?;
         Ok(match visible {
             Some(c) if active => IntrospectionResponse {
@@ -489,12 +525,21 @@ pub(crate) async fn revoke(
     let (parts, body) = req.into_parts();
     let mut caller = Caller::default();
     let result = async {
+        let body = read_form_body(&app, &parts.headers, body).await?;
+        let form = parse_form(&body, &[])?;
+        let now = app.0.clock.now();
+        if form.get("client_assertion").is_none()
+            && form.get("client_assertion_type").is_none()
+            && !parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            return revoke_by_bearer(&app, &form, now, &addr, &mut caller).await;
+        }
         let TokenQuery {
             client,
             auth,
             claims,
             now,
-        } = token_query(&app, &parts, body, &mut caller).await?;
+        } = query_form(&app, &parts, &form, now, &mut caller).await?;
         // Invalid, expired or foreign tokens: nothing to do, and RFC 7009 §2.2 says answer 200.
         if claims.as_ref().is_some_and(|c| c.client_id != client.id) {
             return Err(Denial::NotTokenOwner);
@@ -518,6 +563,43 @@ pub(crate) async fn revoke(
     }
     .await;
     respond(&app, "revoke", &addr, started, caller, None, result).await
+}
+
+/// A revocation request without client authentication: the token is its own authorization
+/// (RFC 7009 §2.1) when no registered client owns it, as for a token exchanged by a workload
+/// that authenticated with its subject token alone. Anything else needs the owning client.
+async fn revoke_by_bearer(
+    app: &App,
+    form: &Form<'_>,
+    now: i64,
+    addr: &SocketAddr,
+    caller: &mut Caller,
+) -> Result<serde_json::Value, Denial> {
+    let token = form.get("token").ok_or(Denial::MissingParameter("token"))?;
+    let Some(c) = check_access_token(&app.0.settings, &app.keys().verifying, token, now) else {
+        return Err(Denial::MissingClientAuth);
+    };
+    caller.identity = Some(c.sub.clone());
+    if app
+        .0
+        .clients
+        .get_or_reload(&c.client_id, &app.0.store, now)
+        .await
+        .is_some()
+    {
+        // A registered client's token: only that client, authenticated, may revoke it.
+        caller.claimed = Some(c.client_id.chars().take(MAX_CLAIMED_ID).collect());
+        return Err(Denial::MissingClientAuth);
+    }
+    let mut e = AuditEvent::new(EventKind::Revoke, now, Decision::Allow);
+    e.identity = Some(c.sub.clone());
+    e.jti = Some(c.jti.clone());
+    e.exp = Some(c.exp);
+    e.source = source(addr);
+    e.reason = Some("revoked_by_bearer".into());
+    let revoke = Some((c.jti, c.client_id, c.exp));
+    commit_event(app, e, None, None, revoke, None, Vec::new()).await?;
+    Ok(serde_json::json!({}))
 }
 
 /// Server metadata (RFC 8414) and OpenID configuration.

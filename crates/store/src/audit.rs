@@ -59,6 +59,10 @@ pub struct Pending {
     /// link so that revoking the JWT-SVID (its workload exited) revokes the token. If the
     /// JWT-SVID is already revoked when this commits, the token is revoked at once.
     pub link_svid: Option<String>,
+    /// The issued token (the event's `jti`) was derived from these tokens of ours (its subject
+    /// and actor): remember the links so that revoking any of them revokes it. If one is
+    /// already revoked when this commits, the token is revoked at once.
+    pub parents: Vec<String>,
 }
 
 impl Pending {
@@ -70,6 +74,7 @@ impl Pending {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         }
     }
 
@@ -294,8 +299,26 @@ impl ReplayGuard {
             return Ok(Self::Shared);
         }
         let mut seen = HashMap::new();
+        let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
+        // One-time subject tokens, each until its own exp + skew (see `persist_subjects`).
+        let rows =
+            sqlx::query("SELECT client_id, jti, expires_at FROM used_jti WHERE expires_at >= $1")
+                .bind(now)
+                .fetch_all(store.pool())
+                .await
+                .map_err(db("rebuild replay window"))?;
+        for r in rows {
+            let ns: String = r
+                .try_get("client_id")
+                .map_err(db("rebuild replay window"))?;
+            let jti: String = r.try_get("jti").map_err(db("rebuild replay window"))?;
+            let until: i64 = r
+                .try_get("expires_at")
+                .map_err(db("rebuild replay window"))?;
+            seen.insert(replay_key(&ns, &jti), until);
+        }
         if window > 0 {
-            let since = mayfly_sts::Clock::now(&mayfly_sts::SystemClock) - window;
+            let since = now - window;
             // Walk back from the newest event. Events are appended in commit order and stamped
             // when their request was handled, so once one is older than `since` by more than any
             // request may take, every earlier one is too.
@@ -329,7 +352,8 @@ impl ReplayGuard {
                             seen.insert(replay_key(client, jti), e.ts + window);
                         }
                         if let (Some(iss), Some(jti)) = (&e.subject_issuer, &e.subject_jti) {
-                            seen.insert(replay_key(&subject_ns(iss), jti), e.ts + window);
+                            let until = seen.entry(replay_key(&subject_ns(iss), jti)).or_default();
+                            *until = (*until).max(e.ts + window);
                         }
                     }
                 }
@@ -733,12 +757,12 @@ fn chain(
     })
 }
 
+/// A key a batch consumed: (replay key, event time, keep until).
+type Fresh = (u128, i64, i64);
+
 /// Which items reuse a single-use key already seen (or seen earlier in this batch), from the
 /// committer's map; and the keys the batch consumes, to remember once it is durable.
-fn local_used(
-    seen: &HashMap<u128, i64>,
-    items: &[Pending],
-) -> (Vec<Option<Used>>, Vec<(u128, i64)>) {
+fn local_used(seen: &HashMap<u128, i64>, items: &[Pending]) -> (Vec<Option<Used>>, Vec<Fresh>) {
     let mut batch_seen = std::collections::HashSet::new();
     let used: Vec<Option<Used>> = items
         .iter()
@@ -759,11 +783,38 @@ fn local_used(
         .filter(|(_, u)| u.is_none())
         .flat_map(|(p, _)| {
             p.keys()
-                .map(|(ns, jti, _, _)| (replay_key(&ns, jti), p.event.ts))
+                .map(|(ns, jti, until, _)| (replay_key(&ns, jti), p.event.ts, until))
                 .collect::<Vec<_>>()
         })
         .collect();
     (used, fresh)
+}
+
+/// Remember consumed keys (key, event time, keep until) once durable: each for the replay window
+/// and at least until its own keep-until (a one-time subject token's `exp` + skew, which may be
+/// far beyond the assertion window).
+fn remember(seen: &mut HashMap<u128, i64>, fresh: Vec<Fresh>, window: i64) {
+    for (k, ts, until) in fresh {
+        seen.insert(k, until.max(ts + window));
+    }
+}
+
+/// SQLite: write the batch's consumed one-time subject tokens to `used_jti` too, so that a
+/// restart remembers each until its own `exp` (the audit-log walk covers only the assertion
+/// window). They are few (one per exchange of such a token), unlike assertion jtis.
+async fn persist_subjects(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    items: &[Pending],
+    used: &[Option<Used>],
+) -> Result<(), StoreError> {
+    for (p, used) in items.iter().zip(used) {
+        if let (None, Some((iss, jti, until))) = (used, &p.consume_subject) {
+            sqlx::query("INSERT INTO used_jti (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(subject_ns(iss)).bind(jti).bind(*until)
+                .execute(&mut **tx).await.map_err(db("remember subject token"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Record, in each event, the single-use values its request consumed.
@@ -900,19 +951,21 @@ async fn append_batch(
     note_single_use(items);
     let now = items.first().map_or(0, |p| p.event.ts);
     // Fast path: SQLite, the head known from the last batch, and nothing but events and
-    // single-use keys (revocations and JWT-SVID links take the general path).
+    // assertion jtis (revocations, token links and one-time subject tokens take the general
+    // path).
     if let (Backend::Sqlite, Some(h), ReplayGuard::Local { seen, window }) =
         (backend, head.as_ref(), &mut *guard)
-        && items
-            .iter()
-            .all(|p| p.revoke.is_none() && p.link_svid.is_none())
+        && items.iter().all(|p| {
+            p.revoke.is_none()
+                && p.link_svid.is_none()
+                && p.parents.is_empty()
+                && p.consume_subject.is_none()
+        })
     {
         let (used, fresh) = local_used(seen, items);
         let mut c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
         if append_sqlite_fast(conn, &mut c, h, now).await? {
-            for (k, ts) in fresh {
-                seen.insert(k, ts + *window);
-            }
+            remember(seen, fresh, *window);
             *head = Some((c.seq, c.hash.clone()));
             return Ok((c.outcomes, c.lines, (c.seq, c.hash)));
         }
@@ -932,16 +985,29 @@ async fn append_batch(
 
     let (used, fresh) = match guard {
         ReplayGuard::Shared => (consume_jtis(&mut tx, items).await?, Vec::new()),
-        ReplayGuard::Local { seen, .. } => local_used(seen, items),
+        ReplayGuard::Local { seen, .. } => {
+            let (used, fresh) = local_used(seen, items);
+            persist_subjects(&mut tx, items, &used).await?;
+            (used, fresh)
+        }
     };
     for (p, used) in items.iter().zip(&used) {
         if used.is_some() {
             continue;
         }
         if let Some((jti, client, exp)) = &p.revoke {
-            sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                .bind(jti).bind(client).bind(p.event.ts).bind(*exp)
-                .execute(&mut *tx).await.map_err(db("revoke token"))?;
+            crate::revocation::revoke_tree(&mut tx, jti, client, *exp, p.event.ts).await?;
+        }
+        if let (false, Some(token), Some(exp)) = (p.parents.is_empty(), &p.event.jti, p.event.exp) {
+            crate::revocation::link_parents(
+                &mut tx,
+                &p.parents,
+                token,
+                p.event.client.as_deref().unwrap_or("-"),
+                exp,
+                p.event.ts,
+            )
+            .await?;
         }
         if let (Some(svid), Some(token), Some(exp)) = (&p.link_svid, &p.event.jti, p.event.exp) {
             link_svid_token(
@@ -980,9 +1046,7 @@ async fn append_batch(
     tx.commit().await.map_err(db("commit audit batch"))?;
     // Remember the consumed jtis only once they are durable.
     if let ReplayGuard::Local { seen, window } = guard {
-        for (k, ts) in fresh {
-            seen.insert(k, ts + *window);
-        }
+        remember(seen, fresh, *window);
     }
     if backend == Backend::Sqlite {
         *head = Some((c.seq, c.hash.clone()));

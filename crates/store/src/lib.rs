@@ -10,6 +10,7 @@ mod audit;
 mod clients;
 mod debt;
 mod keys;
+mod revocation;
 mod spiffe;
 mod transfer;
 
@@ -20,6 +21,7 @@ pub use audit::{
 pub use clients::StoredClient;
 pub use debt::{DebtEntry, DebtUsage};
 pub use keys::StoredKey;
+pub use revocation::IssuedToken;
 pub use spiffe::{
     AuthorityKind, JoinTokenOutcome, OwnRevocation, StoredAgent, StoredAuthority, StoredEntry,
 };
@@ -128,6 +130,11 @@ fn migrator(backend: Backend) -> Migrator {
             5,
             "JWT-SVID minters",
             include_str!("../migrations/0005_svid_minters.sql"),
+        ),
+        m(
+            6,
+            "token parents",
+            include_str!("../migrations/0006_token_parents.sql"),
         ),
     ])
 }
@@ -292,7 +299,12 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(db("purge revocations"))?;
-        Ok(a.rows_affected() + b.rows_affected())
+        let c = sqlx::query("DELETE FROM token_parents WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db("purge token links"))?;
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
     }
 
     /// Whether the token `jti` has been revoked.

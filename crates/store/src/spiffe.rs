@@ -443,7 +443,8 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Revoke JWT-SVIDs (each until `expires_at`) and every access token minted from them.
+    /// Revoke JWT-SVIDs (each until `expires_at`), every access token minted from them, and
+    /// every token derived from those.
     /// Returns the revoked token jtis. Idempotent.
     pub async fn revoke_svids(
         &self,
@@ -486,17 +487,10 @@ impl Store {
                 let token: String = r.try_get("token_jti").map_err(db("read token link"))?;
                 let client: String = r.try_get("client_id").map_err(db("read token link"))?;
                 let exp: i64 = r.try_get("expires_at").map_err(db("read token link"))?;
-                let present = sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1")
-                    .bind(&token)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("revocation lookup"))?;
-                if present.is_none() {
-                    sqlx::query("INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) VALUES ($1, $2, $3, $4)")
-                        .bind(&token).bind(client).bind(now).bind(exp)
-                        .execute(&mut *tx).await.map_err(db("revoke token"))?;
-                    revoked.push(token);
-                }
+                // The token and every token derived from it (narrowed, exchanged, actor).
+                revoked.extend(
+                    crate::revocation::revoke_tree(&mut tx, &token, &client, exp, now).await?,
+                );
             }
         }
         tx.commit().await.map_err(db("commit revocation"))?;

@@ -130,6 +130,9 @@ pub struct TableCounts {
     /// Which agent minted each live JWT-SVID. Absent (0) in files from before it was kept.
     #[serde(default)]
     pub svid_minters: u64,
+    /// Links from derived tokens to the tokens they came from. Absent (0) in older files.
+    #[serde(default)]
+    pub token_parents: u64,
     /// Key-debt entries (wrapped keys sealed). Absent (0) in files from before key debt.
     #[serde(default)]
     pub debt_keys: u64,
@@ -156,6 +159,7 @@ impl TableCounts {
             Table::RevokedSvids => &mut self.revoked_svids,
             Table::SvidTokens => &mut self.svid_tokens,
             Table::SvidMinters => &mut self.svid_minters,
+            Table::TokenParents => &mut self.token_parents,
             Table::DebtKeys => &mut self.debt_keys,
             Table::DebtUsage => &mut self.debt_usage,
             Table::AuditEvents => &mut self.audit_events,

@@ -114,6 +114,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
                 consume_subject: None,
                 revoke: None,
                 link_svid: None,
+                parents: Vec::new(),
             };
             log.commit(p).await.unwrap()
         }));
@@ -145,6 +146,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_subject: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
+        parents: Vec::new(),
     })
     .await
     .unwrap();
@@ -162,6 +164,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_subject: Some((iss.into(), jti.into(), 2_000)),
         revoke: None,
         link_svid: None,
+        parents: Vec::new(),
     };
     assert!(matches!(
         log.commit(subject("k8s", "s1", None)).await.unwrap(),
@@ -212,6 +215,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         }
     };
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
@@ -265,6 +269,7 @@ async fn replay_window_survives_restart(db: Db) {
             consume_subject: Some(("k8s".into(), jti.into(), now + window)),
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         }
     };
     let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
@@ -362,6 +367,7 @@ async fn two_writers_interleave(db: Db) {
             consume_subject: None,
             revoke: None,
             link_svid: None,
+            parents: Vec::new(),
         };
         async move { log.commit(p).await.unwrap() }
     };
@@ -761,4 +767,123 @@ async fn debt_records_sqlite() {
 #[tokio::test]
 async fn debt_records_postgres() {
     debt_records(postgres().await).await;
+}
+
+/// Revoking a token revokes every token derived from it (narrowed, exchanged, with it as
+/// actor), at any depth; a token derived from one already revoked is revoked as it is recorded;
+/// a workload's exit (revoke_svids) reaches the tokens derived from its JWT-SVID's tokens.
+async fn revocation_reaches_derived_tokens(db: Db) {
+    let s = &db.store;
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let issued = |jti: &str, parents: &[&str], svid: Option<&str>| {
+        let mut e = issue(jti);
+        e.exp = Some(5_000);
+        let mut p = Pending::event(e);
+        p.parents = parents.iter().map(|p| p.to_string()).collect();
+        p.link_svid = svid.map(str::to_string);
+        p
+    };
+    for p in [
+        issued("root", &[], None),
+        issued("actor", &[], None),
+        issued("narrowed", &["root"], None),
+        issued("delegated", &["narrowed", "actor"], None),
+        issued("deeper", &["delegated"], None),
+        issued("sibling", &["actor"], None),
+    ] {
+        assert!(matches!(
+            log.commit(p).await.unwrap(),
+            CommitOutcome::Committed(_)
+        ));
+    }
+    let mut e = AuditEvent::new(EventKind::Revoke, 1_001, Decision::Allow);
+    e.jti = Some("root".into());
+    let mut p = Pending::event(e);
+    p.revoke = Some(("root".into(), "svc".into(), 5_000));
+    log.commit(p).await.unwrap();
+    for jti in ["root", "narrowed", "delegated", "deeper"] {
+        assert!(s.is_revoked(jti).await.unwrap(), "{jti} must be revoked");
+    }
+    for jti in ["actor", "sibling"] {
+        assert!(
+            !s.is_revoked(jti).await.unwrap(),
+            "{jti} is not derived from root"
+        );
+    }
+    // Minted while its parent was being revoked: recorded after, revoked as it is recorded.
+    log.commit(issued("late", &["narrowed"], None))
+        .await
+        .unwrap();
+    assert!(s.is_revoked("late").await.unwrap());
+
+    // A workload exits: its JWT-SVID's token and the tokens derived from that one.
+    log.commit(issued("from-svid", &[], Some("svid-1")))
+        .await
+        .unwrap();
+    log.commit(issued("from-svid-narrowed", &["from-svid"], None))
+        .await
+        .unwrap();
+    let revoked = s
+        .revoke_svids(&["svid-1".to_string()], 1_002, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec!["from-svid", "from-svid-narrowed"]);
+    assert!(s.is_revoked("from-svid-narrowed").await.unwrap());
+    let report = s.audit_verify(&kek()).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn derived_revocation_sqlite() {
+    revocation_reaches_derived_tokens(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn derived_revocation_postgres() {
+    revocation_reaches_derived_tokens(postgres().await).await;
+}
+
+/// A one-time subject token stays consumed until its own exp (+ skew), not only for the
+/// assertion window, across a restart: consumed long before "now" (a clock moved on past the
+/// window) but still valid, it is refused after the restart.
+async fn subject_remembered_until_its_exp(db: Db) {
+    use mayfly_sts::Clock;
+    let s = &db.store;
+    let now = mayfly_sts::SystemClock.now();
+    let window = 360;
+    let sub = |ts: i64| {
+        let mut e = issue("t-sub");
+        e.ts = ts;
+        let mut p = Pending::event(e);
+        // The token is valid for an hour after it was consumed.
+        p.consume_subject = Some(("github".into(), "gh-1".into(), now - 1_000 + 3_600 + 30));
+        p
+    };
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    assert!(matches!(
+        first.commit(sub(now - 1_000)).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    drop(first);
+    s.purge_expired(now).await.unwrap();
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    assert!(matches!(
+        second.commit(sub(now)).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
+    ));
+    // And without a restart.
+    assert!(matches!(
+        second.commit(sub(now)).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
+    ));
+}
+
+#[tokio::test]
+async fn subject_until_exp_sqlite() {
+    subject_remembered_until_its_exp(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn subject_until_exp_postgres() {
+    subject_remembered_until_its_exp(postgres().await).await;
 }

@@ -26,6 +26,7 @@ pub(super) enum Table {
     RevokedSvids,
     SvidTokens,
     SvidMinters,
+    TokenParents,
     DebtKeys,
     DebtUsage,
     AuditEvents,
@@ -45,6 +46,7 @@ impl Table {
         Table::RevokedSvids,
         Table::SvidTokens,
         Table::SvidMinters,
+        Table::TokenParents,
         Table::DebtKeys,
         Table::DebtUsage,
         Table::AuditEvents,
@@ -64,6 +66,7 @@ impl Table {
             Table::RevokedSvids => "revoked_svids",
             Table::SvidTokens => "svid_tokens",
             Table::SvidMinters => "svid_minters",
+            Table::TokenParents => "token_parents",
             Table::DebtKeys => "debt_keys",
             Table::DebtUsage => "debt_usage",
             Table::AuditEvents => "audit_events",
@@ -124,6 +127,7 @@ impl Table {
             Table::RevokedSvids => &["jti", "revoked_at", "expires_at"],
             Table::SvidTokens => &["svid_jti", "token_jti", "client_id", "expires_at"],
             Table::SvidMinters => &["jti", "agent_id", "expires_at"],
+            Table::TokenParents => &["parent_jti", "child_jti", "client_id", "expires_at"],
             Table::DebtKeys => &[
                 "name",
                 "owner",
@@ -160,6 +164,7 @@ impl Table {
             Table::SpiffeAgents => text("spiffe_id"),
             Table::RevokedSvids | Table::SvidMinters => text("jti"),
             Table::SvidTokens => format!("{}, {}", text("svid_jti"), text("token_jti")),
+            Table::TokenParents => format!("{}, {}", text("parent_jti"), text("child_jti")),
             Table::DebtKeys => text("name"),
             Table::DebtUsage => format!("{}, {}", text("name"), text("identity")),
             Table::AuditEvents => "seq".into(),
@@ -284,6 +289,16 @@ pub(super) struct SvidMinterRow {
     pub(super) expires_at: i64,
 }
 
+/// A token derived from another token of ours.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenParentRow {
+    pub(super) parent_jti: String,
+    pub(super) child_jti: String,
+    pub(super) client_id: String,
+    pub(super) expires_at: i64,
+}
+
 /// A legacy key, sealed under the master key as stored (or none: known by fingerprint only).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,6 +368,7 @@ pub(super) enum Entry {
     RevokedSvids(RevokedSvidRow),
     SvidTokens(SvidTokenRow),
     SvidMinters(SvidMinterRow),
+    TokenParents(TokenParentRow),
     DebtKeys(DebtKeyRow),
     DebtUsage(DebtUsageRow),
     AuditEvents(AuditEventRow),
@@ -373,6 +389,7 @@ impl Entry {
             Entry::RevokedSvids(_) => Table::RevokedSvids,
             Entry::SvidTokens(_) => Table::SvidTokens,
             Entry::SvidMinters(_) => Table::SvidMinters,
+            Entry::TokenParents(_) => Table::TokenParents,
             Entry::DebtKeys(_) => Table::DebtKeys,
             Entry::DebtUsage(_) => Table::DebtUsage,
             Entry::AuditEvents(_) => Table::AuditEvents,
@@ -466,6 +483,12 @@ impl Entry {
             Table::SvidMinters => Entry::SvidMinters(SvidMinterRow {
                 jti: g(r, "jti")?,
                 agent_id: g(r, "agent_id")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::TokenParents => Entry::TokenParents(TokenParentRow {
+                parent_jti: g(r, "parent_jti")?,
+                child_jti: g(r, "child_jti")?,
+                client_id: g(r, "client_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
             Table::DebtKeys => Entry::DebtKeys(DebtKeyRow {
@@ -575,6 +598,11 @@ impl Entry {
             Entry::SvidMinters(r) => q
                 .bind(r.jti.as_str())
                 .bind(r.agent_id.as_str())
+                .bind(r.expires_at),
+            Entry::TokenParents(r) => q
+                .bind(r.parent_jti.as_str())
+                .bind(r.child_jti.as_str())
+                .bind(r.client_id.as_str())
                 .bind(r.expires_at),
             Entry::DebtKeys(r) => q
                 .bind(r.name.as_str())
