@@ -34,7 +34,7 @@ pub(super) enum Table {
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 15] = [
+    pub(super) const ALL: [Table; 16] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
