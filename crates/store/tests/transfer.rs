@@ -143,6 +143,7 @@ async fn populate(s: &Store) {
             event: issue(&format!("t{i}"), 1_000 + i),
             consume_jti: Some(("svc".into(), format!("a{i}"), 2_000)),
             consume_subject: None,
+            consume_actor: None,
             revoke: None,
             link_svid: None,
         };
@@ -157,6 +158,7 @@ async fn populate(s: &Store) {
         event: e,
         consume_jti: None,
         consume_subject: None,
+        consume_actor: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
     })
@@ -166,6 +168,7 @@ async fn populate(s: &Store) {
         event: issue("t-sub", 1_201),
         consume_jti: None,
         consume_subject: Some(("k8s".into(), "s1".into(), 2_000)),
+        consume_actor: None,
         revoke: None,
         link_svid: None,
     })
@@ -642,6 +645,7 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
         event: issue("t", ts),
         consume_jti: assertion.map(|a| ("svc".to_string(), a.to_string(), ts + 600)),
         consume_subject: subject.map(|s| ("k8s".to_string(), s.to_string(), ts + 600)),
+        consume_actor: None,
         revoke: None,
         link_svid: None,
     };

@@ -230,13 +230,13 @@ async fn attest(
                         return Err(ApiError::Attestation("the platform token was not accepted"));
                     }
                 };
-            // spiffe://td/ns/a/sa/b from issuer `k8s` -> spiffe://td/mayfly/agent/k8s/ns/a/sa/b
-            let path =
-                identity
-                    .strip_prefix(&format!("spiffe://{td}/"))
-                    .ok_or(ApiError::Attestation(
-                        "the platform identity is in another trust domain",
-                    ))?;
+            // spiffe://k8s.td/ns/a/sa/b from issuer `k8s` (which speaks for its own trust
+            // domain only) -> spiffe://td/mayfly/agent/k8s/ns/a/sa/b
+            let path = identity
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(_, path)| path)
+                .ok_or(ApiError::Attestation("the platform identity has no path"))?;
             (
                 format!("{}{issuer}/{path}", super::agent_prefix(&td)),
                 format!("platform:{issuer}"),
