@@ -44,12 +44,14 @@ action "token", "read" appliesTo {
 };
 "#;
 
-/// Prod's payments API by its ID; a workload of our own trust domain by its ID (what a
-/// partner would like to claim); and one delegation of a re-exchanged prod token.
+/// Prod's payments API by its ID, exchanging its own platform token (with any actor); a
+/// workload of our own trust domain by its ID (what a partner would like to claim); and one
+/// delegation of a re-exchanged prod token.
 const POLICIES: &str = r#"
 @id("prod-payments-api")
 permit(principal == Workload::"spiffe://k8s-prod.example.org/ns/payments/sa/api",
-       action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test");
+       action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
+when { principal.issuer == "k8s-prod" };
 
 @id("own-payments-api")
 permit(principal == Workload::"spiffe://example.org/ns/payments/sa/api",
@@ -252,11 +254,8 @@ async fn a_partner_cannot_claim_an_identity_in_our_trust_domain() {
     let t = Trust::start().await;
     let ours = "spiffe://example.org/ns/payments/sa/api";
     let got = t.exchange(&t.partner_svid(ours), &[]).await;
-    let e = t
-        .refused(got, 400, "invalid_request", "identity_outside_trust_domain")
+    t.refused(got, 400, "invalid_request", "identity_outside_trust_domain")
         .await;
-    assert_eq!(e["subject_issuer"], "partner");
-    assert_eq!(e["subject"], ours);
     // The JWT bearer grant says the same as invalid_grant (RFC 7523 §3.1).
     let got = t
         .post(&[
@@ -312,7 +311,7 @@ async fn two_issuers_with_identical_claims_yield_distinct_identities() {
 /// One of our own access tokens acts only when it was issued to be presented here.
 #[tokio::test]
 async fn an_actor_access_token_must_be_meant_for_this_server() {
-    let t = Trust::start().await;
+    let t = &Trust::start().await;
     let cc = |aud: String| {
         let a = t.assertion();
         async move {
@@ -390,7 +389,7 @@ async fn actor_tokens_follow_their_issuers_rules() {
 /// it (with `context.actor`), on top of the narrowing rule.
 #[tokio::test]
 async fn a_delegation_on_the_narrowing_path_is_decided_by_policy() {
-    let t = Trust::start().await;
+    let t = &Trust::start().await;
     let (s, body) = t
         .exchange(&t.k8s(PROD_ISS, "payments", "api"), &[("scope", "read")])
         .await;
@@ -444,7 +443,7 @@ async fn a_delegation_on_the_narrowing_path_is_decided_by_policy() {
 /// subject token; `token` is not a scope.
 #[tokio::test]
 async fn crit_and_cross_type_jwts_and_the_token_scope_are_refused() {
-    let t = Trust::start().await;
+    let t = &Trust::start().await;
     let cc = |a: String, scope: &'static str| async move {
         t.post(&[
             ("grant_type", "client_credentials"),
