@@ -390,7 +390,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["grant"], EXCHANGE);
     assert_eq!(e["subject_issuer"], "k8s-prod");
     assert_eq!(e["subject"], "system:serviceaccount:payments:api");
-    assert_eq!(e["identity"], "spiffe://k8s-prod.example.org/ns/payments/sa/api");
+    assert_eq!(
+        e["identity"],
+        "spiffe://k8s-prod.example.org/ns/payments/sa/api"
+    );
     assert_eq!(e["policies"], json!(["payments-read"]));
 
     // With an actor: the new token carries the act claim (RFC 8693 §4.1).
@@ -454,7 +457,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["decision"], "deny");
     assert_eq!(e["reason"], "target_not_allowed");
     assert_eq!(e["policies"], json!(["no-kube-system"]));
-    assert_eq!(e["identity"], "spiffe://k8s-prod.example.org/ns/kube-system/sa/api");
+    assert_eq!(
+        e["identity"],
+        "spiffe://k8s-prod.example.org/ns/kube-system/sa/api"
+    );
     // A scope no policy grants: invalid_scope.
     let got = f
         .exchange(&sa, &[("audience", API), ("scope", "write")])

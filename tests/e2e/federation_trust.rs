@@ -267,7 +267,10 @@ async fn a_partner_cannot_claim_an_identity_in_our_trust_domain() {
     t.refused(got, 400, "invalid_grant", "identity_outside_trust_domain")
         .await;
     // Another partner's trust domain, or a look-alike of the partner's: refused too.
-    for sub in ["spiffe://k8s-prod.example.org/ns/payments/sa/api", "spiffe://partner.example.org/w"] {
+    for sub in [
+        "spiffe://k8s-prod.example.org/ns/payments/sa/api",
+        "spiffe://partner.example.org/w",
+    ] {
         let got = t.exchange(&t.partner_svid(sub), &[]).await;
         t.refused(got, 400, "invalid_request", "identity_outside_trust_domain")
             .await;
@@ -292,7 +295,10 @@ async fn two_issuers_with_identical_claims_yield_distinct_identities() {
         .exchange(&t.k8s(PROD_ISS, "payments", "api"), &[("scope", "read")])
         .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(peek(body["access_token"].as_str().unwrap())["sub"], PROD_API);
+    assert_eq!(
+        peek(body["access_token"].as_str().unwrap())["sub"],
+        PROD_API
+    );
     let e = t.last_event().await;
     assert_eq!(e["identity"], PROD_API);
     assert_eq!(e["policies"], json!(["prod-payments-api"]));
@@ -304,7 +310,10 @@ async fn two_issuers_with_identical_claims_yield_distinct_identities() {
         .refused(got, 400, "invalid_target", "target_not_allowed")
         .await;
     assert_eq!(e["subject_issuer"], "k8s-dev");
-    assert_eq!(e["identity"], "spiffe://k8s-dev.example.org/ns/payments/sa/api");
+    assert_eq!(
+        e["identity"],
+        "spiffe://k8s-dev.example.org/ns/payments/sa/api"
+    );
     assert_ne!(e["identity"], PROD_API);
 }
 
@@ -359,13 +368,20 @@ async fn actor_tokens_follow_their_issuers_rules() {
     let t = Trust::start().await;
     let subject = || t.k8s(PROD_ISS, "payments", "api");
     let once = t.k8s(CI_ISS, "payments", "batch");
-    let with_actor = |a: &str| [("actor_token", a.to_string()), ("actor_token_type", TT_JWT.to_string())];
+    let with_actor = |a: &str| {
+        [
+            ("actor_token", a.to_string()),
+            ("actor_token_type", TT_JWT.to_string()),
+        ]
+    };
     let form = with_actor(&once);
     let extra: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (s, body) = t.exchange(&subject(), &extra).await;
     assert_eq!(s, 200, "{body}");
     let got = t.exchange(&subject(), &extra).await;
-    let e = t.refused(got, 400, "invalid_request", "actor_replayed").await;
+    let e = t
+        .refused(got, 400, "invalid_request", "actor_replayed")
+        .await;
     assert_eq!(e["actor"], "spiffe://ci.example.org/ns/payments/sa/batch");
 
     // client_auth = "required": refused without a client, accepted with one.
@@ -426,7 +442,10 @@ async fn a_delegation_on_the_narrowing_path_is_decided_by_policy() {
     let e = t
         .refused(got, 400, "invalid_target", "target_not_allowed")
         .await;
-    assert_eq!(e["actor"], "spiffe://k8s-prod.example.org/ns/payments/sa/batch");
+    assert_eq!(
+        e["actor"],
+        "spiffe://k8s-prod.example.org/ns/payments/sa/batch"
+    );
     // Narrowing without a new actor stays a narrowing.
     let (s, body) = t
         .post(&[

@@ -649,7 +649,9 @@ impl RawIssuer {
             return Err(ConfigError::new(
                 src,
                 format!("issuers[{i}].identity"),
-                format!("the identity template names trust domain `{host}`, but this issuer's is `{td}`"),
+                format!(
+                    "the identity template names trust domain `{host}`, but this issuer's is `{td}`"
+                ),
                 "write the template as \"spiffe://{trust_domain}/...\" (the issuer's trust domain)",
             ));
         }
@@ -809,7 +811,9 @@ impl RawIssuer {
                 return Err(ConfigError::new(
                     src,
                     key(&format!("attributes.{name}")),
-                    format!("`{name}` is set by mayfly for every workload and cannot come from a claim"),
+                    format!(
+                        "`{name}` is set by mayfly for every workload and cannot come from a claim"
+                    ),
                     "name the attribute differently, e.g. \"token_issuer\"",
                 ));
             }

@@ -254,7 +254,11 @@ fn issuer_trust_domains_are_their_own() {
         )
     };
     let own = "trust_domain = \"example.org\"\n";
-    let c = parse(&format!("{own}{}{}", k8s("k8s-prod", ""), k8s("K8s-Dev", "")), &[]).unwrap();
+    let c = parse(
+        &format!("{own}{}{}", k8s("k8s-prod", ""), k8s("K8s-Dev", "")),
+        &[],
+    )
+    .unwrap();
     assert_eq!(c.issuers[0].trust_domain, "k8s-prod.example.org");
     assert_eq!(c.issuers[1].trust_domain, "k8s-dev.example.org");
 
@@ -295,7 +299,10 @@ fn issuer_trust_domains_are_their_own() {
         (
             format!(
                 "{own}{}",
-                k8s("k8s", "identity = \"spiffe://example.org/ns/{/kubernetes.io/namespace}\"\n")
+                k8s(
+                    "k8s",
+                    "identity = \"spiffe://example.org/ns/{/kubernetes.io/namespace}\"\n"
+                )
             ),
             "issuers[0].identity",
             "names trust domain `example.org`",
@@ -306,7 +313,10 @@ fn issuer_trust_domains_are_their_own() {
             "not a SPIFFE trust domain",
         ),
         (
-            format!("{own}{}", k8s("k8s", "attributes = { issuer = \"/iss\" }\n")),
+            format!(
+                "{own}{}",
+                k8s("k8s", "attributes = { issuer = \"/iss\" }\n")
+            ),
             "issuers[0].attributes.issuer",
             "set by mayfly",
         ),

@@ -14,8 +14,7 @@ use mayfly_sts::federation::{
 };
 use mayfly_sts::{
     AccessTokenClaims, AllOf, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision,
-    Denial,
-    EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
+    Denial, EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
 };
 use serde_json::Value;
 
@@ -361,13 +360,7 @@ async fn finish(
             let policies = &app.0.policies as &dyn Authorizer;
             let both = AllOf(&narrowing, policies);
             let authz: &dyn Authorizer = if actor.is_some() { &both } else { &narrowing };
-            let grant = decide(
-                &app.0.settings,
-                authz,
-                input,
-                &params,
-                &mut caller.policies,
-            )?;
+            let grant = decide(&app.0.settings, authz, input, &params, &mut caller.policies)?;
             let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
             e.subject_issuer = Some("mayfly".into());
             e.subject = Some(orig.sub.clone());

@@ -191,7 +191,8 @@ mod tests {
     fn with_header(k: &SigningKey, header: jsonwebtoken::Header, now: i64) -> String {
         let der = k.to_pkcs8().unwrap();
         let key = jsonwebtoken::EncodingKey::from_ec_der(&der);
-        let claims = json!({"iss": "svc", "sub": "svc", "aud": "https://sts", "jti": "j", "exp": now + 60});
+        let claims =
+            json!({"iss": "svc", "sub": "svc", "aud": "https://sts", "jti": "j", "exp": now + 60});
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     }
 
@@ -225,13 +226,22 @@ mod tests {
     fn typed_jwts_of_another_kind_are_not_assertions() {
         let (s, c, k) = setup();
         let now = 1_800_000_000;
-        for typ in ["at+jwt", "application/at+jwt", "AT+JWT", "dpop+jwt", "secevent+jwt"] {
+        for typ in [
+            "at+jwt",
+            "application/at+jwt",
+            "AT+JWT",
+            "dpop+jwt",
+            "secevent+jwt",
+        ] {
             let a = with_header(&k, header(&k, Some(typ)), now);
             let d = authenticate_assertion(&s, &c, &a, None, now).unwrap_err();
             assert_eq!(d, Denial::AssertionWrongType(typ.into()), "{typ}");
             assert_eq!(
                 (d.code(), d.reason()),
-                (mayfly_proto::ErrorCode::InvalidClient, "assertion_wrong_type")
+                (
+                    mayfly_proto::ErrorCode::InvalidClient,
+                    "assertion_wrong_type"
+                )
             );
         }
         for typ in [

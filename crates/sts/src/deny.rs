@@ -83,11 +83,15 @@ pub enum Denial {
     ReplayedJti,
     /// The assertion's JWS header lists a critical extension (`crit`) mayfly does not
     /// understand (RFC 7515 §4.1.11).
-    #[error("client_assertion header lists critical extensions (crit) this server does not understand")]
+    #[error(
+        "client_assertion header lists critical extensions (crit) this server does not understand"
+    )]
     UnsupportedCriticalHeader,
     /// The assertion's `typ` names another kind of token (an access token, for instance):
     /// RFC 8725 §3.11 forbids using one where the other is expected.
-    #[error("client_assertion typ `{0}` names another kind of token; use JWT or client-authentication+jwt, or leave typ out")]
+    #[error(
+        "client_assertion typ `{0}` names another kind of token; use JWT or client-authentication+jwt, or leave typ out"
+    )]
     AssertionWrongType(String),
     /// A requested scope is not allowed for this client.
     #[error("scope `{0}` is not allowed (for this principal and audience)")]
@@ -138,10 +142,14 @@ pub enum Denial {
     #[error("the subject_token's identity is outside the trust domain `{0}` of its issuer")]
     IdentityOutsideTrustDomain(String),
     /// The subject token's `typ` names another kind of token (RFC 8725 §3.11).
-    #[error("subject_token typ `{0}` names another kind of token (an access token or a client assertion)")]
+    #[error(
+        "subject_token typ `{0}` names another kind of token (an access token or a client assertion)"
+    )]
     SubjectWrongType(String),
     /// A mayfly access token presented as an actor was not issued for this server.
-    #[error("actor_token is an access token for another audience; an actor's token from this server must name the issuer (or its token endpoint) as its audience")]
+    #[error(
+        "actor_token is an access token for another audience; an actor's token from this server must name the issuer (or its token endpoint) as its audience"
+    )]
     ActorWrongAudience,
     /// The actor token was already used and its issuer allows one use per token.
     #[error("actor_token has already been used; its issuer allows one use per token")]

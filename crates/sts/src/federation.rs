@@ -345,7 +345,9 @@ mod tests {
     fn identities_stay_in_the_issuers_trust_domain() {
         let k = SigningKey::generate(KeyAlg::ES256, Some("k")).unwrap();
         let i = issuer("spiffe-jwt-svid", "partner.example");
-        let ok = k.sign_jwt(None, &claims("spiffe://partner.example/w")).unwrap();
+        let ok = k
+            .sign_jwt(None, &claims("spiffe://partner.example/w"))
+            .unwrap();
         let id = verify_subject_token(&settings(), &i, &keys(&k), &ok, NOW).unwrap();
         assert_eq!(id.identity, "spiffe://partner.example/w");
         assert!(
@@ -368,9 +370,14 @@ mod tests {
         }
         // A template's `{trust_domain}` is the issuer's.
         let i = issuer("kubernetes", "k8s-prod.example.org");
-        let t = k.sign_jwt(None, &claims("system:serviceaccount:payments:api")).unwrap();
+        let t = k
+            .sign_jwt(None, &claims("system:serviceaccount:payments:api"))
+            .unwrap();
         let id = verify_subject_token(&settings(), &i, &keys(&k), &t, NOW).unwrap();
-        assert_eq!(id.identity, "spiffe://k8s-prod.example.org/ns/payments/sa/api");
+        assert_eq!(
+            id.identity,
+            "spiffe://k8s-prod.example.org/ns/payments/sa/api"
+        );
     }
 
     /// RFC 8725 §3.11: a client assertion (or another typed JWT) is not a subject token;
