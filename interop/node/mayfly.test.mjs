@@ -215,7 +215,7 @@ describe('mayfly with openid-client and jose', () => {
       assert.equal(tokens.issued_token_type, 'urn:ietf:params:oauth:token-type:access_token');
       assert.equal(tokens.token_type.toLowerCase(), 'bearer');
       const { payload } = await verify(tokens.access_token);
-      assert.equal(payload.sub, 'spiffe://example.org/ns/payments/sa/api');
+      assert.equal(payload.sub, 'spiffe://k8s.example.org/ns/payments/sa/api');
       assert.equal(payload.client_id, clientId);
       assert.equal(payload.scope, 'read');
     });
@@ -229,7 +229,7 @@ describe('mayfly with openid-client and jose', () => {
         scope: 'read',
       });
       const { payload } = await verify(tokens.access_token);
-      assert.equal(payload.sub, 'spiffe://example.org/ns/payments/sa/api');
+      assert.equal(payload.sub, 'spiffe://k8s.example.org/ns/payments/sa/api');
     });
 
     test('policy refuses another namespace with invalid_target', { timeout: TIMEOUT }, async () => {

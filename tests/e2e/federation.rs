@@ -52,6 +52,10 @@ permit(principal is Workload, action in [Action::"token", Action::"deploy"], res
 when { principal.issuer == "github" && principal has repository && principal.repository == "octo-org/octo-repo"
        && principal has ref && principal.ref == "refs/heads/main" };
 
+@id("gateway-acts-for-payments")
+permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
+when { principal.issuer == "mayfly" && context.actor == "spiffe://k8s-prod.example.org/ns/payments/sa/gateway" };
+
 @id("no-kube-system")
 forbid(principal is Workload, action, resource)
 when { principal has namespace && principal.namespace == "kube-system" };
@@ -377,7 +381,7 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
     assert_eq!(body["token_type"], "Bearer");
     let t = peek(body["access_token"].as_str().unwrap());
-    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(t["sub"], "spiffe://k8s-prod.example.org/ns/payments/sa/api");
     assert_eq!(t["aud"], API);
     assert_eq!(t["scope"], "read");
     assert!(t.get("act").is_none());
@@ -386,7 +390,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["grant"], EXCHANGE);
     assert_eq!(e["subject_issuer"], "k8s-prod");
     assert_eq!(e["subject"], "system:serviceaccount:payments:api");
-    assert_eq!(e["identity"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(
+        e["identity"],
+        "spiffe://k8s-prod.example.org/ns/payments/sa/api"
+    );
     assert_eq!(e["policies"], json!(["payments-read"]));
 
     // With an actor: the new token carries the act claim (RFC 8693 §4.1).
@@ -408,14 +415,14 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(s, 200, "{body}");
     let delegated = body["access_token"].as_str().unwrap().to_string();
     let t = peek(&delegated);
-    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(t["sub"], "spiffe://k8s-prod.example.org/ns/payments/sa/api");
     assert_eq!(
         t["act"],
-        json!({"sub": "spiffe://example.org/ns/payments/sa/batch"})
+        json!({"sub": "spiffe://k8s-prod.example.org/ns/payments/sa/batch"})
     );
     assert_eq!(
         f.audit(1).await.pop().unwrap()["actor"],
-        "spiffe://example.org/ns/payments/sa/batch"
+        "spiffe://k8s-prod.example.org/ns/payments/sa/batch"
     );
     // Re-exchanging that token with a further actor nests the chain, and may only narrow.
     let gw_actor = f
@@ -434,7 +441,7 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(
         peek(body["access_token"].as_str().unwrap())["act"],
-        json!({"sub": "spiffe://example.org/ns/payments/sa/gateway", "act": {"sub": "spiffe://example.org/ns/payments/sa/batch"}})
+        json!({"sub": "spiffe://k8s-prod.example.org/ns/payments/sa/gateway", "act": {"sub": "spiffe://k8s-prod.example.org/ns/payments/sa/batch"}})
     );
 
     // Denied by policy: the forbid decides, and the audit event names it.
@@ -450,7 +457,10 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert_eq!(e["decision"], "deny");
     assert_eq!(e["reason"], "target_not_allowed");
     assert_eq!(e["policies"], json!(["no-kube-system"]));
-    assert_eq!(e["identity"], "spiffe://example.org/ns/kube-system/sa/api");
+    assert_eq!(
+        e["identity"],
+        "spiffe://k8s-prod.example.org/ns/kube-system/sa/api"
+    );
     // A scope no policy grants: invalid_scope.
     let got = f
         .exchange(&sa, &[("audience", API), ("scope", "write")])
@@ -485,7 +495,7 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     let t = peek(body["access_token"].as_str().unwrap());
     assert_eq!(
         t["sub"],
-        "spiffe://example.org/github/octo-org/octo-repo/refs/heads/main"
+        "spiffe://github.example.org/github/octo-org/octo-repo/refs/heads/main"
     );
     // ... and the default 5 minutes is clamped to what the subject token has left.
     assert_eq!(t["exp"].as_i64().unwrap() - t["iat"].as_i64().unwrap(), 300);
@@ -890,7 +900,7 @@ async fn keys_by_discovery_and_never_across_hosts() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(
         peek(body["access_token"].as_str().unwrap())["sub"],
-        "spiffe://example.org/ns/payments/sa/api"
+        "spiffe://disco.example.org/ns/payments/sa/api"
     );
     // A jwks_uri that redirects to another host is not followed: no keys, so 503.
     let mut c = f.k8s_claims("payments", "api");
@@ -928,7 +938,7 @@ async fn an_issuer_can_require_client_authentication() {
     assert_eq!(s, 200, "{body}");
     let t = peek(body["access_token"].as_str().unwrap());
     assert_eq!(t["client_id"], "gateway");
-    assert_eq!(t["sub"], "spiffe://example.org/ns/payments/sa/api");
+    assert_eq!(t["sub"], "spiffe://strict.example.org/ns/payments/sa/api");
 }
 
 /// The real binary rebuilds its policy set on SIGHUP: a forbid removed from the directory stops

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod debt;
 mod federation;
+mod federation_trust;
 mod fixture;
 mod interop_node;
 mod issuance;

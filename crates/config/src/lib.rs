@@ -191,6 +191,10 @@ pub struct IssuerConfig {
     pub algorithms: Option<Vec<String>>,
     /// Oldest `iat` accepted.
     pub max_token_age: Duration,
+    /// The trust domain its identities lie in (`{trust_domain}` in the template): given, or
+    /// `<name>.<trust_domain>`. Never the server's own trust domain, and never another
+    /// issuer's, so that identities from two issuers cannot collide.
+    pub trust_domain: String,
     /// Identity template (`None`: the preset's).
     pub identity: Option<String>,
     /// Extra policy attributes: (name, JSON pointer).

@@ -165,6 +165,7 @@ struct RawIssuer {
     audiences: Vec<String>,
     algorithms: Option<Vec<String>>,
     max_token_age: Option<String>,
+    trust_domain: Option<String>,
     identity: Option<String>,
     #[serde(default)]
     attributes: std::collections::BTreeMap<String, String>,
@@ -468,7 +469,7 @@ impl RawConfig {
         let proxy = self.proxy.validate(src, base)?;
         let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(self.issuers.len());
         for (i, raw) in self.issuers.into_iter().enumerate() {
-            let iss = raw.validate(src, base, i)?;
+            let iss = raw.validate(src, base, i, &trust_domain)?;
             if issuers.iter().any(|o| o.name == iss.name) {
                 return Err(ConfigError::new(
                     src,
@@ -483,6 +484,17 @@ impl RawConfig {
                     format!("issuers[{i}].issuer"),
                     format!("issuer `{}` is configured twice", iss.issuer),
                     "merge the two entries: a token's `iss` must pick exactly one",
+                ));
+            }
+            if let Some(o) = issuers.iter().find(|o| o.trust_domain == iss.trust_domain) {
+                return Err(ConfigError::new(
+                    src,
+                    format!("issuers[{i}].trust_domain"),
+                    format!(
+                        "`{}` is already the trust domain of issuer `{}`: identities from two issuers would collide",
+                        iss.trust_domain, o.name
+                    ),
+                    "give each [[issuers]] entry a trust domain of its own (or leave trust_domain out: the default is `<name>.<trust_domain>`)",
                 ));
             }
             if iss.max_ttl.is_some_and(|t| t > max_ttl) {
@@ -574,8 +586,91 @@ fn is_scope_token(s: &str) -> bool {
 
 const ISSUER_ALGS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA"];
 
+/// Whether `td` is a SPIFFE trust domain name (lowercase letters, digits, `.`, `-`, `_`).
+fn is_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Policy attributes mayfly sets itself for every federated workload.
+const RESERVED_ATTRIBUTES: &[&str] = &["issuer", "subject", "trust_domain"];
+
+/// Issuer names policies see for mayfly's own tokens and JWT-SVIDs.
+const RESERVED_ISSUER_NAMES: &[&str] = &["mayfly", "spiffe"];
+
 impl RawIssuer {
-    fn validate(self, src: &str, base: &Path, i: usize) -> Result<IssuerConfig, ConfigError> {
+    /// The issuer's trust domain: given, or `<name>.<own>`; never `own` (the server's).
+    fn trust_domain(&self, src: &str, i: usize, own: &str) -> Result<String, ConfigError> {
+        let key = format!("issuers[{i}].trust_domain");
+        // A whole-ID template (`{/sub}`, the spiffe-jwt-svid preset) takes the trust domain
+        // from the token: it must be named, since a default could never match it.
+        let whole_id = match self.identity.as_deref() {
+            Some(t) => t.starts_with("{/"),
+            None => self.preset.as_deref() == Some("spiffe-jwt-svid"),
+        };
+        let td = match &self.trust_domain {
+            Some(td) => td.clone(),
+            None if whole_id => {
+                return Err(ConfigError::new(
+                    src,
+                    key,
+                    "an issuer whose identities are whole SPIFFE IDs from its tokens needs the trust domain it signs for",
+                    "set trust_domain = \"partner.example\" (the federated trust domain; never this server's own)",
+                ));
+            }
+            None => format!("{}.{own}", self.name.to_ascii_lowercase()),
+        };
+        if !is_trust_domain(&td) {
+            return Err(ConfigError::new(
+                src,
+                key,
+                format!("`{td}` is not a SPIFFE trust domain name"),
+                "use lowercase letters, digits, `.`, `-` and `_`, e.g. trust_domain = \"k8s-prod.example.org\"",
+            ));
+        }
+        if td == own {
+            return Err(ConfigError::new(
+                src,
+                key,
+                format!(
+                    "`{td}` is this server's own trust domain: only mayfly's own JWT-SVIDs yield identities there, so a token from this issuer could claim any workload of ours"
+                ),
+                format!(
+                    "give the issuer a trust domain of its own, e.g. trust_domain = \"{}.{own}\" (the default when trust_domain is left out)",
+                    self.name.to_ascii_lowercase()
+                ),
+            ));
+        }
+        // A template with a literal host must name the issuer's trust domain.
+        if let Some(host) = self
+            .identity
+            .as_deref()
+            .and_then(|t| t.strip_prefix("spiffe://"))
+            .map(|rest| rest.split('/').next().unwrap_or(""))
+            .filter(|h| *h != "{trust_domain}" && *h != td)
+        {
+            return Err(ConfigError::new(
+                src,
+                format!("issuers[{i}].identity"),
+                format!(
+                    "the identity template names trust domain `{host}`, but this issuer's is `{td}`"
+                ),
+                "write the template as \"spiffe://{trust_domain}/...\" (the issuer's trust domain)",
+            ));
+        }
+        Ok(td)
+    }
+
+    fn validate(
+        self,
+        src: &str,
+        base: &Path,
+        i: usize,
+        own_trust_domain: &str,
+    ) -> Result<IssuerConfig, ConfigError> {
         let key = |k: &str| format!("issuers[{i}].{k}");
         if self.name.is_empty()
             || self.name.len() > 64
@@ -591,6 +686,18 @@ impl RawIssuer {
                 "pick a short name like \"k8s-prod\"",
             ));
         }
+        if RESERVED_ISSUER_NAMES.contains(&self.name.to_ascii_lowercase().as_str()) {
+            return Err(ConfigError::new(
+                src,
+                key("name"),
+                format!(
+                    "`{}` is reserved: policies see it as the issuer of mayfly's own tokens",
+                    self.name
+                ),
+                "pick another name, like \"k8s-prod\"",
+            ));
+        }
+        let trust_domain = self.trust_domain(src, i, own_trust_domain)?;
         if self.issuer.is_empty() {
             return Err(ConfigError::new(
                 src,
@@ -706,6 +813,16 @@ impl RawIssuer {
             }
         };
         for (name, ptr) in &self.attributes {
+            if RESERVED_ATTRIBUTES.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    src,
+                    key(&format!("attributes.{name}")),
+                    format!(
+                        "`{name}` is set by mayfly for every workload and cannot come from a claim"
+                    ),
+                    "name the attribute differently, e.g. \"token_issuer\"",
+                ));
+            }
             if !ptr.starts_with('/') {
                 return Err(ConfigError::new(
                     src,
@@ -727,6 +844,7 @@ impl RawIssuer {
             audiences: self.audiences,
             algorithms,
             max_token_age,
+            trust_domain,
             identity: self.identity,
             attributes: self.attributes.into_iter().collect(),
             one_time_use: self.one_time_use,

@@ -166,11 +166,13 @@ jwks_uri = "https://k8s.example.com/openid/v1/jwks"
 audiences = ["mayfly"]
 algorithms = ["RS256", "ES256"]
 max_token_age = "1h"
+trust_domain = "example.org"
 identity = "spiffe://example.org/ns/{/kubernetes.io/namespace}/sa/{/kubernetes.io/serviceaccount/name}"
 "#;
     let c = parse(text, &[]).unwrap();
     let i = &c.issuers[0];
     assert_eq!(i.name, "k8s-prod");
+    assert_eq!(i.trust_domain, "example.org");
     assert!(matches!(&i.keys, IssuerKeys::Uri(u) if u.host_str() == Some("k8s.example.com")));
     assert_eq!(i.max_token_age, Duration::from_secs(3600));
     assert_eq!(
@@ -240,6 +242,94 @@ fn issuer_errors_name_the_key_and_fix() {
     assert_eq!(parse(&twice, &[]).unwrap_err().key, "issuers[1].name");
     let bad_td = parse("trust_domain = \"Example.ORG\"\n", &[]).unwrap_err();
     assert_eq!(bad_td.key, "trust_domain");
+}
+
+/// An issuer yields identities only in a trust domain of its own: by default `<name>.<ours>`,
+/// never ours, never another issuer's; a whole-ID issuer (JWT-SVIDs) must name its own.
+#[test]
+fn issuer_trust_domains_are_their_own() {
+    let k8s = |name: &str, extra: &str| {
+        format!(
+            "[[issuers]]\nname = \"{name}\"\nissuer = \"https://{name}\"\npreset = \"kubernetes\"\njwks_uri = \"https://k/jwks\"\naudiences = [\"mayfly\"]\n{extra}"
+        )
+    };
+    let own = "trust_domain = \"example.org\"\n";
+    let c = parse(
+        &format!("{own}{}{}", k8s("k8s-prod", ""), k8s("K8s-Dev", "")),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.issuers[0].trust_domain, "k8s-prod.example.org");
+    assert_eq!(c.issuers[1].trust_domain, "k8s-dev.example.org");
+
+    for (text, key, needle) in [
+        // Our own trust domain, explicitly: refused.
+        (
+            format!("{own}{}", k8s("k8s", "trust_domain = \"example.org\"\n")),
+            "issuers[0].trust_domain",
+            "this server's own trust domain",
+        ),
+        // A federated JWT-SVID issuer claiming our trust domain.
+        (
+            format!(
+                "{own}[[issuers]]\nname = \"partner\"\nissuer = \"https://partner\"\npreset = \"spiffe-jwt-svid\"\njwks_uri = \"https://k/jwks\"\naudiences = [\"mayfly\"]\ntrust_domain = \"example.org\"\n"
+            ),
+            "issuers[0].trust_domain",
+            "this server's own trust domain",
+        ),
+        // A JWT-SVID issuer must name the trust domain it signs for.
+        (
+            format!(
+                "{own}[[issuers]]\nname = \"partner\"\nissuer = \"https://partner\"\npreset = \"spiffe-jwt-svid\"\njwks_uri = \"https://k/jwks\"\naudiences = [\"mayfly\"]\n"
+            ),
+            "issuers[0].trust_domain",
+            "needs the trust domain it signs for",
+        ),
+        // Two issuers, one trust domain: their identities could collide.
+        (
+            format!(
+                "{own}{}{}",
+                k8s("prod", "trust_domain = \"k8s.example\"\n"),
+                k8s("dev", "trust_domain = \"k8s.example\"\n")
+            ),
+            "issuers[1].trust_domain",
+            "already the trust domain of issuer `prod`",
+        ),
+        // A literal host in the template other than the issuer's trust domain.
+        (
+            format!(
+                "{own}{}",
+                k8s(
+                    "k8s",
+                    "identity = \"spiffe://example.org/ns/{/kubernetes.io/namespace}\"\n"
+                )
+            ),
+            "issuers[0].identity",
+            "names trust domain `example.org`",
+        ),
+        (
+            format!("{own}{}", k8s("k8s", "trust_domain = \"K8S\"\n")),
+            "issuers[0].trust_domain",
+            "not a SPIFFE trust domain",
+        ),
+        (
+            format!(
+                "{own}{}",
+                k8s("k8s", "attributes = { issuer = \"/iss\" }\n")
+            ),
+            "issuers[0].attributes.issuer",
+            "set by mayfly",
+        ),
+        (
+            format!("{own}{}", k8s("mayfly", "")),
+            "issuers[0].name",
+            "reserved",
+        ),
+    ] {
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.to_string().contains(needle), "{text}: {e}");
+    }
 }
 
 #[test]

@@ -13,8 +13,8 @@ use mayfly_sts::federation::{
     ClientAuthRule, SubjectIdentity, claimed_issuer, verify_subject_token,
 };
 use mayfly_sts::{
-    AccessTokenClaims, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision, Denial,
-    EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
+    AccessTokenClaims, AllOf, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision,
+    Denial, EventKind, Principal, PrincipalKind, act_claim, check_access_token, decide, narrow,
 };
 use serde_json::Value;
 
@@ -77,14 +77,7 @@ async fn federated(app: &App, token: &str, now: i64) -> Result<Verified, Denial>
 async fn own_jwt_svid(app: &App, token: &str, now: i64) -> Result<Verified, Denial> {
     let sp = &app.0.spiffe;
     let keys = sp.snapshot().jwt_verifying.clone();
-    let id = verify_subject_token(
-        &app.0.settings,
-        &app.0.svid_issuer,
-        &keys,
-        token,
-        &app.0.config.trust_domain,
-        now,
-    )?;
+    let id = verify_subject_token(&app.0.settings, &app.0.svid_issuer, &keys, token, now)?;
     let jti = id
         .jti
         .clone()
@@ -118,14 +111,7 @@ async fn verify_federated(
     now: i64,
 ) -> Result<SubjectIdentity, Denial> {
     let verify = |keys: &mayfly_crypto::VerifyingKeys| {
-        verify_subject_token(
-            &app.0.settings,
-            &issuer.trusted,
-            keys,
-            token,
-            &app.0.config.trust_domain,
-            now,
-        )
+        verify_subject_token(&app.0.settings, &issuer.trusted, keys, token, now)
     };
     let keys = app.0.issuers.keys(issuer, now).await;
     let result = match &keys {
@@ -181,6 +167,21 @@ async fn by_type(app: &App, token: &str, token_type: &str, now: i64) -> Result<V
             other.chars().take(80).collect(),
         )),
     }
+}
+
+/// An actor token, under the subject's rules and one more: one of our own access tokens acts
+/// only if it was issued to be presented here (its audience is this server), not any token of
+/// ours a resource server was given.
+async fn actor(app: &App, token: &str, token_type: &str, now: i64) -> Result<Verified, Denial> {
+    let v = by_type(app, token, token_type, now).await?;
+    if let Verified::Ours(c) = &v {
+        let s = &app.0.settings;
+        let aud = c.aud.trim_end_matches('/');
+        if aud != s.issuer && aud != s.token_endpoint {
+            return Err(Denial::ActorWrongAudience);
+        }
+    }
+    Ok(v)
 }
 
 /// Authenticate the client when it sent an assertion (or must).
@@ -247,6 +248,28 @@ async fn finish(
         }
         None => prior_act.cloned(),
     };
+    // The actor's token is held to its issuer's rules as a subject token would be.
+    let consume_actor = match &actor {
+        Some(Verified::Federated {
+            id,
+            client_auth,
+            one_time,
+            ..
+        }) => {
+            if *client_auth == ClientAuthRule::Required && auth.is_none() {
+                return Err(Denial::ActorClientAuthRequired);
+            }
+            match (&id.jti, one_time) {
+                (Some(jti), true) => Some((
+                    id.issuer_name.clone(),
+                    jti.clone(),
+                    id.exp + app.0.settings.clock_skew,
+                )),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let client_id_auth = auth.as_ref().map(|a| a.client_id.clone());
     let src = source(addr);
     let mut link_svid = None;
@@ -306,11 +329,16 @@ async fn finish(
             } else {
                 PrincipalKind::Client
             };
+            // What policies see of a re-exchanged token's subject: it came from mayfly.
+            let attrs = [
+                ("issuer".to_string(), "mayfly".to_string()),
+                ("subject".to_string(), orig.sub.clone()),
+            ];
             let input = DecideInput {
                 principal: Principal {
                     kind,
                     id: &orig.sub,
-                    attrs: &[],
+                    attrs: &attrs,
                 },
                 client_id: client_id_auth.as_deref().unwrap_or(&orig.client_id),
                 authenticated_client: client_id_auth.as_deref(),
@@ -322,13 +350,12 @@ async fn finish(
                 source: src.as_deref().unwrap_or(""),
                 now,
             };
-            let grant = decide(
-                &app.0.settings,
-                &narrowing,
-                input,
-                &params,
-                &mut caller.policies,
-            )?;
+            // Narrowing alone needs no new decision; a new actor is a delegation, which the
+            // policy set decides too (with `context.actor`).
+            let policies = &app.0.policies as &dyn Authorizer;
+            let both = AllOf(&narrowing, policies);
+            let authz: &dyn Authorizer = if actor.is_some() { &both } else { &narrowing };
+            let grant = decide(&app.0.settings, authz, input, &params, &mut caller.policies)?;
             let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
             e.subject_issuer = Some("mayfly".into());
             e.subject = Some(orig.sub.clone());
@@ -340,7 +367,16 @@ async fn finish(
     e.actor = caller.actor.clone();
     e.source = src;
     issue(
-        app, grant, grant_type, e, auth, consume, link_svid, parents, now,
+        app,
+        grant,
+        grant_type,
+        e,
+        auth,
+        consume,
+        consume_actor,
+        link_svid,
+        parents,
+        now,
     )
     .await
 }
@@ -373,7 +409,7 @@ pub(crate) async fn token_exchange(
     note_subject(caller, &subject);
     let actor = match (form.get("actor_token"), form.get("actor_token_type")) {
         (None, None) => None,
-        (Some(t), Some(tt)) => Some(by_type(app, t, tt, now).await?),
+        (Some(t), Some(tt)) => Some(actor(app, t, tt, now).await?),
         (Some(_), None) => return Err(Denial::MissingParameter("actor_token_type")),
         (None, Some(_)) => return Err(Denial::MissingParameter("actor_token")),
     };

@@ -150,7 +150,12 @@ async fn deny(
     );
     metrics::counter!("mayfly_denials_total", "endpoint" => endpoint, "reason" => d.reason())
         .increment(1);
-    let recorded = |d: &Denial| matches!(d, Denial::ReplayedJti | Denial::SubjectReplayed);
+    let recorded = |d: &Denial| {
+        matches!(
+            d,
+            Denial::ReplayedJti | Denial::SubjectReplayed | Denial::ActorReplayed
+        )
+    };
     if !(recorded(&d) || matches!(&d, Denial::InvalidGrant(inner) if recorded(inner))) {
         // A replay was already recorded atomically with the jti check.
         if let Err(err) = app.0.audit.commit(Pending::event(e)).await {
@@ -181,16 +186,17 @@ async fn commit_consuming(
     auth: AuthenticatedClient,
     revoke: Option<(String, String, i64)>,
 ) -> Result<(), Denial> {
-    commit_event(app, event, Some(auth), None, revoke, None, Vec::new()).await
+    commit_event(app, event, Some(auth), None, None, revoke, None, Vec::new()).await
 }
 
 /// Commit `event` atomically with consuming single-use values: the client assertion's jti and
-/// a one-time subject token's (issuer name, jti, keep until).
+/// a one-time subject or actor token's (issuer name, jti, keep until).
 pub(crate) async fn commit_event(
     app: &App,
     event: AuditEvent,
     auth: Option<AuthenticatedClient>,
     subject: Option<(String, String, i64)>,
+    actor: Option<(String, String, i64)>,
     revoke: Option<(String, String, i64)>,
     link_svid: Option<String>,
     parents: Vec<String>,
@@ -200,6 +206,7 @@ pub(crate) async fn commit_event(
         event,
         consume_jti: auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew)),
         consume_subject: subject,
+        consume_actor: actor,
         revoke,
         link_svid,
         parents,
@@ -208,6 +215,7 @@ pub(crate) async fn commit_event(
         Ok(CommitOutcome::Committed(_)) => Ok(()),
         Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
         Ok(CommitOutcome::SubjectReplay(_)) => Err(Denial::SubjectReplayed),
+        Ok(CommitOutcome::ActorReplay(_)) => Err(Denial::ActorReplayed),
         Err(err) => {
             tracing::error!(error = %err, "audit commit failed; the response is withheld");
             Err(Denial::Unavailable)
@@ -262,6 +270,7 @@ pub(crate) async fn issue(
     mut e: AuditEvent,
     auth: Option<AuthenticatedClient>,
     subject: Option<(String, String, i64)>,
+    actor: Option<(String, String, i64)>,
     link_svid: Option<String>,
     parents: Vec<String>,
     now: i64,
@@ -279,7 +288,7 @@ pub(crate) async fn issue(
         .as_ref()
         .map_or_else(|| "-".to_string(), |a| a.client_id.clone());
     // The token leaves only once its event (and each single use) is durable.
-    commit_event(app, e, auth, subject, None, link_svid, parents).await?;
+    commit_event(app, e, auth, subject, actor, None, link_svid, parents).await?;
     // debug, not info: the audit log already has one line per token, durably.
     tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
     metrics::counter!("mayfly_tokens_issued_total", "client" => client_label, "grant" => grant_type).increment(1);
@@ -335,6 +344,7 @@ async fn client_credentials(
         GRANT_CLIENT_CREDENTIALS,
         e,
         Some(auth),
+        None,
         None,
         None,
         Vec::new(),
@@ -598,7 +608,7 @@ async fn revoke_by_bearer(
     e.source = source(addr);
     e.reason = Some("revoked_by_bearer".into());
     let revoke = Some((c.jti, c.client_id, c.exp));
-    commit_event(app, e, None, None, revoke, None, Vec::new()).await?;
+    commit_event(app, e, None, None, None, revoke, None, Vec::new()).await?;
     Ok(serde_json::json!({}))
 }
 

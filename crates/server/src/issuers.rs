@@ -108,6 +108,7 @@ fn trusted(c: &IssuerConfig, global_max_ttl: i64) -> Result<TrustedIssuer, Issue
         audiences: c.audiences.clone(),
         algorithms,
         max_token_age: c.max_token_age.as_secs() as i64,
+        trust_domain: c.trust_domain.clone(),
         identity,
         attributes,
         one_time_use: c.one_time_use,

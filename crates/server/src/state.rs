@@ -151,7 +151,12 @@ impl App {
         let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
         let spiffe =
             crate::spiffe::Spiffe::start(&o.config, &issuer, &o.store, &o.kek, &audit, now).await?;
-        let svid_issuer = crate::spiffe::svid_issuer(&issuer, &settings, &o.config.spiffe)?;
+        let svid_issuer = crate::spiffe::svid_issuer(
+            &issuer,
+            &settings,
+            &o.config.spiffe,
+            &o.config.trust_domain,
+        )?;
         let md = metadata(&issuer, clients.all_scopes(), alg);
         let metadata = bytes::Bytes::from(serde_json::to_vec(&md).unwrap_or_default());
         Ok(App(Arc::new(Inner {

@@ -53,6 +53,10 @@ pub struct Pending {
     /// Consume a one-time subject token: (issuer name, jti, keep until). A jti already present
     /// turns the outcome into [`CommitOutcome::SubjectReplay`].
     pub consume_subject: Option<(String, String, i64)>,
+    /// Consume a one-time actor token: (issuer name, jti, keep until), in the same namespace
+    /// as subject tokens (a one-time token serves once, in either role). A jti already present
+    /// turns the outcome into [`CommitOutcome::ActorReplay`].
+    pub consume_actor: Option<(String, String, i64)>,
     /// Revoke a token: (jti, client_id, its exp).
     pub revoke: Option<(String, String, i64)>,
     /// The issued token (the event's `jti`) was minted from this JWT-SVID `jti`: remember the
@@ -72,6 +76,7 @@ impl Pending {
             event,
             consume_jti: None,
             consume_subject: None,
+            consume_actor: None,
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
@@ -98,7 +103,15 @@ impl Pending {
                 Used::Subject,
             )
         });
-        a.into_iter().chain(s)
+        let act = self.consume_actor.as_ref().map(|(i, j, u)| {
+            (
+                std::borrow::Cow::Owned(subject_ns(i)),
+                j.as_str(),
+                *u,
+                Used::Actor,
+            )
+        });
+        a.into_iter().chain(s).chain(act)
     }
 }
 
@@ -112,6 +125,7 @@ fn subject_ns(issuer: &str) -> String {
 enum Used {
     Assertion,
     Subject,
+    Actor,
 }
 
 /// What happened to a [`Pending`].
@@ -123,6 +137,8 @@ pub enum CommitOutcome {
     Replay(i64),
     /// The one-time subject token had been used: a denial was appended instead.
     SubjectReplay(i64),
+    /// The one-time actor token had been used: a denial was appended instead.
+    ActorReplay(i64),
 }
 
 type Reply = oneshot::Sender<Result<CommitOutcome, String>>;
@@ -713,6 +729,7 @@ fn chain(
                 match what {
                     Used::Assertion => "replayed_jti",
                     Used::Subject => "subject_replayed",
+                    Used::Actor => "actor_replayed",
                 }
                 .into(),
             );
@@ -735,6 +752,7 @@ fn chain(
         outcomes.push(match used {
             Some(Used::Assertion) => CommitOutcome::Replay(seq),
             Some(Used::Subject) => CommitOutcome::SubjectReplay(seq),
+            Some(Used::Actor) => CommitOutcome::ActorReplay(seq),
             None => CommitOutcome::Committed(seq),
         });
         let prev_hash = std::mem::replace(&mut prev, hash.clone());

@@ -112,6 +112,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
                 event: issue(&format!("t{i}")),
                 consume_jti: Some(("svc".into(), format!("a{}", i % 25), 2_000)),
                 consume_subject: None,
+                consume_actor: None,
                 revoke: None,
                 link_svid: None,
                 parents: Vec::new(),
@@ -144,6 +145,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         event: e,
         consume_jti: None,
         consume_subject: None,
+        consume_actor: None,
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
         parents: Vec::new(),
@@ -162,6 +164,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         event: issue("x"),
         consume_jti: client_jti.map(|j| ("svc".to_string(), j.to_string(), 2_000)),
         consume_subject: Some((iss.into(), jti.into(), 2_000)),
+        consume_actor: None,
         revoke: None,
         link_svid: None,
         parents: Vec::new(),
@@ -187,6 +190,31 @@ async fn audit_chain_replay_and_revocation(db: Db) {
             .unwrap(),
         CommitOutcome::Replay(_)
     ));
+    // One-time actor tokens share the issuer's namespace: a token used once, as subject or as
+    // actor, is refused in either role after; the denial says it was the actor.
+    let actor = |iss: &str, jti: &str| Pending {
+        event: issue("x"),
+        consume_jti: None,
+        consume_subject: None,
+        consume_actor: Some((iss.into(), jti.into(), 2_000)),
+        revoke: None,
+        link_svid: None,
+    };
+    assert!(matches!(
+        log.commit(actor("k8s", "a1")).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    assert!(matches!(
+        log.commit(actor("k8s", "a1")).await.unwrap(),
+        CommitOutcome::ActorReplay(_)
+    ));
+    assert!(matches!(
+        log.commit(actor("k8s", "s1")).await.unwrap(),
+        CommitOutcome::ActorReplay(_)
+    ));
+    let tail = s.audit_tail(1).await.unwrap();
+    let last: serde_json::Value = serde_json::from_str(&tail[0].body).unwrap();
+    assert_eq!(last["reason"], "actor_replayed");
 
     // A wrong master key cannot vouch for the chain.
     let other = Kek::from_bytes(&[8u8; 32]).unwrap();
@@ -213,6 +241,7 @@ async fn replay_window_survives_restart(db: Db) {
             event: e,
             consume_jti: Some(("svc".into(), assertion.into(), keep)),
             consume_subject: None,
+            consume_actor: None,
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
@@ -267,6 +296,7 @@ async fn replay_window_survives_restart(db: Db) {
             event: e,
             consume_jti: None,
             consume_subject: Some(("k8s".into(), jti.into(), now + window)),
+            consume_actor: None,
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
@@ -365,6 +395,7 @@ async fn two_writers_interleave(db: Db) {
             event: issue(&format!("w{n}")),
             consume_jti: Some(("svc".into(), format!("wa{n}"), 2_000)),
             consume_subject: None,
+            consume_actor: None,
             revoke: None,
             link_svid: None,
             parents: Vec::new(),

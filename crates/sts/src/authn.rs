@@ -5,6 +5,10 @@ use serde_json::Value;
 
 use crate::{Client, Denial, Settings};
 
+/// `typ` values a client assertion may carry (compared as media types): the generic JWT and
+/// JOSE types, and the explicit type of draft-ietf-oauth-rfc7523bis. No `typ` is fine too.
+const ASSERTION_TYPES: &[&str] = &["jwt", "jose", "client-authentication+jwt"];
+
 /// Longest `jti` we store; longer ones are refused rather than truncated.
 const MAX_JTI_LEN: usize = 256;
 
@@ -80,6 +84,16 @@ pub fn authenticate_assertion(
             VerifyError::Malformed | VerifyError::BadJwks(_) => Denial::MalformedAssertion,
             _ => Denial::MalformedAssertion,
         })?;
+    // RFC 7515 §4.1.11: mayfly understands no JWS extension, so any `crit` is refused.
+    if verified.header.crit.is_some() {
+        return Err(Denial::UnsupportedCriticalHeader);
+    }
+    // RFC 8725 §3.11: an access token, a DPoP proof or any other typed JWT is not an assertion.
+    if let Some(typ) = verified.header.typ.as_deref()
+        && !ASSERTION_TYPES.contains(&crate::federation::media_type(typ).as_str())
+    {
+        return Err(Denial::AssertionWrongType(typ.chars().take(64).collect()));
+    }
     let c = &verified.claims;
     let iss = c
         .iss
@@ -171,6 +185,79 @@ mod tests {
             max_ttl: 3600,
         };
         (settings, client, k)
+    }
+
+    /// An assertion signed by `k` with an arbitrary header (`typ`, `crit`).
+    fn with_header(k: &SigningKey, header: jsonwebtoken::Header, now: i64) -> String {
+        let der = k.to_pkcs8().unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&der);
+        let claims =
+            json!({"iss": "svc", "sub": "svc", "aud": "https://sts", "jti": "j", "exp": now + 60});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn header(k: &SigningKey, typ: Option<&str>) -> jsonwebtoken::Header {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(k.kid().to_string());
+        h.typ = typ.map(str::to_string);
+        h
+    }
+
+    /// RFC 7515 §4.1.11: a critical extension the server does not understand refuses the JWS.
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let (s, c, k) = setup();
+        let now = 1_800_000_000;
+        let mut h = header(&k, Some("JWT"));
+        h.crit = Some(vec!["exp".into()]);
+        h.extras.insert("exp", now + 60);
+        let a = with_header(&k, h, now);
+        let d = authenticate_assertion(&s, &c, &a, None, now).unwrap_err();
+        assert_eq!(d, Denial::UnsupportedCriticalHeader);
+        assert_eq!(
+            (d.code(), d.reason()),
+            (mayfly_proto::ErrorCode::InvalidClient, "unsupported_crit")
+        );
+    }
+
+    /// RFC 8725 §3.11: an access token (or a DPoP proof) is not a client assertion; an untyped
+    /// or generically typed JWT, or the rfc7523bis type, is.
+    #[test]
+    fn typed_jwts_of_another_kind_are_not_assertions() {
+        let (s, c, k) = setup();
+        let now = 1_800_000_000;
+        for typ in [
+            "at+jwt",
+            "application/at+jwt",
+            "AT+JWT",
+            "dpop+jwt",
+            "secevent+jwt",
+        ] {
+            let a = with_header(&k, header(&k, Some(typ)), now);
+            let d = authenticate_assertion(&s, &c, &a, None, now).unwrap_err();
+            assert_eq!(d, Denial::AssertionWrongType(typ.into()), "{typ}");
+            assert_eq!(
+                (d.code(), d.reason()),
+                (
+                    mayfly_proto::ErrorCode::InvalidClient,
+                    "assertion_wrong_type"
+                )
+            );
+        }
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("application/jwt"),
+            Some("JOSE"),
+            Some("client-authentication+jwt"),
+        ] {
+            let a = with_header(&k, header(&k, typ), now);
+            assert!(
+                authenticate_assertion(&s, &c, &a, None, now).is_ok(),
+                "{typ:?}"
+            );
+        }
     }
 
     /// Found by the `assertion` fuzz target: time arithmetic on hostile claims must not overflow.

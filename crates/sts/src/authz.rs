@@ -92,3 +92,79 @@ impl Authorizer for Narrowing {
         }
     }
 }
+
+/// Both authorizers must allow. Re-exchanging one of our tokens with a new actor is bounded
+/// by what the token carries ([`Narrowing`]) and is a delegation the policy set decides.
+#[derive(Clone, Copy)]
+pub struct AllOf<'a>(pub &'a dyn Authorizer, pub &'a dyn Authorizer);
+
+impl Authorizer for AllOf<'_> {
+    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
+        let first = self.0.authorize(q);
+        if !first.allow {
+            return first;
+        }
+        let second = self.1.authorize(q);
+        if !second.allow {
+            return second;
+        }
+        let mut policies = first.policies;
+        policies.extend(second.policies);
+        AuthzDecision {
+            allow: true,
+            policies,
+            max_ttl: match (first.max_ttl, second.max_ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(bool, &'static str, Option<i64>);
+    impl Authorizer for Fixed {
+        fn authorize(&self, _: &AuthzQuery<'_>) -> AuthzDecision {
+            AuthzDecision {
+                allow: self.0,
+                policies: vec![self.1.to_string()],
+                max_ttl: self.2,
+            }
+        }
+    }
+
+    #[test]
+    fn all_of_needs_both_and_keeps_the_tighter_cap() {
+        let q = AuthzQuery {
+            principal: Principal {
+                kind: PrincipalKind::Workload,
+                id: "spiffe://td/w",
+                attrs: &[],
+            },
+            action: ACTION_TOKEN,
+            audience: "a",
+            grant_type: "g",
+            requested_ttl: 60,
+            source: "",
+            now: 0,
+            client_id: "",
+            actor: "spiffe://td/a",
+        };
+        let yes = AllOf(&Fixed(true, "n", None), &Fixed(true, "p", Some(60))).authorize(&q);
+        assert_eq!(
+            yes,
+            AuthzDecision {
+                allow: true,
+                policies: vec!["n".into(), "p".into()],
+                max_ttl: Some(60)
+            }
+        );
+        let no = AllOf(&Fixed(true, "n", None), &Fixed(false, "f", None)).authorize(&q);
+        assert_eq!((no.allow, no.policies), (false, vec!["f".to_string()]));
+        let no = AllOf(&Fixed(false, "n", None), &Fixed(true, "p", None)).authorize(&q);
+        assert_eq!((no.allow, no.policies), (false, vec!["n".to_string()]));
+    }
+}

@@ -108,6 +108,11 @@ pub fn decide(
 ) -> Result<Grant, Denial> {
     let audience = target(params, input.default_audiences)?;
     let scopes = requested_scopes(params);
+    // `token` is the action asked for the audience itself, not a scope: asking for it as a
+    // scope would be granted by the audience's own permit.
+    if scopes.iter().any(|s| s == ACTION_TOKEN) {
+        return Err(Denial::ScopeNotAllowed(ACTION_TOKEN.into()));
+    }
     let left = input.subject_exp.map(|exp| exp - input.now);
     let mut cap = input.ttl_cap.min(settings.max_ttl);
     let asked = match params.requested_ttl {
@@ -277,6 +282,24 @@ mod tests {
             .unwrap_err(),
             Denial::ScopeNotAllowed("w".into())
         );
+    }
+
+    /// `token` names the audience action, so the audience's permit would grant it as a scope.
+    #[test]
+    fn token_is_not_a_scope() {
+        let s = settings();
+        for scope in ["token", "r token"] {
+            let d = decide(
+                &s,
+                &Fixed,
+                input(None),
+                &params("a", scope, None),
+                &mut vec![],
+            )
+            .unwrap_err();
+            assert_eq!(d, Denial::ScopeNotAllowed("token".into()), "{scope}");
+            assert_eq!(d.reason(), "scope_not_allowed");
+        }
     }
 
     #[test]

@@ -81,6 +81,18 @@ pub enum Denial {
     /// The `jti` was already used.
     #[error("client_assertion jti has already been used")]
     ReplayedJti,
+    /// The assertion's JWS header lists a critical extension (`crit`) mayfly does not
+    /// understand (RFC 7515 §4.1.11).
+    #[error(
+        "client_assertion header lists critical extensions (crit) this server does not understand"
+    )]
+    UnsupportedCriticalHeader,
+    /// The assertion's `typ` names another kind of token (an access token, for instance):
+    /// RFC 8725 §3.11 forbids using one where the other is expected.
+    #[error(
+        "client_assertion typ `{0}` names another kind of token; use JWT or client-authentication+jwt, or leave typ out"
+    )]
+    AssertionWrongType(String),
     /// A requested scope is not allowed for this client.
     #[error("scope `{0}` is not allowed (for this principal and audience)")]
     ScopeNotAllowed(String),
@@ -125,6 +137,26 @@ pub enum Denial {
     /// The identity template cannot be filled from the subject token.
     #[error("cannot map the subject_token to a workload identity: {0}")]
     IdentityMapping(String),
+    /// The mapped identity lies outside the trust domain configured for its issuer (a partner
+    /// claiming an identity in our trust domain, or in another partner's).
+    #[error("the subject_token's identity is outside the trust domain `{0}` of its issuer")]
+    IdentityOutsideTrustDomain(String),
+    /// The subject token's `typ` names another kind of token (RFC 8725 §3.11).
+    #[error(
+        "subject_token typ `{0}` names another kind of token (an access token or a client assertion)"
+    )]
+    SubjectWrongType(String),
+    /// A mayfly access token presented as an actor was not issued for this server.
+    #[error(
+        "actor_token is an access token for another audience; an actor's token from this server must name the issuer (or its token endpoint) as its audience"
+    )]
+    ActorWrongAudience,
+    /// The actor token was already used and its issuer allows one use per token.
+    #[error("actor_token has already been used; its issuer allows one use per token")]
+    ActorReplayed,
+    /// The actor token's issuer requires client authentication and none was presented.
+    #[error("client authentication is required for actor tokens of this issuer")]
+    ActorClientAuthRequired,
     /// A `subject_token_type` or `actor_token_type` mayfly does not accept.
     #[error(
         "token type `{0}` is not supported; use urn:ietf:params:oauth:token-type:jwt, :id_token or :access_token"
@@ -173,6 +205,8 @@ impl Denial {
             | SubjectUnknownKey
             | SubjectReplayed
             | IdentityMapping(_)
+            | IdentityOutsideTrustDomain(_)
+            | SubjectWrongType(_)
             | LifetimeBeyondSubject(_)) => InvalidGrant(Box::new(d)),
             d => d,
         }
@@ -200,7 +234,9 @@ impl Denial {
             | AssertionExpired
             | AssertionLifetimeTooLong(_)
             | AssertionNotYetValid
-            | ReplayedJti => ErrorCode::InvalidClient,
+            | ReplayedJti
+            | UnsupportedCriticalHeader
+            | AssertionWrongType(_) => ErrorCode::InvalidClient,
             ScopeNotAllowed(_) | ScopeWidening(_) => ErrorCode::InvalidScope,
             TargetNotAllowed(_) | TargetRequired | MultipleTargets | AudienceWidening => {
                 ErrorCode::InvalidTarget
@@ -216,10 +252,14 @@ impl Denial {
             | SubjectUnknownKey
             | SubjectReplayed
             | IdentityMapping(_)
+            | IdentityOutsideTrustDomain(_)
+            | SubjectWrongType(_)
+            | ActorWrongAudience
+            | ActorReplayed
             | UnsupportedSubjectTokenType(_)
             | UnsupportedRequestedTokenType(_)
             | LifetimeBeyondSubject(_) => ErrorCode::InvalidRequest,
-            ClientAuthRequired => ErrorCode::InvalidClient,
+            ClientAuthRequired | ActorClientAuthRequired => ErrorCode::InvalidClient,
             InvalidGrant(_) => ErrorCode::InvalidGrant,
             NotTokenOwner => ErrorCode::UnauthorizedClient,
             Unavailable => ErrorCode::TemporarilyUnavailable,
@@ -253,6 +293,8 @@ impl Denial {
             AssertionLifetimeTooLong(_) => "assertion_lifetime_too_long",
             AssertionNotYetValid => "assertion_not_yet_valid",
             ReplayedJti => "replayed_jti",
+            UnsupportedCriticalHeader => "unsupported_crit",
+            AssertionWrongType(_) => "assertion_wrong_type",
             ScopeNotAllowed(_) => "scope_not_allowed",
             TargetNotAllowed(_) => "target_not_allowed",
             TargetRequired => "target_required",
@@ -267,6 +309,11 @@ impl Denial {
             SubjectUnknownKey => "subject_unknown_key",
             SubjectReplayed => "subject_replayed",
             IdentityMapping(_) => "identity_mapping",
+            IdentityOutsideTrustDomain(_) => "identity_outside_trust_domain",
+            SubjectWrongType(_) => "subject_wrong_type",
+            ActorWrongAudience => "actor_wrong_audience",
+            ActorReplayed => "actor_replayed",
+            ActorClientAuthRequired => "actor_client_auth_required",
             UnsupportedSubjectTokenType(_) => "unsupported_subject_token_type",
             UnsupportedRequestedTokenType(_) => "unsupported_requested_token_type",
             ScopeWidening(_) => "scope_widening",

@@ -12,6 +12,10 @@ use serde_json::Value;
 use crate::identity::IdentityTemplate;
 use crate::{Denial, Settings};
 
+/// Policy attributes mayfly sets itself for every federated workload; an issuer's claim
+/// mapping may not supply them.
+pub const RESERVED_ATTRIBUTES: &[&str] = &["issuer", "subject", "trust_domain"];
+
 /// Longest subject-token `jti` we store for one-time use.
 const MAX_JTI_LEN: usize = 256;
 
@@ -37,6 +41,10 @@ pub struct TrustedIssuer {
     pub algorithms: Vec<Algorithm>,
     /// Oldest `iat` accepted, in seconds before now.
     pub max_token_age: i64,
+    /// The trust domain this issuer's identities must lie in: `{trust_domain}` in its template,
+    /// and the only trust domain a mapped identity may have. Never the server's own trust
+    /// domain, except for the server's own JWT-SVIDs (config refuses it otherwise).
+    pub trust_domain: String,
     /// How the workload identity is built from the claims.
     pub identity: IdentityTemplate,
     /// Policy attributes: (name, JSON pointer into the claims). Absent claims are left out.
@@ -58,7 +66,7 @@ pub struct SubjectIdentity {
     pub subject: String,
     /// The mapped workload identity (a SPIFFE ID).
     pub identity: String,
-    /// Policy attributes (`issuer` and `subject` first).
+    /// Policy attributes (`issuer`, `subject` and `trust_domain` first).
     pub attrs: Vec<(String, String)>,
     /// The token's `jti`, if any.
     pub jti: Option<String>,
@@ -86,13 +94,39 @@ fn int(claims: &Value, name: &str) -> Option<i64> {
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
-/// Verify `token` as issued by `issuer` (whose keys are `keys`) at `now`, and map it.
+/// `typ` values (RFC 8725 §3.11 explicit typing) of tokens meant for something else than
+/// identifying a workload: a client assertion, a DPoP proof, a security event, a logout or
+/// introspection response. Platform identity tokens carry no `typ`, `JWT` or `JOSE`.
+const NOT_SUBJECT_TYPES: &[&str] = &[
+    "client-authentication+jwt",
+    "dpop+jwt",
+    "secevent+jwt",
+    "logout+jwt",
+    "token-introspection+jwt",
+];
+
+/// A `typ` header value compared as RFC 7515 §4.1.9 says: case-insensitively, with the
+/// `application/` prefix optional.
+pub(crate) fn media_type(typ: &str) -> String {
+    let t = typ.to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
+}
+
+/// The trust domain of a valid SPIFFE ID.
+fn trust_domain_of(id: &str) -> Option<&str> {
+    id.strip_prefix("spiffe://")?.split('/').next()
+}
+
+/// Verify `token` as issued by `issuer` (whose keys are `keys`) at `now`, and map it to an
+/// identity inside the issuer's trust domain.
 pub fn verify_subject_token(
     settings: &Settings,
     issuer: &TrustedIssuer,
     keys: &VerifyingKeys,
     token: &str,
-    trust_domain: &str,
     now: i64,
 ) -> Result<SubjectIdentity, Denial> {
     let allowed: Vec<Algorithm> = issuer
@@ -107,6 +141,11 @@ pub fn verify_subject_token(
         VerifyError::BadSignature => Denial::InvalidSubjectToken("signature does not verify"),
         _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
     })?;
+    if let Some(typ) = verified.header.typ.as_deref()
+        && NOT_SUBJECT_TYPES.contains(&media_type(typ).as_str())
+    {
+        return Err(Denial::SubjectWrongType(typ.chars().take(64).collect()));
+    }
     let c = &verified.claims;
     if c.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
         return Err(Denial::UntrustedIssuer);
@@ -161,13 +200,25 @@ pub fn verify_subject_token(
     }
     let identity = issuer
         .identity
-        .render(c, trust_domain)
+        .render(c, &issuer.trust_domain)
         .map_err(|e| Denial::IdentityMapping(e.to_string()))?;
+    // An issuer speaks only for its own trust domain: a partner's `{/sub}` naming ours (or
+    // another partner's) is refused, whatever the template.
+    if trust_domain_of(&identity) != Some(issuer.trust_domain.as_str()) {
+        return Err(Denial::IdentityOutsideTrustDomain(
+            issuer.trust_domain.chars().take(64).collect(),
+        ));
+    }
     let mut attrs = vec![
         ("issuer".to_string(), issuer.name.clone()),
         ("subject".to_string(), subject.clone()),
+        ("trust_domain".to_string(), issuer.trust_domain.clone()),
     ];
     for (name, ptr) in &issuer.attributes {
+        // The attributes mayfly sets are never taken from claims (config refuses these names).
+        if RESERVED_ATTRIBUTES.contains(&name.as_str()) {
+            continue;
+        }
         if let Some(Value::String(v)) = c.pointer(ptr) {
             attrs.push((name.clone(), v.clone()));
         }
@@ -236,4 +287,118 @@ pub fn preset(name: &str) -> Option<Preset> {
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mayfly_crypto::{KeyAlg, SigningKey};
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn settings() -> Settings {
+        Settings {
+            issuer: "https://sts".into(),
+            token_endpoint: "https://sts/oauth2/token".into(),
+            default_ttl: 300,
+            max_ttl: 3600,
+            clock_skew: 30,
+            max_assertion_lifetime: 300,
+        }
+    }
+
+    fn issuer(preset_name: &str, trust_domain: &str) -> TrustedIssuer {
+        let p = preset(preset_name).unwrap();
+        TrustedIssuer {
+            name: "partner".into(),
+            issuer: "https://idp".into(),
+            audiences: vec!["mayfly".into()],
+            algorithms: vec![Algorithm::ES256],
+            max_token_age: 3600,
+            trust_domain: trust_domain.into(),
+            identity: IdentityTemplate::parse(p.identity).unwrap(),
+            attributes: p
+                .attributes
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            one_time_use: false,
+            client_auth: ClientAuthRule::Optional,
+            max_ttl: 3600,
+        }
+    }
+
+    fn keys(k: &SigningKey) -> VerifyingKeys {
+        VerifyingKeys::from_jwks(&json!({"keys": [k.public_jwk()]})).unwrap()
+    }
+
+    fn claims(sub: &str) -> Value {
+        json!({"iss": "https://idp", "aud": "mayfly", "sub": sub, "iat": NOW, "exp": NOW + 60,
+               "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}})
+    }
+
+    /// A federated JWT-SVID issuer speaks for its own trust domain only: a `sub` in ours (or
+    /// anyone else's) is refused, whatever the signature says.
+    #[test]
+    fn identities_stay_in_the_issuers_trust_domain() {
+        let k = SigningKey::generate(KeyAlg::ES256, Some("k")).unwrap();
+        let i = issuer("spiffe-jwt-svid", "partner.example");
+        let ok = k
+            .sign_jwt(None, &claims("spiffe://partner.example/w"))
+            .unwrap();
+        let id = verify_subject_token(&settings(), &i, &keys(&k), &ok, NOW).unwrap();
+        assert_eq!(id.identity, "spiffe://partner.example/w");
+        assert!(
+            id.attrs
+                .contains(&("trust_domain".to_string(), "partner.example".to_string()))
+        );
+        for sub in [
+            "spiffe://example.org/ns/payments/sa/api",
+            "spiffe://other.example/w",
+            "spiffe://partner.example.evil/w",
+        ] {
+            let t = k.sign_jwt(None, &claims(sub)).unwrap();
+            let d = verify_subject_token(&settings(), &i, &keys(&k), &t, NOW).unwrap_err();
+            assert_eq!(
+                d,
+                Denial::IdentityOutsideTrustDomain("partner.example".into()),
+                "{sub}"
+            );
+            assert_eq!(d.reason(), "identity_outside_trust_domain");
+        }
+        // A template's `{trust_domain}` is the issuer's.
+        let i = issuer("kubernetes", "k8s-prod.example.org");
+        let t = k
+            .sign_jwt(None, &claims("system:serviceaccount:payments:api"))
+            .unwrap();
+        let id = verify_subject_token(&settings(), &i, &keys(&k), &t, NOW).unwrap();
+        assert_eq!(
+            id.identity,
+            "spiffe://k8s-prod.example.org/ns/payments/sa/api"
+        );
+    }
+
+    /// RFC 8725 §3.11: a client assertion (or another typed JWT) is not a subject token;
+    /// platform tokens with no `typ`, `JWT` or `JOSE` are.
+    #[test]
+    fn typed_jwts_of_another_kind_are_not_subject_tokens() {
+        let k = SigningKey::generate(KeyAlg::ES256, Some("k")).unwrap();
+        let i = issuer("kubernetes", "k8s.example.org");
+        let c = claims("system:serviceaccount:payments:api");
+        for typ in ["client-authentication+jwt", "application/dpop+jwt"] {
+            let t = k.sign_jwt(Some(typ), &c).unwrap();
+            let d = verify_subject_token(&settings(), &i, &keys(&k), &t, NOW).unwrap_err();
+            assert_eq!(d, Denial::SubjectWrongType(typ.into()));
+            assert_eq!(d.reason(), "subject_wrong_type");
+        }
+        for typ in [None, Some("JWT"), Some("JOSE")] {
+            let t = k.sign_jwt(typ, &c).unwrap();
+            assert!(
+                verify_subject_token(&settings(), &i, &keys(&k), &t, NOW).is_ok(),
+                "{typ:?}"
+            );
+        }
+    }
 }

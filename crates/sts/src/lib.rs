@@ -24,7 +24,7 @@ mod mint;
 
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
-pub use authz::{Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
+pub use authz::{AllOf, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decide::{DecideInput, Grant, TokenParams, decide, requested_scopes, target};
 pub use deny::Denial;

@@ -17,7 +17,7 @@ fn the_example_tests_pass() {
 const CASE: &str = r#"
 [[case]]
 name = "api reads"
-principal = { type = "Workload", id = "spiffe://example.org/ns/payments/sa/api", attrs = { issuer = "https://kubernetes.default.svc.cluster.local", namespace = "payments" } }
+principal = { type = "Workload", id = "spiffe://k8s-prod.example.org/ns/payments/sa/api", attrs = { issuer = "k8s-prod", namespace = "payments" } }
 action = "read"
 audience = "https://payments.example.test"
 expect = "allow"

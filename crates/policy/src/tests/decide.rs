@@ -3,8 +3,8 @@
 use super::*;
 use crate::PrincipalKind::{Client, Workload};
 
-const K8S: &str = "https://kubernetes.default.svc.cluster.local";
-const API: &str = "spiffe://example.org/ns/payments/sa/api";
+const K8S: &str = "k8s-prod";
+const API: &str = "spiffe://k8s-prod.example.org/ns/payments/sa/api";
 const PAY: &str = "https://payments.example.test";
 
 #[test]

@@ -86,11 +86,13 @@ pub(crate) struct Spiffe {
 }
 
 /// How this server accepts its own JWT-SVIDs as token-exchange subject tokens: `iss` is the
-/// issuer, `aud` must name the issuer or its token endpoint, ES256 only, identity = `sub`.
+/// issuer, `aud` must name the issuer or its token endpoint, ES256 only, identity = `sub`,
+/// which must lie in our trust domain (the only issuer that may yield identities there).
 pub(crate) fn svid_issuer(
     issuer: &str,
     settings: &mayfly_sts::Settings,
     cfg: &SpiffeConfig,
+    trust_domain: &str,
 ) -> Result<mayfly_sts::federation::TrustedIssuer, SpiffeError> {
     let identity = mayfly_sts::identity::IdentityTemplate::parse("{/sub}")
         .map_err(|e| SpiffeError::Tls(e.to_string()))?;
@@ -100,6 +102,7 @@ pub(crate) fn svid_issuer(
         audiences: vec![issuer.to_string(), settings.token_endpoint.clone()],
         algorithms: vec![jsonwebtoken::Algorithm::ES256],
         max_token_age: cfg.jwt_svid_ttl.as_secs().max(60) as i64 + settings.clock_skew,
+        trust_domain: trust_domain.to_string(),
         identity,
         attributes: vec![],
         one_time_use: false,
