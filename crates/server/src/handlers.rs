@@ -186,31 +186,22 @@ async fn commit_consuming(
     auth: AuthenticatedClient,
     revoke: Option<(String, String, i64)>,
 ) -> Result<(), Denial> {
-    commit_event(app, event, Some(auth), None, None, revoke, None, Vec::new()).await
+    let mut p = consuming(app, event, Some(auth));
+    p.revoke = revoke;
+    commit_event(app, p).await
 }
 
-/// Commit `event` atomically with consuming single-use values: the client assertion's jti and
-/// a one-time subject or actor token's (issuer name, jti, keep until).
-pub(crate) async fn commit_event(
-    app: &App,
-    event: AuditEvent,
-    auth: Option<AuthenticatedClient>,
-    subject: Option<(String, String, i64)>,
-    actor: Option<(String, String, i64)>,
-    revoke: Option<(String, String, i64)>,
-    link_svid: Option<String>,
-    parents: Vec<String>,
-) -> Result<(), Denial> {
+/// `event` with the consumption of the caller's assertion jti, if a client authenticated.
+fn consuming(app: &App, event: AuditEvent, auth: Option<AuthenticatedClient>) -> Pending {
     let skew = app.0.settings.clock_skew;
-    let pending = Pending {
-        event,
-        consume_jti: auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew)),
-        consume_subject: subject,
-        consume_actor: actor,
-        revoke,
-        link_svid,
-        parents,
-    };
+    let mut p = Pending::event(event);
+    p.consume_jti = auth.map(|a| (a.client_id, a.jti, a.assertion_exp + skew));
+    p
+}
+
+/// Commit an event atomically with what it consumes, revokes and links (see [`Pending`]); a
+/// single-use value seen before turns into its replay denial.
+pub(crate) async fn commit_event(app: &App, pending: Pending) -> Result<(), Denial> {
     match app.0.audit.commit(pending).await {
         Ok(CommitOutcome::Committed(_)) => Ok(()),
         Ok(CommitOutcome::Replay(_)) => Err(Denial::ReplayedJti),
@@ -288,7 +279,12 @@ pub(crate) async fn issue(
         .as_ref()
         .map_or_else(|| "-".to_string(), |a| a.client_id.clone());
     // The token leaves only once its event (and each single use) is durable.
-    commit_event(app, e, auth, subject, actor, None, link_svid, parents).await?;
+    let mut p = consuming(app, e, auth);
+    p.consume_subject = subject;
+    p.consume_actor = actor;
+    p.link_svid = link_svid;
+    p.parents = parents;
+    commit_event(app, p).await?;
     // debug, not info: the audit log already has one line per token, durably.
     tracing::debug!(client = %grant.client_id, jti = %minted.jti, aud = %grant.audience, kid = %minted.kid, "token issued");
     metrics::counter!("mayfly_tokens_issued_total", "client" => client_label, "grant" => grant_type).increment(1);
@@ -608,7 +604,9 @@ async fn revoke_by_bearer(
     e.source = source(addr);
     e.reason = Some("revoked_by_bearer".into());
     let revoke = Some((c.jti, c.client_id, c.exp));
-    commit_event(app, e, None, None, None, revoke, None, Vec::new()).await?;
+    let mut p = Pending::event(e);
+    p.revoke = revoke;
+    commit_event(app, p).await?;
     Ok(serde_json::json!({}))
 }
 

@@ -199,6 +199,7 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         consume_actor: Some((iss.into(), jti.into(), 2_000)),
         revoke: None,
         link_svid: None,
+        parents: Vec::new(),
     };
     assert!(matches!(
         log.commit(actor("k8s", "a1")).await.unwrap(),

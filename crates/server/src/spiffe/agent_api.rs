@@ -264,7 +264,9 @@ async fn attest(
     pending.consume_subject = consume;
     match ctx.app.0.audit.commit(pending).await.map_err(unavailable)? {
         CommitOutcome::Committed(_) => {}
-        CommitOutcome::SubjectReplay(_) | CommitOutcome::Replay(_) | CommitOutcome::ActorReplay(_) => {
+        CommitOutcome::SubjectReplay(_)
+        | CommitOutcome::Replay(_)
+        | CommitOutcome::ActorReplay(_) => {
             tracing::warn!(agent = %agent_id, "replayed platform token refused");
             return Err(ApiError::Attestation(
                 "the platform token has already been used",
