@@ -83,7 +83,8 @@ acquire_timeout = "1s"
 [[clients]]
 id = "svc"
 jwks_file = "{}"
-audiences = ["{AUD}"]
+# The issuer too: a token of ours acts as an actor only when it is addressed to us.
+audiences = ["{AUD}", "{ISSUER}"]
 scopes = ["read"]
 "#,
             dir.join("data").display(),
@@ -177,6 +178,7 @@ impl Cluster {
                 ("grant_type", "client_credentials"),
                 ("client_assertion_type", ASSERTION_TYPE),
                 ("client_assertion", assertion),
+                ("resource", AUD),
                 ("scope", "read"),
             ],
         )
@@ -539,7 +541,21 @@ async fn revoking_a_token_revokes_its_derived_tokens_at_every_replica() {
         v.1["access_token"].as_str().unwrap().to_string()
     };
     let root = token(&c.token_at(0, &c.assertion()).await);
-    let actor = token(&c.token_at(1, &c.assertion()).await);
+    // An actor token of ours must be addressed to the token service itself.
+    let a = c.assertion();
+    let actor = token(
+        &c.post(
+            1,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &a),
+                ("resource", ISSUER),
+            ],
+        )
+        .await,
+    );
     let narrowed = token(
         &c.post(
             1,
