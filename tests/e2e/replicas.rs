@@ -413,6 +413,7 @@ async fn three_replicas_share_one_postgresql() {
                         ("grant_type", "client_credentials"),
                         ("client_assertion_type", ASSERTION_TYPE),
                         ("client_assertion", &a),
+                        ("resource", AUD),
                     ],
                 )
                 .await;
