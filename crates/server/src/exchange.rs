@@ -113,31 +113,7 @@ async fn verify_federated(
     let verify = |keys: &mayfly_crypto::VerifyingKeys| {
         verify_subject_token(&app.0.settings, &issuer.trusted, keys, token, now)
     };
-    let keys = app.0.issuers.keys(issuer, now).await;
-    let result = match &keys {
-        Some(k) => verify(k),
-        None => Err(Denial::SubjectUnknownKey),
-    };
-    let id = match result {
-        Err(Denial::SubjectUnknownKey) => {
-            if !app.0.issuers.refresh_on_unknown_kid(issuer, now).await {
-                return Err(match keys {
-                    Some(_) => Denial::SubjectUnknownKey,
-                    // Never fetched: the issuer is unreachable, not the token wrong.
-                    None => Denial::Unavailable,
-                });
-            }
-            let keys = app
-                .0
-                .issuers
-                .keys(issuer, now)
-                .await
-                .ok_or(Denial::Unavailable)?;
-            verify(&keys)?
-        }
-        other => other?,
-    };
-    Ok(id)
+    app.0.issuers.verify(issuer, now, verify).await
 }
 
 /// One of our own tokens, live and not revoked.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use mayfly_config::{IssuerConfig, IssuerKeys};
 use mayfly_crypto::VerifyingKeys;
+use mayfly_sts::Denial;
 use mayfly_sts::federation::{ClientAuthRule, TrustedIssuer, preset};
 use mayfly_sts::identity::IdentityTemplate;
 
@@ -209,6 +210,36 @@ impl Issuers {
             return i.state.read().ok()?.keys.clone().or(keys);
         }
         keys
+    }
+
+    /// Run `verify` with the issuer's keys at `now`; when it finds the token's `kid` unknown,
+    /// refetch once (rate-limited, see [`Issuers::refresh_on_unknown_kid`]) and run it again.
+    /// Keys never fetched and not fetchable now are [`Denial::Unavailable`]: the issuer is
+    /// unreachable, not the token wrong.
+    pub(crate) async fn verify<T>(
+        &self,
+        i: &Issuer,
+        now: i64,
+        verify: impl Fn(&VerifyingKeys) -> Result<T, Denial>,
+    ) -> Result<T, Denial> {
+        let keys = self.keys(i, now).await;
+        let first = match &keys {
+            Some(k) => verify(k),
+            None => Err(Denial::SubjectUnknownKey),
+        };
+        match first {
+            Err(Denial::SubjectUnknownKey) => {
+                if !self.refresh_on_unknown_kid(i, now).await {
+                    return Err(match keys {
+                        Some(_) => Denial::SubjectUnknownKey,
+                        None => Denial::Unavailable,
+                    });
+                }
+                let keys = self.keys(i, now).await.ok_or(Denial::Unavailable)?;
+                verify(&keys)
+            }
+            other => other,
+        }
     }
 
     /// A token named a `kid` the cached keys lack: refetch, at most once per [`MIN_REFRESH`].

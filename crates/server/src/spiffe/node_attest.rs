@@ -150,29 +150,7 @@ async fn verified_claims(
                 _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
             })
     };
-    let keys = app.0.issuers.keys(issuer, now).await;
-    let first = match &keys {
-        Some(k) => verify(k),
-        None => Err(Denial::SubjectUnknownKey),
-    };
-    match first {
-        Err(Denial::SubjectUnknownKey) => {
-            if !app.0.issuers.refresh_on_unknown_kid(issuer, now).await {
-                return Err(match keys {
-                    Some(_) => Denial::SubjectUnknownKey,
-                    None => Denial::Unavailable,
-                });
-            }
-            let keys = app
-                .0
-                .issuers
-                .keys(issuer, now)
-                .await
-                .ok_or(Denial::Unavailable)?;
-            verify(&keys)
-        }
-        other => other,
-    }
+    app.0.issuers.verify(issuer, now, verify).await
 }
 
 fn int(claims: &Value, name: &str) -> Option<i64> {
