@@ -341,16 +341,7 @@ impl Store {
             .fetch_optional(self.pool())
             .await
             .map_err(db("look up agent"))?;
-        row.map(|r| {
-            Ok(StoredAgent {
-                spiffe_id: r.try_get("spiffe_id").map_err(db("read agent"))?,
-                attestation: r.try_get("attestation").map_err(db("read agent"))?,
-                serial: r.try_get("serial").map_err(db("read agent"))?,
-                attested_at: r.try_get("attested_at").map_err(db("read agent"))?,
-                expires_at: r.try_get("expires_at").map_err(db("read agent"))?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(agent_row).transpose()
     }
 
     /// Every attested agent, ordered by SPIFFE ID.
@@ -359,17 +350,7 @@ impl Store {
             .fetch_all(self.pool())
             .await
             .map_err(db("list agents"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredAgent {
-                    spiffe_id: r.try_get("spiffe_id").map_err(db("read agent"))?,
-                    attestation: r.try_get("attestation").map_err(db("read agent"))?,
-                    serial: r.try_get("serial").map_err(db("read agent"))?,
-                    attested_at: r.try_get("attested_at").map_err(db("read agent"))?,
-                    expires_at: r.try_get("expires_at").map_err(db("read agent"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(agent_row).collect()
     }
 
     /// Evict an agent: forget it, so its SVID no longer authenticates it; `false` if there was
@@ -520,6 +501,16 @@ impl Store {
 
 /// What an authority's sealed key is bound to: its kind (`x509`, `jwt`) and id. Also checked by
 /// import, which sees the kind as stored text.
+fn agent_row(r: &sqlx::any::AnyRow) -> Result<StoredAgent, StoreError> {
+    Ok(StoredAgent {
+        spiffe_id: r.try_get("spiffe_id").map_err(db("read agent"))?,
+        attestation: r.try_get("attestation").map_err(db("read agent"))?,
+        serial: r.try_get("serial").map_err(db("read agent"))?,
+        attested_at: r.try_get("attested_at").map_err(db("read agent"))?,
+        expires_at: r.try_get("expires_at").map_err(db("read agent"))?,
+    })
+}
+
 pub(crate) fn sealed_aad(kind: &str, id: &str) -> String {
     format!("spiffe-{kind}:{id}")
 }
