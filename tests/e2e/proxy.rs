@@ -269,6 +269,8 @@ struct Setup {
     up: Up,
     wl: SigningKey,
     http: reqwest::Client,
+    /// The PostgreSQL database server and proxy share, when not the SQLite file in `dir`.
+    db: Option<crate::pg::Db>,
 }
 
 fn jwks(k: &SigningKey) -> String {
@@ -282,6 +284,20 @@ impl Setup {
 
     /// Server and proxy each restricted to the CPUs in `cpus` when given.
     async fn start_on(cpus: Option<&str>, proxy_env: &[(&str, &str)]) -> Setup {
+        Self::start_with(cpus, proxy_env, None).await
+    }
+
+    /// Server and proxy on one PostgreSQL database.
+    async fn start_pg(proxy_env: &[(&str, &str)]) -> Setup {
+        let db = crate::pg::Db::create("mayfly_proxy").await;
+        Self::start_with(None, proxy_env, Some(db)).await
+    }
+
+    async fn start_with(
+        cpus: Option<&str>,
+        proxy_env: &[(&str, &str)],
+        db: Option<crate::pg::Db>,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (up_url, up) = start_upstream().await;
         let wl = SigningKey::generate(KeyAlg::ES256, Some("wl")).unwrap();
@@ -345,11 +361,20 @@ inject = {{ basic = "{{key}}:" }}
                 private = private.display()
             ),
         );
-        let server = ServerProcess::start_on(cpus, dir.path(), &config, &[]);
+        let url = db.as_ref().map(|d| d.url());
+        let db_env: Vec<(&str, &str)> = url
+            .as_deref()
+            .map(|u| ("MAYFLY_DATABASE_URL", u))
+            .into_iter()
+            .collect();
+        let server = ServerProcess::start_on(cpus, dir.path(), &config, &db_env);
         // The key, sealed under the master key in the store the server created.
-        let store = Store::open_sqlite(&dir.path().join("data").join("mayfly.db"))
-            .await
-            .unwrap();
+        let store = match &url {
+            Some(u) => Store::open(u).await.unwrap(),
+            None => Store::open_sqlite(&dir.path().join("data").join("mayfly.db"))
+                .await
+                .unwrap(),
+        };
         let kek = Kek::from_base64(TEST_MASTER_KEY).unwrap();
         let t = now();
         let added = store
@@ -380,6 +405,7 @@ inject = {{ basic = "{{key}}:" }}
         assert!(added);
         drop(store);
         let mut env = vec![("MAYFLY_PROXY_ISSUER", server.issuer.as_str())];
+        env.extend_from_slice(&db_env);
         env.extend_from_slice(proxy_env);
         let proxy = ProxyProcess::start_on(cpus, dir.path(), &config, &env);
         Setup {
@@ -393,6 +419,7 @@ inject = {{ basic = "{{key}}:" }}
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            db,
         }
     }
 
@@ -876,12 +903,13 @@ inject = { query = "api_key" }
 
 /// A token narrowed by exchange, and one exchanged with an actor, both derived from a client
 /// token the proxy has already let through: revoking the root makes the proxy refuse all three
-/// once its revocation cache (1 s here) has run out. Polled, with a bound.
+/// once its revocation cache (1 s here) has run out. Polled, with a bound. Server and proxy
+/// share a PostgreSQL database, as replicas would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
     const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
     const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-    let s = Setup::start(&[("MAYFLY_PROXY_REVOCATION_CACHE", "1s")]).await;
+    let s = Setup::start_pg(&[("MAYFLY_PROXY_REVOCATION_CACHE", "1s")]).await;
     let exchange = |form: Vec<(&'static str, String)>| {
         let s = &s;
         async move {
@@ -902,14 +930,25 @@ async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
     };
     let root = s.token(AUD, "read", None).await;
     // A token of ours acts as an actor only when it is addressed to the token service: a
-    // client registered at run time for the issuer's own audience gets one.
+    // client registered at run time (in the shared database) for the issuer's own audience
+    // gets one.
+    let cli_config = s.dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "database = \"{}\"\n{}",
+            s.db.as_ref().unwrap().url(),
+            std::fs::read_to_string(&s.config).unwrap()
+        ),
+    )
+    .unwrap();
     let (code, out, err) = crate::support::run_cli(
         s.dir.path(),
         &[
             "client",
             "add",
             "--config",
-            s.config.to_str().unwrap(),
+            cli_config.to_str().unwrap(),
             "--id",
             "actor",
             "--jwks-file",
@@ -977,13 +1016,17 @@ async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
     let (code, v) = s.introspect_as_owner("actor", &actor).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["active"], true, "{v}");
+    let url = s.db.as_ref().unwrap().url();
     let mut proxy = s.proxy;
     proxy.stop();
-    let (_store, calls) = proxy_calls(s.dir.path()).await;
-    assert!(
-        calls
-            .iter()
-            .any(|e| e["status"] == 401 && e["reason"] == "invalid_token"),
-        "{calls:?}"
-    );
+    let store = Store::open(&url).await.unwrap();
+    let refused = store
+        .audit_tail(1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.body).unwrap())
+        .any(|e| e["kind"] == "proxy_call" && e["status"] == 401 && e["reason"] == "invalid_token");
+    assert!(refused, "no refused proxy_call event");
+    drop(store);
 }
