@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Legacy translation proxy benchmark (issue 6): requests/s and latency through `mayfly proxy`
+# Legacy translation proxy benchmark: requests/s and latency through `mayfly proxy`
 # against calling the same upstream directly, with wrk on loopback, in the same run.
 #
 #   bench/proxy.sh        # about 2 minutes (release build first); figures on stdout

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SPIFFE benchmarks (issue 5): FetchJWTSVID from `mayfly agent`'s cache through the third-party
+# SPIFFE benchmarks: FetchJWTSVID from `mayfly agent`'s cache through the third-party
 # `spiffe` crate client, and X.509-SVID signings per second at the server over the agent API's
 # mutual TLS, against the in-process signing ceiling. See docs/PERFORMANCE.md.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throughput benchmark: mayfly scan vs detect-secrets vs secretlint (issue 7).
+# Throughput benchmark: mayfly scan vs detect-secrets vs secretlint.
 #
 #   python3 bench/scan/gen_tree.py --out /tmp/scan-tree --size-gb 1.0      # once
 #   MAYFLY=target/release/mayfly bench/scan/bench.sh /tmp/scan-tree

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Labelled, synthetic secret-scanning corpus for `mayfly scan` (issue 7).
+"""Labelled, synthetic secret-scanning corpus for `mayfly scan`.
 
     python3 bench/scan/corpus.py --out DIR [--seed N]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput tree for `mayfly scan` benchmarks (issue 7).
+"""Throughput tree for `mayfly scan` benchmarks.
 
     python3 bench/scan/gen_tree.py --out TREE --size-gb 1.0 [--seed N]
     python3 bench/scan/gen_tree.py --subset TREE --size-gb 0.1 --out SUBSET

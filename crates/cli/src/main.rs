@@ -291,7 +291,7 @@ enum TokenCmd {
 /// CPU, or a cgroup quota of one: what `available_parallelism` reports), the work-stealing
 /// scheduler has nobody to steal from and only adds cross-thread wake-ups and atomics to every
 /// task switch; the single-threaded scheduler does the same work for less (docs/PERFORMANCE.md,
-/// "Session 11"). With more cores, one worker per core as before.
+/// "Measurement set 11"). With more cores, one worker per core as before.
 fn runtime_builder() -> tokio::runtime::Builder {
     if cpus() == Some(1) {
         tokio::runtime::Builder::new_current_thread()
