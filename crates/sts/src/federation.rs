@@ -120,15 +120,13 @@ fn trust_domain_of(id: &str) -> Option<&str> {
     id.strip_prefix("spiffe://")?.split('/').next()
 }
 
-/// Verify `token` as issued by `issuer` (whose keys are `keys`) at `now`, and map it to an
-/// identity inside the issuer's trust domain.
-pub fn verify_subject_token(
-    settings: &Settings,
+/// Verify the signature of `token`, an identity token of `issuer`, under the issuer's algorithm
+/// allow-list, and refuse one typed as another kind of token (RFC 8725 §3.11): its claims.
+pub fn verified_claims(
     issuer: &TrustedIssuer,
     keys: &VerifyingKeys,
     token: &str,
-    now: i64,
-) -> Result<SubjectIdentity, Denial> {
+) -> Result<Value, Denial> {
     let allowed: Vec<Algorithm> = issuer
         .algorithms
         .iter()
@@ -146,22 +144,33 @@ pub fn verify_subject_token(
     {
         return Err(Denial::SubjectWrongType(typ.chars().take(64).collect()));
     }
-    let c = &verified.claims;
-    if c.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+    Ok(verified.claims)
+}
+
+/// The registered-claim rules every platform token meets, whatever it is used for: `iss`
+/// exactly, `aud` naming one of `audiences`, `exp` required, `nbf`/`iat` not in the future, and
+/// no older than `max_token_age` (without `iat`: valid no longer than that). Returns `exp`.
+pub fn check_claims(
+    c: &Value,
+    iss: &str,
+    audiences: &[String],
+    max_token_age: i64,
+    skew: i64,
+    now: i64,
+) -> Result<i64, Denial> {
+    if c.get("iss").and_then(Value::as_str) != Some(iss) {
         return Err(Denial::UntrustedIssuer);
     }
     let aud_ok = match c.get("aud") {
-        Some(Value::String(a)) => issuer.audiences.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list.iter().any(|a| {
-            a.as_str()
-                .is_some_and(|a| issuer.audiences.iter().any(|x| x == a))
-        }),
+        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
         _ => false,
     };
     if !aud_ok {
         return Err(Denial::SubjectWrongAudience);
     }
-    let skew = settings.clock_skew;
     let exp = int(c, "exp").ok_or(Denial::InvalidSubjectToken("no `exp` claim"))?;
     if exp.saturating_add(skew) <= now {
         return Err(Denial::SubjectExpired);
@@ -171,17 +180,38 @@ pub fn verify_subject_token(
     }
     match int(c, "iat") {
         Some(iat) if iat > now.saturating_add(skew) => {
-            return Err(Denial::InvalidSubjectToken("issued in the future (iat)"));
+            Err(Denial::InvalidSubjectToken("issued in the future (iat)"))
         }
-        Some(iat) if now.saturating_sub(iat) > issuer.max_token_age => {
-            return Err(Denial::SubjectTooOld(issuer.max_token_age));
+        Some(iat) if now.saturating_sub(iat) > max_token_age => {
+            Err(Denial::SubjectTooOld(max_token_age))
         }
         // Without `iat`, a token that stays valid longer than the age limit is as good as old.
-        None if exp.saturating_sub(now) > issuer.max_token_age => {
-            return Err(Denial::SubjectTooOld(issuer.max_token_age));
+        None if exp.saturating_sub(now) > max_token_age => {
+            Err(Denial::SubjectTooOld(max_token_age))
         }
-        _ => {}
+        _ => Ok(exp),
     }
+}
+
+/// Verify `token` as issued by `issuer` (whose keys are `keys`) at `now`, and map it to an
+/// identity inside the issuer's trust domain.
+pub fn verify_subject_token(
+    settings: &Settings,
+    issuer: &TrustedIssuer,
+    keys: &VerifyingKeys,
+    token: &str,
+    now: i64,
+) -> Result<SubjectIdentity, Denial> {
+    let claims = verified_claims(issuer, keys, token)?;
+    let c = &claims;
+    let exp = check_claims(
+        c,
+        &issuer.issuer,
+        &issuer.audiences,
+        issuer.max_token_age,
+        settings.clock_skew,
+        now,
+    )?;
     let subject = c
         .get("sub")
         .and_then(Value::as_str)

@@ -8,15 +8,12 @@
 //! its audience, lifetime and claim rules differ, and a platform token accepted here must not
 //! be accepted there (and the reverse).
 
-use jsonwebtoken::Algorithm;
 use mayfly_config::NodeAttestationConfig;
-use mayfly_crypto::{ASSERTION_ALGS, VerifyError, VerifyingKeys};
 use mayfly_proto::spiffe_id::{valid_path_segment, validate_spiffe_id};
 use mayfly_sts::Denial;
-use mayfly_sts::federation::claimed_issuer;
+use mayfly_sts::federation::{check_claims, claimed_issuer, verified_claims};
 use serde_json::Value;
 
-use crate::issuers::Issuer;
 use crate::state::App;
 
 /// Longest platform-token `jti` accepted (it is stored to refuse a replay).
@@ -111,7 +108,15 @@ pub(crate) async fn verify(
     if claimed_issuer(token)? != issuer.trusted.issuer {
         return Err(Denial::UntrustedIssuer.into());
     }
-    let claims = verified_claims(app, &issuer, token, now).await?;
+    // Signature and type as for token exchange (keys refetched once, rate-limited, on an
+    // unknown `kid`); the claims are held to this entry's audience below.
+    let claims = app
+        .0
+        .issuers
+        .verify(&issuer, now, |keys| {
+            verified_claims(&issuer.trusted, keys, token)
+        })
+        .await?;
     check(
         &claims,
         cfg,
@@ -121,42 +126,6 @@ pub(crate) async fn verify(
         now,
         &super::agent_prefix(&app.0.config.trust_domain),
     )
-}
-
-/// The claims of `token` once its signature verifies with the issuer's keys (refetched once,
-/// rate-limited, on an unknown `kid`).
-async fn verified_claims(
-    app: &App,
-    issuer: &Issuer,
-    token: &str,
-    now: i64,
-) -> Result<Value, Denial> {
-    let allowed: Vec<Algorithm> = issuer
-        .trusted
-        .algorithms
-        .iter()
-        .copied()
-        .filter(|a| ASSERTION_ALGS.contains(a))
-        .collect();
-    let verify = |keys: &VerifyingKeys| {
-        keys.verify::<Value>(token, &allowed)
-            .map(|v| v.claims)
-            .map_err(|e| match e {
-                VerifyError::AlgNotAllowed(a) => Denial::SubjectAlgorithmNotAllowed(a),
-                VerifyError::UnknownKey => Denial::SubjectUnknownKey,
-                VerifyError::BadSignature => {
-                    Denial::InvalidSubjectToken("signature does not verify")
-                }
-                _ => Denial::InvalidSubjectToken("not a well-formed signed JWT"),
-            })
-    };
-    app.0.issuers.verify(issuer, now, verify).await
-}
-
-fn int(claims: &Value, name: &str) -> Option<i64> {
-    claims
-        .get(name)
-        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
 /// The node-attestation rules on verified claims; returns the node's identity.
@@ -169,33 +138,14 @@ fn check(
     now: i64,
     agent_prefix: &str,
 ) -> Result<NodeIdentity, NodeRefusal> {
-    if c.get("iss").and_then(Value::as_str) != Some(iss) {
-        return Err(Denial::UntrustedIssuer.into());
-    }
-    let aud_ok = match c.get("aud") {
-        Some(Value::String(a)) => *a == cfg.audience,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&cfg.audience)),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(Denial::SubjectWrongAudience.into());
-    }
-    let exp = int(c, "exp").ok_or(Denial::InvalidSubjectToken("no `exp` claim"))?;
-    if exp.saturating_add(skew) <= now {
-        return Err(Denial::SubjectExpired.into());
-    }
-    if int(c, "nbf").is_some_and(|t| t > now.saturating_add(skew)) {
-        return Err(Denial::InvalidSubjectToken("not yet valid (nbf)").into());
-    }
-    match int(c, "iat") {
-        Some(iat) if iat > now.saturating_add(skew) => {
-            return Err(Denial::InvalidSubjectToken("issued in the future (iat)").into());
-        }
-        Some(iat) if now.saturating_sub(iat) > max_age => {
-            return Err(Denial::SubjectTooOld(max_age).into());
-        }
-        _ => {}
-    }
+    let exp = check_claims(
+        c,
+        iss,
+        std::slice::from_ref(&cfg.audience),
+        max_age,
+        skew,
+        now,
+    )?;
     // Short-lived only: a stolen token is useful briefly, and its jti need not be kept long.
     let lifetime = cfg.max_token_lifetime.as_secs() as i64;
     if exp.saturating_sub(now) > lifetime.saturating_add(skew) {
