@@ -817,19 +817,22 @@ fn remember(seen: &mut HashMap<u128, i64>, fresh: Vec<Fresh>, window: i64) {
     }
 }
 
-/// SQLite: write the batch's consumed one-time subject tokens to `used_jti` too, so that a
-/// restart remembers each until its own `exp` (the audit-log walk covers only the assertion
-/// window). They are few (one per exchange of such a token), unlike assertion jtis.
+/// SQLite: write the batch's consumed one-time subject and actor tokens to `used_jti` too, so
+/// that a restart remembers each until its own `exp` (the audit-log walk covers only the
+/// assertion window). They are few (one per exchange of such a token), unlike assertion jtis.
 async fn persist_subjects(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     items: &[Pending],
     used: &[Option<Used>],
 ) -> Result<(), StoreError> {
     for (p, used) in items.iter().zip(used) {
-        if let (None, Some((iss, jti, until))) = (used, &p.consume_subject) {
+        if used.is_some() {
+            continue;
+        }
+        for (iss, jti, until) in [&p.consume_subject, &p.consume_actor].into_iter().flatten() {
             sqlx::query("INSERT INTO used_jti (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(subject_ns(iss)).bind(jti).bind(*until)
-                .execute(&mut **tx).await.map_err(db("remember subject token"))?;
+                .execute(&mut **tx).await.map_err(db("remember one-time token"))?;
         }
     }
     Ok(())
@@ -969,8 +972,8 @@ async fn append_batch(
     note_single_use(items);
     let now = items.first().map_or(0, |p| p.event.ts);
     // Fast path: SQLite, the head known from the last batch, and nothing but events and
-    // assertion jtis (revocations, token links and one-time subject tokens take the general
-    // path).
+    // assertion jtis (revocations, token links and one-time subject or actor tokens take the
+    // general path).
     if let (Backend::Sqlite, Some(h), ReplayGuard::Local { seen, window }) =
         (backend, head.as_ref(), &mut *guard)
         && items.iter().all(|p| {
@@ -978,6 +981,7 @@ async fn append_batch(
                 && p.link_svid.is_none()
                 && p.parents.is_empty()
                 && p.consume_subject.is_none()
+                && p.consume_actor.is_none()
         })
     {
         let (used, fresh) = local_used(seen, items);

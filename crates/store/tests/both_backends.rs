@@ -919,3 +919,47 @@ async fn subject_until_exp_sqlite() {
 async fn subject_until_exp_postgres() {
     subject_remembered_until_its_exp(postgres().await).await;
 }
+
+/// A one-time token consumed as an actor is remembered until its own `exp` across a restart
+/// too (it shares the subject tokens' namespace), and is then refused in either role.
+async fn actor_remembered_until_its_exp(db: Db) {
+    use mayfly_sts::Clock;
+    let s = &db.store;
+    let now = mayfly_sts::SystemClock.now();
+    let window = 360;
+    let until = now - 1_000 + 3_600 + 30;
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let mut e = issue("t-act");
+    e.ts = now - 1_000;
+    let mut p = Pending::event(e);
+    p.consume_actor = Some(("github".into(), "gh-act".into(), until));
+    assert!(matches!(
+        first.commit(p).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    drop(first);
+    s.purge_expired(now).await.unwrap();
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let mut p = Pending::event(issue("t-act-2"));
+    p.consume_actor = Some(("github".into(), "gh-act".into(), until));
+    assert!(matches!(
+        second.commit(p).await.unwrap(),
+        CommitOutcome::ActorReplay(_)
+    ));
+    let mut p = Pending::event(issue("t-act-3"));
+    p.consume_subject = Some(("github".into(), "gh-act".into(), until));
+    assert!(matches!(
+        second.commit(p).await.unwrap(),
+        CommitOutcome::SubjectReplay(_)
+    ));
+}
+
+#[tokio::test]
+async fn actor_until_exp_sqlite() {
+    actor_remembered_until_its_exp(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn actor_until_exp_postgres() {
+    actor_remembered_until_its_exp(postgres().await).await;
+}
