@@ -152,6 +152,54 @@ fn describe(o: &Origin) -> String {
 }
 
 fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
+    let (paths, stdin_too, debt_until) = check_args(&args)?;
+    let (scanner, baseline) = load_rules(&args)?;
+    let collector = Collector {
+        scanner: &scanner,
+        findings: Mutex::new(Vec::new()),
+        items: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        binary: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    };
+    let started = Instant::now();
+    run_sources(&args, &paths, stdin_too, &collector, started);
+    let mut findings = collector
+        .findings
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    findings.sort_by(|a, b| {
+        (&a.path, a.line, a.column, &a.rule, &a.commit, &a.layer)
+            .cmp(&(&b.path, b.line, b.column, &b.rule, &b.commit, &b.layer))
+    });
+    let before = findings.len();
+    findings.retain(|f| !baseline.contains(&f.fingerprint));
+    if args.reveal {
+        findings.iter_mut().for_each(Finding::reveal);
+    }
+    let stats = Stats {
+        items: collector.items.load(Ordering::Relaxed),
+        bytes: collector.bytes.load(Ordering::Relaxed),
+        binary_skipped: collector.binary.load(Ordering::Relaxed),
+        errors: collector.errors.load(Ordering::Relaxed),
+        baseline_suppressed: (before - findings.len()) as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_report(&args, &findings, &stats, &scanner)?;
+    if let (Some(until), Some(owner)) = (debt_until, &args.owner) {
+        to_debt(args.config.clone(), &findings, owner, until)?;
+    }
+    Ok(if stats.errors > 0 {
+        ExitCode::from(2)
+    } else if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The paths to walk, whether standard input is scanned too, and the debt expiry asked for.
+fn check_args(args: &ScanArgs) -> anyhow::Result<(Vec<PathBuf>, bool, Option<i64>)> {
     let stdin_too = args.paths.iter().any(|p| p.as_os_str() == "-");
     let paths: Vec<PathBuf> = args
         .paths
@@ -179,6 +227,11 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    Ok((paths, stdin_too, debt_until))
+}
+
+/// The scanner (built-in or user rules) and the baseline's fingerprints.
+fn load_rules(args: &ScanArgs) -> anyhow::Result<(Scanner, HashSet<String>)> {
     let rules = match &args.rules {
         Some(f) => {
             let text = std::fs::read_to_string(f)
@@ -196,26 +249,27 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         }
         None => HashSet::new(),
     };
+    Ok((scanner, baseline))
+}
 
-    let collector = Collector {
-        scanner: &scanner,
-        findings: Mutex::new(Vec::new()),
-        items: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        binary: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    };
+/// Feed every requested source through the collector (progress on a terminal).
+fn run_sources(
+    args: &ScanArgs,
+    paths: &[PathBuf],
+    stdin_too: bool,
+    collector: &Collector<'_>,
+    started: Instant,
+) {
     let opts = WalkOptions {
         no_ignore: args.no_ignore,
         threads: args.threads,
         ..WalkOptions::default()
     };
-    let started = Instant::now();
     let done = AtomicBool::new(false);
     let show_progress = !args.no_progress && std::io::stderr().is_terminal();
     std::thread::scope(|s| {
         if show_progress {
-            s.spawn(|| progress(&collector, &done, started));
+            s.spawn(|| progress(collector, &done, started));
         }
         let fatal = |what: String, r: Result<mayfly_scan_sources::Stats, SourceError>| {
             if let Err(e) = r {
@@ -226,51 +280,39 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
         if !paths.is_empty() {
             fatal(
                 "scanning paths".into(),
-                mayfly_scan_sources::walk(&paths, &opts, &collector),
+                mayfly_scan_sources::walk(paths, &opts, collector),
             );
         }
         if stdin_too {
             fatal(
                 "standard input".into(),
-                mayfly_scan_sources::stdin(&opts, &collector),
+                mayfly_scan_sources::stdin(&opts, collector),
             );
         }
         for repo in &args.git {
             fatal(
                 format!("git repository {}", repo.display()),
-                mayfly_scan_sources::git(repo, &opts, &collector),
+                mayfly_scan_sources::git(repo, &opts, collector),
             );
         }
         for tar in &args.image {
             fatal(
                 format!("image {}", tar.display()),
-                mayfly_scan_sources::image(tar, &opts, &collector),
+                mayfly_scan_sources::image(tar, &opts, collector),
             );
         }
         done.store(true, Ordering::Relaxed);
     });
 
-    let mut findings = collector
-        .findings
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    findings.sort_by(|a, b| {
-        (&a.path, a.line, a.column, &a.rule, &a.commit, &a.layer)
-            .cmp(&(&b.path, b.line, b.column, &b.rule, &b.commit, &b.layer))
-    });
-    let before = findings.len();
-    findings.retain(|f| !baseline.contains(&f.fingerprint));
-    if args.reveal {
-        findings.iter_mut().for_each(Finding::reveal);
-    }
-    let stats = Stats {
-        items: collector.items.load(Ordering::Relaxed),
-        bytes: collector.bytes.load(Ordering::Relaxed),
-        binary_skipped: collector.binary.load(Ordering::Relaxed),
-        errors: collector.errors.load(Ordering::Relaxed),
-        baseline_suppressed: (before - findings.len()) as u64,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+}
+
+/// Write the report to `--output` or standard output (coloured on a terminal).
+fn write_report(
+    args: &ScanArgs,
+    findings: &[Finding],
+    stats: &Stats,
+    scanner: &Scanner,
+) -> anyhow::Result<()> {
     let format = match args.format {
         FormatArg::Human => Format::Human,
         FormatArg::Json => Format::Json,
@@ -282,28 +324,19 @@ fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
                 std::fs::File::create(file)
                     .with_context(|| format!("cannot write the report to {}", file.display()))?,
             );
-            mayfly_scan::write(&mut f, format, &findings, &stats, scanner.rules(), false)?;
+            mayfly_scan::write(&mut f, format, findings, stats, scanner.rules(), false)?;
             f.flush()?;
         }
         None => {
             let stdout = std::io::stdout();
             let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            mayfly_scan::write(&mut out, format, &findings, &stats, scanner.rules(), colour)?;
+            mayfly_scan::write(&mut out, format, findings, stats, scanner.rules(), colour)?;
             out.flush()?;
         }
     }
 
-    if let (Some(until), Some(owner)) = (debt_until, &args.owner) {
-        to_debt(args.config.clone(), &findings, owner, until)?;
-    }
-    Ok(if stats.errors > 0 {
-        ExitCode::from(2)
-    } else if findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(())
 }
 
 fn progress(c: &Collector<'_>, done: &AtomicBool, started: Instant) {
