@@ -303,7 +303,6 @@ fn run_sources(
         }
         done.store(true, Ordering::Relaxed);
     });
-
 }
 
 /// Write the report to `--output` or standard output (coloured on a terminal).

@@ -368,6 +368,55 @@ fn required<'a>(v: &'a Option<String>, flag: &str) -> anyhow::Result<&'a str> {
         .with_context(|| format!("{flag} is required to run the agent"))
 }
 
+/// The `--trust-bundle` certificates (at least one).
+fn trust_bundle(args: &AgentArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bundle_path = args
+        .trust_bundle
+        .as_ref()
+        .context("--trust-bundle is required: the PEM from `mayfly bundle show`")?;
+    let pem = std::fs::read_to_string(bundle_path)
+        .with_context(|| format!("cannot read --trust-bundle {}", bundle_path.display()))?;
+    let bundle = mayfly_crypto::x509::certs_from_pem(&pem)
+        .with_context(|| format!("--trust-bundle {}", bundle_path.display()))?;
+    if bundle.is_empty() {
+        bail!(
+            "--trust-bundle {} holds no certificate",
+            bundle_path.display()
+        );
+    }
+    Ok(bundle)
+}
+
+/// How the agent proves its node: a join token, or a platform token.
+fn attestation(args: &AgentArgs) -> anyhow::Result<mayfly_agent::Attestation> {
+    Ok(
+        match (
+            &args.join_token_file,
+            &args.platform_issuer,
+            &args.platform_token_file,
+        ) {
+            (Some(f), None, None) => {
+                let t = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read --join-token-file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                );
+                mayfly_agent::Attestation::JoinToken(std::sync::Arc::new(t))
+            }
+            (None, Some(i), Some(f)) => mayfly_agent::Attestation::Platform {
+                issuer: i.clone(),
+                token_file: f.clone(),
+            },
+            _ => {
+                bail!(
+                    "give either --join-token-file, or --platform-issuer with --platform-token-file"
+                )
+            }
+        },
+    )
+}
+
 /// Run the agent: attest, then serve the Workload API until SIGINT/SIGTERM.
 pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     crate::server::init_tracing();
@@ -383,42 +432,8 @@ pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     for path in std::iter::once(&socket).chain(args.http_socket.as_ref()) {
         mayfly_agent::prepare_socket_dir(path)?;
     }
-    let bundle_path = args
-        .trust_bundle
-        .as_ref()
-        .context("--trust-bundle is required: the PEM from `mayfly bundle show`")?;
-    let pem = std::fs::read_to_string(bundle_path)
-        .with_context(|| format!("cannot read --trust-bundle {}", bundle_path.display()))?;
-    let bundle = mayfly_crypto::x509::certs_from_pem(&pem)
-        .with_context(|| format!("--trust-bundle {}", bundle_path.display()))?;
-    if bundle.is_empty() {
-        bail!(
-            "--trust-bundle {} holds no certificate",
-            bundle_path.display()
-        );
-    }
-    let how = match (
-        &args.join_token_file,
-        &args.platform_issuer,
-        &args.platform_token_file,
-    ) {
-        (Some(f), None, None) => {
-            let t = zeroize::Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read --join-token-file {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            );
-            mayfly_agent::Attestation::JoinToken(std::sync::Arc::new(t))
-        }
-        (None, Some(i), Some(f)) => mayfly_agent::Attestation::Platform {
-            issuer: i.clone(),
-            token_file: f.clone(),
-        },
-        _ => {
-            bail!("give either --join-token-file, or --platform-issuer with --platform-token-file")
-        }
-    };
+    let bundle = trust_bundle(&args)?;
+    let how = attestation(&args)?;
     let sync_interval = humantime::parse_duration(&args.sync_interval)
         .with_context(|| format!("--sync-interval {}", args.sync_interval))?;
     let up = std::sync::Arc::new(

@@ -370,6 +370,31 @@ impl Store {
         })
     }
 
+    /// Open the import's transaction: no statement timeout, the key-schedule lock (PostgreSQL)
+    /// and the audit head's lock taken, and the store checked empty.
+    async fn begin_import(&self) -> Result<Tx, TransferError> {
+        let backend = self.backend();
+        let mut tx = self.pool().begin().await.map_err(db("begin import"))?;
+        no_timeouts(backend, &mut tx).await?;
+        if backend == Backend::Postgres {
+            // The key-schedule lock: a server starting meanwhile plans its keys after this
+            // commits, and so finds the imported ones instead of creating its own.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(crate::KEY_LOCK_ID)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("take key lock"))?;
+        }
+        // Writing the head first takes the write lock (SQLite) or its row lock (PostgreSQL), as
+        // the audit committer does: no event can be appended while this runs.
+        sqlx::query("UPDATE audit_head SET updated_at = updated_at WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("lock audit head"))?;
+        check_empty(&mut tx).await?;
+        Ok(tx)
+    }
+
     /// Load an export into this store, which must be empty (no row in any table but the audit
     /// head at its start), in one transaction: on any error, the
     /// store is left as it was. The file is read line by line; its header, row counts and
@@ -401,24 +426,7 @@ impl Store {
             });
         }
 
-        let mut tx = self.pool().begin().await.map_err(db("begin import"))?;
-        no_timeouts(backend, &mut tx).await?;
-        if backend == Backend::Postgres {
-            // The key-schedule lock: a server starting meanwhile plans its keys after this
-            // commits, and so finds the imported ones instead of creating its own.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(crate::KEY_LOCK_ID)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("take key lock"))?;
-        }
-        // Writing the head first takes the write lock (SQLite) or its row lock (PostgreSQL), as
-        // the audit committer does: no event can be appended while this runs.
-        sqlx::query("UPDATE audit_head SET updated_at = updated_at WHERE id = 1")
-            .execute(&mut *tx)
-            .await
-            .map_err(db("lock audit head"))?;
-        check_empty(&mut tx).await?;
+        let mut tx = self.begin_import().await?;
 
         let mut seen = TableCounts::default();
         let mut batch = Batch {
@@ -454,20 +462,8 @@ impl Store {
                 ));
             }
             *seen.slot(t) += 1;
+            check_sealed_entry(o.master_key, &e, n)?;
             match &e {
-                Entry::SigningKeys(k) => {
-                    check_sealed(o.master_key, &k.kid, &k.kid, &k.sealed_private, n)?;
-                }
-                Entry::SpiffeAuthorities(a) => {
-                    let aad = crate::spiffe::sealed_aad(&a.kind, &a.id);
-                    check_sealed(o.master_key, &a.id, &aad, &a.sealed_private, n)?;
-                }
-                Entry::DebtKeys(d) => {
-                    if let Some(sealed) = &d.sealed_key {
-                        let aad = crate::debt::sealed_aad(&d.name);
-                        check_sealed(o.master_key, &d.name, &aad, sealed, n)?;
-                    }
-                }
                 Entry::AuditEvents(ev) => derived.add(ev),
                 Entry::AuditHead(h) => {
                     batch.flush(backend, &mut tx).await?;
@@ -611,6 +607,25 @@ async fn check_empty(tx: &mut Tx) -> Result<(), TransferError> {
         Ok(())
     } else {
         Err(TransferError::NotEmpty(held.join(", ")))
+    }
+}
+
+/// Every sealed secret in `e` opens under the master key (checked before anything is written).
+fn check_sealed_entry(kek: Option<&Kek>, e: &Entry, n: u64) -> Result<(), TransferError> {
+    match e {
+        Entry::SigningKeys(k) => check_sealed(kek, &k.kid, &k.kid, &k.sealed_private, n),
+        Entry::SpiffeAuthorities(a) => {
+            let aad = crate::spiffe::sealed_aad(&a.kind, &a.id);
+            check_sealed(kek, &a.id, &aad, &a.sealed_private, n)
+        }
+        Entry::DebtKeys(d) => match &d.sealed_key {
+            Some(sealed) => {
+                let aad = crate::debt::sealed_aad(&d.name);
+                check_sealed(kek, &d.name, &aad, sealed, n)
+            }
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 

@@ -375,6 +375,14 @@ pub(super) enum Entry {
     AuditHead(AuditHeadRow),
 }
 
+/// One column of a row being exported.
+fn g<T>(r: &AnyRow, c: &str) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    r.try_get(c).map_err(db("read a row to export"))
+}
+
 impl Entry {
     pub(super) fn table(&self) -> Table {
         match self {
@@ -398,12 +406,6 @@ impl Entry {
     }
 
     pub(super) fn read(t: Table, r: &AnyRow) -> Result<Entry, StoreError> {
-        fn g<T>(r: &AnyRow, c: &str) -> Result<T, StoreError>
-        where
-            T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
-        {
-            r.try_get(c).map_err(db("read a row to export"))
-        }
         Ok(match t {
             Table::SigningKeys => Entry::SigningKeys(SigningKeyRow {
                 kid: g(r, "kid")?,
@@ -434,6 +436,13 @@ impl Entry {
                 jti: g(r, "jti")?,
                 expires_at: g(r, "expires_at")?,
             }),
+            _ => Self::read_spiffe(t, r)?,
+        })
+    }
+
+    /// The SPIFFE tables' rows.
+    fn read_spiffe(t: Table, r: &AnyRow) -> Result<Entry, StoreError> {
+        Ok(match t {
             Table::SpiffeAuthorities => Entry::SpiffeAuthorities(AuthorityRow {
                 id: g(r, "id")?,
                 kind: g(r, "kind")?,
@@ -491,6 +500,13 @@ impl Entry {
                 client_id: g(r, "client_id")?,
                 expires_at: g(r, "expires_at")?,
             }),
+            _ => Self::read_debt_and_audit(t, r)?,
+        })
+    }
+
+    /// The key-debt and audit tables' rows.
+    fn read_debt_and_audit(t: Table, r: &AnyRow) -> Result<Entry, StoreError> {
+        Ok(match t {
             Table::DebtKeys => Entry::DebtKeys(DebtKeyRow {
                 name: g(r, "name")?,
                 owner: g(r, "owner")?,
@@ -527,6 +543,12 @@ impl Entry {
                 hash: g(r, "hash")?,
                 updated_at: g(r, "updated_at")?,
             }),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "no reader for table {}",
+                    other.name()
+                )));
+            }
         })
     }
 
