@@ -496,6 +496,88 @@ fn spawn_dispatcher(
     });
 }
 
+/// Run the warm-up requests (not recorded); returns their errors, labelled as warm-up.
+fn warmup(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    warm_bodies: Vec<Bytes>,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut warm_errors = BTreeMap::new();
+    if args.warmup > 0 {
+        let shared = Arc::new(Shared {
+            target: parse_url(&args.url)?,
+            bodies: warm_bodies,
+            record: false,
+            inspected: AtomicBool::new(false),
+        });
+        let source = Source::Counter {
+            next: AtomicUsize::new(0),
+            end: args.warmup,
+            deadline: None,
+        };
+        let p = rt.block_on(phase(shared, source, args.concurrency, None));
+        for r in p.results {
+            for (k, v) in r.errors {
+                *warm_errors.entry(format!("warmup {k}")).or_default() += v;
+            }
+        }
+    }
+
+    Ok(warm_errors)
+}
+
+/// Fold the workers' results into the report.
+fn tally(report: &mut Report, p: Phase, cpu: CpuUse) {
+    let mut lats = Vec::new();
+    let mut lags = Vec::new();
+    let mut last = p.started;
+    for r in p.results {
+        report.sent += r.sent;
+        report.ok += r.ok;
+        report.reconnects += r.reconnects;
+        for (k, v) in r.errors {
+            *report.errors.entry(k).or_default() += v;
+        }
+        lats.extend(r.latencies);
+        lags.extend(r.pickup_lags);
+        if let Some(d) = r.last_done {
+            last = last.max(d);
+        }
+        if let Some((h, c)) = r.token {
+            report.token_header = Some(h);
+            report.token_claims = Some(c);
+        }
+    }
+    report.error_count = report.errors.values().sum();
+    report.elapsed_s = last.duration_since(p.started).as_secs_f64();
+    if report.elapsed_s > 0.0 {
+        report.tokens_per_s = report.ok as f64 / report.elapsed_s;
+    }
+    report.cpu = cpu;
+    report.latency_ms = latency(&mut lats);
+    report.pickup_lag_ms = latency(&mut lags);
+}
+
+/// One line on standard error: the throughput and latency of the run.
+fn print_summary(report: &Report) {
+    let l = report.latency_ms;
+    eprintln!(
+        "{}: ok {} errors {} in {:.2}s = {:.0} tokens/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        if report.label.is_empty() {
+            report.mode
+        } else {
+            report.label.as_str()
+        },
+        report.ok,
+        report.error_count,
+        report.elapsed_s,
+        report.tokens_per_s,
+        l.map_or(0.0, |l| l.p50_ms),
+        l.map_or(0.0, |l| l.p99_ms),
+        l.map_or(0.0, |l| l.max_ms),
+    );
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let target = parse_url(&args.url)?;
     let n = match (args.rate, args.duration) {
@@ -524,26 +606,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .build()?
     };
 
-    let mut warm_errors = BTreeMap::new();
-    if args.warmup > 0 {
-        let shared = Arc::new(Shared {
-            target: parse_url(&args.url)?,
-            bodies: warm_bodies,
-            record: false,
-            inspected: AtomicBool::new(false),
-        });
-        let source = Source::Counter {
-            next: AtomicUsize::new(0),
-            end: args.warmup,
-            deadline: None,
-        };
-        let p = rt.block_on(phase(shared, source, args.concurrency, None));
-        for r in p.results {
-            for (k, v) in r.errors {
-                *warm_errors.entry(format!("warmup {k}")).or_default() += v;
-            }
-        }
-    }
+    let warm_errors = warmup(&rt, &args, warm_bodies)?;
 
     let shared = Arc::new(Shared {
         target,
@@ -603,52 +666,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         token_header: None,
         token_claims: None,
     };
-    let mut lats = Vec::new();
-    let mut lags = Vec::new();
-    let mut last = p.started;
-    for r in p.results {
-        report.sent += r.sent;
-        report.ok += r.ok;
-        report.reconnects += r.reconnects;
-        for (k, v) in r.errors {
-            *report.errors.entry(k).or_default() += v;
-        }
-        lats.extend(r.latencies);
-        lags.extend(r.pickup_lags);
-        if let Some(d) = r.last_done {
-            last = last.max(d);
-        }
-        if let Some((h, c)) = r.token {
-            report.token_header = Some(h);
-            report.token_claims = Some(c);
-        }
-    }
-    report.error_count = report.errors.values().sum();
-    report.elapsed_s = last.duration_since(p.started).as_secs_f64();
-    if report.elapsed_s > 0.0 {
-        report.tokens_per_s = report.ok as f64 / report.elapsed_s;
-    }
-    report.cpu = cpu1.since(&cpu0);
-    report.latency_ms = latency(&mut lats);
-    report.pickup_lag_ms = latency(&mut lags);
+    tally(&mut report, p, cpu1.since(&cpu0));
 
     println!("{}", serde_json::to_string_pretty(&report)?);
-    let l = report.latency_ms;
-    eprintln!(
-        "{}: ok {} errors {} in {:.2}s = {:.0} tokens/s; p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-        if report.label.is_empty() {
-            report.mode
-        } else {
-            report.label.as_str()
-        },
-        report.ok,
-        report.error_count,
-        report.elapsed_s,
-        report.tokens_per_s,
-        l.map_or(0.0, |l| l.p50_ms),
-        l.map_or(0.0, |l| l.p99_ms),
-        l.map_or(0.0, |l| l.max_ms),
-    );
+    print_summary(&report);
     if report.error_count > 0 || report.ok == 0 {
         bail!(
             "{} errors, {} ok: this run measured error paths, not tokens",

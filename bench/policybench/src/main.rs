@@ -323,14 +323,15 @@ fn load(what: &str, files: &[(String, String)], clients: &[ClientGrant]) -> Opti
     }
 }
 
-fn main() -> ExitCode {
+/// The three policy sets measured (files only, sugar only, both), described on stdout.
+fn sets() -> Option<(PolicyEngine, PolicyEngine, PolicyEngine)> {
     let clients = grants();
     let (Some(engine), Some(sugar), Some(both)) = (
         load("benchmark's policy", &policies(), &[]),
         load("sugar-only", &[], &clients),
         load("files-and-sugar", &policies(), &clients),
     ) else {
-        return ExitCode::FAILURE;
+        return None;
     };
     let forbids = engine.policies().iter().filter(|p| p.forbid).count();
     println!("mayfly-policybench: one Cedar decision through PolicyEngine::decide");
@@ -345,6 +346,27 @@ fn main() -> ExitCode {
         sugar.policy_ids().len(),
         both.policy_ids().len()
     );
+    Some((engine, sugar, both))
+}
+
+/// Every path decides every request alike (the fast path is exact).
+fn paths_agree(cases: &[(&PolicyEngine, &Vec<Req>)]) -> bool {
+    for (e, reqs) in cases {
+        for r in reqs.iter() {
+            let d = r.decide(e, Path::Served);
+            if d != r.decide(e, Path::Cedar) || d != r.decide(e, Path::WholeSet) {
+                eprintln!("mayfly-policybench: the paths disagree on {}: {d:?}", r.id);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn main() -> ExitCode {
+    let Some((engine, sugar, both)) = sets() else {
+        return ExitCode::FAILURE;
+    };
     let token = vec![k8s(4, "token", 4)];
     let check = token[0].decide(&engine, Path::Served);
     if !check.allow || check.policies != ["k8s-ns4-token"] {
@@ -356,22 +378,15 @@ fn main() -> ExitCode {
     let mix = mix();
     let cc_token = vec![cc(7, false)];
     let cc_mix = cc_mix();
-    // Every path decides every request alike (the fast path is exact).
-    for (e, reqs) in [
+    if !paths_agree(&[
         (&engine, &token),
         (&engine, &mix),
         (&sugar, &cc_token),
         (&sugar, &cc_mix),
         (&both, &cc_token),
         (&both, &cc_mix),
-    ] {
-        for r in reqs.iter() {
-            let d = r.decide(e, Path::Served);
-            if d != r.decide(e, Path::Cedar) || d != r.decide(e, Path::WholeSet) {
-                eprintln!("mayfly-policybench: the paths disagree on {}: {d:?}", r.id);
-                return ExitCode::FAILURE;
-            }
-        }
+    ]) {
+        return ExitCode::FAILURE;
     }
     let args: Vec<String> = std::env::args().collect();
     // `--sliced-only` skips the whole-set reference (for profiling the request path).

@@ -80,9 +80,8 @@ struct Report {
     cpu: CpuUse,
 }
 
-/// Run the benchmark; prints a JSON report on stdout. Fails if any signing failed.
-pub async fn run(args: X509Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+/// Attest with the join token and find the entry to sign for.
+async fn attest(args: &X509Args) -> anyhow::Result<(HttpUpstream, Arc<String>)> {
     let pem = std::fs::read_to_string(&args.trust_bundle)
         .with_context(|| format!("cannot read {}", args.trust_bundle.display()))?;
     let bundle = certs_from_pem(&pem)?;
@@ -110,6 +109,43 @@ pub async fn run(args: X509Args) -> anyhow::Result<()> {
         args.spiffe_id
     );
 
+    Ok((up, entry_id))
+}
+
+/// The first signing, checked in full: a leaf for `spiffe_id`.
+async fn first_leaf(
+    up: &HttpUpstream,
+    entry_id: &str,
+    csr: &[u8],
+    spiffe_id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    // The first signing, checked in full.
+    let first = up.sign_x509(entry_id, csr).await?;
+    Ok({
+        let der = first
+            .chain
+            .first()
+            .context("the first answer has an empty chain")?;
+        let der = base64_decode(der)?;
+        let info = SvidInfo::parse(&der)?;
+        anyhow::ensure!(
+            info.spiffe_id == spiffe_id && !info.is_ca,
+            "the first SVID is not a leaf for {}: {info:?}",
+            spiffe_id
+        );
+        serde_json::json!({
+            "spiffe_id": info.spiffe_id,
+            "lifetime_s": info.not_after - info.not_before,
+            "chain_len": first.chain.len(),
+        })
+    })
+}
+
+/// Run the benchmark; prints a JSON report on stdout. Fails if any signing failed.
+pub async fn run(args: X509Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let (up, entry_id) = attest(&args).await?;
+
     let warmup = args.warmup.max(args.concurrency as u64);
     let t0 = Instant::now();
     let n = usize::try_from(args.requests.saturating_add(warmup))?;
@@ -122,25 +158,7 @@ pub async fn run(args: X509Args) -> anyhow::Result<()> {
     let up = Arc::new(up);
 
     // The first signing, checked in full.
-    let first = up.sign_x509(&entry_id, &csrs[0]).await?;
-    let first_leaf = {
-        let der = first
-            .chain
-            .first()
-            .context("the first answer has an empty chain")?;
-        let der = base64_decode(der)?;
-        let info = SvidInfo::parse(&der)?;
-        anyhow::ensure!(
-            info.spiffe_id == args.spiffe_id && !info.is_ca,
-            "the first SVID is not a leaf for {}: {info:?}",
-            args.spiffe_id
-        );
-        serde_json::json!({
-            "spiffe_id": info.spiffe_id,
-            "lifetime_s": info.not_after - info.not_before,
-            "chain_len": first.chain.len(),
-        })
-    };
+    let first_leaf = first_leaf(&up, &entry_id, &csrs[0], &args.spiffe_id).await?;
 
     let make = |offset: u64| {
         let up = up.clone();
