@@ -7,18 +7,19 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use mayfly_store::DebtEntry;
+use mayfly_store::{
+    DAY, DebtEntry, check_entry_name, days_left, key_fingerprint, last_day, parse_fingerprint,
+    short_fingerprint as short,
+};
 use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::admin::Ctx;
 
-const DAY: i64 = 86_400;
 /// A key longer than this is not an API key: refuse rather than store a file by mistake.
 const MAX_KEY_BYTES: usize = 8192;
 
@@ -87,58 +88,6 @@ pub(crate) fn now() -> i64 {
     SystemClock.now()
 }
 
-/// `YYYY-MM-DD` → the first second after that day (UTC), i.e. when the key stops working.
-pub(crate) fn end_of_day(date: &str) -> anyhow::Result<i64> {
-    let ok = date.len() == 10
-        && date.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    let t = if ok {
-        humantime::parse_rfc3339(&format!("{date}T00:00:00Z")).ok()
-    } else {
-        None
-    };
-    let Some(t) = t else {
-        bail!("`{date}` is not a date: write YYYY-MM-DD, e.g. 2027-03-31");
-    };
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .context("dates before 1970 are not expiry dates")?
-        .as_secs();
-    Ok(i64::try_from(secs).context("date out of range")? + DAY)
-}
-
-/// The last day a key may be used, from its `expires_at`.
-pub(crate) fn last_day(expires_at: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at - DAY).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .chars()
-        .take(10)
-        .collect()
-}
-
-/// Whole days left before the key stops working (negative once expired).
-pub(crate) fn days_left(expires_at: i64, now: i64) -> i64 {
-    (expires_at - now).div_euclid(DAY)
-}
-
-fn check_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        bail!("`{name}` is not an entry name: use up to 64 letters, digits, `-`, `_` or `.`");
-    }
-    Ok(())
-}
-
 /// Read a key from the named variable, or standard input (one line; a trailing newline is not
 /// part of the key). Never from argv.
 fn read_key(key_env: Option<&str>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
@@ -182,14 +131,6 @@ fn read_key(key_env: Option<&str>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         bail!("the key spans several lines: give one key, on one line");
     }
     Ok(key)
-}
-
-fn fingerprint(key: &[u8]) -> String {
-    mayfly_crypto::hex(&mayfly_crypto::sha256(key))
-}
-
-fn short(fp: &str) -> &str {
-    fp.get(..12).unwrap_or(fp)
 }
 
 fn event(name: &str, reason: String) -> AuditEvent {
@@ -272,11 +213,11 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
             fingerprint: fp,
             found_at,
         } => {
-            check_name(&name)?;
+            check_entry_name(&name)?;
             if owner.trim().is_empty() {
                 bail!("--owner is empty: name the team that will move off this key");
             }
-            let expires_at = end_of_day(&expires)?;
+            let expires_at = mayfly_store::end_of_day(&expires)?;
             let now = now();
             if expires_at <= now {
                 bail!(
@@ -285,18 +226,10 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
             }
             let kek = ctx.kek(true)?;
             let (key, fp) = match fp {
-                Some(fp) => {
-                    let fp = fp.to_ascii_lowercase();
-                    if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        bail!(
-                            "--fingerprint must be a SHA-256 in hex (64 characters), as `mayfly scan` prints it"
-                        );
-                    }
-                    (None, fp)
-                }
+                Some(fp) => (None, parse_fingerprint(&fp).context("--fingerprint")?),
                 None => {
                     let key = read_key(key_env.as_deref())?;
-                    let fp = fingerprint(&key);
+                    let fp = key_fingerprint(&key);
                     (Some(key), fp)
                 }
             };
@@ -335,7 +268,7 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
                 bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
             };
             let key = read_key(key_env.as_deref())?;
-            let fp = fingerprint(&key);
+            let fp = key_fingerprint(&key);
             if fp == before.fingerprint {
                 bail!(
                     "that is the key `{name}` already holds: rotate means a new key from the provider"
@@ -380,7 +313,7 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
             let Some(before) = ctx.store.get_debt(&name).await? else {
                 bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
             };
-            let expires_at = end_of_day(&until)?;
+            let expires_at = mayfly_store::end_of_day(&until)?;
             if expires_at <= now() {
                 bail!("--until {until} is in the past");
             }
@@ -515,22 +448,4 @@ async fn list(ctx: &Ctx, as_json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        // 2027-03-31 is usable through its last second: it stops at 2027-04-01T00:00:00Z.
-        assert_eq!(end_of_day("2027-03-31").unwrap(), 1_806_451_200 + DAY);
-        assert_eq!(last_day(end_of_day("2027-03-31").unwrap()), "2027-03-31");
-        for bad in ["2027-3-31", "31.03.2027", "2027-02-30", "", "2027-03-31T00"] {
-            assert!(end_of_day(bad).is_err(), "{bad}");
-        }
-        assert_eq!(days_left(DAY * 10, DAY * 3), 7);
-        assert_eq!(days_left(DAY * 10, DAY * 10 - 1), 0);
-        assert_eq!(days_left(DAY * 10, DAY * 10 + 1), -1);
-    }
 }

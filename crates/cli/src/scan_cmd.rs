@@ -219,7 +219,7 @@ fn check_args(args: &ScanArgs) -> anyhow::Result<(Vec<PathBuf>, bool, Option<i64
     }
     let debt_until = match (&args.to_debt, &args.expires) {
         (true, Some(d)) => {
-            let t = debt_cmd::end_of_day(d)?;
+            let t = mayfly_store::end_of_day(d)?;
             if t <= debt_cmd::now() {
                 bail!("--expires {d} is in the past: give the last day the keys may still be used");
             }

@@ -15,7 +15,7 @@ const NOT_CONFIG: &[&str] = &[
 ];
 
 /// Known keys: (environment suffix, table, key).
-const KEYS: &[(&str, Option<&str>, &str)] = &[
+pub(crate) const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("LISTEN", None, "listen"),
     ("ISSUER", None, "issuer"),
     ("DATA_DIR", None, "data_dir"),
@@ -25,6 +25,7 @@ const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("POOL_STATEMENT_TIMEOUT", Some("pool"), "statement_timeout"),
     ("CLIENTS", None, "clients"),
     ("ISSUERS", None, "issuers"),
+    ("NODE_ATTESTATION", None, "node_attestation"),
     ("TRUST_DOMAIN", None, "trust_domain"),
     ("POLICY_DIR", Some("policy"), "dir"),
     ("TOKENS_DEFAULT_TTL", Some("tokens"), "default_ttl"),
@@ -64,7 +65,7 @@ const KEYS: &[(&str, Option<&str>, &str)] = &[
 ];
 
 /// `[proxy]` keys (its routes come from the file, or MAYFLY_PROXY_ROUTES as a TOML array).
-const PROXY_KEYS: &[(&str, Option<&str>, &str)] = &[
+pub(crate) const PROXY_KEYS: &[(&str, Option<&str>, &str)] = &[
     ("PROXY_LISTEN", Some("proxy"), "listen"),
     ("PROXY_ISSUER", Some("proxy"), "issuer"),
     ("PROXY_CLIENT_ID", Some("proxy"), "client_id"),

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod env;
+#[cfg(test)]
+mod keys;
 mod node;
 mod proxy;
 mod raw;

@@ -355,6 +355,26 @@ fn issuers_and_policy_from_the_environment() {
 }
 
 #[test]
+fn node_attestation_from_the_environment() {
+    let c = parse(
+        "",
+        &[
+            (
+                "MAYFLY_ISSUERS",
+                r#"[{ name = "k8s", issuer = "https://k8s", preset = "kubernetes", jwks_uri = "https://k8s/jwks", audiences = ["mayfly"] }]"#,
+            ),
+            (
+                "MAYFLY_NODE_ATTESTATION",
+                r#"[{ issuer = "k8s", audience = "mayfly-node", node_claims = ["/kubernetes.io/node/name"] }]"#,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.node_attestation[0].issuer, "k8s");
+    assert_eq!(c.node_attestation[0].audience, "mayfly-node");
+}
+
+#[test]
 fn proxy_routes_parse_and_bad_ones_say_how_to_fix() {
     let ok = r#"
 [proxy]

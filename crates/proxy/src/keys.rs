@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use mayfly_crypto::Kek;
-use mayfly_store::{DebtEntry, Store, StoreError};
+use mayfly_store::{DAY, DebtEntry, Store, StoreError, days_left, last_day};
 
 use crate::error::Refusal;
 use crate::inject::Injection;
@@ -63,22 +63,6 @@ pub struct KeyRing {
     warned: std::sync::Mutex<HashMap<String, (i64, u8)>>,
 }
 
-/// `YYYY-MM-DD` of a Unix time (UTC).
-pub fn date(t: i64) -> String {
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let z = t.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 impl KeyRing {
     /// The key for a route at `now`, or why the route is refused.
     pub fn get(&self, route: &Route, now: i64) -> Result<Arc<RouteKey>, Refusal> {
@@ -94,7 +78,7 @@ impl KeyRing {
                     Err(Refusal::KeyExpired {
                         route: route.name.clone(),
                         // The last day it could be used.
-                        date: date(k.expires_at - 1),
+                        date: last_day(k.expires_at),
                         owner: k.owner.clone(),
                         entry: k.entry.clone(),
                     })
@@ -165,7 +149,7 @@ impl KeyRing {
                                 version: e.key_version,
                                 injection,
                             });
-                            tracing::info!(route = %route.name, entry = %e.name, key_version = e.key_version, expires = %date(e.expires_at - 1), "loaded the route's key");
+                            tracing::info!(route = %route.name, entry = %e.name, key_version = e.key_version, expires = %last_day(e.expires_at), "loaded the route's key");
                             self.expiry_watch(route, &k, now);
                             KeyState::Loaded(k)
                         }
@@ -186,13 +170,13 @@ impl KeyRing {
     /// Gauge and one-time warnings as a key nears its expiry.
     fn expiry_watch(&self, route: &Route, k: &RouteKey, now: i64) {
         let left = k.expires_at - now;
-        let days = left.div_euclid(86_400);
+        let days = days_left(k.expires_at, now);
         metrics::gauge!("mayfly_proxy_key_days_left", "route" => route.name.clone())
             .set(days as f64);
         let level = match left {
             l if l <= 0 => 3,
-            l if l <= 7 * 86_400 => 2,
-            l if l <= 30 * 86_400 => 1,
+            l if l <= 7 * DAY => 2,
+            l if l <= 30 * DAY => 1,
             _ => 0,
         };
         let Ok(mut warned) = self.warned.lock() else {
@@ -206,7 +190,7 @@ impl KeyRing {
             return;
         }
         warned.insert(route.name.clone(), (k.expires_at, level));
-        let expires = date(k.expires_at - 1);
+        let expires = last_day(k.expires_at);
         match level {
             3 => {
                 tracing::error!(route = %route.name, entry = %k.entry, owner = %k.owner, %expires, "the route's static key has expired: calls are refused (key_expired) until it is extended (mayfly debt extend)")
@@ -218,18 +202,5 @@ impl KeyRing {
                 tracing::warn!(route = %route.name, entry = %k.entry, owner = %k.owner, %expires, days_left = days, "the route's static key expires within 30 days")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::date;
-
-    #[test]
-    fn dates() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(951_782_400), "2000-02-29");
-        assert_eq!(date(1_767_225_599), "2025-12-31");
-        assert_eq!(date(1_767_225_600), "2026-01-01");
     }
 }

@@ -26,7 +26,6 @@ mod verify;
 
 pub use body::ProxyBody;
 pub use error::Refusal;
-pub use keys::date;
 pub use scrub::REDACTED;
 pub use server::{Proxy, ProxyOptions, StartError};
 pub use verify::{MIN_REFRESH, SKEW};

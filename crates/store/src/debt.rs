@@ -13,6 +13,131 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
+/// Seconds in a day: expiry dates are whole UTC days.
+pub const DAY: i64 = 86_400;
+
+/// Input about a key-debt entry that cannot be entered. Messages say what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DebtInputError {
+    /// Not a `YYYY-MM-DD` calendar date from 1970 on.
+    #[error("`{0}` is not a date: write YYYY-MM-DD, e.g. 2027-03-31")]
+    NotADate(String),
+    /// Not an entry name.
+    #[error("`{0}` is not an entry name: use up to 64 letters, digits, `-`, `_` or `.`")]
+    BadName(String),
+    /// Not a SHA-256 in hex.
+    #[error("not a SHA-256 in hex (64 characters), as `mayfly scan` prints it")]
+    BadFingerprint,
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian; Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC).
+pub fn utc_date(t: i64) -> String {
+    // Days since the epoch to a civil date (the inverse of `days_from_civil`).
+    let z = t.div_euclid(DAY) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DD` (UTC), the last day a key may be used → the first second it may not
+/// (the entry's `expires_at`): a key is usable through the whole of its last day.
+pub fn end_of_day(date: &str) -> Result<i64, DebtInputError> {
+    let bad = || DebtInputError::NotADate(date.to_string());
+    let b = date.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !shape {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| date.get(r).and_then(|s| s.parse::<i64>().ok());
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return Err(bad());
+    };
+    if y < 1970 || !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+        return Err(bad());
+    }
+    Ok((days_from_civil(y, m, d) + 1) * DAY)
+}
+
+/// The last day (`YYYY-MM-DD`, UTC) a key may be used, from its `expires_at`.
+pub fn last_day(expires_at: i64) -> String {
+    utc_date(expires_at - 1)
+}
+
+/// Whole days left before the key stops working (negative once expired).
+pub fn days_left(expires_at: i64, now: i64) -> i64 {
+    (expires_at - now).div_euclid(DAY)
+}
+
+/// A key's fingerprint: its SHA-256 in lower-case hex, as the scanner reports it. Entries are
+/// matched to findings by it; the key itself is never needed for that.
+pub fn key_fingerprint(key: &[u8]) -> String {
+    mayfly_crypto::hex(&mayfly_crypto::sha256(key))
+}
+
+/// A fingerprint given by hand (from `mayfly scan`), checked and lower-cased.
+pub fn parse_fingerprint(hex: &str) -> Result<String, DebtInputError> {
+    let fp = hex.to_ascii_lowercase();
+    if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DebtInputError::BadFingerprint);
+    }
+    Ok(fp)
+}
+
+/// The first 12 hex digits of a fingerprint: enough to tell keys apart in messages and audit
+/// reasons without writing the whole hash everywhere.
+pub fn short_fingerprint(fp: &str) -> &str {
+    fp.get(..12).unwrap_or(fp)
+}
+
+/// An entry name: up to 64 letters, digits, `-`, `_` or `.` (it is also a route's `key`).
+pub fn check_entry_name(name: &str) -> Result<(), DebtInputError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(DebtInputError::BadName(name.to_string()))
+    }
+}
+
 /// What a sealed key is bound to: its entry's name, so a sealed key cannot be moved to another
 /// entry. Also checked by import.
 pub(crate) fn sealed_aad(name: &str) -> String {
@@ -305,4 +430,106 @@ fn usage_row(r: &sqlx::any::AnyRow) -> Result<DebtUsage, StoreError> {
         last_used_at: r.try_get("last_used_at").map_err(db("read debt usage"))?,
         calls: r.try_get("calls").map_err(db("read debt usage"))?,
     })
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_usable_through_its_last_day() {
+        // 2027-03-31 is usable through its last second: it stops at 2027-04-01T00:00:00Z.
+        assert_eq!(end_of_day("2027-03-31"), Ok(1_806_451_200 + DAY));
+        assert_eq!(last_day(1_806_451_200 + DAY), "2027-03-31");
+        assert_eq!(end_of_day("1970-01-01"), Ok(DAY));
+        assert_eq!(end_of_day("2000-02-29"), Ok(951_782_400 + DAY));
+        assert_eq!(end_of_day("2400-02-29"), Ok(13_574_563_200 + DAY));
+    }
+
+    #[test]
+    fn what_is_not_a_date_is_refused() {
+        for bad in [
+            "2027-3-31",
+            "31.03.2027",
+            "2027-02-30",
+            "2027-02-29",
+            "2100-02-29",
+            "2027-13-01",
+            "2027-00-10",
+            "2027-04-31",
+            "2027-04-00",
+            "1969-12-31",
+            "",
+            "2027-03-31T00",
+            "+027-03-31",
+            "２027-03-3",
+        ] {
+            assert_eq!(
+                end_of_day(bad),
+                Err(DebtInputError::NotADate(bad.to_string())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn dates_round_trip_every_day_for_four_centuries() {
+        let mut t = 0;
+        while t < 13_000_000_000 {
+            let day = utc_date(t);
+            assert_eq!(end_of_day(&day), Ok(t + DAY), "{day}");
+            assert_eq!(last_day(t + DAY), day);
+            t += DAY;
+        }
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_767_225_599), "2025-12-31");
+        assert_eq!(utc_date(1_767_225_600), "2026-01-01");
+        assert_eq!(utc_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn days_left_counts_whole_days() {
+        assert_eq!(days_left(DAY * 10, DAY * 3), 7);
+        assert_eq!(days_left(DAY * 10, DAY * 10 - 1), 0);
+        assert_eq!(days_left(DAY * 10, DAY * 10 + 1), -1);
+    }
+
+    #[test]
+    fn fingerprints() {
+        let fp = key_fingerprint(b"abc");
+        assert_eq!(
+            fp,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(parse_fingerprint(&fp.to_ascii_uppercase()), Ok(fp.clone()));
+        assert_eq!(short_fingerprint(&fp), "ba7816bf8f01");
+        assert_eq!(short_fingerprint("abc"), "abc");
+        for bad in [
+            "",
+            "abc",
+            &fp[..63],
+            &format!("{fp}0"),
+            &fp.replace('b', "g"),
+        ] {
+            assert_eq!(parse_fingerprint(bad), Err(DebtInputError::BadFingerprint));
+        }
+    }
+
+    #[test]
+    fn entry_names() {
+        for ok in ["stripe", "scan-aws-0123456789", "a.b_c-d", &"x".repeat(64)] {
+            assert_eq!(check_entry_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "x y", "a/b", "ä", &"x".repeat(65)] {
+            assert_eq!(
+                check_entry_name(bad),
+                Err(DebtInputError::BadName(bad.to_string()))
+            );
+        }
+    }
 }

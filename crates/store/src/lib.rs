@@ -19,7 +19,10 @@ pub use audit::{
     AuditLog, AuditSink, ChainReport, CommitOutcome, Pending, StoredEvent, TamperKind,
 };
 pub use clients::StoredClient;
-pub use debt::{DebtEntry, DebtUsage};
+pub use debt::{
+    DAY, DebtEntry, DebtInputError, DebtUsage, check_entry_name, days_left, end_of_day,
+    key_fingerprint, last_day, parse_fingerprint, short_fingerprint, utc_date,
+};
 pub use keys::StoredKey;
 pub use revocation::IssuedToken;
 pub use spiffe::{
