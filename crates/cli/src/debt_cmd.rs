@@ -29,29 +29,7 @@ pub enum DebtCmd {
     /// Add a static key to the inventory. The key is read from standard input (or the variable
     /// named by --key-env) and stored sealed; with --fingerprint, only its SHA-256 is entered
     /// (a key found by `mayfly scan` that nothing wraps yet).
-    Add {
-        /// Entry name (also the proxy route's `key` by default).
-        #[arg(long)]
-        name: String,
-        /// The team or person who owns moving off this key.
-        #[arg(long)]
-        owner: String,
-        /// Last day the key may be used, YYYY-MM-DD (UTC). Required: every key has an end.
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        expires: String,
-        /// A proxy route that uses the key (repeat for several).
-        #[arg(long = "route")]
-        routes: Vec<String>,
-        /// Read the key from this environment variable instead of standard input.
-        #[arg(long, value_name = "VAR", conflicts_with = "fingerprint")]
-        key_env: Option<String>,
-        /// Enter a key by its SHA-256 (hex) only, as `mayfly scan` reports it.
-        #[arg(long, value_name = "SHA256")]
-        fingerprint: Option<String>,
-        /// Where the key was found (with --fingerprint), e.g. `repo@commit:path:line`.
-        #[arg(long, requires = "fingerprint")]
-        found_at: Option<String>,
-    },
+    Add(AddArgs),
     /// Replace an entry's key (read like `add`); running proxies pick it up without a restart.
     Rotate {
         /// Entry name.
@@ -82,6 +60,32 @@ pub enum DebtCmd {
         /// Entry name.
         name: String,
     },
+}
+
+/// `mayfly debt add` arguments.
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// Entry name (also the proxy route's `key` by default).
+    #[arg(long)]
+    pub name: String,
+    /// The team or person who owns moving off this key.
+    #[arg(long)]
+    pub owner: String,
+    /// Last day the key may be used, YYYY-MM-DD (UTC). Required: every key has an end.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub expires: String,
+    /// A proxy route that uses the key (repeat for several).
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
+    /// Read the key from this environment variable instead of standard input.
+    #[arg(long, value_name = "VAR", conflicts_with = "fingerprint")]
+    pub key_env: Option<String>,
+    /// Enter a key by its SHA-256 (hex) only, as `mayfly scan` reports it.
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+    /// Where the key was found (with --fingerprint), e.g. `repo@commit:path:line`.
+    #[arg(long, requires = "fingerprint")]
+    pub found_at: Option<String>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -204,146 +208,14 @@ pub(crate) async fn enter(
 pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::open(config).await?;
     match cmd {
-        DebtCmd::Add {
-            name,
-            owner,
-            expires,
-            routes,
-            key_env,
-            fingerprint: fp,
-            found_at,
-        } => {
-            check_entry_name(&name)?;
-            if owner.trim().is_empty() {
-                bail!("--owner is empty: name the team that will move off this key");
-            }
-            let expires_at = mayfly_store::end_of_day(&expires)?;
-            let now = now();
-            if expires_at <= now {
-                bail!(
-                    "--expires {expires} is in the past: give the last day the key may still be used"
-                );
-            }
-            let kek = ctx.kek(true)?;
-            let (key, fp) = match fp {
-                Some(fp) => (None, parse_fingerprint(&fp).context("--fingerprint")?),
-                None => {
-                    let key = read_key(key_env.as_deref())?;
-                    let fp = key_fingerprint(&key);
-                    (Some(key), fp)
-                }
-            };
-            for other in ctx.store.debt_by_fingerprint(&fp).await? {
-                eprintln!(
-                    "mayfly: warning: entry `{}` holds the same key (fingerprint {})",
-                    other.name,
-                    short(&fp)
-                );
-            }
-            let entry = new_entry(
-                name.clone(),
-                owner,
-                expires_at,
-                routes,
-                fp.clone(),
-                key.is_some(),
-                found_at,
-            );
-            if !enter(&ctx, kek, &entry, key.as_ref().map(|k| k.as_slice())).await? {
-                bail!(
-                    "entry `{name}` exists: use `mayfly debt rotate {name}` to replace its key, or another name"
-                );
-            }
-            println!(
-                "added `{name}` ({}, fingerprint {}), usable through {} ({} days)",
-                kind(&entry),
-                short(&fp),
-                last_day(expires_at),
-                days_left(expires_at, now)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        DebtCmd::Rotate { name, key_env } => {
-            let Some(before) = ctx.store.get_debt(&name).await? else {
-                bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
-            };
-            let key = read_key(key_env.as_deref())?;
-            let fp = key_fingerprint(&key);
-            if fp == before.fingerprint {
-                bail!(
-                    "that is the key `{name}` already holds: rotate means a new key from the provider"
-                );
-            }
-            let kek = ctx.kek(false)?;
-            if !ctx
-                .store
-                .rotate_debt_key(&name, &key, &fp, now(), &kek)
-                .await?
-            {
-                bail!("entry `{name}` was removed meanwhile");
-            }
-            ctx.record(
-                kek,
-                vec![event(
-                    &name,
-                    format!(
-                        "rotated (fingerprint {} replaces {})",
-                        short(&fp),
-                        short(&before.fingerprint)
-                    ),
-                )],
-            )
-            .await?;
-            println!(
-                "rotated `{name}` (fingerprint {}); running proxies load it within their reload interval",
-                short(&fp)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        DebtCmd::Add(a) => add(&ctx, a).await,
+        DebtCmd::Rotate { name, key_env } => rotate(&ctx, name, key_env).await,
         DebtCmd::List { json } => list(&ctx, json).await,
         DebtCmd::Extend {
             name,
             until,
             reason,
-        } => {
-            let reason = reason.trim().to_string();
-            if reason.len() < 3 {
-                bail!("--reason is required: say why this key may live longer (it is audited)");
-            }
-            let Some(before) = ctx.store.get_debt(&name).await? else {
-                bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
-            };
-            let expires_at = mayfly_store::end_of_day(&until)?;
-            if expires_at <= now() {
-                bail!("--until {until} is in the past");
-            }
-            let kek = ctx.kek(false)?;
-            if !ctx
-                .store
-                .extend_debt(&name, expires_at, &reason, now())
-                .await?
-            {
-                bail!("entry `{name}` was removed meanwhile");
-            }
-            ctx.record(
-                kek,
-                vec![event(
-                    &name,
-                    format!(
-                        "expiry moved from {} to {}: {reason}",
-                        last_day(before.expires_at),
-                        last_day(expires_at)
-                    ),
-                )],
-            )
-            .await?;
-            println!(
-                "`{name}` now usable through {} ({} days)",
-                last_day(expires_at),
-                days_left(expires_at, now())
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => extend(&ctx, name, until, reason).await,
         DebtCmd::Remove { name } => {
             let kek = ctx.kek(false)?;
             if !ctx.store.remove_debt(&name).await? {
@@ -355,6 +227,149 @@ pub async fn run(config: Option<PathBuf>, cmd: DebtCmd) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `mayfly debt add`.
+async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<ExitCode> {
+    let AddArgs {
+        name,
+        owner,
+        expires,
+        routes,
+        key_env,
+        fingerprint: fp,
+        found_at,
+    } = a;
+    check_entry_name(&name)?;
+    if owner.trim().is_empty() {
+        bail!("--owner is empty: name the team that will move off this key");
+    }
+    let expires_at = mayfly_store::end_of_day(&expires)?;
+    let now = now();
+    if expires_at <= now {
+        bail!("--expires {expires} is in the past: give the last day the key may still be used");
+    }
+    let kek = ctx.kek(true)?;
+    let (key, fp) = match fp {
+        Some(fp) => (None, parse_fingerprint(&fp).context("--fingerprint")?),
+        None => {
+            let key = read_key(key_env.as_deref())?;
+            let fp = key_fingerprint(&key);
+            (Some(key), fp)
+        }
+    };
+    for other in ctx.store.debt_by_fingerprint(&fp).await? {
+        eprintln!(
+            "mayfly: warning: entry `{}` holds the same key (fingerprint {})",
+            other.name,
+            short(&fp)
+        );
+    }
+    let entry = new_entry(
+        name.clone(),
+        owner,
+        expires_at,
+        routes,
+        fp.clone(),
+        key.is_some(),
+        found_at,
+    );
+    if !enter(ctx, kek, &entry, key.as_ref().map(|k| k.as_slice())).await? {
+        bail!(
+            "entry `{name}` exists: use `mayfly debt rotate {name}` to replace its key, or another name"
+        );
+    }
+    println!(
+        "added `{name}` ({}, fingerprint {}), usable through {} ({} days)",
+        kind(&entry),
+        short(&fp),
+        last_day(expires_at),
+        days_left(expires_at, now)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly debt rotate`.
+async fn rotate(ctx: &Ctx, name: String, key_env: Option<String>) -> anyhow::Result<ExitCode> {
+    let Some(before) = ctx.store.get_debt(&name).await? else {
+        bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
+    };
+    let key = read_key(key_env.as_deref())?;
+    let fp = key_fingerprint(&key);
+    if fp == before.fingerprint {
+        bail!("that is the key `{name}` already holds: rotate means a new key from the provider");
+    }
+    let kek = ctx.kek(false)?;
+    if !ctx
+        .store
+        .rotate_debt_key(&name, &key, &fp, now(), &kek)
+        .await?
+    {
+        bail!("entry `{name}` was removed meanwhile");
+    }
+    ctx.record(
+        kek,
+        vec![event(
+            &name,
+            format!(
+                "rotated (fingerprint {} replaces {})",
+                short(&fp),
+                short(&before.fingerprint)
+            ),
+        )],
+    )
+    .await?;
+    println!(
+        "rotated `{name}` (fingerprint {}); running proxies load it within their reload interval",
+        short(&fp)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly debt extend`.
+async fn extend(
+    ctx: &Ctx,
+    name: String,
+    until: String,
+    reason: String,
+) -> anyhow::Result<ExitCode> {
+    let reason = reason.trim().to_string();
+    if reason.len() < 3 {
+        bail!("--reason is required: say why this key may live longer (it is audited)");
+    }
+    let Some(before) = ctx.store.get_debt(&name).await? else {
+        bail!("no entry `{name}`: `mayfly debt list` shows the inventory");
+    };
+    let expires_at = mayfly_store::end_of_day(&until)?;
+    if expires_at <= now() {
+        bail!("--until {until} is in the past");
+    }
+    let kek = ctx.kek(false)?;
+    if !ctx
+        .store
+        .extend_debt(&name, expires_at, &reason, now())
+        .await?
+    {
+        bail!("entry `{name}` was removed meanwhile");
+    }
+    ctx.record(
+        kek,
+        vec![event(
+            &name,
+            format!(
+                "expiry moved from {} to {}: {reason}",
+                last_day(before.expires_at),
+                last_day(expires_at)
+            ),
+        )],
+    )
+    .await?;
+    println!(
+        "`{name}` now usable through {} ({} days)",
+        last_day(expires_at),
+        days_left(expires_at, now())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn list(ctx: &Ctx, as_json: bool) -> anyhow::Result<ExitCode> {

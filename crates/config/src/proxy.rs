@@ -282,93 +282,8 @@ impl RawRoute {
                 "use up to 64 letters, digits, `-`, `_` or `.`",
             ));
         }
-        let matcher = match (self.path_prefix, self.host) {
-            (Some(p), None) => {
-                if !p.starts_with('/') || p.contains(['?', '#']) || p.contains("..") {
-                    return Err(ConfigError::new(
-                        src,
-                        key("path_prefix"),
-                        format!("`{p}` is not a path prefix"),
-                        "start it with `/`, e.g. path_prefix = \"/stripe/\"",
-                    ));
-                }
-                // Request paths are matched in normal form: a prefix in any other would
-                // never match.
-                match mayfly_proto::path::NormalPath::new(&p) {
-                    Ok(n) if !n.rewritten() => {}
-                    Ok(n) => {
-                        return Err(ConfigError::new(
-                            src,
-                            key("path_prefix"),
-                            format!("`{p}` is not in the normal form requests are matched in"),
-                            format!("write it as path_prefix = \"{}\"", n.as_str()),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(ConfigError::new(
-                            src,
-                            key("path_prefix"),
-                            format!("`{p}` is not a path prefix: {e}"),
-                            "write a plain path, e.g. path_prefix = \"/stripe/\"",
-                        ));
-                    }
-                }
-                RouteMatch::PathPrefix(p)
-            }
-            (None, Some(h)) => {
-                if h.is_empty() || h.contains(['/', ' ']) {
-                    return Err(ConfigError::new(
-                        src,
-                        key("host"),
-                        format!("`{h}` is not a host name"),
-                        "write the Host clients use, e.g. host = \"stripe.proxy.internal\"",
-                    ));
-                }
-                RouteMatch::Host(h.to_ascii_lowercase())
-            }
-            _ => {
-                return Err(ConfigError::new(
-                    src,
-                    key("path_prefix"),
-                    "a route matches by path_prefix or by host, exactly one of them",
-                    "set path_prefix = \"/name/\" or host = \"name.proxy.internal\"",
-                ));
-            }
-        };
-        let upstream = url::Url::parse(&self.upstream).map_err(|e| {
-            ConfigError::new(
-                src,
-                key("upstream"),
-                format!("`{}` is not a URL ({e})", self.upstream),
-                "write the upstream's base URL, e.g. \"https://api.stripe.com\"",
-            )
-        })?;
-        if !matches!(upstream.scheme(), "https" | "http")
-            || upstream.host_str().is_none()
-            || upstream.query().is_some()
-            || upstream.fragment().is_some()
-            || !upstream.username().is_empty()
-            || upstream.password().is_some()
-        {
-            return Err(ConfigError::new(
-                src,
-                key("upstream"),
-                format!("`{upstream}` is not a base URL the proxy can forward to"),
-                "use https://host[:port][/base/path] with no query, fragment or credentials",
-            ));
-        }
-        // The key crosses this hop in the clear over plain http: only where nobody else can
-        // see it (the host itself).
-        if upstream.scheme() == "http" && !is_loopback(&upstream) {
-            return Err(ConfigError::new(
-                src,
-                key("upstream"),
-                format!(
-                    "`{upstream}` is plain http to a host that is not loopback: the route's key would cross the network in the clear"
-                ),
-                "use https:// (add the upstream's CA with proxy.upstream_ca_file if it is private); plain http is for 127.0.0.1, [::1] or localhost only",
-            ));
-        }
+        let matcher = route_match(self.path_prefix, self.host, src, i)?;
+        let upstream = route_upstream(&self.upstream, src, i)?;
         if self.audience.is_empty() {
             return Err(ConfigError::new(
                 src,
@@ -385,7 +300,142 @@ impl RawRoute {
                 "e.g. inject = { header = \"Authorization\", value = \"Bearer {key}\" }, inject = { query = \"api_key\" } or inject = { basic = \"{key}:\" }",
             ));
         };
-        let inject = match raw_inject {
+        let inject = raw_inject.validate(src, i)?;
+        let mut drop_headers = Vec::with_capacity(self.drop_headers.len());
+        for h in self.drop_headers {
+            if !is_token(&h) {
+                return Err(ConfigError::new(
+                    src,
+                    key("drop_headers"),
+                    format!("`{h}` is not a header name"),
+                    "list header names, e.g. drop_headers = [\"cookie\"]",
+                ));
+            }
+            drop_headers.push(h.to_ascii_lowercase());
+        }
+        Ok(RouteConfig {
+            key: self.key.unwrap_or_else(|| self.name.clone()),
+            name: self.name,
+            matcher,
+            upstream,
+            audience: self.audience,
+            scopes: self.scopes,
+            inject,
+            drop_headers,
+            policy_file: self.policy_file.map(|p| resolve(base, &p)),
+            case_insensitive_upstream: self.case_insensitive_upstream,
+        })
+    }
+}
+
+/// What a route matches on: exactly one of a path prefix (in normal form) or a host.
+fn route_match(
+    path_prefix: Option<String>,
+    host: Option<String>,
+    src: &str,
+    i: usize,
+) -> Result<RouteMatch, ConfigError> {
+    let key = |k: &str| format!("proxy.routes[{i}].{k}");
+    Ok(match (path_prefix, host) {
+        (Some(p), None) => {
+            if !p.starts_with('/') || p.contains(['?', '#']) || p.contains("..") {
+                return Err(ConfigError::new(
+                    src,
+                    key("path_prefix"),
+                    format!("`{p}` is not a path prefix"),
+                    "start it with `/`, e.g. path_prefix = \"/stripe/\"",
+                ));
+            }
+            // Request paths are matched in normal form: a prefix in any other would
+            // never match.
+            match mayfly_proto::path::NormalPath::new(&p) {
+                Ok(n) if !n.rewritten() => {}
+                Ok(n) => {
+                    return Err(ConfigError::new(
+                        src,
+                        key("path_prefix"),
+                        format!("`{p}` is not in the normal form requests are matched in"),
+                        format!("write it as path_prefix = \"{}\"", n.as_str()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(ConfigError::new(
+                        src,
+                        key("path_prefix"),
+                        format!("`{p}` is not a path prefix: {e}"),
+                        "write a plain path, e.g. path_prefix = \"/stripe/\"",
+                    ));
+                }
+            }
+            RouteMatch::PathPrefix(p)
+        }
+        (None, Some(h)) => {
+            if h.is_empty() || h.contains(['/', ' ']) {
+                return Err(ConfigError::new(
+                    src,
+                    key("host"),
+                    format!("`{h}` is not a host name"),
+                    "write the Host clients use, e.g. host = \"stripe.proxy.internal\"",
+                ));
+            }
+            RouteMatch::Host(h.to_ascii_lowercase())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                src,
+                key("path_prefix"),
+                "a route matches by path_prefix or by host, exactly one of them",
+                "set path_prefix = \"/name/\" or host = \"name.proxy.internal\"",
+            ));
+        }
+    })
+}
+
+/// A base URL the proxy may forward to: plain http only to loopback.
+fn route_upstream(text: &str, src: &str, i: usize) -> Result<url::Url, ConfigError> {
+    let key = |k: &str| format!("proxy.routes[{i}].{k}");
+    let upstream = url::Url::parse(text).map_err(|e| {
+        ConfigError::new(
+            src,
+            key("upstream"),
+            format!("`{}` is not a URL ({e})", text),
+            "write the upstream's base URL, e.g. \"https://api.stripe.com\"",
+        )
+    })?;
+    if !matches!(upstream.scheme(), "https" | "http")
+        || upstream.host_str().is_none()
+        || upstream.query().is_some()
+        || upstream.fragment().is_some()
+        || !upstream.username().is_empty()
+        || upstream.password().is_some()
+    {
+        return Err(ConfigError::new(
+            src,
+            key("upstream"),
+            format!("`{upstream}` is not a base URL the proxy can forward to"),
+            "use https://host[:port][/base/path] with no query, fragment or credentials",
+        ));
+    }
+    // The key crosses this hop in the clear over plain http: only where nobody else can
+    // see it (the host itself).
+    if upstream.scheme() == "http" && !is_loopback(&upstream) {
+        return Err(ConfigError::new(
+            src,
+            key("upstream"),
+            format!(
+                "`{upstream}` is plain http to a host that is not loopback: the route's key would cross the network in the clear"
+            ),
+            "use https:// (add the upstream's CA with proxy.upstream_ca_file if it is private); plain http is for 127.0.0.1, [::1] or localhost only",
+        ));
+    }
+    Ok(upstream)
+}
+
+impl RawInject {
+    /// How the key goes into the request: exactly one of header (with value), query or basic.
+    fn validate(self, src: &str, i: usize) -> Result<Inject, ConfigError> {
+        let key = |k: &str| format!("proxy.routes[{i}].{k}");
+        Ok(match self {
             RawInject {
                 header: Some(h),
                 value,
@@ -454,30 +504,6 @@ impl RawRoute {
                     "e.g. inject = { header = \"Authorization\", value = \"Bearer {key}\" }, inject = { query = \"api_key\" } or inject = { basic = \"{key}:\" }",
                 ));
             }
-        };
-        let mut drop_headers = Vec::with_capacity(self.drop_headers.len());
-        for h in self.drop_headers {
-            if !is_token(&h) {
-                return Err(ConfigError::new(
-                    src,
-                    key("drop_headers"),
-                    format!("`{h}` is not a header name"),
-                    "list header names, e.g. drop_headers = [\"cookie\"]",
-                ));
-            }
-            drop_headers.push(h.to_ascii_lowercase());
-        }
-        Ok(RouteConfig {
-            key: self.key.unwrap_or_else(|| self.name.clone()),
-            name: self.name,
-            matcher,
-            upstream,
-            audience: self.audience,
-            scopes: self.scopes,
-            inject,
-            drop_headers,
-            policy_file: self.policy_file.map(|p| resolve(base, &p)),
-            case_insensitive_upstream: self.case_insensitive_upstream,
         })
     }
 }

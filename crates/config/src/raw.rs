@@ -277,7 +277,76 @@ impl RawConfig {
         }
         let data_dir = resolve(base, self.data_dir.as_deref().unwrap_or("./mayfly-data"));
 
-        let t = &self.tokens;
+        let tokens = self.tokens.validate(src)?;
+        let max_ttl = tokens.max_ttl;
+
+        let audit = AuditConfig {
+            output: self.audit.output.unwrap_or_default(),
+            path: self.audit.path.as_deref().map(|p| resolve(base, p)),
+        };
+        if audit.output == AuditOutput::File && audit.path.is_none() {
+            return Err(ConfigError::new(
+                src,
+                "audit.path",
+                "audit.output is \"file\" but no path is set",
+                "set audit.path = \"/var/log/mayfly/audit.jsonl\"",
+            ));
+        }
+
+        let server = self.server.validate(src)?;
+
+        let clients = validate_clients(self.clients, src, base)?;
+
+        let pool = validate_pool(&self.pool, self.database.as_deref(), src)?;
+        let trust_domain = match &self.trust_domain {
+            Some(td) => td.clone(),
+            None => issuer
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .unwrap_or("127.0.0.1")
+                .to_ascii_lowercase(),
+        };
+        if trust_domain.is_empty()
+            || !trust_domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::new(
+                src,
+                "trust_domain",
+                format!("`{trust_domain}` is not a SPIFFE trust domain name"),
+                "use lowercase letters, digits, `.`, `-` and `_`, e.g. trust_domain = \"example.org\"",
+            ));
+        }
+        let policy_dir = self.policy.dir.as_deref().map(|d| resolve(base, d));
+        let spiffe = self.spiffe.validate(src, base)?;
+        let proxy = self.proxy.validate(src, base)?;
+        let issuers = validate_issuers(self.issuers, src, base, &trust_domain, max_ttl)?;
+        let node_attestation = crate::node::validate(self.node_attestation, src, &issuers)?;
+
+        Ok(Config {
+            spiffe,
+            proxy,
+            trust_domain,
+            policy_dir,
+            issuers,
+            node_attestation,
+            listen,
+            issuer,
+            data_dir,
+            database: self.database,
+            pool,
+            tokens,
+            audit,
+            server,
+            clients,
+        })
+    }
+}
+
+impl RawTokens {
+    fn validate(&self, src: &str) -> Result<TokensConfig, ConfigError> {
+        let t = self;
         let default_ttl = duration(src, "tokens.default_ttl", t.default_ttl.as_ref(), "5m")?;
         let max_ttl = duration(src, "tokens.max_ttl", t.max_ttl.as_ref(), "1h")?;
         let clock_skew = duration(src, "tokens.clock_skew", t.clock_skew.as_ref(), "30s")?;
@@ -340,21 +409,20 @@ impl RawConfig {
                 ));
             }
         };
+        Ok(TokensConfig {
+            default_ttl,
+            max_ttl,
+            clock_skew,
+            max_assertion_lifetime,
+            signing_alg,
+            key_rotation,
+        })
+    }
+}
 
-        let audit = AuditConfig {
-            output: self.audit.output.unwrap_or_default(),
-            path: self.audit.path.as_deref().map(|p| resolve(base, p)),
-        };
-        if audit.output == AuditOutput::File && audit.path.is_none() {
-            return Err(ConfigError::new(
-                src,
-                "audit.path",
-                "audit.output is \"file\" but no path is set",
-                "set audit.path = \"/var/log/mayfly/audit.jsonl\"",
-            ));
-        }
-
-        let max_body_bytes = self.server.max_body_bytes.unwrap_or(16 * 1024);
+impl RawServer {
+    fn validate(&self, src: &str) -> Result<ServerLimits, ConfigError> {
+        let max_body_bytes = self.max_body_bytes.unwrap_or(16 * 1024);
         if !(1024..=1024 * 1024).contains(&max_body_bytes) {
             return Err(ConfigError::new(
                 src,
@@ -366,7 +434,7 @@ impl RawConfig {
         let request_timeout = duration(
             src,
             "server.request_timeout",
-            self.server.request_timeout.as_ref(),
+            self.request_timeout.as_ref(),
             "10s",
         )?;
         // The store's replay-window rebuild relies on no request outliving this bound.
@@ -380,163 +448,138 @@ impl RawConfig {
                 "use the default 10s",
             ));
         }
-
-        let mut clients: Vec<ClientConfig> = Vec::with_capacity(self.clients.len());
-        for (i, c) in self.clients.into_iter().enumerate() {
-            let client = c.validate(src, base, i)?;
-            if clients.iter().any(|o| o.id == client.id) {
-                return Err(ConfigError::new(
-                    src,
-                    format!("clients[{i}].id"),
-                    format!("client `{}` is registered twice", client.id),
-                    "give each [[clients]] entry a distinct id",
-                ));
-            }
-            clients.push(client);
-        }
-
-        if let Some(url) = &self.database
-            && !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite://"))
-        {
-            return Err(ConfigError::new(
-                src,
-                "database",
-                "is not a postgres:// (or sqlite://) URL",
-                "write database = \"postgres://mayfly@db.internal/mayfly?sslmode=verify-full\", or leave it out for SQLite in data_dir",
-            ));
-        }
-        let acquire_timeout = duration(
-            src,
-            "pool.acquire_timeout",
-            self.pool.acquire_timeout.as_ref(),
-            "3s",
-        )?;
-        let statement_timeout = duration(
-            src,
-            "pool.statement_timeout",
-            self.pool.statement_timeout.as_ref(),
-            "5s",
-        )?;
-        if self
-            .pool
-            .max_connections
-            .is_some_and(|n| n == 0 || n > 1000)
-        {
-            return Err(ConfigError::new(
-                src,
-                "pool.max_connections",
-                "must be between 1 and 1000",
-                "leave it out for the default (16 on PostgreSQL)",
-            ));
-        }
-        if acquire_timeout.is_zero() || statement_timeout.is_zero() {
-            return Err(ConfigError::new(
-                src,
-                "pool",
-                "timeouts must be above zero",
-                "use the defaults (acquire_timeout 3s, statement_timeout 5s)",
-            ));
-        }
-        let pool = PoolConfig {
-            max_connections: self.pool.max_connections,
-            acquire_timeout,
-            statement_timeout,
-        };
-        let trust_domain = match &self.trust_domain {
-            Some(td) => td.clone(),
-            None => issuer
-                .as_ref()
-                .and_then(|u| u.host_str())
-                .unwrap_or("127.0.0.1")
-                .to_ascii_lowercase(),
-        };
-        if trust_domain.is_empty()
-            || !trust_domain
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        {
-            return Err(ConfigError::new(
-                src,
-                "trust_domain",
-                format!("`{trust_domain}` is not a SPIFFE trust domain name"),
-                "use lowercase letters, digits, `.`, `-` and `_`, e.g. trust_domain = \"example.org\"",
-            ));
-        }
-        let policy_dir = self.policy.dir.as_deref().map(|d| resolve(base, d));
-        let spiffe = self.spiffe.validate(src, base)?;
-        let proxy = self.proxy.validate(src, base)?;
-        let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(self.issuers.len());
-        for (i, raw) in self.issuers.into_iter().enumerate() {
-            let iss = raw.validate(src, base, i, &trust_domain)?;
-            if issuers.iter().any(|o| o.name == iss.name) {
-                return Err(ConfigError::new(
-                    src,
-                    format!("issuers[{i}].name"),
-                    format!("issuer name `{}` is used twice", iss.name),
-                    "give each [[issuers]] entry a distinct name",
-                ));
-            }
-            if issuers.iter().any(|o| o.issuer == iss.issuer) {
-                return Err(ConfigError::new(
-                    src,
-                    format!("issuers[{i}].issuer"),
-                    format!("issuer `{}` is configured twice", iss.issuer),
-                    "merge the two entries: a token's `iss` must pick exactly one",
-                ));
-            }
-            if let Some(o) = issuers.iter().find(|o| o.trust_domain == iss.trust_domain) {
-                return Err(ConfigError::new(
-                    src,
-                    format!("issuers[{i}].trust_domain"),
-                    format!(
-                        "`{}` is already the trust domain of issuer `{}`: identities from two issuers would collide",
-                        iss.trust_domain, o.name
-                    ),
-                    "give each [[issuers]] entry a trust domain of its own (or leave trust_domain out: the default is `<name>.<trust_domain>`)",
-                ));
-            }
-            if iss.max_ttl.is_some_and(|t| t > max_ttl) {
-                return Err(ConfigError::new(
-                    src,
-                    format!("issuers[{i}].max_ttl"),
-                    "is above tokens.max_ttl",
-                    "shorten it (or leave it out to use tokens.max_ttl)",
-                ));
-            }
-            issuers.push(iss);
-        }
-        let node_attestation = crate::node::validate(self.node_attestation, src, &issuers)?;
-
-        Ok(Config {
-            spiffe,
-            proxy,
-            trust_domain,
-            policy_dir,
-            issuers,
-            node_attestation,
-            listen,
-            issuer,
-            data_dir,
-            database: self.database,
-            pool,
-            tokens: TokensConfig {
-                default_ttl,
-                max_ttl,
-                clock_skew,
-                max_assertion_lifetime,
-                signing_alg,
-                key_rotation,
-            },
-            audit,
-            server: ServerLimits {
-                max_body_bytes: max_body_bytes as usize,
-                request_timeout,
-            },
-            clients,
+        Ok(ServerLimits {
+            max_body_bytes: max_body_bytes as usize,
+            request_timeout,
         })
     }
+}
+
+/// The `[[clients]]`, each valid and with a distinct id.
+fn validate_clients(
+    raw: Vec<RawClient>,
+    src: &str,
+    base: &Path,
+) -> Result<Vec<ClientConfig>, ConfigError> {
+    let mut clients: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+    for (i, c) in raw.into_iter().enumerate() {
+        let client = c.validate(src, base, i)?;
+        if clients.iter().any(|o| o.id == client.id) {
+            return Err(ConfigError::new(
+                src,
+                format!("clients[{i}].id"),
+                format!("client `{}` is registered twice", client.id),
+                "give each [[clients]] entry a distinct id",
+            ));
+        }
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// The `database` URL's scheme and the `[pool]` limits.
+fn validate_pool(
+    raw: &RawPool,
+    database: Option<&str>,
+    src: &str,
+) -> Result<PoolConfig, ConfigError> {
+    if let Some(url) = database
+        && !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite://"))
+    {
+        return Err(ConfigError::new(
+            src,
+            "database",
+            "is not a postgres:// (or sqlite://) URL",
+            "write database = \"postgres://mayfly@db.internal/mayfly?sslmode=verify-full\", or leave it out for SQLite in data_dir",
+        ));
+    }
+    let acquire_timeout = duration(
+        src,
+        "pool.acquire_timeout",
+        raw.acquire_timeout.as_ref(),
+        "3s",
+    )?;
+    let statement_timeout = duration(
+        src,
+        "pool.statement_timeout",
+        raw.statement_timeout.as_ref(),
+        "5s",
+    )?;
+    if raw.max_connections.is_some_and(|n| n == 0 || n > 1000) {
+        return Err(ConfigError::new(
+            src,
+            "pool.max_connections",
+            "must be between 1 and 1000",
+            "leave it out for the default (16 on PostgreSQL)",
+        ));
+    }
+    if acquire_timeout.is_zero() || statement_timeout.is_zero() {
+        return Err(ConfigError::new(
+            src,
+            "pool",
+            "timeouts must be above zero",
+            "use the defaults (acquire_timeout 3s, statement_timeout 5s)",
+        ));
+    }
+    Ok(PoolConfig {
+        max_connections: raw.max_connections,
+        acquire_timeout,
+        statement_timeout,
+    })
+}
+
+/// The `[[issuers]]`: each valid, with a distinct name, `iss` and trust domain, and a lifetime
+/// cap within `tokens.max_ttl`.
+fn validate_issuers(
+    raw: Vec<RawIssuer>,
+    src: &str,
+    base: &Path,
+    trust_domain: &str,
+    max_ttl: Duration,
+) -> Result<Vec<IssuerConfig>, ConfigError> {
+    let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let iss = raw.validate(src, base, i, trust_domain)?;
+        if issuers.iter().any(|o| o.name == iss.name) {
+            return Err(ConfigError::new(
+                src,
+                format!("issuers[{i}].name"),
+                format!("issuer name `{}` is used twice", iss.name),
+                "give each [[issuers]] entry a distinct name",
+            ));
+        }
+        if issuers.iter().any(|o| o.issuer == iss.issuer) {
+            return Err(ConfigError::new(
+                src,
+                format!("issuers[{i}].issuer"),
+                format!("issuer `{}` is configured twice", iss.issuer),
+                "merge the two entries: a token's `iss` must pick exactly one",
+            ));
+        }
+        if let Some(o) = issuers.iter().find(|o| o.trust_domain == iss.trust_domain) {
+            return Err(ConfigError::new(
+                src,
+                format!("issuers[{i}].trust_domain"),
+                format!(
+                    "`{}` is already the trust domain of issuer `{}`: identities from two issuers would collide",
+                    iss.trust_domain, o.name
+                ),
+                "give each [[issuers]] entry a trust domain of its own (or leave trust_domain out: the default is `<name>.<trust_domain>`)",
+            ));
+        }
+        if iss.max_ttl.is_some_and(|t| t > max_ttl) {
+            return Err(ConfigError::new(
+                src,
+                format!("issuers[{i}].max_ttl"),
+                "is above tokens.max_ttl",
+                "shorten it (or leave it out to use tokens.max_ttl)",
+            ));
+        }
+        issuers.push(iss);
+    }
+    Ok(issuers)
 }
 
 /// A path from the file, relative to the file's folder (kept as written when that is `.`).
@@ -664,13 +707,8 @@ impl RawIssuer {
         Ok(td)
     }
 
-    fn validate(
-        self,
-        src: &str,
-        base: &Path,
-        i: usize,
-        own_trust_domain: &str,
-    ) -> Result<IssuerConfig, ConfigError> {
+    /// A short name of allowed characters, not one mayfly reserves.
+    fn check_name(&self, src: &str, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("issuers[{i}].{k}");
         if self.name.is_empty()
             || self.name.len() > 64
@@ -697,7 +735,12 @@ impl RawIssuer {
                 "pick another name, like \"k8s-prod\"",
             ));
         }
-        let trust_domain = self.trust_domain(src, i, own_trust_domain)?;
+        Ok(())
+    }
+
+    /// The `iss` to match, and an identity template or a known preset.
+    fn check_identity_source(&self, src: &str, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("issuers[{i}].{k}");
         if self.issuer.is_empty() {
             return Err(ConfigError::new(
                 src,
@@ -728,6 +771,47 @@ impl RawIssuer {
                 "set preset = \"kubernetes\" (or another preset), or identity = \"spiffe://{trust_domain}/...{/claim}...\"",
             ));
         }
+        Ok(())
+    }
+
+    /// Attributes are JSON pointers and never shadow the ones mayfly sets.
+    fn check_attributes(&self, src: &str, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("issuers[{i}].{k}");
+        for (name, ptr) in &self.attributes {
+            if RESERVED_ATTRIBUTES.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    src,
+                    key(&format!("attributes.{name}")),
+                    format!(
+                        "`{name}` is set by mayfly for every workload and cannot come from a claim"
+                    ),
+                    "name the attribute differently, e.g. \"token_issuer\"",
+                ));
+            }
+            if !ptr.starts_with('/') {
+                return Err(ConfigError::new(
+                    src,
+                    key(&format!("attributes.{name}")),
+                    format!("`{ptr}` is not a JSON pointer"),
+                    "write a pointer into the token's claims, e.g. \"/kubernetes.io/namespace\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(
+        self,
+        src: &str,
+        base: &Path,
+        i: usize,
+        own_trust_domain: &str,
+    ) -> Result<IssuerConfig, ConfigError> {
+        let key = |k: &str| format!("issuers[{i}].{k}");
+        self.check_name(src, i)?;
+        let trust_domain = self.trust_domain(src, i, own_trust_domain)?;
+        self.check_identity_source(src, i)?;
+        self.check_attributes(src, i)?;
         let keys = match (self.jwks_uri, self.discovery, self.jwks_file, self.jwks) {
             (Some(uri), false, None, None) => {
                 IssuerKeys::Uri(fetch_url(src, &key("jwks_uri"), &uri)?)
@@ -764,28 +848,7 @@ impl RawIssuer {
                 "list the audience the platform puts in tokens meant for mayfly, e.g. audiences = [\"mayfly\"]",
             ));
         }
-        let algorithms = match self.algorithms {
-            None => None,
-            Some(list) => {
-                if list.is_empty() {
-                    return Err(ConfigError::new(
-                        src,
-                        key("algorithms"),
-                        "is empty",
-                        "list at least one of RS256, PS256, ES256, ES384, EdDSA",
-                    ));
-                }
-                if let Some(bad) = list.iter().find(|a| !ISSUER_ALGS.contains(&a.as_str())) {
-                    return Err(ConfigError::new(
-                        src,
-                        key("algorithms"),
-                        format!("`{bad}` is not accepted (never `none`, never HMAC)"),
-                        "use RS256, PS256, ES256, ES384 or EdDSA",
-                    ));
-                }
-                Some(list)
-            }
-        };
+        let algorithms = issuer_algorithms(self.algorithms, src, &key("algorithms"))?;
         let max_token_age = duration(
             src,
             &key("max_token_age"),
@@ -812,26 +875,6 @@ impl RawIssuer {
                 ));
             }
         };
-        for (name, ptr) in &self.attributes {
-            if RESERVED_ATTRIBUTES.contains(&name.as_str()) {
-                return Err(ConfigError::new(
-                    src,
-                    key(&format!("attributes.{name}")),
-                    format!(
-                        "`{name}` is set by mayfly for every workload and cannot come from a claim"
-                    ),
-                    "name the attribute differently, e.g. \"token_issuer\"",
-                ));
-            }
-            if !ptr.starts_with('/') {
-                return Err(ConfigError::new(
-                    src,
-                    key(&format!("attributes.{name}")),
-                    format!("`{ptr}` is not a JSON pointer"),
-                    "write a pointer into the token's claims, e.g. \"/kubernetes.io/namespace\"",
-                ));
-            }
-        }
         let max_ttl = match self.max_ttl {
             None => None,
             Some(t) => Some(duration(src, &key("max_ttl"), Some(&t), "")?),
@@ -852,6 +895,36 @@ impl RawIssuer {
             max_ttl,
         })
     }
+}
+
+/// An issuer's `algorithms`: when given, a non-empty list from the allow-list.
+fn issuer_algorithms(
+    list: Option<Vec<String>>,
+    src: &str,
+    key: &str,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    Ok(match list {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    src,
+                    key,
+                    "is empty",
+                    "list at least one of RS256, PS256, ES256, ES384, EdDSA",
+                ));
+            }
+            if let Some(bad) = list.iter().find(|a| !ISSUER_ALGS.contains(&a.as_str())) {
+                return Err(ConfigError::new(
+                    src,
+                    key,
+                    format!("`{bad}` is not accepted (never `none`, never HMAC)"),
+                    "use RS256, PS256, ES256, ES384 or EdDSA",
+                ));
+            }
+            Some(list)
+        }
+    })
 }
 
 /// A JWK Set read from a file (relative paths start at the config file's folder).
