@@ -1,0 +1,1 @@
+//! Unit tests of the pipeline: no HTTP, a manual clock, in-memory ports, real keys.
