@@ -17,7 +17,10 @@ fn a_valid_assertion_is_issued_a_token_and_its_record() {
     let t = T::new();
     let o = t.cc(&[("scope", "read"), ("resource", API)]).unwrap();
     let c = peek(&o.value.response.access_token);
-    assert_eq!((c["sub"].as_str(), c["aud"].as_str()), (Some("svc"), Some(API)));
+    assert_eq!(
+        (c["sub"].as_str(), c["aud"].as_str()),
+        (Some("svc"), Some(API))
+    );
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300);
     assert_eq!(o.value.response.scope.as_deref(), Some("read"));
     assert_eq!(o.value.response.issued_token_type, None);
@@ -38,7 +41,12 @@ fn a_forged_payload_fails_the_signature() {
     let parts: Vec<&str> = good.split('.').collect();
     let mut c = t.claims("svc");
     c["jti"] = json!("tampered");
-    let forged = format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(c.to_string().as_bytes()),
+        parts[2]
+    );
     assert_refused!(t.cc_with(&forged, &[]), Denial::BadSignature, InvalidClient);
 }
 
@@ -50,7 +58,11 @@ fn alg_none_is_refused() {
         b64(br#"{"alg":"none","typ":"JWT"}"#),
         b64(t.claims("svc").to_string().as_bytes())
     );
-    assert_refused!(t.cc_with(&none, &[]), Denial::MalformedAssertion, InvalidClient);
+    assert_refused!(
+        t.cc_with(&none, &[]),
+        Denial::MalformedAssertion,
+        InvalidClient
+    );
 }
 
 /// The classic key-confusion attack: HMAC keyed with the client's public key.
@@ -60,9 +72,17 @@ fn hmac_keyed_with_the_public_key_is_refused() {
     let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some("svc-key".into());
     let secret = t.svc.public_jwk().to_string();
-    let hs = jsonwebtoken::encode(&h, &t.claims("svc"), &EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap();
-    assert_refused!(t.cc_with(&hs, &[]), Denial::AlgorithmNotAllowed(_), InvalidClient);
+    let hs = jsonwebtoken::encode(
+        &h,
+        &t.claims("svc"),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    assert_refused!(
+        t.cc_with(&hs, &[]),
+        Denial::AlgorithmNotAllowed(_),
+        InvalidClient
+    );
 }
 
 #[test]
@@ -86,7 +106,11 @@ fn an_assertion_expired_beyond_the_skew_is_refused() {
     let mut c = t.claims("svc");
     c["exp"] = json!(NOW - 60);
     c["iat"] = json!(NOW - 120);
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::AssertionExpired, InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::AssertionExpired,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -103,7 +127,11 @@ fn nbf_in_the_future_is_not_yet_valid() {
     let mut c = t.claims("svc");
     c["nbf"] = json!(NOW + 120);
     c["exp"] = json!(NOW + 180);
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::AssertionNotYetValid, InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::AssertionNotYetValid,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -112,7 +140,11 @@ fn iat_in_the_future_is_not_yet_valid() {
     let mut c = t.claims("svc");
     c["iat"] = json!(NOW + 120);
     c["exp"] = json!(NOW + 180);
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::AssertionNotYetValid, InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::AssertionNotYetValid,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -132,7 +164,11 @@ fn exp_missing_is_refused() {
     let t = T::new();
     let mut c = t.claims("svc");
     c.as_object_mut().unwrap().remove("exp");
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::MissingClaim("exp"), InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::MissingClaim("exp"),
+        InvalidClient
+    );
 }
 
 fn with_aud(t: &T, aud: serde_json::Value) -> String {
@@ -181,7 +217,11 @@ fn iss_other_than_the_client_is_refused() {
     let t = T::new();
     let mut c = t.claims("svc");
     c["iss"] = json!("someone-else");
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::IssuerSubjectMismatch, InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::IssuerSubjectMismatch,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -189,7 +229,11 @@ fn a_missing_jti_is_refused() {
     let t = T::new();
     let mut c = t.claims("svc");
     c.as_object_mut().unwrap().remove("jti");
-    assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::MissingClaim("jti"), InvalidClient);
+    assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::MissingClaim("jti"),
+        InvalidClient
+    );
 }
 
 /// The store finds the replay when it commits the record; the refusal names the client.
@@ -209,14 +253,22 @@ fn an_unknown_client_is_refused() {
     let t = T::new();
     let mut c = t.claims("nobody");
     c["iss"] = json!("nobody");
-    let r = assert_refused!(t.cc_with(&t.sign(&c), &[]), Denial::UnknownClient, InvalidClient);
+    let r = assert_refused!(
+        t.cc_with(&t.sign(&c), &[]),
+        Denial::UnknownClient,
+        InvalidClient
+    );
     assert_eq!(r.caller.claimed.as_deref(), Some("nobody"));
 }
 
 #[test]
 fn a_disagreeing_client_id_parameter_is_refused() {
     let t = T::new();
-    assert_refused!(t.cc(&[("client_id", "other")]), Denial::ClientIdMismatch, InvalidClient);
+    assert_refused!(
+        t.cc(&[("client_id", "other")]),
+        Denial::ClientIdMismatch,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -280,7 +332,10 @@ fn duplicate_parameters_are_malformed() {
 fn an_unsupported_grant_type_is_refused() {
     let t = T::new();
     let r = assert_refused!(
-        t.post(&[("grant_type", "password"), ("client_assertion_type", ASSERTION_TYPE)]),
+        t.post(&[
+            ("grant_type", "password"),
+            ("client_assertion_type", ASSERTION_TYPE)
+        ]),
         Denial::UnsupportedGrantType(_),
         UnsupportedGrantType
     );
@@ -346,7 +401,10 @@ fn an_assertion_without_its_type_is_refused() {
     let t = T::new();
     let a = t.assertion();
     assert_refused!(
-        t.post(&[("grant_type", "client_credentials"), ("client_assertion", &a)]),
+        t.post(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion", &a)
+        ]),
         Denial::MissingParameter("client_assertion_type"),
         InvalidRequest
     );
@@ -356,7 +414,10 @@ fn an_assertion_without_its_type_is_refused() {
 fn an_assertion_type_without_an_assertion_is_refused() {
     let t = T::new();
     assert_refused!(
-        t.post(&[("grant_type", "client_credentials"), ("client_assertion_type", ASSERTION_TYPE)]),
+        t.post(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE)
+        ]),
         Denial::MissingParameter("client_assertion"),
         InvalidRequest
     );
@@ -380,7 +441,11 @@ fn another_assertion_type_is_refused() {
 #[test]
 fn garbage_for_an_assertion_is_malformed() {
     let t = T::new();
-    assert_refused!(t.cc_with("not.a.jwt", &[]), Denial::MalformedAssertion, InvalidClient);
+    assert_refused!(
+        t.cc_with("not.a.jwt", &[]),
+        Denial::MalformedAssertion,
+        InvalidClient
+    );
 }
 
 #[test]
@@ -422,7 +487,11 @@ fn a_critical_header_extension_is_refused() {
     h.extras.insert("urn:example:must-understand", true);
     let der = t.svc.to_pkcs8().unwrap();
     let a = jsonwebtoken::encode(&h, &t.claims("svc"), &EncodingKey::from_ec_der(&der)).unwrap();
-    let r = assert_refused!(t.cc_with(&a, &[("resource", API)]), Denial::UnsupportedCriticalHeader, InvalidClient);
+    let r = assert_refused!(
+        t.cc_with(&a, &[("resource", API)]),
+        Denial::UnsupportedCriticalHeader,
+        InvalidClient
+    );
     assert_eq!(r.caller.claimed.as_deref(), Some("svc"));
 }
 
@@ -430,7 +499,11 @@ fn a_critical_header_extension_is_refused() {
 fn an_access_token_is_not_an_assertion() {
     let t = T::new();
     let a = t.svc.sign_jwt(Some("at+jwt"), &t.claims("svc")).unwrap();
-    assert_refused!(t.cc_with(&a, &[]), Denial::AssertionWrongType(_), InvalidClient);
+    assert_refused!(
+        t.cc_with(&a, &[]),
+        Denial::AssertionWrongType(_),
+        InvalidClient
+    );
 }
 
 /// A client that rotated its published keys is refetched once and then authenticates.
@@ -463,6 +536,9 @@ fn a_client_is_its_own_principal() {
     let a = crate::grants::for_client(&c, auth);
     assert_eq!(a.principal.kind, PrincipalKind::Client);
     assert_eq!((a.client_id.as_str(), a.ttl_cap), ("svc", 3600));
-    assert_eq!(a.default_audiences, vec![API.to_string(), OTHER.to_string()]);
+    assert_eq!(
+        a.default_audiences,
+        vec![API.to_string(), OTHER.to_string()]
+    );
     assert!(a.subject_exp.is_none() && a.act.is_none() && a.parents.is_empty());
 }

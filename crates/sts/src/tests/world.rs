@@ -16,7 +16,7 @@ use crate::authz::ACTION_TOKEN;
 use crate::federation::{ClientAuthRule, TrustedIssuer, preset};
 use crate::identity::IdentityTemplate;
 use crate::{
-    AuthzDecision, AuthzQuery, Authorizer, Client, Clients, Denial, FormRequest, Issued,
+    Authorizer, AuthzDecision, AuthzQuery, Client, Clients, Denial, FormRequest, Issued,
     IssuerKeys, ManualClock, Outcome, OwnKeys, Refusal, Revocation, Settings, Sts,
 };
 
@@ -51,7 +51,8 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// One permit or forbid: `principal` ("*" for any) may have `actions` on `audience`.
+/// One permit or forbid: `principal` ("*" for any) may have `actions` on `audience`, acting
+/// alone (`actor: None`) or through `actor`.
 pub struct Rule {
     pub id: &'static str,
     pub principal: &'static str,
@@ -74,7 +75,7 @@ impl Authorizer for Rules {
                 (r.principal == "*" || r.principal == q.principal.id)
                     && r.audience == q.audience
                     && r.actions.contains(&q.action)
-                    && r.actor.is_none_or(|a| a == q.actor)
+                    && r.actor.unwrap_or("") == q.actor
             })
             .collect();
         if let Some(f) = matching.iter().find(|r| r.forbid) {
@@ -125,12 +126,30 @@ fn rules() -> Rules {
         },
         Rule {
             max_ttl: Some(120),
-            ..permit("batch-deploy", "spiffe://ci.example.org/ns/payments/sa/batch", DEPLOY, &[ACTION_TOKEN, "deploy"])
+            ..permit(
+                "batch-deploy",
+                "spiffe://ci.example.org/ns/payments/sa/batch",
+                DEPLOY,
+                &[ACTION_TOKEN, "deploy"],
+            )
         },
-        permit("svid-api", "spiffe://example.org/w", API, &[ACTION_TOKEN, "read"]),
+        permit(
+            "svid-api",
+            "spiffe://example.org/w",
+            API,
+            &[ACTION_TOKEN, "read"],
+        ),
         Rule {
             actor: Some(PAYMENTS_GATEWAY),
             ..permit("gateway-acts", PAYMENTS_API, API, &[ACTION_TOKEN, "read"])
+        },
+        Rule {
+            actor: Some("svc"),
+            ..permit("svc-acts", PAYMENTS_API, API, &[ACTION_TOKEN, "read"])
+        },
+        Rule {
+            actor: Some("spiffe://ci.example.org/ns/payments/sa/batch"),
+            ..permit("batch-acts", PAYMENTS_API, API, &[ACTION_TOKEN, "read"])
         },
     ])
 }
@@ -196,7 +215,12 @@ impl Clients for Mem {
 }
 
 impl IssuerKeys for Mem {
-    async fn verify_federated<T, F>(&self, iss: &str, _now: i64, verify: F) -> Option<Result<T, Denial>>
+    async fn verify_federated<T, F>(
+        &self,
+        iss: &str,
+        _now: i64,
+        verify: F,
+    ) -> Option<Result<T, Denial>>
     where
         T: Send,
         F: Fn(&TrustedIssuer, &VerifyingKeys) -> Result<T, Denial> + Send + Sync,
@@ -296,7 +320,10 @@ impl T {
             clients.insert(c.id.clone(), c);
         }
         let mut rotated_clients = HashMap::new();
-        rotated_clients.insert("rotating".to_string(), client("rotating", &[&rotated], &[API]));
+        rotated_clients.insert(
+            "rotating".to_string(),
+            client("rotating", &[&rotated], &[API]),
+        );
         let k8s = trusted("k8s", K8S, "kubernetes", "k8s.example.org");
         let dev = trusted("k8s-dev", K8S_DEV, "kubernetes", "k8s-dev.example.org");
         let ci = TrustedIssuer {
@@ -381,7 +408,9 @@ impl T {
 
     /// A valid assertion of the gateway client.
     pub fn gateway_assertion(&self) -> String {
-        self.gateway.sign_jwt(None, &self.claims("gateway")).unwrap()
+        self.gateway
+            .sign_jwt(None, &self.claims("gateway"))
+            .unwrap()
     }
 
     /// Post a form to the token endpoint.
@@ -390,7 +419,11 @@ impl T {
     }
 
     /// Post a form, with or without an `Authorization` header.
-    pub fn post_as(&self, pairs: &[(&str, &str)], http_auth: bool) -> Result<Outcome<Issued>, Refusal> {
+    pub fn post_as(
+        &self,
+        pairs: &[(&str, &str)],
+        http_auth: bool,
+    ) -> Result<Outcome<Issued>, Refusal> {
         let body = form(pairs);
         let req = FormRequest {
             body: &body,
@@ -401,7 +434,11 @@ impl T {
     }
 
     /// Client credentials with `assertion` and `extra` parameters.
-    pub fn cc_with(&self, assertion: &str, extra: &[(&str, &str)]) -> Result<Outcome<Issued>, Refusal> {
+    pub fn cc_with(
+        &self,
+        assertion: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Outcome<Issued>, Refusal> {
         let mut f = vec![
             ("grant_type", "client_credentials"),
             ("client_assertion_type", ASSERTION_TYPE),
@@ -425,7 +462,9 @@ impl T {
 
     /// A service-account token of issuer `iss`, signed by the identity provider.
     pub fn k8s(&self, iss: &str, ns: &str, sa: &str) -> String {
-        self.idp.sign_jwt(None, &self.k8s_claims(iss, ns, sa)).unwrap()
+        self.idp
+            .sign_jwt(None, &self.k8s_claims(iss, ns, sa))
+            .unwrap()
     }
 
     /// A JWT-SVID of the trust domain (signed with its JWT-SVID key) for `sub`.
@@ -435,12 +474,21 @@ impl T {
     }
 
     /// Token exchange of a JWT subject token, with `extra` parameters.
-    pub fn exchange(&self, subject: &str, extra: &[(&str, &str)]) -> Result<Outcome<Issued>, Refusal> {
+    pub fn exchange(
+        &self,
+        subject: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Outcome<Issued>, Refusal> {
         self.exchange_typed(subject, TT_JWT, extra)
     }
 
     /// Token exchange of a subject token of type `tt`.
-    pub fn exchange_typed(&self, subject: &str, tt: &str, extra: &[(&str, &str)]) -> Result<Outcome<Issued>, Refusal> {
+    pub fn exchange_typed(
+        &self,
+        subject: &str,
+        tt: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Outcome<Issued>, Refusal> {
         let mut f = vec![
             ("grant_type", EXCHANGE),
             ("subject_token", subject),
@@ -452,7 +500,9 @@ impl T {
 
     /// One of our own access tokens: svc's, for `aud`.
     pub fn svc_token(&self, aud: &str) -> String {
-        issued(self.cc(&[("audience", aud), ("scope", "read")])).response.access_token
+        issued(self.cc(&[("audience", aud), ("scope", "read")]))
+            .response
+            .access_token
     }
 }
 
@@ -483,7 +533,12 @@ macro_rules! assert_refused {
     ($r:expr, $pat:pat, $code:ident) => {{
         let r = $crate::tests::world::refusal($r);
         assert!(matches!(r.denial, $pat), "{:?}", r.denial);
-        assert_eq!(r.denial.code(), mayfly_proto::ErrorCode::$code, "{:?}", r.denial);
+        assert_eq!(
+            r.denial.code(),
+            mayfly_proto::ErrorCode::$code,
+            "{:?}",
+            r.denial
+        );
         r
     }};
 }
