@@ -102,7 +102,8 @@ impl OwnKeys for App {
     }
 
     fn svid_issuer(&self) -> &TrustedIssuer {
-        &self.0.svid_issuer
+        // The state's accessor of the same name.
+        App::svid_issuer(self)
     }
 
     fn svid_keys(&self) -> Arc<VerifyingKeys> {

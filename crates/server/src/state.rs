@@ -289,8 +289,7 @@ impl App {
     }
 }
 
-/// One accessor per field of the state (`keys` is [`App::keys`]).
-#[allow(dead_code)] // a complete set; not every field is read outside its module
+/// One accessor per field of the state (`keys` is [`App::keys`]), named after the field.
 impl App {
     /// Issuer-wide settings of the engine.
     pub(crate) fn settings(&self) -> &Settings {

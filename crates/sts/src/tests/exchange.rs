@@ -561,7 +561,7 @@ fn an_actor_access_token_for_this_server_acts() {
     assert_eq!(o.record.parents, vec![parent]);
 }
 
-fn with_actor<'a>(actor: &'a str) -> [(&'a str, &'a str); 3] {
+fn with_actor(actor: &str) -> [(&str, &str); 3] {
     [
         ("audience", API),
         ("actor_token", actor),
