@@ -17,8 +17,8 @@ use crate::pipeline::{
 };
 use crate::ports::{Sts, World};
 use crate::{
-    AccessTokenClaims, AuthenticatedClient, Client, Denial, PrincipalKind, TokenParams, act_claim,
-    authenticate_assertion, check_access_token, claimed_client_id,
+    AccessTokenClaims, AuthenticatedClient, Client, Denial, PrincipalKind, Settings, TokenParams,
+    act_claim, authenticate_assertion, check_access_token, claimed_client_id,
 };
 
 /// Authenticate the client of a request by its `private_key_jwt` assertion. The assertion's jti
@@ -294,10 +294,10 @@ async fn actor<W: World>(
 
 fn note_subject(caller: &mut Caller, v: &Verified) {
     let (issuer, subject, identity) = match v {
-        Verified::Federated { id, .. } => (&id.issuer_name, &id.subject, &id.identity),
-        Verified::Ours(c) => (&"mayfly".to_string(), &c.sub, &c.sub),
+        Verified::Federated { id, .. } => (id.issuer_name.as_str(), &id.subject, &id.identity),
+        Verified::Ours(c) => ("mayfly", &c.sub, &c.sub),
     };
-    caller.subject_issuer = Some(issuer.clone());
+    caller.subject_issuer = Some(issuer.to_string());
     caller.subject = Some(subject.clone());
     caller.identity = Some(identity.clone());
 }
@@ -334,14 +334,7 @@ pub(crate) async fn token_exchange<W: World>(
         (None, Some(_)) => return Err(Denial::MissingParameter("actor_token")),
     };
     let params = token_params(form)?;
-    let a = identify(
-        sts.settings.clock_skew,
-        sts.settings.max_ttl,
-        subject,
-        actor,
-        auth,
-        caller,
-    )?;
+    let a = identify(sts.settings, subject, actor, auth, caller)?;
     Ok((a, params))
 }
 
@@ -361,28 +354,21 @@ pub(crate) async fn jwt_bearer<W: World>(
     let subject = federated(sts, token, now).await?;
     note_subject(caller, &subject);
     let params = token_params(form)?;
-    let a = identify(
-        sts.settings.clock_skew,
-        sts.settings.max_ttl,
-        subject,
-        None,
-        auth,
-        caller,
-    )?;
+    let a = identify(sts.settings, subject, None, auth, caller)?;
     Ok((a, params))
 }
 
 /// Identify the principal of a verified subject (and actor): the delegation chain, the
-/// issuers' client-authentication rules, the single uses to consume and the lifetime caps.
-/// `max_ttl` caps re-exchanged tokens of ours.
+/// issuers' client-authentication rules, the single uses to consume and the lifetime caps
+/// (re-exchanged tokens of ours are capped by the global maximum).
 pub fn identify(
-    skew: i64,
-    max_ttl: i64,
+    settings: &Settings,
     subject: Verified,
     actor: Option<Verified>,
     client: Option<AuthenticatedClient>,
     caller: &mut Caller,
 ) -> Result<Authenticated, Denial> {
+    let (skew, max_ttl) = (settings.clock_skew, settings.max_ttl);
     // Our own tokens this one derives from (subject, actor): revoking one revokes it.
     let parents: Vec<String> = [Some(&subject), actor.as_ref()]
         .into_iter()
@@ -472,18 +458,12 @@ pub fn identify(
                 subject: Some(orig.sub.clone()),
                 identity: Some(orig.sub.clone()),
             };
-            Authenticated {
+            let mut a = Authenticated {
                 subject_exp: Some(orig.exp),
-                ..base(principal, &orig.client_id.clone(), audit)
-            }
-            .with_narrowing(orig)
+                ..base(principal, &orig.client_id, audit)
+            };
+            a.narrowing = Some(orig);
+            a
         }
     })
-}
-
-impl Authenticated {
-    fn with_narrowing(mut self, orig: AccessTokenClaims) -> Self {
-        self.narrowing = Some(orig);
-        self
-    }
 }

@@ -395,36 +395,30 @@ async fn token_steps<W: World>(
         .get("grant_type")
         .ok_or(Denial::MissingParameter("grant_type"))?;
     let now = sts.clock.now();
-    let (gt, a, params) = match gt {
-        GRANT_CLIENT_CREDENTIALS => {
-            let (a, params) =
-                crate::grants::client_credentials(sts, req, &form, now, caller).await?;
-            (GRANT_CLIENT_CREDENTIALS, a, params)
-        }
-        GRANT_TOKEN_EXCHANGE => {
-            let (a, params) = crate::grants::token_exchange(sts, req, &form, now, caller).await?;
-            (GRANT_TOKEN_EXCHANGE, a, params)
-        }
-        // RFC 7523 §3.1: a bad assertion grant is `invalid_grant`.
-        GRANT_JWT_BEARER => {
-            let r = crate::grants::jwt_bearer(sts, req, &form, now, caller).await;
-            let (a, params) = r.map_err(Denial::for_assertion_grant)?;
-            let issued = issue(
-                sts,
-                &a,
-                &params,
-                GRANT_JWT_BEARER,
-                now,
-                req.source,
-                &mut caller.policies,
-            );
-            return issued.map_err(Denial::for_assertion_grant);
-        }
+    let (gt, authenticated) = match gt {
+        GRANT_CLIENT_CREDENTIALS => (
+            GRANT_CLIENT_CREDENTIALS,
+            crate::grants::client_credentials(sts, req, &form, now, caller).await,
+        ),
+        GRANT_TOKEN_EXCHANGE => (
+            GRANT_TOKEN_EXCHANGE,
+            crate::grants::token_exchange(sts, req, &form, now, caller).await,
+        ),
+        GRANT_JWT_BEARER => (
+            GRANT_JWT_BEARER,
+            crate::grants::jwt_bearer(sts, req, &form, now, caller).await,
+        ),
         other => {
             return Err(Denial::UnsupportedGrantType(
                 other.chars().take(64).collect(),
             ));
         }
     };
-    issue(sts, &a, &params, gt, now, req.source, &mut caller.policies)
+    // RFC 7523 §3.1: a bad assertion grant is `invalid_grant`.
+    let refine = |d: Denial| match gt {
+        GRANT_JWT_BEARER => d.for_assertion_grant(),
+        _ => d,
+    };
+    let (a, params) = authenticated.map_err(refine)?;
+    issue(sts, &a, &params, gt, now, req.source, &mut caller.policies).map_err(refine)
 }

@@ -739,8 +739,7 @@ fn identify_nests_the_prior_actor_chain() {
     let actor = federated(&t, &t.k8s(K8S, "payments", "gateway"));
     let mut caller = Caller::default();
     let a = identify(
-        30,
-        3600,
+        &t.settings,
         Verified::Ours(prior),
         Some(actor),
         None,
@@ -780,8 +779,7 @@ fn identify_refuses_a_delegation_chain_deeper_than_five() {
     };
     let actor = federated(&t, &t.k8s(K8S, "payments", "gateway"));
     let d = identify(
-        30,
-        3600,
+        &t.settings,
         Verified::Ours(prior),
         Some(actor),
         None,
@@ -796,7 +794,7 @@ fn identify_refuses_a_delegation_chain_deeper_than_five() {
 fn identify_takes_the_issuers_cap_and_the_subjects_expiry() {
     let t = T::new();
     let v = federated(&t, &t.k8s(CI, "payments", "batch"));
-    let a = identify(30, 3600, v, None, None, &mut Caller::default()).unwrap();
+    let a = identify(&t.settings, v, None, None, &mut Caller::default()).unwrap();
     assert_eq!((a.ttl_cap, a.subject_exp), (600, Some(NOW + 600)));
     assert_eq!(a.client_id, "spiffe://ci.example.org/ns/payments/sa/batch");
     assert!(
