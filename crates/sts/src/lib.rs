@@ -31,6 +31,7 @@ mod mint;
 mod pipeline;
 pub mod ports;
 mod query;
+pub mod subject;
 #[cfg(test)]
 mod tests;
 

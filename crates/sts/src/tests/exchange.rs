@@ -6,7 +6,8 @@ use mayfly_crypto::{KeyAlg, SigningKey};
 use serde_json::json;
 
 use super::world::*;
-use crate::grants::{Verified, identify};
+use crate::grants::identify;
+use crate::subject::Verified;
 use crate::{Caller, Denial, PrincipalKind, assert_refused};
 
 const ASK: &[(&str, &str)] = &[("audience", API), ("scope", "read")];
@@ -717,7 +718,7 @@ fn a_jwt_svid_without_a_jti_is_refused() {
 }
 
 fn federated(t: &T, token: &str) -> Verified {
-    block_on(crate::grants::federated(&t.sts(), token, NOW)).unwrap()
+    block_on(crate::subject::federated(&t.sts(), token, NOW)).unwrap()
 }
 
 #[test]
