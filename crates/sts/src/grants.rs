@@ -1,7 +1,8 @@
 //! One authenticator per grant: client credentials (a client assertion), token exchange (a
 //! subject token, an optional actor token, an optional client) and the JWT bearer grant (an
 //! assertion from a trusted issuer). Each yields an [`Authenticated`] and the request's
-//! [`TokenParams`]; [`crate::issue`] does the rest.
+//! [`TokenParams`]; [`crate::issue`] does the rest. Subject and actor tokens are verified in
+//! [`crate::subject`].
 
 use std::sync::Arc;
 
