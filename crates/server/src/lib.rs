@@ -2,19 +2,20 @@
 //! bearer), `/oauth2/introspect`, `/oauth2/revoke`,
 //! metadata, `/jwks.json`, `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Handlers are thin: parse the form, run the engine's steps, commit the audit event through
-//! the store, answer. Engine denials become HTTP responses in exactly one function,
+//! Handlers are thin: read the form body, make one call into the engine (`mayfly_sts`), commit
+//! the audit record it returns through the store, answer. Engine denials become HTTP responses in exactly one function,
 //! [`error::denial_response`].
 #![forbid(unsafe_code)]
 
 mod clients;
 pub mod error;
-mod exchange;
 mod handlers;
 pub mod issuers;
 pub mod keyring;
 mod metrics_setup;
 mod policy;
+mod ports;
+mod reply;
 pub mod spiffe;
 mod state;
 

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub spiffe: crate::spiffe::Spiffe,
     /// How our own JWT-SVIDs are accepted as subject tokens.
     pub svid_issuer: mayfly_sts::federation::TrustedIssuer,
+    /// Who may introspect other clients' tokens.
+    pub introspect_grants: mayfly_sts::IntrospectGrants,
 }
 
 /// The running application; cheap to clone.
@@ -78,7 +80,25 @@ pub struct App(pub(crate) Arc<Inner>);
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "App({})", self.0.settings.issuer)
+        write!(f, "App({})", self.settings().issuer)
+    }
+}
+
+/// The `introspect = [...]` grants of configured clients, and the proxy client's routes.
+fn introspect_grants(config: &Config) -> mayfly_sts::IntrospectGrants {
+    mayfly_sts::IntrospectGrants {
+        clients: config
+            .clients
+            .iter()
+            .map(|c| (c.id.clone(), c.introspect.clone()))
+            .collect(),
+        proxy_client: config.proxy.client_id.clone(),
+        proxy_audiences: config
+            .proxy
+            .routes
+            .iter()
+            .map(|r| r.audience.clone())
+            .collect(),
     }
 }
 
@@ -157,6 +177,7 @@ impl App {
             &o.config.spiffe,
             &o.config.trust_domain,
         )?;
+        let introspect_grants = introspect_grants(&o.config);
         let md = metadata(&issuer, clients.all_scopes(), alg);
         let metadata = bytes::Bytes::from(serde_json::to_vec(&md).unwrap_or_default());
         Ok(App(Arc::new(Inner {
@@ -176,38 +197,43 @@ impl App {
             prometheus: crate::metrics_setup::handle(),
             spiffe,
             svid_issuer,
+            introspect_grants,
         })))
     }
 
     /// The issuer identifier.
     pub fn issuer(&self) -> &str {
-        &self.0.settings.issuer
+        &self.settings().issuer
     }
 
     /// Run the schedule at the clock's current time: rotate keys when due, reload run-time
     /// clients, purge expired replay records, drain the metrics recorder. The binary calls this every few seconds; tests
     /// call it after moving a fake clock.
     pub async fn tick(&self) -> Result<(), StartError> {
-        let i = &self.0;
+        let i = self;
         // Histogram samples pile up in the recorder until drained: without this, memory would
         // grow with traffic whenever nobody scrapes /metrics.
-        if let Some(p) = &i.prometheus {
+        if let Some(p) = i.prometheus() {
             p.run_upkeep();
         }
-        let now = i.clock.now();
-        let snap = plan_and_load(&i.store, &i.kek, &i.audit, &i.schedule, i.alg, now).await?;
-        if let Ok(mut k) = i.keys.write() {
+        let now = i.clock().now();
+        let snap = plan_and_load(i.store(), i.kek(), i.audit(), i.schedule(), i.alg(), now).await?;
+        if let Ok(mut k) = i.0.keys.write() {
             *k = Arc::new(snap);
         }
-        i.spiffe.refresh(&i.store, &i.kek, &i.audit, now).await?;
-        i.clients.reload(&i.store).await?;
+        i.spiffe()
+            .refresh(i.store(), i.kek(), i.audit(), now)
+            .await?;
+        i.clients().reload(i.store()).await?;
         // Clients that publish their keys at a URL rotate them on their own schedule.
-        i.clients.refresh_all_uris(now).await;
+        i.clients().refresh_all_uris(now).await;
         // A changed policy directory or client list compiles into a new set (or is refused).
         self.reload_policy_if_changed().await;
-        i.store.purge_expired(now - i.settings.clock_skew).await?;
-        i.store
-            .purge_expired_spiffe(now - i.settings.clock_skew)
+        i.store()
+            .purge_expired(now - i.settings().clock_skew)
+            .await?;
+        i.store()
+            .purge_expired_spiffe(now - i.settings().clock_skew)
             .await?;
         Ok(())
     }
@@ -215,13 +241,13 @@ impl App {
     /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
     /// one is refused and the previous set stays. Either way it is a `policy_change` event.
     pub async fn reload_policy(&self) -> bool {
-        let r = self.0.policies.reload(self.client_grants(), true);
+        let r = self.policies().reload(self.client_grants(), true);
         self.audit_policy_reload(r).await
     }
 
     /// Rebuild the policy set if the clients or the directory changed (audited likewise).
     pub(crate) async fn reload_policy_if_changed(&self) -> bool {
-        let r = self.0.policies.reload(self.client_grants(), false);
+        let r = self.policies().reload(self.client_grants(), false);
         self.audit_policy_reload(r).await
     }
 
@@ -238,21 +264,21 @@ impl App {
             }
             Reload::Refused => (Decision::Deny, "policy_refused".to_string(), false),
         };
-        let mut e = AuditEvent::new(EventKind::PolicyChange, self.0.clock.now(), decision);
+        let mut e = AuditEvent::new(EventKind::PolicyChange, self.clock().now(), decision);
         e.reason = Some(reason);
-        if let Err(err) = self.0.audit.commit(mayfly_store::Pending::event(e)).await {
+        if let Err(err) = self.audit().commit(mayfly_store::Pending::event(e)).await {
             tracing::error!(error = %err, "cannot record the policy change in the audit log");
         }
         applied
     }
 
     fn client_grants(&self) -> Vec<mayfly_policy::ClientGrant> {
-        crate::policy::grants(self.0.clients.all().iter().map(|c| c.as_ref()))
+        crate::policy::grants(self.clients().all().iter().map(|c| c.as_ref()))
     }
 
     /// How often [`App::tick`] should run, in seconds.
     pub fn tick_interval(&self) -> u64 {
-        (self.0.schedule.rotation / 20).clamp(1, 10) as u64
+        (self.schedule().rotation / 20).clamp(1, 10) as u64
     }
 
     pub(crate) fn keys(&self) -> Arc<KeySnapshot> {
@@ -260,6 +286,89 @@ impl App {
             Ok(k) => k.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+}
+
+/// One accessor per field of the state (`keys` is [`App::keys`]), named after the field.
+impl App {
+    /// Issuer-wide settings of the engine.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// The validated configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The audit log (group commit).
+    pub(crate) fn audit(&self) -> &AuditLog {
+        &self.0.audit
+    }
+
+    /// The key-encryption key.
+    pub(crate) fn kek(&self) -> &Arc<Kek> {
+        &self.0.kek
+    }
+
+    /// The clock.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.0.clock
+    }
+
+    /// The registered clients.
+    pub(crate) fn clients(&self) -> &Registry {
+        &self.0.clients
+    }
+
+    /// The signing-key schedule.
+    pub(crate) fn schedule(&self) -> &Schedule {
+        &self.0.schedule
+    }
+
+    /// The signing algorithm.
+    pub(crate) fn alg(&self) -> KeyAlg {
+        self.0.alg
+    }
+
+    /// The server metadata document.
+    pub(crate) fn metadata(&self) -> &bytes::Bytes {
+        &self.0.metadata
+    }
+
+    /// The trusted issuers.
+    pub(crate) fn issuers(&self) -> &crate::issuers::Issuers {
+        &self.0.issuers
+    }
+
+    /// The policy set.
+    pub(crate) fn policies(&self) -> &crate::policy::Policies {
+        &self.0.policies
+    }
+
+    /// The metrics recorder, if installed.
+    pub(crate) fn prometheus(&self) -> &Option<metrics_exporter_prometheus::PrometheusHandle> {
+        &self.0.prometheus
+    }
+
+    /// SPIFFE issuing state.
+    pub(crate) fn spiffe(&self) -> &crate::spiffe::Spiffe {
+        &self.0.spiffe
+    }
+
+    /// How our own JWT-SVIDs are accepted as subject tokens.
+    pub(crate) fn svid_issuer(&self) -> &mayfly_sts::federation::TrustedIssuer {
+        &self.0.svid_issuer
+    }
+
+    /// Who may introspect other clients' tokens.
+    pub(crate) fn introspect_grants(&self) -> &mayfly_sts::IntrospectGrants {
+        &self.0.introspect_grants
     }
 }
 

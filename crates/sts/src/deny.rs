@@ -212,6 +212,16 @@ impl Denial {
         }
     }
 
+    /// Whether the store already recorded this refusal atomically with the single-use check
+    /// that found a replay; its denial event must not be written twice.
+    pub fn recorded_at_commit(&self) -> bool {
+        match self {
+            Denial::ReplayedJti | Denial::SubjectReplayed | Denial::ActorReplayed => true,
+            Denial::InvalidGrant(inner) => inner.recorded_at_commit(),
+            _ => false,
+        }
+    }
+
     /// The RFC error code.
     pub fn code(&self) -> ErrorCode {
         use Denial::*;

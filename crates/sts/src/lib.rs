@@ -1,9 +1,15 @@
 //! The token-service engine: every grant is *authenticate → identify → decide → mint → record*.
 //!
-//! This crate decides and signs; it performs no I/O. The adapter (the server) looks clients up,
-//! consumes `jti`s and commits audit events through the store, then calls the functions here.
-//! Time comes in as an argument from a [`Clock`], so every lifetime, skew and rotation rule is
-//! tested with [`ManualClock`].
+//! Every grant is an authenticator ([`grants`]) yielding one [`Authenticated`]; [`issue`] runs
+//! decide → mint for it and returns the token, the audit [`Record`] to commit before the token
+//! leaves, and the response. [`token`], [`introspect`] and [`revoke`] are the endpoints, from the
+//! form body to the answer.
+//!
+//! This crate decides and signs; it performs no I/O. What it needs from the world (clients,
+//! issuer keys, our own keys, revocation) it asks through the traits in [`ports`], which the
+//! server implements over its registry, caches and store; the server then commits the record.
+//! Time comes from a [`Clock`], so every lifetime, skew and rotation rule is tested with
+//! [`ManualClock`].
 //!
 //! Not here: HTTP, storage, key fetching, policy languages (the server plugs the Cedar engine in
 //! through [`Authorizer`]).
@@ -17,10 +23,17 @@ mod decide;
 mod deny;
 mod exchange;
 pub mod federation;
+pub mod grants;
 pub mod identity;
 mod introspect;
 pub mod keys;
 mod mint;
+mod pipeline;
+pub mod ports;
+mod query;
+pub mod subject;
+#[cfg(test)]
+mod tests;
 
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
@@ -31,6 +44,12 @@ pub use deny::Denial;
 pub use exchange::{act_claim, narrow};
 pub use introspect::{AccessTokenClaims, check_access_token};
 pub use mint::{MintedToken, mint};
+pub use pipeline::{
+    Authenticated, Caller, Consume, FormRequest, Issued, Outcome, Record, Refusal, Subject,
+    SubjectAudit, issue, token, token_params,
+};
+pub use ports::{Clients, IssuerKeys, OwnKeys, Revocation, Sts, World};
+pub use query::{IntrospectGrants, introspect, may_revoke, may_revoke_by_bearer, revoke};
 
 use std::sync::Arc;
 
