@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mayfly_proto::AuditEvent;
 use mayfly_store::{AuditLog, DebtUsage, Pending, Store};
-use mayfly_sts::AuditEvent;
 use tokio::sync::{Notify, Semaphore};
 
 /// Events queued or being committed at most; beyond this, new calls wait for the log
@@ -195,8 +195,8 @@ mod tests {
     use std::sync::Arc;
 
     use mayfly_crypto::Kek;
+    use mayfly_proto::{AuditEvent, Decision, EventKind};
     use mayfly_store::{AuditSink, Store};
-    use mayfly_sts::{AuditEvent, Decision, EventKind};
 
     use super::*;
 

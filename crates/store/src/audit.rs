@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use mayfly_crypto::{Kek, hex};
-use mayfly_sts::{AuditEvent, Decision, EventKind};
+use mayfly_proto::{AuditEvent, Decision, EventKind};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
@@ -315,7 +315,7 @@ impl ReplayGuard {
             return Ok(Self::Shared);
         }
         let mut seen = HashMap::new();
-        let now = mayfly_sts::Clock::now(&mayfly_sts::SystemClock);
+        let now = mayfly_proto::Clock::now(&mayfly_proto::SystemClock);
         // One-time subject tokens, each until its own exp + skew (see `persist_subjects`).
         let rows =
             sqlx::query("SELECT client_id, jti, expires_at FROM used_jti WHERE expires_at >= $1")
@@ -514,7 +514,7 @@ async fn gather(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 }
 
 fn wall_clock() -> i64 {
-    mayfly_sts::Clock::now(&mayfly_sts::SystemClock)
+    mayfly_proto::Clock::now(&mayfly_proto::SystemClock)
 }
 
 /// Write the anchor owed for the newest head, if any (an idle log, or the committer stopping).

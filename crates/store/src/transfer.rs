@@ -328,7 +328,7 @@ impl Store {
         let header = Header {
             mayfly_export: EXPORT_FORMAT,
             schema_version,
-            exported_at: mayfly_sts::Clock::now(&mayfly_sts::SystemClock),
+            exported_at: mayfly_proto::Clock::now(&mayfly_proto::SystemClock),
             source: backend_name(backend).into(),
             counts,
         };

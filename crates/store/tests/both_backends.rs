@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_proto::{AuditEvent, Decision, EventKind};
 use mayfly_store::{AuditLog, AuditSink, CommitOutcome, Pending, Store, StoredClient, TamperKind};
 use mayfly_sts::keys::{self, Schedule};
-use mayfly_sts::{AuditEvent, Decision, EventKind};
 
 /// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
 /// machine (127.0.0.1:5432, user postgres, trust auth, database test).
@@ -231,9 +231,9 @@ async fn audit_chain_replay_and_revocation(db: Db) {
 /// SQLite the committer rebuilds its map by walking the log back from the newest event, over
 /// more than one page), and does not let one from before the window block anything.
 async fn replay_window_survives_restart(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 600;
     let at = |ts: i64, jti: &str, assertion: &str, keep: i64| {
         let mut e = issue(jti);
@@ -879,9 +879,9 @@ async fn derived_revocation_postgres() {
 /// assertion window, across a restart: consumed long before "now" (a clock moved on past the
 /// window) but still valid, it is refused after the restart.
 async fn subject_remembered_until_its_exp(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 360;
     let sub = |ts: i64| {
         let mut e = issue("t-sub");
@@ -923,9 +923,9 @@ async fn subject_until_exp_postgres() {
 /// A one-time token consumed as an actor is remembered until its own `exp` across a restart
 /// too (it shares the subject tokens' namespace), and is then refused in either role.
 async fn actor_remembered_until_its_exp(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 360;
     let until = now - 1_000 + 3_600 + 30;
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);

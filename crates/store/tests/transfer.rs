@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_proto::keys::KeyTimes;
+use mayfly_proto::{AuditEvent, Clock, Decision, EventKind, SystemClock};
 use mayfly_store::{
     AuditLog, AuditSink, AuthorityKind, CommitOutcome, ImportOptions, JoinTokenOutcome, Pending,
     Store, StoredAgent, StoredClient, StoredEntry, TransferError,
 };
-use mayfly_sts::keys::{self, KeyTimes, Schedule};
-use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
+use mayfly_sts::keys::{self, Schedule};
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 

@@ -1,69 +1,10 @@
-//! The seam to policy: every issuance asks an [`Authorizer`] whether the principal may have a
-//! token for the audience (action `token`) and each requested scope (one action per scope).
-//! The server plugs in the Cedar engine; this crate stays free of any policy language.
+//! Authorizers the engine composes itself: [`Narrowing`] (re-exchange of our own tokens) and
+//! [`AllOf`]. The query, the decision and the [`Authorizer`] trait live in `mayfly_proto::authz`
+//! and are re-exported here.
 
-/// What kind of principal asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrincipalKind {
-    /// A registered OAuth client (client credentials).
-    Client,
-    /// A federated workload, identified by its SPIFFE ID.
-    Workload,
-}
-
-/// Who asks, with the attributes its identity carries.
-#[derive(Debug, Clone, Copy)]
-pub struct Principal<'a> {
-    /// Kind.
-    pub kind: PrincipalKind,
-    /// client_id or SPIFFE ID.
-    pub id: &'a str,
-    /// Identity attributes (issuer, subject, namespace, repository, ...).
-    pub attrs: &'a [(String, String)],
-}
-
-/// The reserved action asked for the audience itself.
-pub const ACTION_TOKEN: &str = "token";
-
-/// One question to the authorizer.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthzQuery<'a> {
-    /// Who.
-    pub principal: Principal<'a>,
-    /// [`ACTION_TOKEN`] or one scope.
-    pub action: &'a str,
-    /// The audience.
-    pub audience: &'a str,
-    /// The grant type.
-    pub grant_type: &'a str,
-    /// The lifetime the request asked for (or the default), seconds.
-    pub requested_ttl: i64,
-    /// Source address, or "".
-    pub source: &'a str,
-    /// Now, seconds since the epoch.
-    pub now: i64,
-    /// The authenticated client, or "".
-    pub client_id: &'a str,
-    /// The actor's identity (delegation), or "".
-    pub actor: &'a str,
-}
-
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AuthzDecision {
-    /// Allowed.
-    pub allow: bool,
-    /// Ids of the policies that decided.
-    pub policies: Vec<String>,
-    /// A lifetime cap the deciding policies set, seconds.
-    pub max_ttl: Option<i64>,
-}
-
-/// Decides one query. Implementations must deny by default.
-pub trait Authorizer: Send + Sync {
-    /// Decide `q`.
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision;
-}
+pub use mayfly_proto::authz::{
+    ACTION_TOKEN, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind,
+};
 
 /// Re-exchanging one of our own tokens can only narrow it: this authorizer permits exactly the
 /// audience and scopes the original token carries, and names it as the deciding "policy".
