@@ -25,6 +25,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, ErrorResponse};
 pub use form::{Form, FormError};
 pub use metadata::ServerMetadata;
+pub use spiffe_id::{SpiffeId, SpiffeIdError};
 
 /// The scopes of a `scope` value (RFC 6749 §3.3: space-delimited), empty pieces skipped.
 pub fn scope_tokens(scope: Option<&str>) -> impl Iterator<Item = &str> {
