@@ -48,19 +48,50 @@ pub struct AuthzQuery<'a> {
     pub actor: &'a str,
 }
 
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The answer. The ids of the policies that decided are not in it: the authorizer appends them
+/// to the caller's trace (see [`Authorizer::authorize`]), so a decision allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AuthzDecision {
     /// Allowed.
     pub allow: bool,
-    /// Ids of the policies that decided.
-    pub policies: Vec<String>,
     /// A lifetime cap the deciding policies set, seconds.
     pub max_ttl: Option<i64>,
 }
 
+impl AuthzDecision {
+    /// Refused (the default-deny answer).
+    pub const DENY: Self = Self {
+        allow: false,
+        max_ttl: None,
+    };
+}
+
 /// Decides one query. Implementations must deny by default.
 pub trait Authorizer: Send + Sync {
-    /// Decide `q`.
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision;
+    /// Decide `q`, and append to `trace` the ids of the policies that decided (the permits
+    /// that allowed, or the forbids that refused), in order, each one only if `trace` does not
+    /// hold it already (see [`record`]). One trace collects a whole request's decisions.
+    fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision;
+}
+
+/// Append `id` to `trace` unless it is there already. A request is decided by a handful of
+/// policies, so a linear scan is cheaper than a set, and an id seen before costs no allocation.
+pub fn record(trace: &mut Vec<String>, id: &str) {
+    if !trace.iter().any(|t| t == id) {
+        trace.push(id.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keeps_order_and_skips_repeats() {
+        let mut trace = Vec::new();
+        for id in ["b", "a", "b", "c", "a"] {
+            record(&mut trace, id);
+        }
+        assert_eq!(trace, ["b", "a", "c"]);
+    }
 }
