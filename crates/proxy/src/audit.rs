@@ -203,7 +203,13 @@ mod tests {
     async fn log(dir: &std::path::Path) -> (Store, Arc<Kek>, AuditLog) {
         let store = Store::open_sqlite(&dir.join("m.db")).await.unwrap();
         let kek = Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap());
-        let log = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off, 0);
+        let log = AuditLog::start(
+            store.clone(),
+            kek.clone(),
+            AuditSink::Off,
+            0,
+            Arc::new(mayfly_proto::SystemClock),
+        );
         (store, kek, log)
     }
 

@@ -284,7 +284,13 @@ async fn harness_full(
         }],
         ..ProxyConfig::default()
     };
-    let audit = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off, 0);
+    let audit = AuditLog::start(
+        store.clone(),
+        kek.clone(),
+        AuditSink::Off,
+        0,
+        Arc::new(mayfly_proto::SystemClock),
+    );
     let proxy = Proxy::start(ProxyOptions {
         config,
         issuer: issuer.url.clone(),

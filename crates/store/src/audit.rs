@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use mayfly_crypto::{Kek, hex};
-use mayfly_proto::{AuditEvent, Decision, EventKind};
+use mayfly_proto::{AuditEvent, Clock, Decision, EventKind};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
@@ -214,8 +214,14 @@ impl AuditLog {
     /// twice the clock skew. Tools that consume no jtis pass 0.
     ///
     /// The committer keeps a connection of its own, so it never waits behind request handlers
-    /// for one from the shared pool.
-    pub fn start(store: Store, kek: Arc<Kek>, sink: AuditSink, replay_window: i64) -> Self {
+    /// for one from the shared pool. `clock` dates anchors and ages the replay window.
+    pub fn start(
+        store: Store,
+        kek: Arc<Kek>,
+        sink: AuditSink,
+        replay_window: i64,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let run = move || async move {
             let own = match store.dedicated().await {
@@ -225,7 +231,7 @@ impl AuditLog {
                     store
                 }
             };
-            committer(own, kek, sink, rx, replay_window).await;
+            committer(own, kek, sink, rx, replay_window, clock).await;
         };
         tokio::spawn(run());
         Self { tx }
@@ -310,12 +316,11 @@ fn replay_key(client: &str, jti: &str) -> u128 {
 }
 
 impl ReplayGuard {
-    async fn new(store: &Store, window: i64) -> Result<Self, StoreError> {
+    async fn new(store: &Store, window: i64, now: i64) -> Result<Self, StoreError> {
         if store.backend() == crate::Backend::Postgres {
             return Ok(Self::Shared);
         }
         let mut seen = HashMap::new();
-        let now = mayfly_proto::Clock::now(&mayfly_proto::SystemClock);
         // One-time subject tokens, each until its own exp + skew (see `persist_subjects`).
         let rows =
             sqlx::query("SELECT client_id, jti, expires_at FROM used_jti WHERE expires_at >= $1")
@@ -385,8 +390,9 @@ async fn committer(
     mut sink: AuditSink,
     mut rx: mpsc::Receiver<Job>,
     replay_window: i64,
+    clock: Arc<dyn Clock>,
 ) {
-    let mut guard = match ReplayGuard::new(&store, replay_window).await {
+    let mut guard = match ReplayGuard::new(&store, replay_window, clock.now()).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot rebuild the replay window; refusing all requests");
@@ -410,14 +416,14 @@ async fn committer(
             Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    anchor_now(&mut anchoring, &kek, &mut sink);
+                    anchor_now(&mut anchoring, &kek, &mut sink, clock.now());
                     continue;
                 }
             },
             None => rx.recv().await,
         };
         let Some(first) = next else {
-            anchor_now(&mut anchoring, &kek, &mut sink);
+            anchor_now(&mut anchoring, &kek, &mut sink, clock.now());
             break;
         };
         batch.push(first);
@@ -453,7 +459,7 @@ async fn committer(
         match result {
             Ok((outcomes, mut lines, (seq, hash))) => {
                 if !matches!(sink, AuditSink::Off)
-                    && let Some(anchor) = anchoring.committed(&kek, seq, &hash, wall_clock())
+                    && let Some(anchor) = anchoring.committed(&kek, seq, &hash, clock.now())
                 {
                     lines.push(anchor);
                 }
@@ -481,7 +487,7 @@ async fn committer(
         batches += 1;
         if let (ReplayGuard::Local { seen, .. }, true) = (&mut guard, batches.is_multiple_of(1024))
         {
-            let now = wall_clock();
+            let now = clock.now();
             seen.retain(|_, until| *until > now);
         }
     }
@@ -513,16 +519,12 @@ async fn gather(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     }
 }
 
-fn wall_clock() -> i64 {
-    mayfly_proto::Clock::now(&mayfly_proto::SystemClock)
-}
-
 /// Write the anchor owed for the newest head, if any (an idle log, or the committer stopping).
-fn anchor_now(anchoring: &mut crate::anchor::Anchoring, kek: &Kek, sink: &mut AuditSink) {
+fn anchor_now(anchoring: &mut crate::anchor::Anchoring, kek: &Kek, sink: &mut AuditSink, now: i64) {
     if matches!(sink, AuditSink::Off) {
         return;
     }
-    if let Some(line) = anchoring.take(kek, wall_clock())
+    if let Some(line) = anchoring.take(kek, now)
         && let Err(e) = write_lines(sink, &[line])
     {
         tracing::error!(error = %e, "cannot write an audit anchor to the audit output");

@@ -138,7 +138,7 @@ async fn populate(s: &Store) {
     for c in clients() {
         assert!(s.add_client(&c).await.unwrap());
     }
-    let log = AuditLog::start(s.clone(), k, AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), k, AuditSink::Off, 600, Arc::new(SystemClock));
     for i in 0..150 {
         let p = Pending {
             event: issue(&format!("t{i}"), 1_000 + i),
@@ -350,7 +350,7 @@ async fn assert_links_survive(s: &Store) {
 
 async fn export(s: &Store) -> Vec<u8> {
     let mut out = Vec::new();
-    s.export(&mut out).await.unwrap();
+    s.export(&mut out, &SystemClock).await.unwrap();
     out
 }
 
@@ -414,7 +414,13 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     assert_eq!(rows(&export(&back.store).await), rows(&first));
 
     // The chain goes on where it stopped.
-    let log = AuditLog::start(to.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        to.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     let seq = log
         .commit(Pending::event(issue("after", 2_000)))
         .await
@@ -644,7 +650,13 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
     let k = kek();
     let now = SystemClock.now();
     let src = sqlite().await;
-    let log = AuditLog::start(src.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        src.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     let recent = |assertion: Option<&str>, subject: Option<&str>, ts: i64| Pending {
         event: issue("t", ts),
         consume_jti: assertion.map(|a| ("svc".to_string(), a.to_string(), ts + 600)),
@@ -684,7 +696,13 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
     // keeps those until their exp).
     assert_eq!(sum.replay_records_derived, 1);
     assert_eq!(sum.counts.used_jti, 1);
-    let log = AuditLog::start(target.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        target.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     assert!(matches!(
         log.commit(recent(Some("a-new"), None, now)).await.unwrap(),
         CommitOutcome::Replay(_)
