@@ -968,3 +968,44 @@ async fn actor_until_exp_sqlite() {
 async fn actor_until_exp_postgres() {
     actor_remembered_until_its_exp(postgres().await).await;
 }
+
+/// The committer reads time from the clock it is given: what a restart still remembers of a
+/// consumed one-time subject token (SQLite's rebuilt window) follows that clock, not the
+/// system's.
+#[tokio::test]
+async fn the_injected_clock_ages_the_replay_window() {
+    let db = sqlite().await;
+    let s = &db.store;
+    let t0 = 1_000_000;
+    let until = t0 + 3_600;
+    let at =
+        |t: i64| -> Arc<dyn mayfly_proto::Clock> { Arc::new(mayfly_proto::ManualClock::new(t)) };
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, 360, at(t0));
+    let mut e = issue("c-1");
+    e.ts = t0;
+    let mut p = Pending::event(e);
+    p.consume_subject = Some(("github".into(), "gh-once".into(), until));
+    assert!(matches!(
+        first.commit(p).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    drop(first);
+    let again = |clock| {
+        let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 360, clock);
+        async move {
+            let mut e = issue("c-2");
+            e.ts = t0;
+            let mut p = Pending::event(e);
+            p.consume_subject = Some(("github".into(), "gh-once".into(), until));
+            log.commit(p).await.unwrap()
+        }
+    };
+    assert!(matches!(
+        again(at(until - 1)).await,
+        CommitOutcome::SubjectReplay(_)
+    ));
+    assert!(matches!(
+        again(at(until + 100_000)).await,
+        CommitOutcome::Committed(_)
+    ));
+}

@@ -444,6 +444,20 @@ async fn postgres_to_sqlite_and_back() {
     round_trip(from, to, back).await;
 }
 
+/// The header's export time is the given clock's.
+#[tokio::test]
+async fn the_file_is_dated_by_the_given_clock() {
+    let db = sqlite().await;
+    let mut out = Vec::new();
+    db.store
+        .export(&mut out, &mayfly_proto::ManualClock::new(1_234_567))
+        .await
+        .unwrap();
+    let header: serde_json::Value =
+        serde_json::from_str(std::str::from_utf8(&out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(header["exported_at"], 1_234_567);
+}
+
 #[tokio::test]
 async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
     let db = sqlite().await;
