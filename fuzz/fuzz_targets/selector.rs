@@ -12,5 +12,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(sel.to_string().parse::<Selector>().as_ref(), Ok(&sel));
         assert_eq!(sel.to_string(), text);
     }
-    let _ = mayfly_spiffe::validate_spiffe_id(text);
+    if let Ok(id) = text.parse::<mayfly_proto::SpiffeId>() {
+        // The parts put back together are the text.
+        assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), text);
+    }
 });

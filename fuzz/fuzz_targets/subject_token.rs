@@ -9,7 +9,8 @@ use libfuzzer_sys::fuzz_target;
 use mayfly_crypto::{KeyAlg, SigningKey, VerifyingKeys};
 use mayfly_sts::Settings;
 use mayfly_sts::federation::{ClientAuthRule, TrustedIssuer, claimed_issuer, preset, verify_subject_token};
-use mayfly_sts::identity::{IdentityTemplate, validate_spiffe_id};
+use mayfly_proto::SpiffeId;
+use mayfly_sts::identity::IdentityTemplate;
 
 struct Ctx {
     settings: Settings,
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let c = ctx();
     let now = 1_800_000_000;
     let _ = claimed_issuer(text);
-    let _ = validate_spiffe_id(text);
+    let _ = SpiffeId::validate(text);
     if let Ok(t) = IdentityTemplate::parse(text) {
         let _ = t.render(&serde_json::json!({"sub": "x", "a": {"b": "c"}}), "example.org");
     }

@@ -41,7 +41,13 @@ impl Ctx {
         kek: Arc<mayfly_crypto::Kek>,
         events: Vec<AuditEvent>,
     ) -> anyhow::Result<()> {
-        let audit = AuditLog::start(self.store.clone(), kek, AuditSink::Off, 0);
+        let audit = AuditLog::start(
+            self.store.clone(),
+            kek,
+            AuditSink::Off,
+            0,
+            Arc::new(SystemClock),
+        );
         for e in events {
             audit.commit(Pending::event(e)).await?;
         }
@@ -151,7 +157,13 @@ pub async fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result
             );
         }
     }
-    let audit = AuditLog::start(ctx.store.clone(), kek.clone(), AuditSink::Off, 0);
+    let audit = AuditLog::start(
+        ctx.store.clone(),
+        kek.clone(),
+        AuditSink::Off,
+        0,
+        Arc::new(SystemClock),
+    );
     let apply = |actions: Vec<keys::KeyAction>| {
         let (store, kek, audit) = (&ctx.store, &kek, &audit);
         async move {
@@ -341,7 +353,13 @@ pub async fn token_revoke(config: Option<PathBuf>, jti: &str) -> anyhow::Result<
     e.jti = Some(jti.to_string());
     e.exp = Some(t.exp);
     e.reason = Some("revoked_by_operator".into());
-    let audit = AuditLog::start(ctx.store.clone(), ctx.kek(false)?, AuditSink::Off, 0);
+    let audit = AuditLog::start(
+        ctx.store.clone(),
+        ctx.kek(false)?,
+        AuditSink::Off,
+        0,
+        Arc::new(SystemClock),
+    );
     let mut p = Pending::event(e);
     p.revoke = Some((jti.to_string(), t.owner, t.exp));
     audit.commit(p).await?;

@@ -42,6 +42,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         kek.clone(),
         crate::server::audit_sink(&cfg)?,
         0,
+        Arc::new(SystemClock),
     );
     let proxy = Proxy::start(ProxyOptions {
         config: cfg.proxy.clone(),

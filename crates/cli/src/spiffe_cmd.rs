@@ -80,9 +80,9 @@ pub async fn entry(config: Option<PathBuf>, cmd: EntryCmd) -> anyhow::Result<Exi
         } => {
             let td = &ctx.cfg.trust_domain;
             for (flag, id) in [("--spiffe-id", &spiffe_id), ("--parent", &parent)] {
-                mayfly_spiffe::id::validate_spiffe_id(id)
-                    .with_context(|| format!("{flag} {id}"))?;
-                if mayfly_spiffe::id::trust_domain_of(id)? != td {
+                let sid =
+                    mayfly_proto::SpiffeId::parse(id).with_context(|| format!("{flag} {id}"))?;
+                if sid.trust_domain() != td {
                     bail!("{flag} {id} is not in this server's trust domain `{td}`");
                 }
             }
@@ -177,7 +177,7 @@ pub async fn join_token_create(
         None => None,
         Some(n) => {
             let id = format!("{prefix}{n}");
-            mayfly_spiffe::id::validate_spiffe_id(&id)
+            mayfly_proto::SpiffeId::validate(&id)
                 .with_context(|| format!("--agent-name {n} makes {id}"))?;
             Some(id)
         }
@@ -423,7 +423,8 @@ pub async fn agent_run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let server = required(&args.server, "--server")?;
     let issuer = required(&args.issuer, "--issuer")?;
     let td = required(&args.trust_domain, "--trust-domain")?;
-    mayfly_spiffe::id::validate_trust_domain(td).with_context(|| format!("--trust-domain {td}"))?;
+    mayfly_proto::spiffe_id::validate_trust_domain(td)
+        .with_context(|| format!("--trust-domain {td}"))?;
     // Before attesting (which may spend a single-use join token): the sockets' directories.
     let socket = match &args.socket {
         Some(p) => p.clone(),

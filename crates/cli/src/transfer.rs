@@ -75,7 +75,7 @@ pub async fn export(config: Option<PathBuf>, out: &Path) -> anyhow::Result<ExitC
         .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
     // The store buffers its writes and flushes at the end; then make the file durable.
     let written = async {
-        let summary = store.export(&file).await?;
+        let summary = store.export(&file, &SystemClock).await?;
         file.sync_all()?;
         anyhow::Ok(summary)
     }

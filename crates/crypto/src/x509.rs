@@ -17,6 +17,8 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use zeroize::{Zeroize, Zeroizing};
 
+use mayfly_proto::spiffe_id::{SpiffeId, SpiffeIdError, validate_trust_domain};
+
 use crate::CryptoError;
 
 /// Earliest and latest instants a certificate may carry (unix seconds): 1970-01-01 and
@@ -57,6 +59,13 @@ pub enum X509Error {
     /// Certificate generation failed inside rcgen.
     #[error("cannot build certificate: {0}")]
     Build(String),
+}
+
+/// The one mapping of a SPIFFE ID rule into the CA's refusals.
+impl From<SpiffeIdError> for X509Error {
+    fn from(e: SpiffeIdError) -> Self {
+        X509Error::SpiffeId(e.rule())
+    }
 }
 
 impl From<X509Error> for CryptoError {
@@ -125,7 +134,7 @@ impl X509Ca {
         not_before: i64,
         not_after: i64,
     ) -> Result<X509Ca, CryptoError> {
-        validate_trust_domain(trust_domain)?;
+        validate_trust_domain(trust_domain).map_err(X509Error::from)?;
         let key = new_p256()?;
         let params = ca_params(trust_domain, not_before, not_after, "mayfly CA")?;
         let cert = params.self_signed(&key).map_err(build_err)?;
@@ -145,7 +154,7 @@ impl X509Ca {
         not_before: i64,
         not_after: i64,
     ) -> Result<X509Ca, CryptoError> {
-        validate_trust_domain(trust_domain)?;
+        validate_trust_domain(trust_domain).map_err(X509Error::from)?;
         let upstream_chain = certs_from_pem(upstream_cert_pem)?;
         let Some(upstream_der) = upstream_chain.first() else {
             return Err(X509Error::Upstream("no certificate in the upstream PEM".into()).into());
@@ -214,7 +223,7 @@ impl X509Ca {
                 .ok_or(X509Error::Certificate(
                     "the CA's URI SAN is not `spiffe://<trust domain>`".into(),
                 ))?;
-            validate_trust_domain(td)?;
+            validate_trust_domain(td).map_err(X509Error::from)?;
             td.to_string()
         };
         for der in &upstream_chain_der {
@@ -307,12 +316,8 @@ impl X509Ca {
         not_before: i64,
         not_after: i64,
     ) -> Result<Vec<Vec<u8>>, CryptoError> {
-        validate_spiffe_id(spiffe_id)?;
-        let in_domain = spiffe_id
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.strip_prefix(self.trust_domain.as_str()))
-            .is_some_and(|path| path.starts_with('/'));
-        if !in_domain {
+        let id = SpiffeId::parse(spiffe_id).map_err(X509Error::from)?;
+        if id.trust_domain() != self.trust_domain || id.path().is_empty() {
             return Err(X509Error::SpiffeId(
                 "an SVID's ID must be `spiffe://<this CA's trust domain>/<path>` (a path is required)",
             )
@@ -463,9 +468,7 @@ fn ia5(s: &str) -> Result<Ia5String, CryptoError> {
 mod checks;
 mod inspect;
 
-use checks::{
-    check_can_sign_ca, csr_public_key, valid_dns_name, validate_spiffe_id, validate_trust_domain,
-};
+use checks::{check_can_sign_ca, csr_public_key, valid_dns_name};
 pub use inspect::{SvidInfo, certs_from_pem, certs_to_pem};
 use inspect::{parse_cert, single_uri_san};
 

@@ -9,7 +9,7 @@ use cedar_policy::{
 };
 
 use crate::error::PolicyError;
-use crate::fast::SugarIndex;
+use crate::fast::{SugarClient, SugarIndex};
 use crate::schema::Types;
 use crate::slice::Index;
 use crate::{ClientGrant, PolicyDecision, PolicyRequest, PrincipalKind};
@@ -157,6 +157,11 @@ impl PolicyEngine {
     /// The sugar fast path (see `fast`): Cedar's outcome without Cedar, or `None` when some
     /// policy other than the client's generated ones could apply (then Cedar decides).
     pub(crate) fn sugar_outcome(&self, req: &PolicyRequest<'_>) -> Option<Outcome> {
+        Some(self.sugar_client(req)?.outcome(req.action, req.audience))
+    }
+
+    /// The client whose generated policies alone decide `req`, if the fast path applies.
+    pub(crate) fn sugar_client(&self, req: &PolicyRequest<'_>) -> Option<&SugarClient> {
         if req.principal_kind != PrincipalKind::Client {
             return None;
         }
@@ -166,7 +171,7 @@ impl PolicyEngine {
         {
             return None;
         }
-        Some(client.outcome(req.action, req.audience))
+        Some(client)
     }
 
     /// The same decision as [`decide`](Self::decide), evaluating the whole set instead of the

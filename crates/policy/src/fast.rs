@@ -83,7 +83,13 @@ impl SugarIndex {
         Self {
             clients: by_client
                 .into_iter()
-                .filter_map(|(k, v)| v.map(|rules| (k, SugarClient { rules })))
+                .filter_map(|(k, v)| {
+                    v.map(|mut rules| {
+                        // Sorted, so that the applying ones come out in Cedar's (sorted) order.
+                        rules.sort_by(|a, b| a.id.cmp(&b.id));
+                        (k, SugarClient { rules })
+                    })
+                })
                 .collect(),
         }
     }
@@ -122,6 +128,23 @@ impl SugarClient {
             reasons,
             errors: Vec::new(),
         }
+    }
+}
+
+impl SugarClient {
+    /// [`SugarClient::outcome`] without building it: whether some rule applies, with the ids
+    /// of those that do recorded in `trace` (in sorted order, as `outcome` lists them).
+    pub fn record(&self, action: &str, audience: &str, trace: &mut Vec<String>) -> bool {
+        let mut allow = false;
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.actions.contains(action) && r.audiences.contains(audience))
+        {
+            mayfly_proto::authz::record(trace, &r.id);
+            allow = true;
+        }
+        allow
     }
 }
 

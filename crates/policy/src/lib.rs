@@ -19,10 +19,15 @@
 //! triggers, metrics and logging belong to the server. It does not map a deny to an OAuth error
 //! either: the caller knows whether it asked about `token` or a scope.
 //!
+//! [`PolicyEngine`] is the issuance engine's `Authorizer` (`mayfly_proto::authz`): the query
+//! goes in as it is, the deciding policy ids go into the caller's trace, and a decision on the
+//! fast path allocates nothing.
+//!
 //! See `docs/POLICY.md` for the model (entities, actions, context, ids, `@max_ttl`, sugar) and
 //! the test-file format of [`run_cases`].
 #![forbid(unsafe_code)]
 
+mod authz;
 mod cases;
 mod dir;
 mod engine;
@@ -45,7 +50,7 @@ pub use route::{ROUTE_SCHEMA, RouteDecision, RoutePolicy, RouteRequest};
 pub use schema::{WORKLOAD_OPTIONAL_ATTRS, builtin_schema};
 
 /// The reserved action every issuance asks about before its scopes.
-pub const TOKEN_ACTION: &str = "token";
+pub const TOKEN_ACTION: &str = mayfly_proto::ACTION_TOKEN;
 
 /// A configured client's `audiences` and `scopes`, turned into generated policies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

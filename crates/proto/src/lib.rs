@@ -1,21 +1,31 @@
-//! Wire types for mayfly: OAuth 2.0 token requests and responses, RFC error codes, server
-//! metadata, introspection responses.
+//! The shared vocabulary of mayfly: OAuth 2.0 wire types, RFC error codes, server metadata,
+//! introspection responses, SPIFFE IDs, the authorization query ([`Authorizer`]), the audit
+//! event ([`AuditEvent`]) and the clock ([`Clock`]).
 //!
-//! This crate is serde only. It does no I/O and no cryptography; parsing a request body into
+//! This crate is serde only. It does no I/O and no cryptography (the system clock is its one
+//! reading of the outside world); parsing a request body into
 //! [`TokenRequest`] checks shape (required, duplicate and unknown-grant parameters), never trust.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod authz;
 pub mod cache;
+pub mod clock;
 mod error;
 mod form;
+pub mod keys;
 mod metadata;
 pub mod path;
 pub mod spiffe;
 pub mod spiffe_id;
 
+pub use audit::{AuditEvent, Decision, EventKind};
+pub use authz::{ACTION_TOKEN, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, ErrorResponse};
 pub use form::{Form, FormError};
 pub use metadata::ServerMetadata;
+pub use spiffe_id::{SpiffeId, SpiffeIdError};
 
 /// The scopes of a `scope` value (RFC 6749 §3.3: space-delimited), empty pieces skipped.
 pub fn scope_tokens(scope: Option<&str>) -> impl Iterator<Item = &str> {

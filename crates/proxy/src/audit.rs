@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mayfly_proto::AuditEvent;
 use mayfly_store::{AuditLog, DebtUsage, Pending, Store};
-use mayfly_sts::AuditEvent;
 use tokio::sync::{Notify, Semaphore};
 
 /// Events queued or being committed at most; beyond this, new calls wait for the log
@@ -195,15 +195,21 @@ mod tests {
     use std::sync::Arc;
 
     use mayfly_crypto::Kek;
+    use mayfly_proto::{AuditEvent, Decision, EventKind};
     use mayfly_store::{AuditSink, Store};
-    use mayfly_sts::{AuditEvent, Decision, EventKind};
 
     use super::*;
 
     async fn log(dir: &std::path::Path) -> (Store, Arc<Kek>, AuditLog) {
         let store = Store::open_sqlite(&dir.join("m.db")).await.unwrap();
         let kek = Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap());
-        let log = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off, 0);
+        let log = AuditLog::start(
+            store.clone(),
+            kek.clone(),
+            AuditSink::Off,
+            0,
+            Arc::new(mayfly_proto::SystemClock),
+        );
         (store, kek, log)
     }
 

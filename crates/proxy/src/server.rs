@@ -15,8 +15,8 @@ use hyper_util::server::conn::auto;
 use mayfly_config::ProxyConfig;
 use mayfly_crypto::{Kek, SigningKey};
 use mayfly_proto::path::NormalPath;
+use mayfly_proto::{AuditEvent, Clock, Decision, EventKind};
 use mayfly_store::{AuditLog, Store, StoreError};
-use mayfly_sts::{AuditEvent, Clock, Decision, EventKind};
 use tokio::net::TcpListener;
 
 use crate::audit::{AuditQueue, Usage};

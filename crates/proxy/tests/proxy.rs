@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mayfly_config::{Inject, ProxyConfig, RouteConfig, RouteMatch};
 use mayfly_crypto::{Kek, KeyAlg, SigningKey};
+use mayfly_proto::{Clock, ManualClock};
 use mayfly_proxy::{Proxy, ProxyOptions};
 use mayfly_store::{AuditLog, AuditSink, DebtEntry, Store};
-use mayfly_sts::{Clock, ManualClock};
 use serde_json::{Value, json};
 
 const KEY: &str = "sk_live_inprocess_TESTKEY_0001";
@@ -231,7 +231,7 @@ async fn harness_full(
         .await
         .unwrap();
     let kek = Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap());
-    let t0 = mayfly_sts::SystemClock.now();
+    let t0 = mayfly_proto::SystemClock.now();
     let clock = Arc::new(ManualClock::new(t0));
     let fp = mayfly_crypto::hex(&mayfly_crypto::sha256(KEY.as_bytes()));
     assert!(
@@ -284,7 +284,13 @@ async fn harness_full(
         }],
         ..ProxyConfig::default()
     };
-    let audit = AuditLog::start(store.clone(), kek.clone(), AuditSink::Off, 0);
+    let audit = AuditLog::start(
+        store.clone(),
+        kek.clone(),
+        AuditSink::Off,
+        0,
+        Arc::new(mayfly_proto::SystemClock),
+    );
     let proxy = Proxy::start(ProxyOptions {
         config,
         issuer: issuer.url.clone(),

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use mayfly_policy::{ClientGrant, PolicyEngine, PolicyError, PolicyRequest};
-use mayfly_sts::{Authorizer, AuthzDecision, AuthzQuery, Client, PrincipalKind};
+use mayfly_policy::{ClientGrant, PolicyEngine, PolicyError};
+use mayfly_sts::{Authorizer, AuthzDecision, AuthzQuery, Client};
 
 /// What the running set was built from, to tell whether a reload has anything to do.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -181,38 +181,14 @@ impl Policies {
     }
 }
 
+/// The set in force decides; evaluation errors (each a deny) are logged here.
 impl Authorizer for Policies {
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
-        let attrs: Vec<(&str, &str)> = q
-            .principal
-            .attrs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let d = self.current().decide(&PolicyRequest {
-            principal_kind: match q.principal.kind {
-                PrincipalKind::Client => mayfly_policy::PrincipalKind::Client,
-                PrincipalKind::Workload => mayfly_policy::PrincipalKind::Workload,
-            },
-            principal_id: q.principal.id,
-            attrs: &attrs,
-            action: q.action,
-            audience: q.audience,
-            grant_type: q.grant_type,
-            requested_ttl: q.requested_ttl,
-            source: q.source,
-            now: q.now,
-            client_id: q.client_id,
-            actor: q.actor,
-        });
-        if !d.errors.is_empty() {
-            tracing::warn!(errors = ?d.errors, action = q.action, "policy evaluation errors (counted as deny)");
+    fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
+        let (d, errors) = self.current().authorize_reporting(q, trace);
+        if !errors.is_empty() {
+            tracing::warn!(errors = ?errors, action = q.action, "policy evaluation errors (counted as deny)");
         }
-        AuthzDecision {
-            allow: d.allow,
-            policies: d.policies,
-            max_ttl: d.max_ttl,
-        }
+        d
     }
 }
 

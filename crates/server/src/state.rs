@@ -166,7 +166,13 @@ impl App {
         let (schedule, alg) = keyring::key_policy(t);
         // A consumed assertion jti is remembered for as long as that assertion could be accepted.
         let replay_window = settings.max_assertion_lifetime + 2 * settings.clock_skew;
-        let audit = AuditLog::start(o.store.clone(), o.kek.clone(), o.audit_sink, replay_window);
+        let audit = AuditLog::start(
+            o.store.clone(),
+            o.kek.clone(),
+            o.audit_sink,
+            replay_window,
+            o.clock.clone(),
+        );
         let now = o.clock.now();
         let snap = plan_and_load(&o.store, &o.kek, &audit, &schedule, alg, now).await?;
         let spiffe =

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384, OID_SIG_ED25519};
 use x509_parser::public_key::PublicKey;
 
-use crate::id::{SpiffeIdError, validate_trust_domain};
+use mayfly_proto::spiffe_id::{SpiffeIdError, validate_trust_domain};
 
 /// Largest bundle document accepted by [`TrustBundle::parse`].
 pub const MAX_BUNDLE_BYTES: usize = 256 * 1024;

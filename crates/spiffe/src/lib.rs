@@ -1,6 +1,6 @@
 //! SPIFFE for mayfly, with no I/O: the rules, not the sockets.
 //!
-//! - [`id`]: SPIFFE ID and trust domain validation.
+//! - SPIFFE IDs are [`SpiffeId`] (from `mayfly-proto`, shared with the token service).
 //! - [`selector`]: workload selectors (`unix:uid:1000`, ...) and entry matching.
 //! - [`bundle`]: the trust bundle and its SPIFFE bundle document (JWK Set).
 //! - [`rotation`]: when an SVID is due for renewal, from a `now` the caller passes in.
@@ -11,13 +11,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
-pub mod id;
 pub mod rotation;
 pub mod selector;
 pub mod tls;
 
 pub use bundle::{BundleError, TrustBundle};
-pub use id::{SpiffeIdError, validate_spiffe_id, validate_trust_domain};
+pub use mayfly_proto::spiffe_id::{SpiffeId, SpiffeIdError};
 pub use selector::{Selector, SelectorError, matches};
 pub use tls::{
     Authorities, SpiffeClientVerifier, SpiffeIdAuthorizer, SpiffeServerVerifier, SvidCertResolver,

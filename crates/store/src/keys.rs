@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use mayfly_crypto::{Kek, KeyAlg, SigningKey};
-use mayfly_sts::keys::{KeyAction, KeyTimes};
+use mayfly_proto::keys::{KeyAction, KeyTimes};
 use sqlx::Row;
 
 use crate::{Store, StoreError, db};

@@ -118,7 +118,7 @@ impl crate::Store {
             return Ok(None);
         };
         let body: String = row.try_get("body").map_err(db("find issued token"))?;
-        let e: mayfly_sts::AuditEvent =
+        let e: mayfly_proto::AuditEvent =
             serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(e.exp.map(|exp| IssuedToken {
             owner: e.client.or(e.identity).unwrap_or_else(|| "-".into()),

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use mayfly_crypto::Kek;
-use mayfly_sts::keys::KeyTimes;
+use mayfly_proto::keys::KeyTimes;
 use sqlx::Row;
 use zeroize::Zeroizing;
 

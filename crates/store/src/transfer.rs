@@ -292,8 +292,12 @@ impl Store {
     /// Write every row of the store to `w` as JSON lines, from one consistent snapshot (a
     /// read transaction; REPEATABLE READ on PostgreSQL), so it is safe beside running servers,
     /// though what they write after the snapshot is not in the file. Signing keys are written
-    /// sealed, as stored: the file holds no private key in clear.
-    pub async fn export(&self, w: impl Write) -> Result<ExportSummary, TransferError> {
+    /// sealed, as stored: the file holds no private key in clear. `clock` dates the file.
+    pub async fn export(
+        &self,
+        w: impl Write,
+        clock: &dyn mayfly_proto::Clock,
+    ) -> Result<ExportSummary, TransferError> {
         let backend = self.backend();
         let schema_version = self
             .applied_migrations()
@@ -328,7 +332,7 @@ impl Store {
         let header = Header {
             mayfly_export: EXPORT_FORMAT,
             schema_version,
-            exported_at: mayfly_sts::Clock::now(&mayfly_sts::SystemClock),
+            exported_at: clock.now(),
             source: backend_name(backend).into(),
             counts,
         };

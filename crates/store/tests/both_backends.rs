@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_proto::{AuditEvent, Decision, EventKind};
 use mayfly_store::{AuditLog, AuditSink, CommitOutcome, Pending, Store, StoredClient, TamperKind};
 use mayfly_sts::keys::{self, Schedule};
-use mayfly_sts::{AuditEvent, Decision, EventKind};
 
 /// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
 /// machine (127.0.0.1:5432, user postgres, trust auth, database test).
@@ -88,6 +88,11 @@ async fn postgres() -> Db {
     }
 }
 
+/// The audit committer's clock: the system's, as in production.
+fn clock() -> Arc<dyn mayfly_proto::Clock> {
+    Arc::new(mayfly_proto::SystemClock)
+}
+
 fn kek() -> Arc<Kek> {
     Arc::new(Kek::from_bytes(&[7u8; 32]).unwrap())
 }
@@ -102,7 +107,7 @@ fn issue(jti: &str) -> AuditEvent {
 
 async fn audit_chain_replay_and_revocation(db: Db) {
     let s = &db.store;
-    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
     // Concurrent commits batch together; each jti is consumed once.
     let mut handles = Vec::new();
     for i in 0..50 {
@@ -231,9 +236,9 @@ async fn audit_chain_replay_and_revocation(db: Db) {
 /// SQLite the committer rebuilds its map by walking the log back from the newest event, over
 /// more than one page), and does not let one from before the window block anything.
 async fn replay_window_survives_restart(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 600;
     let at = |ts: i64, jti: &str, assertion: &str, keep: i64| {
         let mut e = issue(jti);
@@ -248,7 +253,7 @@ async fn replay_window_survives_restart(db: Db) {
             parents: Vec::new(),
         }
     };
-    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     let old = now - 100_000;
     assert!(matches!(
         first
@@ -269,7 +274,7 @@ async fn replay_window_survives_restart(db: Db) {
     drop(first);
     s.purge_expired(now).await.unwrap();
 
-    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     for a in ["a0", "a550", "a1099"] {
         assert!(
             matches!(
@@ -303,13 +308,13 @@ async fn replay_window_survives_restart(db: Db) {
             parents: Vec::new(),
         }
     };
-    let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     assert!(matches!(
         third.commit(sub("st-1")).await.unwrap(),
         CommitOutcome::Committed(_)
     ));
     drop(third);
-    let fourth = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let fourth = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     assert!(matches!(
         fourth.commit(sub("st-1")).await.unwrap(),
         CommitOutcome::SubjectReplay(_)
@@ -386,8 +391,8 @@ async fn replay_window_postgres() {
 /// while the head is where it left it, and must notice when it is not.
 async fn two_writers_interleave(db: Db) {
     let s = &db.store;
-    let a = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
-    let b = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let a = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
+    let b = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
     let mut n = 0;
     let mut commit = |log: &AuditLog| {
         n += 1;
@@ -543,7 +548,7 @@ async fn spiffe_records(db: Db) {
     );
 
     // Tokens minted from JWT-SVIDs are linked in the audit commit.
-    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
     let minted = |token: &str, svid: &str| {
         let mut e = issue(token);
         e.exp = Some(5_000);
@@ -582,7 +587,7 @@ async fn agent_owned_svids(db: Db) {
     let (a, b) = ("spiffe://td/mayfly/agent/a", "spiffe://td/mayfly/agent/b");
     s.record_svid_minter("svid-a", a, 5_000).await.unwrap();
     s.record_svid_minter("svid-b", b, 5_000).await.unwrap();
-    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
     let mut e = issue("t-b");
     e.exp = Some(5_000);
     let mut p = Pending::event(e);
@@ -806,7 +811,7 @@ async fn debt_records_postgres() {
 /// a workload's exit (revoke_svids) reaches the tokens derived from its JWT-SVID's tokens.
 async fn revocation_reaches_derived_tokens(db: Db) {
     let s = &db.store;
-    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 600, clock());
     let issued = |jti: &str, parents: &[&str], svid: Option<&str>| {
         let mut e = issue(jti);
         e.exp = Some(5_000);
@@ -879,9 +884,9 @@ async fn derived_revocation_postgres() {
 /// assertion window, across a restart: consumed long before "now" (a clock moved on past the
 /// window) but still valid, it is refused after the restart.
 async fn subject_remembered_until_its_exp(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 360;
     let sub = |ts: i64| {
         let mut e = issue("t-sub");
@@ -891,14 +896,14 @@ async fn subject_remembered_until_its_exp(db: Db) {
         p.consume_subject = Some(("github".into(), "gh-1".into(), now - 1_000 + 3_600 + 30));
         p
     };
-    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     assert!(matches!(
         first.commit(sub(now - 1_000)).await.unwrap(),
         CommitOutcome::Committed(_)
     ));
     drop(first);
     s.purge_expired(now).await.unwrap();
-    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     assert!(matches!(
         second.commit(sub(now)).await.unwrap(),
         CommitOutcome::SubjectReplay(_)
@@ -923,12 +928,12 @@ async fn subject_until_exp_postgres() {
 /// A one-time token consumed as an actor is remembered until its own `exp` across a restart
 /// too (it shares the subject tokens' namespace), and is then refused in either role.
 async fn actor_remembered_until_its_exp(db: Db) {
-    use mayfly_sts::Clock;
+    use mayfly_proto::Clock;
     let s = &db.store;
-    let now = mayfly_sts::SystemClock.now();
+    let now = mayfly_proto::SystemClock.now();
     let window = 360;
     let until = now - 1_000 + 3_600 + 30;
-    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     let mut e = issue("t-act");
     e.ts = now - 1_000;
     let mut p = Pending::event(e);
@@ -939,7 +944,7 @@ async fn actor_remembered_until_its_exp(db: Db) {
     ));
     drop(first);
     s.purge_expired(now).await.unwrap();
-    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window);
+    let second = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
     let mut p = Pending::event(issue("t-act-2"));
     p.consume_actor = Some(("github".into(), "gh-act".into(), until));
     assert!(matches!(
@@ -962,4 +967,45 @@ async fn actor_until_exp_sqlite() {
 #[tokio::test]
 async fn actor_until_exp_postgres() {
     actor_remembered_until_its_exp(postgres().await).await;
+}
+
+/// The committer reads time from the clock it is given: what a restart still remembers of a
+/// consumed one-time subject token (SQLite's rebuilt window) follows that clock, not the
+/// system's.
+#[tokio::test]
+async fn the_injected_clock_ages_the_replay_window() {
+    let db = sqlite().await;
+    let s = &db.store;
+    let t0 = 1_000_000;
+    let until = t0 + 3_600;
+    let at =
+        |t: i64| -> Arc<dyn mayfly_proto::Clock> { Arc::new(mayfly_proto::ManualClock::new(t)) };
+    let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, 360, at(t0));
+    let mut e = issue("c-1");
+    e.ts = t0;
+    let mut p = Pending::event(e);
+    p.consume_subject = Some(("github".into(), "gh-once".into(), until));
+    assert!(matches!(
+        first.commit(p).await.unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    drop(first);
+    let again = |clock| {
+        let log = AuditLog::start(s.clone(), kek(), AuditSink::Off, 360, clock);
+        async move {
+            let mut e = issue("c-2");
+            e.ts = t0;
+            let mut p = Pending::event(e);
+            p.consume_subject = Some(("github".into(), "gh-once".into(), until));
+            log.commit(p).await.unwrap()
+        }
+    };
+    assert!(matches!(
+        again(at(until - 1)).await,
+        CommitOutcome::SubjectReplay(_)
+    ));
+    assert!(matches!(
+        again(at(until + 100_000)).await,
+        CommitOutcome::Committed(_)
+    ));
 }

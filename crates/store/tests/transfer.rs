@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use mayfly_crypto::{Kek, KeyAlg};
+use mayfly_proto::keys::KeyTimes;
+use mayfly_proto::{AuditEvent, Clock, Decision, EventKind, SystemClock};
 use mayfly_store::{
     AuditLog, AuditSink, AuthorityKind, CommitOutcome, ImportOptions, JoinTokenOutcome, Pending,
     Store, StoredAgent, StoredClient, StoredEntry, TransferError,
 };
-use mayfly_sts::keys::{self, KeyTimes, Schedule};
-use mayfly_sts::{AuditEvent, Clock, Decision, EventKind, SystemClock};
+use mayfly_sts::keys::{self, Schedule};
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -137,7 +138,7 @@ async fn populate(s: &Store) {
     for c in clients() {
         assert!(s.add_client(&c).await.unwrap());
     }
-    let log = AuditLog::start(s.clone(), k, AuditSink::Off, 600);
+    let log = AuditLog::start(s.clone(), k, AuditSink::Off, 600, Arc::new(SystemClock));
     for i in 0..150 {
         let p = Pending {
             event: issue(&format!("t{i}"), 1_000 + i),
@@ -349,7 +350,7 @@ async fn assert_links_survive(s: &Store) {
 
 async fn export(s: &Store) -> Vec<u8> {
     let mut out = Vec::new();
-    s.export(&mut out).await.unwrap();
+    s.export(&mut out, &SystemClock).await.unwrap();
     out
 }
 
@@ -413,7 +414,13 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     assert_eq!(rows(&export(&back.store).await), rows(&first));
 
     // The chain goes on where it stopped.
-    let log = AuditLog::start(to.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        to.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     let seq = log
         .commit(Pending::event(issue("after", 2_000)))
         .await
@@ -435,6 +442,20 @@ async fn postgres_to_sqlite_and_back() {
     let to = sqlite().await;
     let back = postgres().await;
     round_trip(from, to, back).await;
+}
+
+/// The header's export time is the given clock's.
+#[tokio::test]
+async fn the_file_is_dated_by_the_given_clock() {
+    let db = sqlite().await;
+    let mut out = Vec::new();
+    db.store
+        .export(&mut out, &mayfly_proto::ManualClock::new(1_234_567))
+        .await
+        .unwrap();
+    let header: serde_json::Value =
+        serde_json::from_str(std::str::from_utf8(&out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(header["exported_at"], 1_234_567);
 }
 
 #[tokio::test]
@@ -643,7 +664,13 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
     let k = kek();
     let now = SystemClock.now();
     let src = sqlite().await;
-    let log = AuditLog::start(src.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        src.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     let recent = |assertion: Option<&str>, subject: Option<&str>, ts: i64| Pending {
         event: issue("t", ts),
         consume_jti: assertion.map(|a| ("svc".to_string(), a.to_string(), ts + 600)),
@@ -683,7 +710,13 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
     // keeps those until their exp).
     assert_eq!(sum.replay_records_derived, 1);
     assert_eq!(sum.counts.used_jti, 1);
-    let log = AuditLog::start(target.store.clone(), k.clone(), AuditSink::Off, 600);
+    let log = AuditLog::start(
+        target.store.clone(),
+        k.clone(),
+        AuditSink::Off,
+        600,
+        Arc::new(SystemClock),
+    );
     assert!(matches!(
         log.commit(recent(Some("a-new"), None, now)).await.unwrap(),
         CommitOutcome::Replay(_)

@@ -1,69 +1,10 @@
-//! The seam to policy: every issuance asks an [`Authorizer`] whether the principal may have a
-//! token for the audience (action `token`) and each requested scope (one action per scope).
-//! The server plugs in the Cedar engine; this crate stays free of any policy language.
+//! Authorizers the engine composes itself: [`Narrowing`] (re-exchange of our own tokens) and
+//! [`AllOf`]. The query, the decision and the [`Authorizer`] trait live in `mayfly_proto::authz`
+//! and are re-exported here.
 
-/// What kind of principal asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrincipalKind {
-    /// A registered OAuth client (client credentials).
-    Client,
-    /// A federated workload, identified by its SPIFFE ID.
-    Workload,
-}
-
-/// Who asks, with the attributes its identity carries.
-#[derive(Debug, Clone, Copy)]
-pub struct Principal<'a> {
-    /// Kind.
-    pub kind: PrincipalKind,
-    /// client_id or SPIFFE ID.
-    pub id: &'a str,
-    /// Identity attributes (issuer, subject, namespace, repository, ...).
-    pub attrs: &'a [(String, String)],
-}
-
-/// The reserved action asked for the audience itself.
-pub const ACTION_TOKEN: &str = "token";
-
-/// One question to the authorizer.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthzQuery<'a> {
-    /// Who.
-    pub principal: Principal<'a>,
-    /// [`ACTION_TOKEN`] or one scope.
-    pub action: &'a str,
-    /// The audience.
-    pub audience: &'a str,
-    /// The grant type.
-    pub grant_type: &'a str,
-    /// The lifetime the request asked for (or the default), seconds.
-    pub requested_ttl: i64,
-    /// Source address, or "".
-    pub source: &'a str,
-    /// Now, seconds since the epoch.
-    pub now: i64,
-    /// The authenticated client, or "".
-    pub client_id: &'a str,
-    /// The actor's identity (delegation), or "".
-    pub actor: &'a str,
-}
-
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AuthzDecision {
-    /// Allowed.
-    pub allow: bool,
-    /// Ids of the policies that decided.
-    pub policies: Vec<String>,
-    /// A lifetime cap the deciding policies set, seconds.
-    pub max_ttl: Option<i64>,
-}
-
-/// Decides one query. Implementations must deny by default.
-pub trait Authorizer: Send + Sync {
-    /// Decide `q`.
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision;
-}
+pub use mayfly_proto::authz::{
+    ACTION_TOKEN, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind,
+};
 
 /// Re-exchanging one of our own tokens can only narrow it: this authorizer permits exactly the
 /// audience and scopes the original token carries, and names it as the deciding "policy".
@@ -78,16 +19,15 @@ pub struct Narrowing {
 }
 
 impl Authorizer for Narrowing {
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
+    fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
         let allow = q.audience == self.audience
             && (q.action == ACTION_TOKEN || self.scopes.iter().any(|s| s == q.action));
+        let named = |t: &String| t.strip_prefix("narrowing:") == Some(self.jti.as_str());
+        if allow && !trace.iter().any(named) {
+            trace.push(format!("narrowing:{}", self.jti));
+        }
         AuthzDecision {
             allow,
-            policies: if allow {
-                vec![format!("narrowing:{}", self.jti)]
-            } else {
-                Vec::new()
-            },
             max_ttl: None,
         }
     }
@@ -95,24 +35,26 @@ impl Authorizer for Narrowing {
 
 /// Both authorizers must allow. Re-exchanging one of our tokens with a new actor is bounded
 /// by what the token carries ([`Narrowing`]) and is a delegation the policy set decides.
+/// The trace names the authorizer that refused, or both when both allow.
 #[derive(Clone, Copy)]
 pub struct AllOf<'a>(pub &'a dyn Authorizer, pub &'a dyn Authorizer);
 
 impl Authorizer for AllOf<'_> {
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
-        let first = self.0.authorize(q);
+    fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
+        let start = trace.len();
+        let first = self.0.authorize(q, trace);
         if !first.allow {
             return first;
         }
-        let second = self.1.authorize(q);
+        let first_end = trace.len();
+        let second = self.1.authorize(q, trace);
         if !second.allow {
+            // Only the refusal is the reason: drop what the first one allowed by.
+            trace.drain(start..first_end);
             return second;
         }
-        let mut policies = first.policies;
-        policies.extend(second.policies);
         AuthzDecision {
             allow: true,
-            policies,
             max_ttl: match (first.max_ttl, second.max_ttl) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -127,10 +69,10 @@ mod tests {
 
     struct Fixed(bool, &'static str, Option<i64>);
     impl Authorizer for Fixed {
-        fn authorize(&self, _: &AuthzQuery<'_>) -> AuthzDecision {
+        fn authorize(&self, _: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
+            mayfly_proto::authz::record(trace, self.1);
             AuthzDecision {
                 allow: self.0,
-                policies: vec![self.1.to_string()],
                 max_ttl: self.2,
             }
         }
@@ -153,18 +95,59 @@ mod tests {
             client_id: "",
             actor: "spiffe://td/a",
         };
-        let yes = AllOf(&Fixed(true, "n", None), &Fixed(true, "p", Some(60))).authorize(&q);
+        let mut trace = Vec::new();
+        let yes =
+            AllOf(&Fixed(true, "n", None), &Fixed(true, "p", Some(60))).authorize(&q, &mut trace);
         assert_eq!(
-            yes,
-            AuthzDecision {
-                allow: true,
-                policies: vec!["n".into(), "p".into()],
-                max_ttl: Some(60)
-            }
+            (yes, trace),
+            (
+                AuthzDecision {
+                    allow: true,
+                    max_ttl: Some(60)
+                },
+                vec!["n".to_string(), "p".to_string()]
+            )
         );
-        let no = AllOf(&Fixed(true, "n", None), &Fixed(false, "f", None)).authorize(&q);
-        assert_eq!((no.allow, no.policies), (false, vec!["f".to_string()]));
-        let no = AllOf(&Fixed(false, "n", None), &Fixed(true, "p", None)).authorize(&q);
-        assert_eq!((no.allow, no.policies), (false, vec!["n".to_string()]));
+        let mut trace = Vec::new();
+        let no = AllOf(&Fixed(true, "n", None), &Fixed(false, "f", None)).authorize(&q, &mut trace);
+        assert_eq!((no.allow, trace), (false, vec!["f".to_string()]));
+        let mut trace = Vec::new();
+        let no = AllOf(&Fixed(false, "n", None), &Fixed(true, "p", None)).authorize(&q, &mut trace);
+        assert_eq!((no.allow, trace), (false, vec!["n".to_string()]));
+        // What an earlier question recorded stays.
+        let mut trace = vec!["earlier".to_string()];
+        AllOf(&Fixed(true, "n", None), &Fixed(false, "f", None)).authorize(&q, &mut trace);
+        assert_eq!(trace, ["earlier", "f"]);
+    }
+
+    #[test]
+    fn narrowing_permits_what_the_token_carries() {
+        let n = Narrowing {
+            audience: "a".into(),
+            scopes: vec!["r".into()],
+            jti: "j1".into(),
+        };
+        let q = |action, audience| AuthzQuery {
+            principal: Principal {
+                kind: PrincipalKind::Workload,
+                id: "spiffe://td/w",
+                attrs: &[],
+            },
+            action,
+            audience,
+            grant_type: "g",
+            requested_ttl: 60,
+            source: "",
+            now: 0,
+            client_id: "",
+            actor: "",
+        };
+        let mut trace = Vec::new();
+        assert!(n.authorize(&q(ACTION_TOKEN, "a"), &mut trace).allow);
+        assert!(n.authorize(&q("r", "a"), &mut trace).allow);
+        assert_eq!(trace, ["narrowing:j1"]);
+        assert!(!n.authorize(&q("w", "a"), &mut trace).allow);
+        assert!(!n.authorize(&q(ACTION_TOKEN, "b"), &mut trace).allow);
+        assert_eq!(trace, ["narrowing:j1"]);
     }
 }

@@ -141,8 +141,7 @@ pub fn decide(
         client_id: input.authenticated_client.unwrap_or(""),
         actor: act_sub(input.act.as_ref()).unwrap_or(""),
     };
-    let d = authz.authorize(&q(ACTION_TOKEN));
-    trace.extend(d.policies);
+    let d = authz.authorize(&q(ACTION_TOKEN), trace);
     if !d.allow {
         return Err(Denial::TargetNotAllowed(clip(&audience)));
     }
@@ -150,15 +149,13 @@ pub fn decide(
         cap = cap.min(m);
     }
     for s in &scopes {
-        let d = authz.authorize(&AuthzQuery {
-            action: s,
-            ..q(ACTION_TOKEN)
-        });
-        for p in d.policies {
-            if !trace.contains(&p) {
-                trace.push(p);
-            }
-        }
+        let d = authz.authorize(
+            &AuthzQuery {
+                action: s,
+                ..q(ACTION_TOKEN)
+            },
+            trace,
+        );
         if !d.allow {
             return Err(Denial::ScopeNotAllowed(clip(s)));
         }
@@ -196,11 +193,13 @@ mod tests {
     /// Allows audience `a` with scopes `r`, capped at 120 s by "p1".
     struct Fixed;
     impl Authorizer for Fixed {
-        fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
+        fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
             let allow = q.audience == "a" && (q.action == ACTION_TOKEN || q.action == "r");
+            if allow {
+                mayfly_proto::authz::record(trace, "p1");
+            }
             AuthzDecision {
                 allow,
-                policies: if allow { vec!["p1".into()] } else { vec![] },
                 max_ttl: Some(120),
             }
         }

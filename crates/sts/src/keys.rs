@@ -3,20 +3,7 @@
 //! have signed has expired. The next key is created one rotation period before it signs, so
 //! verifiers see it well before the first token it signs.
 
-/// The lifecycle times of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyTimes {
-    /// Key id.
-    pub kid: String,
-    /// When it was created and first published.
-    pub created_at: i64,
-    /// When it starts signing.
-    pub not_before: i64,
-    /// When it stops signing.
-    pub not_after: i64,
-    /// When it leaves the JWKS.
-    pub expires_at: i64,
-}
+pub use mayfly_proto::keys::{KeyAction, KeyTimes};
 
 /// The rules the schedule follows (seconds).
 #[derive(Debug, Clone, Copy)]
@@ -39,27 +26,6 @@ impl Schedule {
     pub fn jwks_max_age(&self) -> i64 {
         (self.rotation / 4).clamp(60, 3600)
     }
-}
-
-/// A change the store must make.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyAction {
-    /// Generate a key with these times.
-    Create {
-        /// Starts signing.
-        not_before: i64,
-        /// Stops signing.
-        not_after: i64,
-        /// Leaves the JWKS.
-        expires_at: i64,
-    },
-    /// Change an existing key's times (manual rotation).
-    Reschedule(KeyTimes),
-    /// Delete a key whose tokens have all expired.
-    Remove {
-        /// Key id.
-        kid: String,
-    },
 }
 
 /// The key that signs at `now`: the most recently activated one in its signing window.

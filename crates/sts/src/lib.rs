@@ -15,10 +15,8 @@
 //! through [`Authorizer`]).
 #![forbid(unsafe_code)]
 
-mod audit;
 mod authn;
 pub mod authz;
-mod clock;
 mod decide;
 mod deny;
 mod exchange;
@@ -35,14 +33,14 @@ pub mod subject;
 #[cfg(test)]
 mod tests;
 
-pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
 pub use authz::{AllOf, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use decide::{DecideInput, Grant, TokenParams, decide, requested_scopes, target};
 pub use deny::Denial;
 pub use exchange::{act_claim, narrow};
 pub use introspect::{AccessTokenClaims, check_access_token};
+pub use mayfly_proto::audit::{AuditEvent, Decision, EventKind};
+pub use mayfly_proto::clock::{Clock, ManualClock, SystemClock};
 pub use mint::{MintedToken, mint};
 pub use pipeline::{
     Authenticated, Caller, Consume, FormRequest, Issued, Outcome, Record, Refusal, Subject,

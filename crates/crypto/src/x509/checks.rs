@@ -99,12 +99,3 @@ pub(super) fn valid_dns_name(name: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
-
-/// SPIFFE ID rules (SPIFFE ID specification §2), shared in [`mayfly_proto::spiffe_id`].
-pub(super) fn validate_spiffe_id(id: &str) -> Result<(), X509Error> {
-    mayfly_proto::spiffe_id::validate_spiffe_id(id).map_err(X509Error::SpiffeId)
-}
-
-pub(super) fn validate_trust_domain(td: &str) -> Result<(), X509Error> {
-    mayfly_proto::spiffe_id::validate_trust_domain(td).map_err(X509Error::SpiffeId)
-}

@@ -13,6 +13,7 @@ fn check(e: &PolicyEngine, r: &PolicyRequest<'_>) -> bool {
     let full = e.decide_unsliced(r);
     assert_eq!(e.decide(r), full, "decide: {r:?}");
     assert_eq!(e.decide_sliced(r), full, "decide_sliced: {r:?}");
+    assert_eq!(via_authorizer(e, r), full, "authorizer: {r:?}");
     match e.sugar_outcome(r) {
         Some(o) => {
             assert_eq!(e.finish(o), full, "fast path: {r:?}");

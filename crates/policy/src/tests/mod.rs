@@ -1,6 +1,7 @@
 //! Unit tests: loading and validation, decisions, sugar, slicing, test files.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod authz;
 mod cases;
 mod decide;
 mod fast;
@@ -88,6 +89,42 @@ pub(crate) fn req<'a>(
         now: 0,
         client_id: "",
         actor: "",
+    }
+}
+
+/// The decision as the issuance engine's `Authorizer` sees it (with the errors it reports),
+/// put back into a [`PolicyDecision`](crate::PolicyDecision) to compare with `decide`.
+pub(crate) fn via_authorizer(e: &PolicyEngine, r: &PolicyRequest<'_>) -> crate::PolicyDecision {
+    let attrs: Vec<(String, String)> = r
+        .attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let q = mayfly_proto::AuthzQuery {
+        principal: mayfly_proto::Principal {
+            kind: match r.principal_kind {
+                PrincipalKind::Client => mayfly_proto::PrincipalKind::Client,
+                PrincipalKind::Workload => mayfly_proto::PrincipalKind::Workload,
+            },
+            id: r.principal_id,
+            attrs: &attrs,
+        },
+        action: r.action,
+        audience: r.audience,
+        grant_type: r.grant_type,
+        requested_ttl: r.requested_ttl,
+        source: r.source,
+        now: r.now,
+        client_id: r.client_id,
+        actor: r.actor,
+    };
+    let mut trace = Vec::new();
+    let (d, errors) = e.authorize_reporting(&q, &mut trace);
+    crate::PolicyDecision {
+        allow: d.allow,
+        policies: trace,
+        max_ttl: d.max_ttl,
+        errors,
     }
 }
 

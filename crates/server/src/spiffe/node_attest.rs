@@ -9,7 +9,7 @@
 //! be accepted there (and the reverse).
 
 use mayfly_config::NodeAttestationConfig;
-use mayfly_proto::spiffe_id::{valid_path_segment, validate_spiffe_id};
+use mayfly_proto::spiffe_id::{SpiffeId, valid_path_segment};
 use mayfly_sts::Denial;
 use mayfly_sts::federation::{check_claims, claimed_issuer, verified_claims};
 use serde_json::Value;
@@ -172,7 +172,7 @@ fn check(
         agent_id.push('/');
         agent_id.push_str(v);
     }
-    validate_spiffe_id(&agent_id).map_err(|_| NodeRefusal::NodeClaim)?;
+    SpiffeId::validate(&agent_id).map_err(|_| NodeRefusal::NodeClaim)?;
     Ok(NodeIdentity { agent_id, jti, exp })
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use super::TlsError;
-use crate::id::validate_trust_domain;
+use mayfly_proto::spiffe_id::validate_trust_domain;
 
 /// The X.509 authorities of one trust domain. Clones share the set, so [`Authorities::replace`]
 /// takes effect in every verifier at their next handshake; handshakes in flight keep the set

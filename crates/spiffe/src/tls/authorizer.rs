@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::TlsError;
-use crate::id::{SpiffeIdError, validate_spiffe_id, validate_trust_domain};
+use mayfly_proto::spiffe_id::{SpiffeId, SpiffeIdError, validate_trust_domain};
 
 /// Decides whether a peer's (already authenticated) SPIFFE ID is allowed.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ impl SpiffeIdAuthorizer {
 
     /// Exactly `id`.
     pub fn exact(id: &str) -> Result<Self, SpiffeIdError> {
-        validate_spiffe_id(id)?;
+        SpiffeId::validate(id)?;
         Ok(Self(Rule::Exact(id.to_string())))
     }
 
@@ -50,7 +50,7 @@ impl SpiffeIdAuthorizer {
     {
         let ids = ids.into_iter().map(Into::into).collect::<BTreeSet<_>>();
         for id in &ids {
-            validate_spiffe_id(id)?;
+            SpiffeId::validate(id)?;
         }
         Ok(Self(Rule::OneOf(ids)))
     }

@@ -28,7 +28,7 @@ use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::id::{SpiffeIdError, validate_spiffe_id};
+use mayfly_proto::spiffe_id::{SpiffeId, SpiffeIdError};
 
 /// Why SPIFFE authentication or TLS set-up failed. Never carries key material.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,11 +120,11 @@ pub fn client_config(
 /// this module's verifiers accepted.
 pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<String, TlsError> {
     let leaf = certs.first().ok_or(TlsError::NoCertificate)?;
-    leaf_spiffe_id(leaf)
+    leaf_spiffe_id(leaf).map(SpiffeId::into_string)
 }
 
 /// The SPIFFE ID of an X.509-SVID leaf: its single URI SAN, a valid SPIFFE ID with a path.
-pub(crate) fn leaf_spiffe_id(der: &[u8]) -> Result<String, TlsError> {
+pub(crate) fn leaf_spiffe_id(der: &[u8]) -> Result<SpiffeId, TlsError> {
     let cert = match x509_parser::parse_x509_certificate(der) {
         Ok(([], cert)) => cert,
         _ => return Err(TlsError::NotSvid("not a DER X.509 certificate")),
@@ -144,16 +144,13 @@ pub(crate) fn leaf_spiffe_id(der: &[u8]) -> Result<String, TlsError> {
         (None, _) => return Err(TlsError::NotSvid("no URI SAN")),
         (Some(_), Some(_)) => return Err(TlsError::NotSvid("more than one URI SAN")),
     };
-    validate_spiffe_id(id)?;
-    let has_path = id
-        .strip_prefix("spiffe://")
-        .is_some_and(|rest| rest.contains('/'));
-    if !has_path {
+    let id = SpiffeId::parse(id)?;
+    if id.path().is_empty() {
         return Err(TlsError::NotSvid(
             "a leaf's SPIFFE ID must have a path (not the bare trust domain)",
         ));
     }
-    Ok(id.to_string())
+    Ok(id)
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ impl SvidCertResolver {
 
 fn load(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Current, TlsError> {
     let leaf = chain.first().ok_or(TlsError::NoCertificate)?;
-    let spiffe_id = leaf_spiffe_id(leaf)?;
+    let spiffe_id = leaf_spiffe_id(leaf)?.into_string();
     // Borrowed, so the only copies of the secret are the caller's and aws-lc's.
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8));
     let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)

@@ -11,7 +11,6 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::{Authorities, SpiffeIdAuthorizer, TlsError, leaf_spiffe_id, provider};
-use crate::id::trust_domain_of;
 
 /// What both verifiers do: path validation, then SPIFFE ID extraction and authorisation.
 #[derive(Debug)]
@@ -52,15 +51,16 @@ impl Core {
         .map_err(pki_error)?;
         let id = leaf_spiffe_id(end_entity).map_err(spiffe_error)?;
         // An authority vouches only for its own trust domain (Trust Domain and Bundle §6.4).
-        let td = trust_domain_of(&id).map_err(|e| spiffe_error(e.into()))?;
-        if td != self.authorities.trust_domain() {
+        if id.trust_domain() != self.authorities.trust_domain() {
             return Err(spiffe_error(TlsError::WrongTrustDomain {
-                id,
+                id: id.into_string(),
                 expected: self.authorities.trust_domain().to_string(),
             }));
         }
-        self.authorizer.authorize(&id).map_err(spiffe_error)?;
-        Ok(id)
+        self.authorizer
+            .authorize(id.as_str())
+            .map_err(spiffe_error)?;
+        Ok(id.into_string())
     }
 }
 

@@ -728,7 +728,7 @@ impl Derived {
         if self.window <= 0 || ev.ts < self.since {
             return;
         }
-        let Ok(e) = serde_json::from_str::<mayfly_sts::AuditEvent>(&ev.body) else {
+        let Ok(e) = serde_json::from_str::<mayfly_proto::AuditEvent>(&ev.body) else {
             return;
         };
         let until = e.ts + self.window;

@@ -1,3 +1,6 @@
+//! Time as the engines see it: seconds since the Unix epoch from an injected [`Clock`], so every
+//! expiry, rotation and skew rule is testable with a [`ManualClock`].
+
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Seconds since the Unix epoch.
