@@ -67,7 +67,7 @@ pub struct Rule {
 pub struct Rules(pub Vec<Rule>);
 
 impl Authorizer for Rules {
-    fn authorize(&self, q: &AuthzQuery<'_>) -> AuthzDecision {
+    fn authorize(&self, q: &AuthzQuery<'_>, trace: &mut Vec<String>) -> AuthzDecision {
         let matching: Vec<&Rule> = self
             .0
             .iter()
@@ -79,15 +79,17 @@ impl Authorizer for Rules {
             })
             .collect();
         if let Some(f) = matching.iter().find(|r| r.forbid) {
+            mayfly_proto::authz::record(trace, f.id);
             return AuthzDecision {
                 allow: false,
-                policies: vec![f.id.to_string()],
                 max_ttl: None,
             };
         }
+        for r in &matching {
+            mayfly_proto::authz::record(trace, r.id);
+        }
         AuthzDecision {
             allow: !matching.is_empty(),
-            policies: matching.iter().map(|r| r.id.to_string()).collect(),
             max_ttl: matching.iter().filter_map(|r| r.max_ttl).min(),
         }
     }
