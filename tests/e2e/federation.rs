@@ -12,7 +12,7 @@ use mayfly_store::{AuditSink, Store};
 use mayfly_sts::{Clock, ManualClock};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
+use crate::fixture::{ASSERTION_TYPE, assert_error, form_urlencode, now, peek};
 use crate::support::TEST_MASTER_KEY;
 
 const API: &str = "https://api.example.test";
@@ -322,7 +322,7 @@ algorithms = ["ES256"]
             .http
             .post(format!("{}/oauth2/token", self.issuer))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
+            .body(form_urlencode(form))
             .send()
             .await
             .unwrap();
@@ -736,7 +736,7 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
         );
         set.spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let body = serde_urlencoded(&[
+            let body = form_urlencode(&[
                 ("grant_type", EXCHANGE),
                 ("subject_token", &forged),
                 ("subject_token_type", TT_JWT),
@@ -981,7 +981,7 @@ async fn sighup_reloads_the_policy_set_of_the_running_binary() {
         let a = key
             .sign_jwt(None, &json!({"iss": "svc", "sub": "svc", "aud": server.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}))
             .unwrap();
-        let body = serde_urlencoded(&[
+        let body = form_urlencode(&[
             ("grant_type", "client_credentials"),
             ("client_assertion_type", ASSERTION_TYPE),
             ("client_assertion", &a),

@@ -11,7 +11,7 @@ use mayfly_store::{AuditSink, Store};
 use mayfly_sts::{Clock, ManualClock};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
+use crate::fixture::{ASSERTION_TYPE, assert_error, form_urlencode, now, peek};
 use crate::support::TEST_MASTER_KEY;
 
 const API: &str = "https://api.example.test";
@@ -212,7 +212,7 @@ algorithms = ["ES256"]
             .http
             .post(format!("{}/oauth2/token", self.issuer))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
+            .body(form_urlencode(form))
             .send()
             .await
             .unwrap();
