@@ -518,15 +518,10 @@ async fn three_replicas_share_one_postgresql() {
 }
 
 fn peek_kid(token: &str) -> String {
-    use base64::Engine;
-    let h = token.split('.').next().unwrap();
-    let v: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(h)
-            .unwrap(),
-    )
-    .unwrap();
-    v["kid"].as_str().unwrap().to_string()
+    mayfly_testkit::peek_header(token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A chain three deep: a client token, narrowed by token exchange without client
