@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use mayfly_crypto::{KeyAlg, SigningKey};
 use mayfly_server::App;
-use mayfly_store::Store;
 use mayfly_sts::{Clock, ManualClock};
 use mayfly_testkit::{IssuerStub, TestEnv, TestServer, keys};
 use serde_json::{Value, json};
@@ -66,7 +65,6 @@ struct Fed {
     issuer: String,
     clock: Arc<ManualClock>,
     app: App,
-    store: Store,
     /// The platform side: the `k8s` and `gha` key sets on loopback, with a fetch counter and
     /// an outage switch, and the keys that sign their tokens.
     idp: IssuerStub,
@@ -143,7 +141,6 @@ algorithms = ["ES256"]
             issuer: server.url().to_string(),
             clock: env.clock().clone(),
             app: server.app().clone(),
-            store: server.store().clone(),
             env,
             server,
             idp,
@@ -243,7 +240,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // Kubernetes: allowed by `payments-read` -> sub is the mapped SPIFFE ID.
     let sa = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "api"))
         .unwrap();
     let (s, body) = f
@@ -273,7 +271,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // With an actor: the new token carries the act claim (RFC 8693 §4.1).
     let actor = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "batch"))
         .unwrap();
     let (s, body) = f
@@ -301,7 +300,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
     // Re-exchanging that token with a further actor nests the chain, and may only narrow.
     let gw_actor = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "gateway"))
         .unwrap();
     let (s, body) = f
@@ -321,7 +321,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // Denied by policy: the forbid decides, and the audit event names it.
     let ks = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("kube-system", "api"))
         .unwrap();
     let got = f
@@ -344,7 +345,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // GitHub Actions: a push to main may deploy, capped at 10 minutes by @max_ttl.
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -360,7 +362,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     // The subject token has 300 s left: asking for more is refused ...
     assert_error(&(s, body), 400, "invalid_request");
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -389,7 +392,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
     // A feature branch may not deploy: default deny.
     let branch = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/feature"))
         .unwrap();
     let got = f
@@ -399,7 +403,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // The same trust rules as a JWT bearer grant (RFC 7523 §2.1); its errors are invalid_grant.
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -423,7 +428,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // A client may authenticate as well; the token then names it as client_id.
     let sa2 = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "api"))
         .unwrap();
     let a = f.gateway_assertion();
@@ -590,7 +596,7 @@ async fn missing_subject_token_type_is_invalid_request() {
             ("subject_token", &f.k8s_token(&good)),
         ])
         .await;
-    subject_refused(&f, got, "unsupported_subject_token_type").await;
+    subject_refused(&f, got, "missing_parameter").await;
 }
 
 /// One of our own tokens, exchanged again with `scope` for `aud`.
