@@ -1,5 +1,5 @@
-//! The store's contract, run against SQLite (a real file) and PostgreSQL (the server on this
-//! machine, a fresh database per test).
+//! The store's contract, run against SQLite (a real file) and PostgreSQL (`TEST_PG_ADMIN_URL`,
+//! by default the server on this machine; a fresh database per test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use std::sync::Arc;

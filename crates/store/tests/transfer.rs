@@ -1,5 +1,5 @@
-//! Export and import between SQLite (a real file) and PostgreSQL (the server on this machine, a
-//! fresh database per test): nothing is lost either way, the audit chain still verifies, and a
+//! Export and import between SQLite (a real file) and PostgreSQL (`TEST_PG_ADMIN_URL`, by
+//! default the server on this machine; a fresh database per test): nothing is lost either way, the audit chain still verifies, and a
 //! file that was cut short or edited is refused with the target left empty.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 

@@ -67,6 +67,15 @@ impl TestEnvBuilder {
         self.config(&table)
     }
 
+    /// Trust issuer `name` (its `iss`) whose keys are at `jwks_uri`; `rest` holds the other
+    /// keys of the `[[issuers]]` table (preset, audiences, algorithms, ...), one per line.
+    pub fn issuer(self, name: &str, iss: &str, jwks_uri: &str, rest: &str) -> Self {
+        let table = format!(
+            "[[issuers]]\nname = \"{name}\"\nissuer = \"{iss}\"\njwks_uri = \"{jwks_uri}\"\n{rest}"
+        );
+        self.config(&table)
+    }
+
     /// Write a Cedar `schema` and `policies` (as `main.cedar`) into `policies/`. The config
     /// must name it (`[policy] dir = "policies"`).
     pub fn policy_dir(self, schema: &str, policies: &str) -> Self {
@@ -274,5 +283,76 @@ impl TestServer {
     /// The newest audit event.
     pub async fn last_event(&self) -> Value {
         self.audit(1).await.pop().expect("an audit event")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mayfly_crypto::KeyAlg;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{ASSERTION_TYPE, EXCHANGE, IssuerStub, TT_JWT, assert_error, keys, peek};
+
+    const API: &str = "https://api.example.test";
+
+    #[tokio::test]
+    async fn a_configured_server_runs_on_the_tests_clock() {
+        let key = keys::es256("k");
+        let stub = IssuerStub::start(&[("k8s", KeyAlg::ES256, "k8s-1")]).await;
+        let env = TestEnv::builder()
+            .start_at(1_900_000_000)
+            .config("trust_domain = \"example.org\"\n[tokens]\nmax_ttl = \"1h\"")
+            .client("svc", &key, &[API, ISSUER_PLACEHOLDER], &["read"])
+            .issuer(
+                "k8s",
+                "https://k8s.test",
+                &stub.jwks_uri("k8s"),
+                "preset = \"kubernetes\"\naudiences = [\"mayfly\"]\nalgorithms = [\"ES256\"]",
+            )
+            .build();
+        let s = env.server().await;
+        let (status, md) = s.get_json("/.well-known/oauth-authorization-server").await;
+        assert_eq!(status, 200);
+        assert_eq!(md["issuer"], s.url());
+
+        let a = keys::assertion(&key, "svc", s.url(), s.now());
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &a),
+            ("audience", API),
+            ("scope", "read"),
+        ];
+        let (status, body) = s.token(&form).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(peek(token)["iat"], 1_900_000_000, "the manual clock, not the system's");
+        assert_eq!(s.last_event().await["decision"], "allow");
+
+        // The same assertion again: a replay, refused with its RFC code.
+        assert_error(&s.token(&form).await, 401, "invalid_client");
+
+        // Minutes later (the clock moved by the test), the issuer stub's token is judged
+        // at the new time: expired.
+        let n = s.now();
+        let sa = stub.mint(
+            "k8s",
+            &json!({"iss": "https://k8s.test", "aud": ["mayfly"], "iat": n, "exp": n + 60,
+                    "sub": "system:serviceaccount:payments:api",
+                    "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}}),
+        );
+        env.advance(600);
+        s.tick().await;
+        let got = s
+            .token(&[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &sa),
+                ("subject_token_type", TT_JWT),
+                ("audience", API),
+            ])
+            .await;
+        assert_error(&got, 400, "invalid_request");
+        assert_eq!(s.last_event().await["reason"], "subject_expired");
     }
 }
