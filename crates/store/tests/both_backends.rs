@@ -14,7 +14,7 @@ struct Db {
     store: Store,
     _dir: Option<tempfile::TempDir>,
     // Declared after the store: the database is dropped once the store's pool is gone.
-    pg: Option<TestDb>,
+    _pg: Option<TestDb>,
 }
 
 async fn sqlite() -> Db {
@@ -23,7 +23,7 @@ async fn sqlite() -> Db {
     Db {
         store,
         _dir: Some(dir),
-        pg: None,
+        _pg: None,
     }
 }
 
@@ -34,7 +34,7 @@ async fn postgres() -> Db {
     Db {
         store,
         _dir: None,
-        pg: Some(db),
+        _pg: Some(db),
     }
 }
 

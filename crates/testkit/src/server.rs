@@ -327,7 +327,11 @@ mod tests {
         let (status, body) = s.token(&form).await;
         assert_eq!(status, 200, "{body}");
         let token = body["access_token"].as_str().unwrap();
-        assert_eq!(peek(token)["iat"], 1_900_000_000, "the manual clock, not the system's");
+        assert_eq!(
+            peek(token)["iat"],
+            1_900_000_000,
+            "the manual clock, not the system's"
+        );
         assert_eq!(s.last_event().await["decision"], "allow");
 
         // The same assertion again: a replay, refused with its RFC code.
