@@ -36,7 +36,7 @@ async fn kill_9_under_load_loses_no_audit_event() {
                 let n = now();
                 let c = serde_json::json!({"iss": "svc", "sub": "svc", "aud": issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60});
                 let a = key.sign_jwt(None, &c).unwrap();
-                let body = serde_urlencoded(&[
+                let body = form_urlencode(&[
                     ("grant_type", "client_credentials"),
                     ("client_assertion_type", ASSERTION_TYPE),
                     ("client_assertion", &a),

@@ -3,17 +3,15 @@
 //! token, from a test issuer that serves its keys on loopback, exchanged (RFC 8693) and
 //! presented as JWT bearer grants (RFC 7523), decided by Cedar policies from a directory.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use mayfly_crypto::{Kek, KeyAlg, SigningKey};
-use mayfly_server::{App, AppOptions};
-use mayfly_store::{AuditSink, Store};
+use mayfly_crypto::{KeyAlg, SigningKey};
+use mayfly_server::App;
 use mayfly_sts::{Clock, ManualClock};
+use mayfly_testkit::{IssuerStub, TestEnv, TestServer, keys};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
-use crate::support::TEST_MASTER_KEY;
+use crate::fixture::{ASSERTION_TYPE, assert_error, form_urlencode, peek};
 
 const API: &str = "https://api.example.test";
 const DEPLOY: &str = "https://deploy.example.test";
@@ -61,116 +59,28 @@ forbid(principal is Workload, action, resource)
 when { principal has namespace && principal.namespace == "kube-system" };
 "#;
 
-/// The platform side: two issuers' key sets on loopback, with fetch counters and an outage switch.
-struct TestIssuer {
-    base: String,
-    k8s_keys: Arc<Mutex<Vec<Value>>>,
-    down: Arc<Mutex<bool>>,
-    k8s_fetches: Arc<AtomicUsize>,
-}
-
-impl TestIssuer {
-    async fn start(k8s: &SigningKey, gha: &SigningKey) -> TestIssuer {
-        let k8s_keys = Arc::new(Mutex::new(vec![k8s.public_jwk().clone()]));
-        let gha_keys = Arc::new(Mutex::new(vec![gha.public_jwk().clone()]));
-        let down = Arc::new(Mutex::new(false));
-        let k8s_fetches = Arc::new(AtomicUsize::new(0));
-        let serve =
-            |keys: Arc<Mutex<Vec<Value>>>, down: Arc<Mutex<bool>>, n: Option<Arc<AtomicUsize>>| {
-                move || {
-                    let (keys, down, n) = (keys.clone(), down.clone(), n.clone());
-                    async move {
-                        if let Some(n) = n {
-                            n.fetch_add(1, Ordering::SeqCst);
-                        }
-                        if *down.lock().unwrap() {
-                            return (
-                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                                [("cache-control", "no-store")],
-                                String::new(),
-                            );
-                        }
-                        let body = json!({"keys": *keys.lock().unwrap()}).to_string();
-                        (
-                            axum::http::StatusCode::OK,
-                            [("cache-control", "public, max-age=60")],
-                            body,
-                        )
-                    }
-                }
-            };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let base = format!("http://127.0.0.1:{port}");
-        let disco = json!({"issuer": base, "jwks_uri": format!("{base}/k8s/jwks")}).to_string();
-        // The same server under another host name: a redirect there leaves the origin.
-        let elsewhere = format!("http://localhost:{port}/k8s/jwks");
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(move || {
-                    let d = disco.clone();
-                    async move { d }
-                }),
-            )
-            .route(
-                "/redirect",
-                axum::routing::get(move || {
-                    let to = elsewhere.clone();
-                    async move { axum::response::Redirect::temporary(&to) }
-                }),
-            )
-            .route(
-                "/k8s/jwks",
-                axum::routing::get(serve(
-                    k8s_keys.clone(),
-                    down.clone(),
-                    Some(k8s_fetches.clone()),
-                )),
-            )
-            .route(
-                "/gha/jwks",
-                axum::routing::get(serve(gha_keys, down.clone(), None)),
-            );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        TestIssuer {
-            base,
-            k8s_keys,
-            down,
-            k8s_fetches,
-        }
-    }
-}
-
 struct Fed {
-    dir: tempfile::TempDir,
+    env: TestEnv,
+    server: TestServer,
     issuer: String,
     clock: Arc<ManualClock>,
     app: App,
-    store: Store,
-    idp: TestIssuer,
-    k8s: SigningKey,
-    gha: SigningKey,
+    /// The platform side: the `k8s` and `gha` key sets on loopback, with a fetch counter and
+    /// an outage switch, and the keys that sign their tokens.
+    idp: IssuerStub,
     gateway: SigningKey,
-    http: reqwest::Client,
 }
 
 impl Fed {
     async fn start() -> Fed {
-        let dir = tempfile::tempdir().unwrap();
-        let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-1")).unwrap();
-        let gha = SigningKey::generate(KeyAlg::ES256, Some("gha-1")).unwrap();
-        let gateway = SigningKey::generate(KeyAlg::ES256, Some("gw")).unwrap();
-        let idp = TestIssuer::start(&k8s, &gha).await;
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/schema.cedarschema"), SCHEMA).unwrap();
-        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-        std::fs::write(
-            dir.path().join("gateway.jwks.json"),
-            json!({"keys": [gateway.public_jwk()]}).to_string(),
-        )
-        .unwrap();
-        let base = &idp.base;
+        let idp = IssuerStub::start(&[
+            ("k8s", KeyAlg::ES256, "k8s-1"),
+            ("gha", KeyAlg::ES256, "gha-1"),
+        ])
+        .await;
+        let gateway = keys::es256("gw");
+        let base = idp.base();
+        let redirect = idp.redirect_uri("k8s");
         let text = format!(
             r#"trust_domain = "example.org"
 [tokens]
@@ -218,45 +128,23 @@ client_auth = "required"
 name = "redirected"
 issuer = "https://redirected.example"
 preset = "kubernetes"
-jwks_uri = "{base}/redirect"
+jwks_uri = "{redirect}"
 audiences = ["mayfly"]
 algorithms = ["ES256"]
 "#
         );
-        let config =
-            mayfly_config::Config::from_toml_str(&text, "fed.toml", dir.path(), &[]).unwrap();
-        let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(now()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
-        let app = App::start(AppOptions {
-            config,
-            issuer: issuer.clone(),
-            store: store.clone(),
-            kek: Arc::new(Kek::from_base64(TEST_MASTER_KEY).unwrap()),
-            clock: clock.clone(),
-            audit_sink: AuditSink::Off,
-        })
-        .await
-        .unwrap();
-        tokio::spawn(mayfly_server::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let builder = TestEnv::builder().policy_dir(SCHEMA, POLICIES);
+        keys::write_jwks(&builder.dir().join("gateway.jwks.json"), &[&gateway]);
+        let env = builder.config(&text).build();
+        let server = env.server().await;
         Fed {
-            dir,
-            issuer,
-            clock,
-            app,
-            store,
+            issuer: server.url().to_string(),
+            clock: env.clock().clone(),
+            app: server.app().clone(),
+            env,
+            server,
             idp,
-            k8s,
-            gha,
             gateway,
-            http: reqwest::Client::new(),
         }
     }
 
@@ -318,16 +206,7 @@ algorithms = ["ES256"]
     }
 
     async fn post(&self, form: &[(&str, &str)]) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/oauth2/token", self.issuer))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
+        self.server.token(form).await
     }
 
     async fn exchange(&self, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
@@ -342,23 +221,16 @@ algorithms = ["ES256"]
 
     /// The newest audit events (bodies), newest last.
     async fn audit(&self, n: i64) -> Vec<Value> {
-        self.store
-            .audit_tail(n)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_str(&e.body).unwrap())
-            .collect()
+        self.server.audit(n).await
+    }
+
+    /// `claims` signed by the cluster's key.
+    fn k8s_token(&self, claims: &Value) -> String {
+        self.idp.mint("k8s", claims)
     }
 
     fn gateway_assertion(&self) -> String {
-        let n = self.clock.now();
-        self.gateway
-            .sign_jwt(
-                None,
-                &json!({"iss": "gateway", "sub": "gateway", "aud": self.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}),
-            )
-            .unwrap()
+        keys::assertion(&self.gateway, "gateway", &self.issuer, self.clock.now())
     }
 }
 
@@ -368,7 +240,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // Kubernetes: allowed by `payments-read` -> sub is the mapped SPIFFE ID.
     let sa = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "api"))
         .unwrap();
     let (s, body) = f
@@ -398,7 +271,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // With an actor: the new token carries the act claim (RFC 8693 §4.1).
     let actor = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "batch"))
         .unwrap();
     let (s, body) = f
@@ -426,7 +300,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
     // Re-exchanging that token with a further actor nests the chain, and may only narrow.
     let gw_actor = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "gateway"))
         .unwrap();
     let (s, body) = f
@@ -446,7 +321,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // Denied by policy: the forbid decides, and the audit event names it.
     let ks = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("kube-system", "api"))
         .unwrap();
     let got = f
@@ -469,7 +345,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // GitHub Actions: a push to main may deploy, capped at 10 minutes by @max_ttl.
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -485,7 +362,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     // The subject token has 300 s left: asking for more is refused ...
     assert_error(&(s, body), 400, "invalid_request");
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -514,7 +392,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     );
     // A feature branch may not deploy: default deny.
     let branch = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/feature"))
         .unwrap();
     let got = f
@@ -524,7 +403,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // The same trust rules as a JWT bearer grant (RFC 7523 §2.1); its errors are invalid_grant.
     let main = f
-        .gha
+        .idp
+        .key("gha")
         .sign_jwt(None, &f.gha_claims("refs/heads/main"))
         .unwrap();
     let (s, body) = f
@@ -548,7 +428,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // A client may authenticate as well; the token then names it as client_id.
     let sa2 = f
-        .k8s
+        .idp
+        .key("k8s")
         .sign_jwt(None, &f.k8s_claims("payments", "api"))
         .unwrap();
     let a = f.gateway_assertion();
@@ -570,7 +451,8 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
 
     // The metadata advertises both grants.
     let md: Value = f
-        .http
+        .server
+        .http()
         .get(format!(
             "{}/.well-known/oauth-authorization-server",
             f.issuer
@@ -585,114 +467,177 @@ async fn kubernetes_and_github_tokens_exchanged_under_policy() {
     assert!(grants.contains(&json!(EXCHANGE)) && grants.contains(&json!(JWT_BEARER)));
 }
 
-#[tokio::test]
-async fn every_rejection_has_its_error() {
+/// The federation server after the positive control: a good Kubernetes token is exchanged,
+/// so each refusal below is for the one thing its case changes. Returns the good claims too.
+async fn fed_after_control() -> (Fed, Value) {
     let f = Fed::start().await;
-    let n = f.clock.now();
-    let k8s = |c: &Value| f.k8s.sign_jwt(None, c).unwrap();
     let good = f.k8s_claims("payments", "api");
-    let ask = [("audience", API), ("scope", "read")];
+    let (s, body) = f.exchange(&f.k8s_token(&good), &ASK).await;
+    assert_eq!(s, 200, "{body}");
+    (f, good)
+}
 
-    // Untrusted issuer.
-    let mut c = good.clone();
-    c["iss"] = json!("https://evil.example");
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // Wrong audience.
-    let mut c = good.clone();
-    c["aud"] = json!(["someone-else"]);
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // Expired (beyond the skew).
-    let mut c = good.clone();
-    c["exp"] = json!(n - 60);
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // Too old: issued before max_token_age.
-    let mut c = good.clone();
-    c["iat"] = json!(n - 7200);
-    c["nbf"] = json!(n - 7200);
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // Algorithm outside the issuer's allow-list (EdDSA under a kid the issuer publishes).
+const ASK: [(&str, &str); 2] = [("audience", API), ("scope", "read")];
+
+/// `got` is `invalid_request`, audited with `reason`.
+async fn subject_refused(f: &Fed, got: (u16, Value), reason: &str) {
+    assert_error(&got, 400, "invalid_request");
+    let e = f.audit(1).await.pop().unwrap();
+    assert_eq!(e["decision"], "deny", "{e}");
+    assert_eq!(e["reason"], reason, "{e}");
+}
+
+/// The good claims changed by `edit`, signed by the cluster, are refused with `reason`.
+async fn claims_refused(edit: impl FnOnce(&mut Value, i64), reason: &str) {
+    let (f, mut c) = fed_after_control().await;
+    edit(&mut c, f.clock.now());
+    let got = f.exchange(&f.k8s_token(&c), &ASK).await;
+    subject_refused(&f, got, reason).await;
+}
+
+#[tokio::test]
+async fn subject_from_an_untrusted_issuer_is_invalid_request() {
+    claims_refused(
+        |c, _| c["iss"] = json!("https://evil.example"),
+        "untrusted_issuer",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn subject_for_another_audience_is_invalid_request() {
+    claims_refused(
+        |c, _| c["aud"] = json!(["someone-else"]),
+        "subject_wrong_audience",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn subject_expired_beyond_the_skew_is_invalid_request() {
+    claims_refused(|c, n| c["exp"] = json!(n - 60), "subject_expired").await;
+}
+
+#[tokio::test]
+async fn subject_issued_before_max_token_age_is_invalid_request() {
+    claims_refused(
+        |c, n| {
+            c["iat"] = json!(n - 7200);
+            c["nbf"] = json!(n - 7200);
+        },
+        "subject_too_old",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn subject_signed_with_an_algorithm_outside_the_allow_list_is_invalid_request() {
+    let (f, good) = fed_after_control().await;
+    // EdDSA under a kid the issuer publishes.
     let ed = SigningKey::generate(KeyAlg::EdDSA, Some("ed-1")).unwrap();
-    f.idp.k8s_keys.lock().unwrap().push(ed.public_jwk().clone());
-    assert_error(
-        &f.exchange(&ed.sign_jwt(None, &good).unwrap(), &ask).await,
-        400,
-        "invalid_request",
-    );
-    // Identity template claim missing.
-    let mut c = good.clone();
-    c["kubernetes.io"]["serviceaccount"] = json!({"uid": "x"});
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // A claim that would make an unsafe SPIFFE path segment.
-    let mut c = good.clone();
-    c["kubernetes.io"]["namespace"] = json!("..");
-    assert_error(&f.exchange(&k8s(&c), &ask).await, 400, "invalid_request");
-    // Lifetime beyond the subject's.
-    let mut c = good.clone();
-    c["exp"] = json!(n + 120);
+    f.idp.publish("k8s", ed.public_jwk().clone());
+    let got = f.exchange(&ed.sign_jwt(None, &good).unwrap(), &ASK).await;
+    subject_refused(&f, got, "subject_algorithm_not_allowed").await;
+}
+
+#[tokio::test]
+async fn subject_without_the_identity_template_claim_is_invalid_request() {
+    claims_refused(
+        |c, _| c["kubernetes.io"]["serviceaccount"] = json!({"uid": "x"}),
+        "identity_mapping",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn subject_claim_making_an_unsafe_spiffe_path_segment_is_invalid_request() {
+    claims_refused(
+        |c, _| c["kubernetes.io"]["namespace"] = json!(".."),
+        "identity_mapping",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn lifetime_beyond_the_subjects_is_invalid_request() {
+    let (f, mut c) = fed_after_control().await;
+    c["exp"] = json!(f.clock.now() + 120);
     let got = f
         .exchange(
-            &k8s(&c),
+            &f.k8s_token(&c),
             &[("audience", API), ("scope", "read"), ("expires_in", "600")],
         )
         .await;
-    assert_error(&got, 400, "invalid_request");
-    // Unsupported subject token type, missing subject_token_type.
+    subject_refused(&f, got, "lifetime_beyond_subject").await;
+}
+
+#[tokio::test]
+async fn unsupported_subject_token_type_is_invalid_request() {
+    let (f, good) = fed_after_control().await;
     let got = f
         .post(&[
             ("grant_type", EXCHANGE),
-            ("subject_token", &k8s(&good)),
+            ("subject_token", &f.k8s_token(&good)),
             (
                 "subject_token_type",
                 "urn:ietf:params:oauth:token-type:saml2",
             ),
         ])
         .await;
-    assert_error(&got, 400, "invalid_request");
-    let got = f
-        .post(&[("grant_type", EXCHANGE), ("subject_token", &k8s(&good))])
-        .await;
-    assert_error(&got, 400, "invalid_request");
-    // Every denial above was recorded with its reason.
-    let reasons: Vec<String> = f
-        .audit(10)
-        .await
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
-        .collect();
-    for r in [
-        "untrusted_issuer",
-        "subject_wrong_audience",
-        "subject_expired",
-        "subject_too_old",
-        "subject_algorithm_not_allowed",
-        "identity_mapping",
-        "lifetime_beyond_subject",
-        "unsupported_subject_token_type",
-    ] {
-        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
-    }
+    subject_refused(&f, got, "unsupported_subject_token_type").await;
+}
 
-    // Re-exchange of one of our tokens can only narrow it.
-    let (s, body) = f.exchange(&k8s(&good), &ask).await;
+#[tokio::test]
+async fn missing_subject_token_type_is_invalid_request() {
+    let (f, good) = fed_after_control().await;
+    let got = f
+        .post(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &f.k8s_token(&good)),
+        ])
+        .await;
+    subject_refused(&f, got, "missing_parameter").await;
+}
+
+/// One of our own tokens, exchanged again with `scope` for `aud`.
+async fn re_exchange(f: &Fed, good: &Value, scope: &str, aud: &str) -> (u16, Value) {
+    let (s, body) = f.exchange(&f.k8s_token(good), &ASK).await;
     assert_eq!(s, 200, "{body}");
     let ours = body["access_token"].as_str().unwrap().to_string();
-    let fr = &f;
-    let re = |scope: &'static str, aud: &'static str| {
-        let ours = ours.clone();
-        async move {
-            fr.post(&[
-                ("grant_type", EXCHANGE),
-                ("subject_token", &ours),
-                ("subject_token_type", TT_ACCESS),
-                ("scope", scope),
-                ("audience", aud),
-            ])
-            .await
-        }
-    };
-    assert_error(&re("read write", API).await, 400, "invalid_scope");
-    assert_error(&re("read", DEPLOY).await, 400, "invalid_target");
-    let (s, body) = re("read", API).await;
+    f.post(&[
+        ("grant_type", EXCHANGE),
+        ("subject_token", &ours),
+        ("subject_token_type", TT_ACCESS),
+        ("scope", scope),
+        ("audience", aud),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn re_exchange_widening_the_scope_is_invalid_scope() {
+    let (f, good) = fed_after_control().await;
+    assert_error(
+        &re_exchange(&f, &good, "read write", API).await,
+        400,
+        "invalid_scope",
+    );
+}
+
+#[tokio::test]
+async fn re_exchange_for_another_audience_is_invalid_target() {
+    let (f, good) = fed_after_control().await;
+    assert_error(
+        &re_exchange(&f, &good, "read", DEPLOY).await,
+        400,
+        "invalid_target",
+    );
+}
+
+#[tokio::test]
+async fn re_exchange_can_only_narrow_and_is_decided_by_the_narrowing_policy() {
+    let (f, good) = fed_after_control().await;
+    let (s, body) = re_exchange(&f, &good, "read", API).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(
         f.audit(1).await.pop().unwrap()["policies"][0]
@@ -709,13 +654,14 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     let f = Fed::start().await;
     let ask = [("audience", API), ("scope", "read")];
     let sa = || {
-        f.k8s
+        f.idp
+            .key("k8s")
             .sign_jwt(None, &f.k8s_claims("payments", "api"))
             .unwrap()
     };
     let (s, body) = f.exchange(&sa(), &ask).await;
     assert_eq!(s, 200, "{body}");
-    let fetches = || f.idp.k8s_fetches.load(Ordering::SeqCst);
+    let fetches = || f.idp.fetches("k8s");
     assert_eq!(fetches(), 1, "first use fetches the keys");
 
     // A burst of 1,000 requests under a kid the issuer does not publish: at most one fetch.
@@ -729,14 +675,14 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..1000 {
         let (http, url, forged, sem) = (
-            f.http.clone(),
+            f.server.http().clone(),
             format!("{}/oauth2/token", f.issuer),
             forged.clone(),
             sem.clone(),
         );
         set.spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let body = serde_urlencoded(&[
+            let body = form_urlencode(&[
                 ("grant_type", EXCHANGE),
                 ("subject_token", &forged),
                 ("subject_token_type", TT_JWT),
@@ -769,7 +715,7 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
 
     // The issuer rotates: a new kid is accepted once a refresh is allowed again.
     let k2 = SigningKey::generate(KeyAlg::ES256, Some("k8s-2")).unwrap();
-    f.idp.k8s_keys.lock().unwrap().push(k2.public_jwk().clone());
+    f.idp.publish("k8s", k2.public_jwk().clone());
     f.clock.advance(31);
     let n = fetches();
     let (s, body) = f
@@ -782,7 +728,7 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     assert_eq!(fetches(), n + 1);
 
     // Outage: the issuer's key endpoint is down and the cache is stale; cached keys still verify.
-    *f.idp.down.lock().unwrap() = true;
+    f.idp.set_down(true);
     f.clock.advance(600);
     let n = fetches();
     let (s, body) = f.exchange(&sa(), &ask).await;
@@ -791,14 +737,15 @@ async fn issuer_keys_are_cached_refreshed_once_and_survive_an_outage() {
     let (s, _) = f.exchange(&sa(), &ask).await;
     assert_eq!(s, 200);
     assert_eq!(fetches(), n + 1, "failed attempts are rate-limited too");
-    let _ = &f.dir;
+    let _ = f.env.dir();
 }
 
 #[tokio::test]
 async fn policy_reload_applies_valid_sets_and_refuses_invalid_ones() {
     let f = Fed::start().await;
     let sa = || {
-        f.k8s
+        f.idp
+            .key("k8s")
             .sign_jwt(None, &f.k8s_claims("payments", "api"))
             .unwrap()
     };
@@ -825,7 +772,7 @@ when { principal has namespace && principal.namespace == "payments" };
             .collect::<Vec<_>>()
     };
     let before = policy_events().await.len();
-    std::fs::write(f.dir.path().join("policies/write.cedar"), extra).unwrap();
+    std::fs::write(f.env.dir().join("policies/write.cedar"), extra).unwrap();
     // A changed text applies once two ticks in a row read it (a file caught half-written
     // must not decide): not at the first tick...
     f.app.tick().await.unwrap();
@@ -850,7 +797,7 @@ when { principal has namespace && principal.namespace == "payments" };
     // An invalid set (here: an attribute the schema does not have) is refused whole; the
     // previous set stays in force, also when reloading by hand (SIGHUP).
     std::fs::write(
-        f.dir.path().join("policies/bad.cedar"),
+        f.env.dir().join("policies/bad.cedar"),
         "permit(principal is Workload, action, resource) when { principal.colour == \"red\" };",
     )
     .unwrap();
@@ -875,8 +822,8 @@ when { principal has namespace && principal.namespace == "payments" };
     assert_error(&got, 400, "invalid_target");
 
     // Fixed: it applies.
-    std::fs::remove_file(f.dir.path().join("policies/bad.cedar")).unwrap();
-    std::fs::remove_file(f.dir.path().join("policies/write.cedar")).unwrap();
+    std::fs::remove_file(f.env.dir().join("policies/bad.cedar")).unwrap();
+    std::fs::remove_file(f.env.dir().join("policies/write.cedar")).unwrap();
     assert!(f.app.reload_policy().await);
     assert_error(&f.exchange(&sa(), &write).await, 400, "invalid_scope");
     let got = policy_events().await;
@@ -895,8 +842,10 @@ async fn keys_by_discovery_and_never_across_hosts() {
     let ask = [("audience", API), ("scope", "read")];
     // Discovery: {issuer}/.well-known/openid-configuration names the jwks_uri.
     let mut c = f.k8s_claims("payments", "api");
-    c["iss"] = json!(f.idp.base);
-    let (s, body) = f.exchange(&f.k8s.sign_jwt(None, &c).unwrap(), &ask).await;
+    c["iss"] = json!(f.idp.base());
+    let (s, body) = f
+        .exchange(&f.idp.key("k8s").sign_jwt(None, &c).unwrap(), &ask)
+        .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(
         peek(body["access_token"].as_str().unwrap())["sub"],
@@ -905,7 +854,9 @@ async fn keys_by_discovery_and_never_across_hosts() {
     // A jwks_uri that redirects to another host is not followed: no keys, so 503.
     let mut c = f.k8s_claims("payments", "api");
     c["iss"] = json!("https://redirected.example");
-    let got = f.exchange(&f.k8s.sign_jwt(None, &c).unwrap(), &ask).await;
+    let got = f
+        .exchange(&f.idp.key("k8s").sign_jwt(None, &c).unwrap(), &ask)
+        .await;
     assert_error(&got, 503, "temporarily_unavailable");
 }
 
@@ -915,7 +866,7 @@ async fn an_issuer_can_require_client_authentication() {
     let ask = [("audience", API), ("scope", "read")];
     let mut c = f.k8s_claims("payments", "api");
     c["iss"] = json!("https://strict.example");
-    let sa = f.k8s.sign_jwt(None, &c).unwrap();
+    let sa = f.idp.key("k8s").sign_jwt(None, &c).unwrap();
     // The subject token alone is not enough for this issuer.
     assert_error(&f.exchange(&sa, &ask).await, 401, "invalid_client");
     assert_eq!(
@@ -981,7 +932,7 @@ async fn sighup_reloads_the_policy_set_of_the_running_binary() {
         let a = key
             .sign_jwt(None, &json!({"iss": "svc", "sub": "svc", "aud": server.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}))
             .unwrap();
-        let body = serde_urlencoded(&[
+        let body = form_urlencode(&[
             ("grant_type", "client_credentials"),
             ("client_assertion_type", ASSERTION_TYPE),
             ("client_assertion", &a),

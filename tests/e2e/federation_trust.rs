@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use mayfly_crypto::{Kek, KeyAlg, SigningKey};
-use mayfly_server::{App, AppOptions};
-use mayfly_store::{AuditSink, Store};
+use mayfly_crypto::SigningKey;
 use mayfly_sts::{Clock, ManualClock};
+use mayfly_testkit::server::ISSUER_PLACEHOLDER;
+use mayfly_testkit::{TestEnv, TestServer, keys};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
-use crate::support::TEST_MASTER_KEY;
+use crate::fixture::{ASSERTION_TYPE, assert_error, peek};
 
 const API: &str = "https://api.example.test";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -68,35 +67,21 @@ when { principal.issuer == "mayfly"
 "#;
 
 struct Trust {
-    _dir: tempfile::TempDir,
+    _env: TestEnv,
+    server: TestServer,
     issuer: String,
     clock: Arc<ManualClock>,
-    store: Store,
     idp: SigningKey,
     gateway: SigningKey,
-    http: reqwest::Client,
-    _app: App,
 }
 
 impl Trust {
     async fn start() -> Trust {
-        let dir = tempfile::tempdir().unwrap();
-        let idp = SigningKey::generate(KeyAlg::ES256, Some("idp-1")).unwrap();
-        let gateway = SigningKey::generate(KeyAlg::ES256, Some("gw")).unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/schema.cedarschema"), SCHEMA).unwrap();
-        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-        let write_jwks = |name: &str, k: &SigningKey| {
-            std::fs::write(
-                dir.path().join(name),
-                json!({"keys": [k.public_jwk()]}).to_string(),
-            )
-            .unwrap()
-        };
-        write_jwks("idp.jwks.json", &idp);
-        write_jwks("gateway.jwks.json", &gateway);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let idp = keys::es256("idp-1");
+        let gateway = keys::es256("gw");
+        let builder = TestEnv::builder().policy_dir(SCHEMA, POLICIES);
+        keys::write_jwks(&builder.dir().join("idp.jwks.json"), &[&idp]);
+        keys::write_jwks(&builder.dir().join("gateway.jwks.json"), &[&gateway]);
         let k8s = |name: &str, iss: &str, extra: &str| {
             format!(
                 "[[issuers]]\nname = \"{name}\"\nissuer = \"{iss}\"\npreset = \"kubernetes\"\njwks_file = \"idp.jwks.json\"\naudiences = [\"mayfly\"]\nalgorithms = [\"ES256\"]\n{extra}"
@@ -112,7 +97,7 @@ dir = "policies"
 [[clients]]
 id = "gateway"
 jwks_file = "gateway.jwks.json"
-audiences = ["{API}", "{issuer}"]
+audiences = ["{API}", "{ISSUER_PLACEHOLDER}"]
 scopes = ["read"]
 {}{}{}{}[[issuers]]
 name = "partner"
@@ -128,36 +113,15 @@ algorithms = ["ES256"]
             k8s("ci", CI_ISS, "one_time_use = true\n"),
             k8s("strict", STRICT_ISS, "client_auth = \"required\"\n"),
         );
-        let config =
-            mayfly_config::Config::from_toml_str(&text, "trust.toml", dir.path(), &[]).unwrap();
-        let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(now()));
-        let app = App::start(AppOptions {
-            config,
-            issuer: issuer.clone(),
-            store: store.clone(),
-            kek: Arc::new(Kek::from_base64(TEST_MASTER_KEY).unwrap()),
-            clock: clock.clone(),
-            audit_sink: AuditSink::Off,
-        })
-        .await
-        .unwrap();
-        tokio::spawn(mayfly_server::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let env = builder.config(&text).build();
+        let server = env.server().await;
         Trust {
-            _dir: dir,
-            issuer,
-            clock,
-            store,
+            issuer: server.url().to_string(),
+            clock: env.clock().clone(),
+            _env: env,
+            server,
             idp,
             gateway,
-            http: reqwest::Client::new(),
-            _app: app,
         }
     }
 
@@ -189,9 +153,7 @@ algorithms = ["ES256"]
     }
 
     fn assertion_claims(&self) -> Value {
-        let n = self.clock.now();
-        json!({"iss": "gateway", "sub": "gateway", "aud": self.issuer,
-               "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60})
+        keys::assertion_claims("gateway", &self.issuer, self.clock.now())
     }
 
     fn assertion(&self) -> String {
@@ -208,16 +170,7 @@ algorithms = ["ES256"]
     }
 
     async fn post(&self, form: &[(&str, &str)]) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/oauth2/token", self.issuer))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
+        self.server.token(form).await
     }
 
     async fn exchange(&self, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
@@ -233,8 +186,7 @@ algorithms = ["ES256"]
 
     /// The newest audit event.
     async fn last_event(&self) -> Value {
-        let tail = self.store.audit_tail(1).await.unwrap();
-        serde_json::from_str(&tail[0].body).unwrap()
+        self.server.last_event().await
     }
 
     /// The request was refused with `status`/`code`, and audited with `reason`.
@@ -457,51 +409,74 @@ async fn a_delegation_on_the_narrowing_path_is_decided_by_policy() {
     assert_eq!(s, 200, "{body}");
 }
 
-/// RFC 7515 §4.1.11 and RFC 8725 §3.11 at the token endpoint: a client assertion with a
-/// critical extension, or typed as an access token, is refused; a client assertion is not a
-/// subject token; `token` is not a scope.
+/// A client-credentials request from the gateway with assertion `a` and `scope`.
+async fn cc(t: &Trust, a: String, scope: &str) -> (u16, Value) {
+    t.post(&[
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", ASSERTION_TYPE),
+        ("client_assertion", &a),
+        ("audience", API),
+        ("scope", scope),
+    ])
+    .await
+}
+
+/// An ES256 header under the gateway's kid with `typ`.
+fn header(typ: Option<&str>) -> jsonwebtoken::Header {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some("gw".into());
+    h.typ = typ.map(str::to_string);
+    h
+}
+
+/// The trust server after the positive control: the gateway's assertion, untyped or typed
+/// as a client assertion, is accepted, so each refusal is for the one thing its case changes.
+async fn trust_after_control() -> Trust {
+    let t = Trust::start().await;
+    for typ in [None, Some("client-authentication+jwt")] {
+        let (s, body) = cc(&t, t.assertion_with_header(header(typ)), "read").await;
+        assert_eq!(s, 200, "{typ:?}: {body}");
+    }
+    t
+}
+
+/// RFC 7515 §4.1.11 at the token endpoint: a client assertion with a critical extension is
+/// refused, and the audit names the client.
 #[tokio::test]
-async fn crit_and_cross_type_jwts_and_the_token_scope_are_refused() {
-    let t = &Trust::start().await;
-    let cc = |a: String, scope: &'static str| async move {
-        t.post(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", ASSERTION_TYPE),
-            ("client_assertion", &a),
-            ("audience", API),
-            ("scope", scope),
-        ])
-        .await
-    };
-    let header = |typ: Option<&str>| {
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        h.kid = Some("gw".into());
-        h.typ = typ.map(str::to_string);
-        h
-    };
+async fn client_assertion_with_a_crit_extension_is_invalid_client() {
+    let t = trust_after_control().await;
     let mut crit = header(Some("JWT"));
     crit.crit = Some(vec!["urn:example:must-understand".into()]);
     crit.extras.insert("urn:example:must-understand", true);
-    let got = cc(t.assertion_with_header(crit), "read").await;
+    let got = cc(&t, t.assertion_with_header(crit), "read").await;
     let e = t
         .refused(got, 401, "invalid_client", "unsupported_crit")
         .await;
     assert_eq!(e["client"], "gateway");
-    let got = cc(t.assertion_with_header(header(Some("at+jwt"))), "read").await;
+}
+
+/// RFC 8725 §3.11: a client assertion typed as an access token is refused.
+#[tokio::test]
+async fn client_assertion_typed_as_an_access_token_is_invalid_client() {
+    let t = trust_after_control().await;
+    let got = cc(&t, t.assertion_with_header(header(Some("at+jwt"))), "read").await;
     t.refused(got, 401, "invalid_client", "assertion_wrong_type")
         .await;
-    // The same assertion untyped, or typed as a client assertion, is fine.
-    for typ in [None, Some("client-authentication+jwt")] {
-        let (s, body) = cc(t.assertion_with_header(header(typ)), "read").await;
-        assert_eq!(s, 200, "{typ:?}: {body}");
-    }
+}
 
-    // `token` names the audience action, not a scope.
-    let got = cc(t.assertion(), "read token").await;
+/// `token` names the audience action, not a scope.
+#[tokio::test]
+async fn the_token_action_requested_as_a_scope_is_invalid_scope() {
+    let t = trust_after_control().await;
+    let got = cc(&t, t.assertion(), "read token").await;
     t.refused(got, 400, "invalid_scope", "scope_not_allowed")
         .await;
+}
 
-    // A client assertion signed by a trusted issuer's key is not a subject token.
+/// A client assertion signed by a trusted issuer's key is not a subject token.
+#[tokio::test]
+async fn a_client_assertion_presented_as_a_subject_token_is_invalid_request() {
+    let t = trust_after_control().await;
     let n = t.clock.now();
     let assertion_typed = t
         .idp

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
-use mayfly_crypto::{KeyAlg, SigningKey};
-use serde_json::{Value, json};
+use mayfly_crypto::SigningKey;
+use mayfly_testkit::keys;
+pub use mayfly_testkit::{ASSERTION_TYPE, assert_error, b64, form_urlencode, now, peek};
+use serde_json::Value;
 
 use crate::support::{ServerProcess, write_config};
 
 pub const AUD: &str = "https://api.example.test";
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -20,21 +20,6 @@ pub struct Fixture {
     pub http: reqwest::Client,
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-pub fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-fn jwks(k: &SigningKey) -> String {
-    json!({"keys": [k.public_jwk()]}).to_string()
-}
-
 impl Fixture {
     /// Clients: `svc` (ES256 key `svc-key`, audiences AUD and https://other.example.test,
     /// scopes read/write) and `other` (EdDSA key `other-key`, audience AUD, scope read). A
@@ -42,10 +27,10 @@ impl Fixture {
     /// workloads anything.
     pub fn start(extra_env: &[(&str, &str)]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
-        let other_key = SigningKey::generate(KeyAlg::EdDSA, Some("other-key")).unwrap();
-        std::fs::write(dir.path().join("svc.jwks.json"), jwks(&key)).unwrap();
-        std::fs::write(dir.path().join("other.jwks.json"), jwks(&other_key)).unwrap();
+        let key = keys::es256("svc-key");
+        let other_key = keys::eddsa("other-key");
+        keys::write_jwks(&dir.path().join("svc.jwks.json"), &[&key]);
+        keys::write_jwks(&dir.path().join("other.jwks.json"), &[&other_key]);
         let config = write_config(
             dir.path(),
             &format!(
@@ -94,12 +79,11 @@ scopes = ["read"]
 
     /// Standard valid assertion claims for `svc`.
     pub fn claims(&self) -> Value {
-        let n = now();
-        json!({"iss": "svc", "sub": "svc", "aud": self.issuer(), "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60})
+        keys::assertion_claims("svc", &self.issuer(), now())
     }
 
     pub fn sign(&self, claims: &Value) -> String {
-        self.key.sign_jwt(None, claims).unwrap()
+        keys::sign(&self.key, claims)
     }
 
     pub fn assertion(&self) -> String {
@@ -136,7 +120,7 @@ scopes = ["read"]
         path: &str,
         form: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let body = serde_urlencoded(form);
+        let body = form_urlencode(form);
         self.post_raw(path, "application/x-www-form-urlencoded", body.into_bytes())
             .await
     }
@@ -152,46 +136,4 @@ scopes = ["read"]
         let (s, _, v) = self.post_form("/oauth2/token", &form).await;
         (s, v)
     }
-}
-
-pub fn serde_urlencoded(form: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (k, v) in form {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        out.push_str(&pct(k));
-        out.push('=');
-        out.push_str(&pct(v));
-    }
-    out
-}
-
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The claims of a JWT, read without verification (test inspection only).
-pub fn peek(token: &str) -> Value {
-    let part = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-/// Assert an RFC 6749 error: status and exact code.
-#[track_caller]
-pub fn assert_error(got: &(u16, Value), status: u16, code: &str) {
-    assert_eq!(got.1["error"], code, "body: {}", got.1);
-    assert_eq!(got.0, status, "body: {}", got.1);
-    let desc = got.1["error_description"].as_str().unwrap_or("");
-    assert!(!desc.is_empty(), "error_description is useful: {}", got.1);
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use mayfly_crypto::{KeyAlg, SigningKey};
 use serde_json::json;
 
-use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, now, serde_urlencoded};
+use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, form_urlencode, now};
 use crate::support::{ServerProcess, write_config};
 
 #[tokio::test]
@@ -42,7 +42,7 @@ async fn rotated_client_keys_are_fetched_on_unknown_kid() {
         let n = now();
         let c = json!({"iss": "uri", "sub": "uri", "aud": server.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60});
         let a = key.sign_jwt(None, &c).unwrap();
-        let body = serde_urlencoded(&[
+        let body = form_urlencode(&[
             ("grant_type", "client_credentials"),
             ("client_assertion_type", ASSERTION_TYPE),
             ("client_assertion", &a),

@@ -15,7 +15,6 @@ mod interop_node;
 mod issuance;
 mod jwks_uri;
 mod no_secrets;
-mod pg;
 mod policy_cli;
 mod proxy;
 mod rejections;

@@ -19,7 +19,7 @@ use mayfly_store::{DebtEntry, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fixture::{ASSERTION_TYPE, now, serde_urlencoded};
+use crate::fixture::{ASSERTION_TYPE, form_urlencode, now};
 use crate::support::{ServerProcess, Spawned, TEST_MASTER_KEY, write_config};
 
 const KEY: &str = "sk_live_e2eProxyKey_7f3a9c51Q";
@@ -270,7 +270,7 @@ struct Setup {
     wl: SigningKey,
     http: reqwest::Client,
     /// The PostgreSQL database server and proxy share, when not the SQLite file in `dir`.
-    db: Option<crate::pg::Db>,
+    db: Option<mayfly_testkit::TestDb>,
 }
 
 fn jwks(k: &SigningKey) -> String {
@@ -289,14 +289,14 @@ impl Setup {
 
     /// Server and proxy on one PostgreSQL database.
     async fn start_pg(proxy_env: &[(&str, &str)]) -> Setup {
-        let db = crate::pg::Db::create("mayfly_proxy").await;
+        let db = mayfly_testkit::TestDb::create("mayfly_proxy").await;
         Self::start_with(None, proxy_env, Some(db)).await
     }
 
     async fn start_with(
         cpus: Option<&str>,
         proxy_env: &[(&str, &str)],
-        db: Option<crate::pg::Db>,
+        db: Option<mayfly_testkit::TestDb>,
     ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (up_url, up) = start_upstream().await;
@@ -449,7 +449,7 @@ inject = {{ basic = "{{key}}:" }}
             .http
             .post(format!("{}/oauth2/revoke", self.server.issuer))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(&[
+            .body(form_urlencode(&[
                 ("client_assertion_type", ASSERTION_TYPE),
                 ("client_assertion", &a),
                 ("token", token),
@@ -470,7 +470,7 @@ inject = {{ basic = "{{key}}:" }}
             .http
             .post(format!("{}/oauth2/introspect", self.server.issuer))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(&[
+            .body(form_urlencode(&[
                 ("client_assertion_type", ASSERTION_TYPE),
                 ("client_assertion", &a),
                 ("token", token),
@@ -919,7 +919,7 @@ async fn the_proxy_refuses_tokens_derived_from_a_revoked_one() {
                 .http
                 .post(format!("{}/oauth2/token", s.server.issuer))
                 .header("content-type", "application/x-www-form-urlencoded")
-                .body(serde_urlencoded(&f))
+                .body(form_urlencode(&f))
                 .send()
                 .await
                 .unwrap();

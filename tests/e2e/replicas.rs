@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use mayfly_crypto::{KeyAlg, SigningKey};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, now, peek, serde_urlencoded};
-use crate::pg::{Db, free_port, pg_parts};
+use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, form_urlencode, now, peek};
 use crate::support::{ServerProcess, run_cli};
+use mayfly_testkit::pg::parts as pg_parts;
+use mayfly_testkit::{TestDb as Db, free_port};
 
 /// The issuer every replica shares (they stand behind one name, as behind a load balancer).
 const ISSUER: &str = "http://127.0.0.1:9";
@@ -125,7 +126,7 @@ impl Cluster {
             "postgres://{}127.0.0.1:{}/{}",
             pg_parts().0,
             relay.port,
-            db.name
+            db.name()
         );
         // All three start at once: migrations and the first keys must not race.
         let mut starting = Vec::new();
@@ -239,7 +240,7 @@ async fn post(
     match http
         .post(format!("{base}{path}"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded(form))
+        .body(form_urlencode(form))
         .send()
         .await
     {
@@ -517,15 +518,10 @@ async fn three_replicas_share_one_postgresql() {
 }
 
 fn peek_kid(token: &str) -> String {
-    use base64::Engine;
-    let h = token.split('.').next().unwrap();
-    let v: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(h)
-            .unwrap(),
-    )
-    .unwrap();
-    v["kid"].as_str().unwrap().to_string()
+    mayfly_testkit::peek_header(token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A chain three deep: a client token, narrowed by token exchange without client

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use mayfly_crypto::{Kek, KeyAlg, SigningKey};
-use mayfly_server::{App, AppOptions};
-use mayfly_store::{AuditSink, Store};
+use mayfly_crypto::{KeyAlg, SigningKey};
+use mayfly_store::Store;
 use mayfly_sts::{Clock, ManualClock};
+use mayfly_testkit::{TestEnv, TestServer, keys};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek, serde_urlencoded};
-use crate::support::{TEST_MASTER_KEY, run_cli, write_config};
+use crate::fixture::{ASSERTION_TYPE, assert_error, now, peek};
+use crate::support::{run_cli, write_config};
 
 const API: &str = "https://api.example.test";
 const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
@@ -37,47 +37,24 @@ permit(principal is Workload, action in [Action::"token", Action::"read"], resou
 when { principal has namespace && principal.namespace == "payments" };
 "#;
 
-/// A server on `store` (a fresh one per call: a restart), its clock, its issuer URL.
-struct Server {
-    issuer: String,
-    _app: App,
-}
-
 struct Env {
-    dir: tempfile::TempDir,
+    env: TestEnv,
     clock: Arc<ManualClock>,
     k8s: SigningKey,
     svc: SigningKey,
-    http: reqwest::Client,
 }
 
 impl Env {
     fn new(start: i64) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-1")).unwrap();
-        let svc = SigningKey::generate(KeyAlg::ES256, Some("svc-1")).unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/schema.cedarschema"), SCHEMA).unwrap();
-        std::fs::write(dir.path().join("policies/main.cedar"), POLICIES).unwrap();
-        for (name, k) in [("k8s", &k8s), ("svc", &svc)] {
-            std::fs::write(
-                dir.path().join(format!("{name}.jwks.json")),
-                json!({"keys": [k.public_jwk()]}).to_string(),
-            )
-            .unwrap();
-        }
-        Env {
-            dir,
-            clock: Arc::new(ManualClock::new(start)),
-            k8s,
-            svc,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn server(&self, store: Store) -> Server {
-        let text = format!(
-            r#"trust_domain = "example.org"
+        let k8s = keys::es256("k8s-1");
+        let svc = keys::es256("svc-1");
+        let builder = TestEnv::builder().start_at(start);
+        keys::write_jwks(&builder.dir().join("k8s.jwks.json"), &[&k8s]);
+        keys::write_jwks(&builder.dir().join("svc.jwks.json"), &[&svc]);
+        let env = builder
+            .policy_dir(SCHEMA, POLICIES)
+            .config(&format!(
+                r#"trust_domain = "example.org"
 [tokens]
 max_ttl = "1h"
 [policy]
@@ -108,27 +85,19 @@ algorithms = ["ES256"]
 max_token_age = "2h"
 one_time_use = true
 "#
-        );
-        let config =
-            mayfly_config::Config::from_toml_str(&text, "t.toml", self.dir.path(), &[]).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
-        let app = App::start(AppOptions {
-            config,
-            issuer: issuer.clone(),
-            store,
-            kek: Arc::new(Kek::from_base64(TEST_MASTER_KEY).unwrap()),
-            clock: self.clock.clone(),
-            audit_sink: AuditSink::Off,
-        })
-        .await
-        .unwrap();
-        tokio::spawn(mayfly_server::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
-        Server { issuer, _app: app }
+            ))
+            .build();
+        Env {
+            clock: env.clock().clone(),
+            env,
+            k8s,
+            svc,
+        }
+    }
+
+    /// A server on `store` (a fresh one per call: a restart) on this env's clock.
+    async fn server(&self, store: Store) -> TestServer {
+        self.env.server_on(store).await
     }
 
     /// A projected service-account token valid for an hour.
@@ -154,29 +123,14 @@ one_time_use = true
 
     /// A client assertion for `id` (every test client shares the key `svc-1`).
     fn assertion_as(&self, id: &str, issuer: &str) -> String {
-        let n = self.clock.now();
-        self.svc
-            .sign_jwt(
-                None,
-                &json!({"iss": id, "sub": id, "aud": issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60}),
-            )
-            .unwrap()
+        keys::assertion(&self.svc, id, issuer, self.clock.now())
     }
 
-    async fn post(&self, s: &Server, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", s.issuer))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
-            .send()
-            .await
-            .unwrap();
-        let st = r.status().as_u16();
-        (st, r.json().await.unwrap_or(Value::Null))
+    async fn post(&self, s: &TestServer, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        s.post_form(path, form).await
     }
 
-    async fn exchange(&self, s: &Server, subject: &str) -> (u16, Value) {
+    async fn exchange(&self, s: &TestServer, subject: &str) -> (u16, Value) {
         self.post(
             s,
             "/oauth2/token",
@@ -227,7 +181,7 @@ async fn one_time_subject_token_is_single_use_until_its_exp_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_subject_token_is_single_use_until_its_exp_postgres() {
-    let db = crate::pg::Db::create("mayfly_once").await;
+    let db = mayfly_testkit::TestDb::create("mayfly_once").await;
     let store = Store::open(&db.url()).await.unwrap();
     one_time_subject_survives_window_and_restart(store).await;
 }
@@ -255,7 +209,7 @@ async fn a_workload_revokes_its_own_token_by_presenting_it() {
     let introspect = |t: String| {
         let (env, s) = (&env, &s);
         async move {
-            let a = env.assertion(&s.issuer);
+            let a = env.assertion(s.url());
             let (st, v) = env
                 .post(
                     s,
@@ -280,7 +234,7 @@ async fn a_workload_revokes_its_own_token_by_presenting_it() {
     assert!(!introspect(wl.clone()).await);
 
     // A client's token: the client must authenticate.
-    let a = env.assertion(&s.issuer);
+    let a = env.assertion(s.url());
     let (st, v) = env
         .post(
             &s,
@@ -367,7 +321,7 @@ async fn introspection_is_limited_to_the_owner_and_granted_audiences() {
         .unwrap();
     let env = Env::new(now());
     let s = env.server(store.clone()).await;
-    let a = env.assertion_as("peer", &s.issuer);
+    let a = env.assertion_as("peer", s.url());
     let (st, v) = env
         .post(
             &s,
@@ -386,7 +340,7 @@ async fn introspection_is_limited_to_the_owner_and_granted_audiences() {
     let introspect = |who: &'static str| {
         let (env, s, t) = (&env, &s, token.clone());
         async move {
-            let a = env.assertion_as(who, &s.issuer);
+            let a = env.assertion_as(who, s.url());
             let (st, v) = env
                 .post(
                     s,
@@ -406,7 +360,7 @@ async fn introspection_is_limited_to_the_owner_and_granted_audiences() {
     assert_eq!(introspect("peer").await["active"], true);
     assert_eq!(introspect("rs").await["active"], true);
     // `peer` may request tokens for the audience but holds no grant: it does not see `svc`'s.
-    let a = env.assertion_as("svc", &s.issuer);
+    let a = env.assertion_as("svc", s.url());
     let (st, v) = env
         .post(
             &s,
@@ -421,7 +375,7 @@ async fn introspection_is_limited_to_the_owner_and_granted_audiences() {
         .await;
     assert_eq!(st, 200, "{v}");
     let svc_token = v["access_token"].as_str().unwrap().to_string();
-    let a = env.assertion_as("peer", &s.issuer);
+    let a = env.assertion_as("peer", s.url());
     let (st, v) = env
         .post(
             &s,

@@ -3,86 +3,46 @@
 
 use std::sync::Arc;
 
-use mayfly_crypto::{Kek, KeyAlg, SigningKey};
-use mayfly_server::{App, AppOptions};
-use mayfly_store::{AuditSink, Store};
+use mayfly_crypto::SigningKey;
 use mayfly_sts::{Clock, ManualClock};
-use serde_json::{Value, json};
+use mayfly_testkit::{TestEnv, TestServer, keys};
+use serde_json::Value;
 
-use crate::fixture::{ASSERTION_TYPE, AUD, now, peek, serde_urlencoded};
-use crate::support::TEST_MASTER_KEY;
+use crate::fixture::{ASSERTION_TYPE, AUD, peek};
 
 struct InProc {
-    _dir: tempfile::TempDir,
+    _env: TestEnv,
+    server: TestServer,
     issuer: String,
     clock: Arc<ManualClock>,
-    app: App,
     key: SigningKey,
-    http: reqwest::Client,
 }
 
 impl InProc {
     async fn start() -> InProc {
-        let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::generate(KeyAlg::ES256, Some("k")).unwrap();
-        std::fs::write(
-            dir.path().join("svc.jwks.json"),
-            json!({"keys": [key.public_jwk()]}).to_string(),
-        )
-        .unwrap();
-        let text = format!(
-            "[tokens]\nkey_rotation = \"1h\"\nmax_ttl = \"1h\"\nclock_skew = \"30s\"\n[[clients]]\nid = \"svc\"\njwks_file = \"svc.jwks.json\"\naudiences = [\"{AUD}\"]\nscopes = [\"read\"]\n"
-        );
-        let config =
-            mayfly_config::Config::from_toml_str(&text, "test.toml", dir.path(), &[]).unwrap();
-        let store = Store::open_sqlite(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(now()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
-        let app = App::start(AppOptions {
-            config,
-            issuer: issuer.clone(),
-            store,
-            kek: Arc::new(Kek::from_base64(TEST_MASTER_KEY).unwrap()),
-            clock: clock.clone(),
-            audit_sink: AuditSink::Off,
-        })
-        .await
-        .unwrap();
-        tokio::spawn(mayfly_server::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let key = keys::es256("k");
+        let env = TestEnv::builder()
+            .config("[tokens]\nkey_rotation = \"1h\"\nmax_ttl = \"1h\"\nclock_skew = \"30s\"")
+            .client("svc", &key, &[AUD], &["read"])
+            .build();
+        let server = env.server().await;
         InProc {
-            _dir: dir,
-            issuer,
-            clock,
-            app,
+            issuer: server.url().to_string(),
+            clock: env.clock().clone(),
+            _env: env,
+            server,
             key,
-            http: reqwest::Client::new(),
         }
     }
 
     fn assertion(&self) -> String {
-        let n = self.clock.now();
-        let c = json!({"iss": "svc", "sub": "svc", "aud": self.issuer, "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 60});
-        self.key.sign_jwt(None, &c).unwrap()
+        keys::assertion(&self.key, "svc", &self.issuer, self.clock.now())
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> Value {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.issuer))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded(form))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
+        let (status, v) = self.server.post_form(path, form).await;
+        assert_eq!(status, 200, "{v}");
+        v
     }
 
     async fn token(&self, ttl: &str) -> String {
@@ -117,15 +77,8 @@ impl InProc {
     }
 
     async fn jwks(&self) -> (Vec<String>, mayfly_crypto::VerifyingKeys) {
-        let v: Value = self
-            .http
-            .get(format!("{}/jwks.json", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (status, v) = self.server.get_json("/jwks.json").await;
+        assert_eq!(status, 200);
         let kids = v["keys"]
             .as_array()
             .unwrap()
@@ -136,18 +89,15 @@ impl InProc {
     }
 
     async fn at(&self, t: i64) {
-        self.clock.set(t);
-        self.app.tick().await.unwrap();
+        self.server.at(t).await;
     }
 }
 
 fn kid_of(token: &str) -> String {
-    let h = token.split('.').next().unwrap();
-    let h: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).unwrap(),
-    )
-    .unwrap();
-    h["kid"].as_str().unwrap().to_string()
+    mayfly_testkit::peek_header(token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mayfly_crypto::{KeyAlg, SigningKey};
+use mayfly_testkit::free_port;
 use serde_json::{Value, json};
 use spiffe::{JwtSvid, TrustDomain, WorkloadApiClient, WorkloadApiError};
 
@@ -68,14 +69,6 @@ fn append(path: &Path, bytes: &[u8]) {
         .unwrap()
         .write_all(bytes)
         .unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A trust domain: the server (agent API on a fixed port so a restart keeps the address).

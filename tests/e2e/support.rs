@@ -11,8 +11,7 @@ pub fn mayfly_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mayfly"))
 }
 
-/// A master key for tests (32 bytes, base64); real deployments generate their own.
-pub const TEST_MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub use mayfly_testkit::TEST_MASTER_KEY;
 
 /// Run `mayfly ARGS` to completion in `dir`; returns (status code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use mayfly_crypto::{SigningKey, VerifyingKeys};
 use serde_json::{Value, json};
 
-use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, now, serde_urlencoded};
-use crate::pg::{Db, free_port};
+use crate::fixture::{ASSERTION_TYPE, AUD, assert_error, form_urlencode, now};
 use crate::support::{ServerProcess, keygen, run_cli};
+use mayfly_testkit::{TestDb as Db, free_port};
 
 /// The issuer both servers stand behind (it must not change with the move: it is in every
 /// token and every client assertion's audience).
@@ -76,7 +76,7 @@ async fn post(base: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded(form))
+        .body(form_urlencode(form))
         .send()
         .await
         .unwrap();

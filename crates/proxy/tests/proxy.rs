@@ -18,6 +18,7 @@ use mayfly_crypto::{Kek, KeyAlg, SigningKey};
 use mayfly_proto::{Clock, ManualClock};
 use mayfly_proxy::{Proxy, ProxyOptions};
 use mayfly_store::{AuditLog, AuditSink, DebtEntry, Store};
+use mayfly_testkit::{keys, peek};
 use serde_json::{Value, json};
 
 const KEY: &str = "sk_live_inprocess_TESTKEY_0001";
@@ -60,15 +61,6 @@ fn json_resp(status: u16, v: &Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn peek(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .unwrap();
-    serde_json::from_slice(&b).unwrap()
-}
-
 struct Issuer {
     url: String,
     key: SigningKey,
@@ -79,8 +71,8 @@ struct Issuer {
 }
 
 async fn issuer() -> Issuer {
-    let key = SigningKey::generate(KeyAlg::ES256, Some("k1")).unwrap();
-    let jwks = json!({"keys": [key.public_jwk()]});
+    let key = keys::es256("k1");
+    let jwks = keys::jwks(&[&key]);
     let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let introspections = Arc::new(AtomicUsize::new(0));
     let url_cell: Arc<Mutex<String>> = Arc::default();
@@ -149,7 +141,7 @@ impl Issuer {
         let mut c = json!({
             "iss": self.url, "sub": "spiffe://example.org/billing", "aud": AUD,
             "client_id": "billing", "scope": "read write", "iat": now, "exp": now + 300,
-            "jti": mayfly_crypto::random_id().unwrap(),
+            "jti": keys::jti(),
         });
         f(&mut c);
         self.key.sign_jwt(Some("at+jwt"), &c).unwrap()
@@ -295,7 +287,7 @@ async fn harness_full(
         config,
         issuer: issuer.url.clone(),
         client_id: "proxy".into(),
-        signer: SigningKey::generate(KeyAlg::EdDSA, Some("p")).unwrap(),
+        signer: keys::eddsa("p"),
         store: store.clone(),
         kek,
         clock: clock.clone(),

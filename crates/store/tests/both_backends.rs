@@ -1,5 +1,5 @@
-//! The store's contract, run against SQLite (a real file) and PostgreSQL (the server on this
-//! machine, a fresh database per test).
+//! The store's contract, run against SQLite (a real file) and PostgreSQL (`TEST_PG_ADMIN_URL`,
+//! by default the server on this machine; a fresh database per test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use std::sync::Arc;
@@ -8,52 +8,13 @@ use mayfly_crypto::{Kek, KeyAlg};
 use mayfly_proto::{AuditEvent, Decision, EventKind};
 use mayfly_store::{AuditLog, AuditSink, CommitOutcome, Pending, Store, StoredClient, TamperKind};
 use mayfly_sts::keys::{self, Schedule};
-
-/// A PostgreSQL role that may create databases: `TEST_PG_ADMIN_URL`, else the server on this
-/// machine (127.0.0.1:5432, user postgres, trust auth, database test).
-fn pg_admin() -> String {
-    std::env::var("TEST_PG_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// The admin URL with another database name.
-fn pg_url(db: &str) -> String {
-    let admin = pg_admin();
-    match admin.rfind('/') {
-        Some(i) => format!("{}/{db}", &admin[..i]),
-        None => admin,
-    }
-}
+use mayfly_testkit::TestDb;
 
 struct Db {
     store: Store,
     _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Some(name) = self.pg_name.take() {
-            // Best effort: a fresh runtime, since Drop cannot be async.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    use sqlx::Executor;
-                    if let Ok(pool) = sqlx::PgPool::connect(&pg_admin()).await {
-                        let _ = pool
-                            .execute(sqlx::AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            )))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
+    // Declared after the store: the database is dropped once the store's pool is gone.
+    _pg: Option<TestDb>,
 }
 
 async fn sqlite() -> Db {
@@ -62,29 +23,18 @@ async fn sqlite() -> Db {
     Db {
         store,
         _dir: Some(dir),
-        pg_name: None,
+        _pg: None,
     }
 }
 
+/// A fresh PostgreSQL database at `TEST_PG_ADMIN_URL` (or the local server), dropped after.
 async fn postgres() -> Db {
-    use sqlx::Executor;
-    let name = format!(
-        "mayfly_test_{}",
-        mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
-    );
-    let admin = sqlx::PgPool::connect(&pg_admin()).await.expect(
-        "PostgreSQL must answer at TEST_PG_ADMIN_URL or 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts a local one",
-    );
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    admin.close().await;
-    let store = Store::open(&pg_url(&name)).await.unwrap();
+    let db = TestDb::create("mayfly_test").await;
+    let store = Store::open(&db.url()).await.unwrap();
     Db {
         store,
         _dir: None,
-        pg_name: Some(name),
+        _pg: Some(db),
     }
 }
 

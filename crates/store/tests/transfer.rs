@@ -1,5 +1,5 @@
-//! Export and import between SQLite (a real file) and PostgreSQL (the server on this machine, a
-//! fresh database per test): nothing is lost either way, the audit chain still verifies, and a
+//! Export and import between SQLite (a real file) and PostgreSQL (`TEST_PG_ADMIN_URL`, by
+//! default the server on this machine; a fresh database per test): nothing is lost either way, the audit chain still verifies, and a
 //! file that was cut short or edited is refused with the target left empty.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
@@ -14,38 +14,13 @@ use mayfly_store::{
     Store, StoredAgent, StoredClient, StoredEntry, TransferError,
 };
 use mayfly_sts::keys::{self, Schedule};
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+use mayfly_testkit::TestDb;
 
 struct Db {
     store: Store,
     _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Some(name) = self.pg_name.take() {
-            // Best effort: a fresh runtime, since Drop cannot be async.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    use sqlx::Executor;
-                    if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN).await {
-                        let _ = pool
-                            .execute(sqlx::AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            )))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
+    // Declared after the store: the database is dropped once the store's pool is gone.
+    pg: Option<TestDb>,
 }
 
 async fn sqlite() -> Db {
@@ -54,31 +29,18 @@ async fn sqlite() -> Db {
     Db {
         store,
         _dir: Some(dir),
-        pg_name: None,
+        pg: None,
     }
 }
 
+/// A fresh PostgreSQL database at `TEST_PG_ADMIN_URL` (or the local server), dropped after.
 async fn postgres() -> Db {
-    use sqlx::Executor;
-    let name = format!(
-        "mayfly_xfer_{}",
-        mayfly_crypto::hex(&mayfly_crypto::random_bytes(6).unwrap())
-    );
-    let admin = sqlx::PgPool::connect(PG_ADMIN).await.expect(
-        "PostgreSQL must run on 127.0.0.1:5432 (user postgres, trust auth); scripts/test starts it",
-    );
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    admin.close().await;
-    let store = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-        .await
-        .unwrap();
+    let db = TestDb::create("mayfly_xfer").await;
+    let store = Store::open(&db.url()).await.unwrap();
     Db {
         store,
         _dir: None,
-        pg_name: Some(name),
+        pg: Some(db),
     }
 }
 
@@ -768,10 +730,8 @@ async fn every_table_of_the_schema_is_exported() {
     assert_eq!(live, want, "SQLite");
 
     let pg = postgres().await;
-    let name = pg.pg_name.clone().unwrap();
-    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-        .await
-        .unwrap();
+    let url = pg.pg.as_ref().unwrap().url();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let rows = sqlx::query(
         "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
     )

@@ -12,11 +12,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use mayfly_agent::{Agent, AgentConfig, Upstream, UpstreamError};
-use mayfly_crypto::{KeyAlg, SigningKey};
+use mayfly_crypto::SigningKey;
 use mayfly_proto::TokenResponse;
 use mayfly_proto::spiffe::{
     BundleWire, EntryWire, MintJwtResponse, SignX509Response, SyncResponse, WorkloadExitedRequest,
@@ -32,15 +32,8 @@ fn b64(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
-pub fn unix_now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
-}
+/// Seconds since the Unix epoch.
+pub use mayfly_testkit::now as unix_now;
 
 pub fn my_uid() -> u32 {
     rustix::process::getuid().as_raw()
@@ -103,7 +96,7 @@ impl Server {
         Arc::new(Self {
             ca: new_ca("test CA"),
             extra_ca: Mutex::new(None),
-            jwt_key: SigningKey::generate(KeyAlg::ES256, Some("jwt-1")).unwrap(),
+            jwt_key: mayfly_testkit::keys::es256("jwt-1"),
             entries: Mutex::new(entries),
             sequence: AtomicU64::new(1),
             signings: AtomicU64::new(0),
@@ -277,13 +270,7 @@ impl Upstream for Server {
 }
 
 /// The payload of a JWT, unverified (tests only).
-pub fn jwt_claims(token: &str) -> serde_json::Value {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
+pub use mayfly_testkit::peek as jwt_claims;
 
 /// An agent with its Workload API and HTTP sockets in a temp dir.
 pub struct Fixture {
