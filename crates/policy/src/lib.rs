@@ -38,14 +38,45 @@ mod text;
 #[cfg(test)]
 mod tests;
 
-pub use cases::{CaseReport, CaseResult, CaseSettings, Expectation, case_settings, run_cases};
-pub use engine::{PolicyEngine, PolicyInfo};
+pub use cases::{
+    CaseReport, CaseResult, CaseSettings, Expectation, case_entries, case_settings, run_cases,
+};
+pub use engine::{PolicyEngine, PolicyInfo, PolicyInputs};
 pub use error::{PolicyError, ValidationProblem};
 pub use route::{ROUTE_SCHEMA, RouteDecision, RoutePolicy, RouteRequest};
 pub use schema::{WORKLOAD_OPTIONAL_ATTRS, builtin_schema};
 
 /// The reserved action every issuance asks about before its scopes.
 pub const TOKEN_ACTION: &str = "token";
+
+/// The action asked before an X.509-SVID is signed for a workload. Its resource is the trust
+/// domain, as an audience: `Audience::"spiffe://<trust domain>"`.
+pub const SVID_X509_ACTION: &str = "svid_x509";
+
+/// The action asked before a JWT-SVID is minted for a workload, once per requested audience
+/// (the resource).
+pub const SVID_JWT_ACTION: &str = "svid_jwt";
+
+/// The SVID actions: reserved (never a scope), always in the schema (mayfly declares them when
+/// a user schema does not), and asked only with a `Workload` principal.
+pub const SVID_ACTIONS: [&str; 2] = [SVID_X509_ACTION, SVID_JWT_ACTION];
+
+/// Whether `action` is one of mayfly's reserved actions (`token` and the SVID actions), which
+/// no OAuth scope may be named after.
+pub fn is_reserved_action(action: &str) -> bool {
+    action == TOKEN_ACTION || SVID_ACTIONS.contains(&action)
+}
+
+/// A registration entry, turned into a generated policy (`entry:<entry_id>`) that permits its
+/// SPIFFE ID both SVID actions on any resource: every entry's SVIDs are allowed unless a
+/// `forbid` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryGrant {
+    /// The entry's id.
+    pub entry_id: String,
+    /// The SPIFFE ID a matching workload gets (the id of the `Workload` entity).
+    pub spiffe_id: String,
+}
 
 /// A configured client's `audiences` and `scopes`, turned into generated policies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -16,7 +16,7 @@ use crate::fast::SugarIndex;
 use crate::schema::{self, Types};
 use crate::slice::{Index, Scoped};
 use crate::text::{cedar_string, diag_message, diag_position, line_col, parse_ttl};
-use crate::{ClientGrant, PrincipalKind, sugar};
+use crate::{ClientGrant, EntryGrant, PrincipalKind, sugar};
 
 /// One parsed policy with where it came from.
 struct Loaded {
@@ -33,9 +33,11 @@ pub(crate) fn build(
     schema_text: Option<&str>,
     files: &[(String, String)],
     clients: &[ClientGrant],
+    entries: &[EntryGrant],
 ) -> Result<PolicyEngine, PolicyError> {
     let types = Types::new()?;
     let generated = sugar::generate(clients)?;
+    let from_entries = sugar::generate_entries(entries);
     let (schema_file, schema_src) = match schema_text {
         Some(s) => (SCHEMA_FILE.to_string(), s.to_string()),
         None => (
@@ -47,10 +49,19 @@ pub(crate) fn build(
             ),
         ),
     };
-    let schema = schema::parse(&schema_file, &schema_src)?;
+    let mut schema = schema::parse(&schema_file, &schema_src)?;
+    // The text as written goes into the fingerprint; the one with the SVID actions is checked.
+    let mut checked_src = schema_src.clone();
+    if schema_text.is_some()
+        && let Some((text, extended)) =
+            schema::with_svid_actions(&schema_src, &schema, &types, &schema_file)?
+    {
+        checked_src = text;
+        schema = extended;
+    }
     let workload_attrs = if schema_text.is_some() {
         check_sugar_in_schema(&schema, &types, &schema_file, &generated)?;
-        schema::check_user_schema(&schema, &schema_src, &types, &schema_file)?
+        schema::check_user_schema(&schema, &checked_src, &types, &schema_file)?
     } else {
         schema::builtin_workload_attrs()
     };
@@ -66,7 +77,7 @@ pub(crate) fn build(
             loaded.push(l);
         }
     }
-    for g in &generated {
+    for g in generated.iter().chain(&from_entries) {
         sources.push(&g.text);
         let policy = Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| {
             PolicyError::Internal {
@@ -75,7 +86,7 @@ pub(crate) fn build(
         })?;
         let info = PolicyInfo {
             id: g.id.clone(),
-            origin: sugar::origin(&g.client),
+            origin: g.origin.clone(),
             line: 0,
             forbid: false,
             max_ttl: None,
@@ -110,7 +121,7 @@ pub(crate) fn build(
         &types,
     );
 
-    let fingerprint = fingerprint(&schema_src, files, &generated);
+    let fingerprint = fingerprint(&schema_src, files, generated.iter().chain(&from_entries));
     let infos: Vec<PolicyInfo> = loaded.into_iter().map(|l| l.info).collect();
     let by_id = infos
         .iter()
@@ -447,10 +458,10 @@ fn reads_context(policy: &Policy) -> bool {
     policy.to_json().map_or(true, |j| names_context(&j))
 }
 
-fn fingerprint(
+fn fingerprint<'a>(
     schema: &str,
     files: &[(String, String)],
-    generated: &[sugar::SugarPolicy],
+    generated: impl Iterator<Item = &'a sugar::SugarPolicy>,
 ) -> String {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut part = |label: &str, bytes: &[u8]| {
