@@ -3,6 +3,7 @@
 
 mod cases;
 mod decide;
+mod entries;
 mod fast;
 mod load;
 mod slicing;
