@@ -79,10 +79,13 @@ pub(crate) fn build(
     }
     for g in generated.iter().chain(&from_entries) {
         sources.push(&g.text);
-        let policy = Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| {
-            PolicyError::Internal {
-                message: format!("generated policy `{}` does not parse: {e}", g.id),
-            }
+        let parsed = match &g.json {
+            Some(json) => Policy::from_json(Some(PolicyId::new(&g.id)), json.clone())
+                .map_err(|e| e.to_string()),
+            None => Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| e.to_string()),
+        };
+        let policy = parsed.map_err(|e| PolicyError::Internal {
+            message: format!("generated policy `{}` does not parse: {e}", g.id),
         })?;
         let info = PolicyInfo {
             id: g.id.clone(),
@@ -106,7 +109,21 @@ pub(crate) fn build(
             message: format!("assembling the set: {e}"),
         }
     })?;
-    let warnings = validate(&schema, &all, &loaded, &sources)?;
+    // Entries' permits (last in `loaded`) differ only in the principal's id, which validation
+    // does not look at beyond its type: validating one stands for all, and keeps a reload with
+    // thousands of entries cheap.
+    let same_shape = from_entries.len().saturating_sub(1);
+    let warnings = if same_shape == 0 {
+        validate(&schema, &all, &loaded, &sources)?
+    } else {
+        let checked = loaded.get(..loaded.len() - same_shape).unwrap_or(&loaded);
+        let set = PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(
+            |e| PolicyError::Internal {
+                message: format!("assembling the set: {e}"),
+            },
+        )?;
+        validate(&schema, &set, checked, &sources)?
+    };
 
     let grouped_actions = grouped_action_entities(&schema, &types, &schema_file)?;
     let scoped: Vec<Scoped> = loaded

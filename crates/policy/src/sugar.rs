@@ -18,6 +18,8 @@ pub(crate) struct SugarPolicy {
     pub text: String,
     /// The actions it names.
     pub actions: Vec<String>,
+    /// Its Cedar JSON form, when built directly (cheaper to load than the text to parse).
+    pub json: Option<serde_json::Value>,
 }
 
 /// The label under which a client's generated policies are reported.
@@ -47,6 +49,7 @@ pub(crate) fn generate_entries(entries: &[EntryGrant]) -> Vec<SugarPolicy> {
                 ),
                 id,
                 actions: SVID_ACTIONS.iter().map(|a| (*a).to_string()).collect(),
+                json: Some(entry_json(&e.spiffe_id)),
             }
         })
         .collect()
@@ -89,6 +92,7 @@ pub(crate) fn generate(clients: &[ClientGrant]) -> Result<Vec<SugarPolicy>, Poli
             ),
             id,
             actions: vec![TOKEN_ACTION.into()],
+            json: None,
         });
         if c.scopes.is_empty() {
             continue;
@@ -114,7 +118,20 @@ pub(crate) fn generate(clients: &[ClientGrant]) -> Result<Vec<SugarPolicy>, Poli
             ),
             id,
             actions: scopes,
+            json: None,
         });
     }
     Ok(out)
+}
+
+/// An entry's permit in Cedar's JSON policy form (the same policy as its text).
+fn entry_json(spiffe_id: &str) -> serde_json::Value {
+    let action = |a: &str| serde_json::json!({ "type": "Action", "id": a });
+    serde_json::json!({
+        "effect": "permit",
+        "principal": { "op": "==", "entity": { "type": "Workload", "id": spiffe_id } },
+        "action": { "op": "in", "entities": SVID_ACTIONS.map(action) },
+        "resource": { "op": "All" },
+        "conditions": [],
+    })
 }
