@@ -21,6 +21,7 @@ pub mod identity;
 mod introspect;
 pub mod keys;
 mod mint;
+pub mod svid;
 
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authn::{AuthenticatedClient, authenticate_assertion, claimed_client_id};
