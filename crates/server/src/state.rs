@@ -139,9 +139,11 @@ impl App {
         let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
         let issuers = crate::issuers::Issuers::new(&o.config.issuers, max_ttl)?;
+        let entries = crate::policy::entry_grants(&o.store.list_entries(None).await?);
         let policies = crate::policy::Policies::load(
             o.config.policy_dir.clone(),
             crate::policy::grants(clients.all().iter().map(|c| c.as_ref())),
+            entries,
         )?;
         let (schedule, alg) = keyring::key_policy(t);
         // A consumed assertion jti is remembered for as long as that assertion could be accepted.
@@ -203,7 +205,8 @@ impl App {
         i.clients.reload(&i.store).await?;
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients.refresh_all_uris(now).await;
-        // A changed policy directory or client list compiles into a new set (or is refused).
+        // A changed policy directory, client list or entry list compiles into a new set (or is
+        // refused).
         self.reload_policy_if_changed().await;
         i.store.purge_expired(now - i.settings.clock_skew).await?;
         i.store
@@ -215,14 +218,30 @@ impl App {
     /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
     /// one is refused and the previous set stays. Either way it is a `policy_change` event.
     pub async fn reload_policy(&self) -> bool {
-        let r = self.0.policies.reload(self.client_grants(), true);
+        let entries = self.entry_grants().await;
+        let r = self.0.policies.reload(self.client_grants(), entries, true);
         self.audit_policy_reload(r).await
     }
 
-    /// Rebuild the policy set if the clients or the directory changed (audited likewise).
+    /// Rebuild the policy set if the clients, the entries or the directory changed (audited
+    /// likewise).
     pub(crate) async fn reload_policy_if_changed(&self) -> bool {
-        let r = self.0.policies.reload(self.client_grants(), false);
+        let entries = self.entry_grants().await;
+        let r = self.0.policies.reload(self.client_grants(), entries, false);
         self.audit_policy_reload(r).await
+    }
+
+    /// The registration entries as policy inputs, read from the store (entries are added at
+    /// run time, possibly through another replica); `None` when the store cannot say, and the
+    /// set keeps the entries it has.
+    async fn entry_grants(&self) -> Option<Vec<mayfly_policy::EntryGrant>> {
+        match self.0.store.list_entries(None).await {
+            Ok(entries) => Some(crate::policy::entry_grants(&entries)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the registration entries; the policy set keeps the ones it has");
+                None
+            }
+        }
     }
 
     /// Who may obtain which token is as much the audit log's business as the tokens: a set

@@ -2,7 +2,9 @@
 //! its entries and bundle, SVID signing for its workloads, and workload-exit revocation.
 //!
 //! Every route but `attest` needs the agent's current X.509-SVID as the TLS client
-//! certificate; an entry is only served to the agent that is its parent.
+//! certificate; an entry is only served to the agent that is its parent, and an SVID only
+//! when the policy set allows it (`mayfly_sts::svid`; each entry's generated permit allows
+//! it unless a `forbid` refuses it).
 
 use std::net::SocketAddr;
 
@@ -18,7 +20,8 @@ use mayfly_proto::spiffe::{
     WorkloadExitedResponse,
 };
 use mayfly_store::{CommitOutcome, JoinTokenOutcome, StoredAgent, StoredEntry};
-use mayfly_sts::{AuditEvent, Decision, EventKind};
+use mayfly_sts::svid::{SvidGrant, SvidKind, SvidRequest};
+use mayfly_sts::{AuditEvent, Decision, Denial, EventKind, Principal, PrincipalKind};
 
 use super::tls::Peer;
 use crate::state::App;
@@ -43,17 +46,25 @@ pub(crate) enum ApiError {
     Unavailable,
     #[error("signing failed")]
     Internal,
+    /// A refusal of the issuance pipeline, answered as the token endpoint answers it.
+    #[error(transparent)]
+    Denied(Denial),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Denied(d) = &self {
+            return crate::error::denial_response(d);
+        }
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::NoSvid => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "access_denied"),
             ApiError::Attestation(_) => (StatusCode::FORBIDDEN, "attestation_failed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            ApiError::Internal | ApiError::Denied(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+            }
         };
         let body = serde_json::json!({ "error": code, "error_description": self.to_string() });
         (status, Json(body)).into_response()
@@ -361,6 +372,68 @@ async fn own_entry(ctx: &Ctx, agent_id: &str, id: &str) -> Result<StoredEntry, A
         .ok_or(ApiError::Forbidden("no such entry under this agent"))
 }
 
+/// May the entry's workload have this SVID? Asks the policy set (after a reload if the set in
+/// force predates the entry); a refusal is audited as a `deny` naming the workload, the agent
+/// and the policies that refused, and answered `access_denied` (403).
+async fn decide_svid(
+    ctx: &Ctx,
+    agent_id: &str,
+    entry: &StoredEntry,
+    kind: SvidKind,
+    audiences: &[String],
+    now: i64,
+) -> Result<SvidGrant, ApiError> {
+    let app = &ctx.app;
+    if !app.0.policies.knows_entry(&entry.id) {
+        // Added since the last tick (here or through another replica).
+        app.reload_policy_if_changed().await;
+    }
+    let td = &app.0.spiffe.p.trust_domain;
+    let attrs = [
+        ("issuer".to_string(), app.0.settings.issuer.clone()),
+        ("subject".to_string(), entry.spiffe_id.clone()),
+        ("trust_domain".to_string(), td.clone()),
+    ];
+    let trust_domain_id = format!("spiffe://{td}");
+    let source = ctx.addr.ip().to_string();
+    let req = SvidRequest {
+        kind,
+        workload: Principal {
+            kind: PrincipalKind::Workload,
+            id: &entry.spiffe_id,
+            attrs: &attrs,
+        },
+        agent: agent_id,
+        trust_domain_id: &trust_domain_id,
+        audiences,
+        ttl: match kind {
+            SvidKind::X509 => entry.x509_ttl,
+            SvidKind::Jwt => entry.jwt_ttl,
+        },
+        source: &source,
+        now,
+    };
+    let mut trace = Vec::new();
+    match mayfly_sts::svid::decide_svid(&app.0.policies, &req, &mut trace) {
+        Ok(grant) => Ok(grant),
+        Err(d) => {
+            let mut e = event(ctx, EventKind::Deny, Decision::Deny, now);
+            e.client = Some(agent_id.to_string());
+            e.identity = Some(entry.spiffe_id.clone());
+            e.grant = Some(kind.action().to_string());
+            e.audience = Some(match kind {
+                SvidKind::X509 => trust_domain_id,
+                SvidKind::Jwt => audiences.join(" "),
+            });
+            e.policies = trace;
+            e.reason = Some(d.reason().to_string());
+            audit(ctx, e).await?;
+            tracing::info!(agent = %agent_id, spiffe_id = %entry.spiffe_id, action = kind.action(), "SVID refused by policy");
+            Err(ApiError::Denied(d))
+        }
+    }
+}
+
 async fn svid_x509(
     State(ctx): State<Ctx>,
     Extension(peer): Extension<Peer>,
@@ -370,6 +443,7 @@ async fn svid_x509(
     let agent_id = agent(&ctx, &peer).await?;
     let entry = own_entry(&ctx, &agent_id, &req.entry_id).await?;
     let csr = decode_b64("csr", &req.csr)?;
+    let grant = decide_svid(&ctx, &agent_id, &entry, SvidKind::X509, &[], now).await?;
     let (chain, expires_at) = ctx
         .app
         .0
@@ -378,13 +452,14 @@ async fn svid_x509(
             &csr,
             &entry.spiffe_id,
             &entry.dns_names,
-            entry.x509_ttl,
+            grant.ttl,
             now,
         )
         .map_err(|e| ApiError::BadRequest(format!("the CSR was refused: {e}")))?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
     e.client = Some(agent_id);
     e.identity = Some(entry.spiffe_id);
+    e.policies = grant.policies;
     e.reason = Some("x509_svid".into());
     e.jti = chain
         .first()
@@ -416,11 +491,12 @@ async fn svid_jwt(
         ));
     }
     let entry = own_entry(&ctx, &agent_id, &req.entry_id).await?;
+    let grant = decide_svid(&ctx, &agent_id, &entry, SvidKind::Jwt, &req.audience, now).await?;
     let (token, jti, expires_at) = ctx
         .app
         .0
         .spiffe
-        .mint_jwt(&entry.spiffe_id, &req.audience, entry.jwt_ttl, now)
+        .mint_jwt(&entry.spiffe_id, &req.audience, grant.ttl, now)
         .map_err(|_| ApiError::Internal)?;
     // Only the agent that minted a JWT-SVID may later report its workload's exit.
     ctx.app
@@ -433,6 +509,7 @@ async fn svid_jwt(
     e.client = Some(agent_id);
     e.identity = Some(entry.spiffe_id);
     e.audience = Some(req.audience.join(" "));
+    e.policies = grant.policies;
     e.reason = Some("jwt_svid".into());
     e.jti = Some(jti.clone());
     e.exp = Some(expires_at);
