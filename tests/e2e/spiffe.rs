@@ -1570,7 +1570,9 @@ async fn a_policy_forbid_refuses_an_svid_with_permission_denied() {
     assert!(
         events.iter().any(|e| e["kind"] == "svid_issue"
             && e["identity"] == "spiffe://example.org/python"
-            && e["policies"][0].as_str().is_some_and(|p| p.starts_with("entry:"))),
+            && e["policies"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("entry:"))),
         "{tail}"
     );
 }

@@ -314,16 +314,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     tracing::info!(entry = %entry.id, "the server's policy refused a JWT-SVID");
                     continue;
                 }
-                Err(e) => return Err(match e {
-                    JwtError::TooManyProcesses | JwtError::TooManyJtis => {
-                        Status::resource_exhausted(e.to_string())
-                    }
-                    JwtError::Upstream(e) => {
-                        tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
-                        Status::unavailable("could not obtain a JWT-SVID from the server")
-                    }
-                    JwtError::Poisoned => Status::internal(e.to_string()),
-                }),
+                Err(e) => {
+                    return Err(match e {
+                        JwtError::TooManyProcesses | JwtError::TooManyJtis => {
+                            Status::resource_exhausted(e.to_string())
+                        }
+                        JwtError::Upstream(e) => {
+                            tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
+                            Status::unavailable("could not obtain a JWT-SVID from the server")
+                        }
+                        JwtError::Poisoned => Status::internal(e.to_string()),
+                    });
+                }
             };
             svids.push(Jwtsvid {
                 spiffe_id: entry.spiffe_id.clone(),

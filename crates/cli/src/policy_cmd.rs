@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use mayfly_policy::{
-    ClientGrant, EntryGrant, PolicyEngine, PolicyInputs, PolicyRequest, PrincipalKind,
-    SVID_ACTIONS,
+    ClientGrant, EntryGrant, PolicyEngine, PolicyInputs, PolicyRequest, PrincipalKind, SVID_ACTIONS,
 };
 
 /// `mayfly policy ...`.
@@ -200,10 +199,7 @@ fn engine(
 ) -> anyhow::Result<(PolicyEngine, String)> {
     let (clients, config_dir) = config_clients(config.as_deref())?;
     match dir.or(config_dir) {
-        Some(d) => Ok((
-            load_dir(&d, &clients, entries)?,
-            d.display().to_string(),
-        )),
+        Some(d) => Ok((load_dir(&d, &clients, entries)?, d.display().to_string())),
         None if config.is_some() => Ok((
             PolicyEngine::from_inputs(PolicyInputs {
                 clients: &clients,
@@ -268,8 +264,7 @@ fn test(file: &Path, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     let (clients, _) = config_clients(config.as_deref())?;
     // SVID cases are decided as if their workloads had registration entries.
-    let entries =
-        mayfly_policy::case_entries(&text).with_context(|| file.display().to_string())?;
+    let entries = mayfly_policy::case_entries(&text).with_context(|| file.display().to_string())?;
     let engine = load_dir(&dir, &clients, &entries)?;
     let report =
         mayfly_policy::run_cases(&engine, &text).with_context(|| file.display().to_string())?;

@@ -117,11 +117,12 @@ pub(crate) fn build(
         validate(&schema, &all, &loaded, &sources)?
     } else {
         let checked = loaded.get(..loaded.len() - same_shape).unwrap_or(&loaded);
-        let set = PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(
-            |e| PolicyError::Internal {
-                message: format!("assembling the set: {e}"),
-            },
-        )?;
+        let set =
+            PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(|e| {
+                PolicyError::Internal {
+                    message: format!("assembling the set: {e}"),
+                }
+            })?;
         validate(&schema, &set, checked, &sources)?
     };
 

@@ -317,7 +317,9 @@ pub(crate) fn check_user_schema(
         let is_svid = SVID_ACTIONS.iter().any(|a| &types.action_uid(a) == action);
         if is_svid && !principals.contains(&&types.workload) {
             return Err(mismatch(
-                format!("action {action} must apply to principal `Workload` (the workload an SVID is for)"),
+                format!(
+                    "action {action} must apply to principal `Workload` (the workload an SVID is for)"
+                ),
                 "use `principal: [Workload]`",
             ));
         }

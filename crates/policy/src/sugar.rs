@@ -4,7 +4,9 @@
 
 use crate::error::PolicyError;
 use crate::text::cedar_string;
-use crate::{ClientGrant, EntryGrant, SVID_ACTIONS, SVID_JWT_ACTION, SVID_X509_ACTION, TOKEN_ACTION};
+use crate::{
+    ClientGrant, EntryGrant, SVID_ACTIONS, SVID_JWT_ACTION, SVID_X509_ACTION, TOKEN_ACTION,
+};
 
 /// One generated policy.
 pub(crate) struct SugarPolicy {

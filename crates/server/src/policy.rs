@@ -301,15 +301,50 @@ mod tests {
         assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
         assert!(ids(&p).contains(&"no-admin".to_string()));
         // A second read agrees: it applies.
-        assert!(matches!(p.reload(Vec::new(), None, false), Reload::Applied(_)));
+        assert!(matches!(
+            p.reload(Vec::new(), None, false),
+            Reload::Applied(_)
+        ));
         assert!(ids(&p).contains(&"no-admin".to_string()));
         assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
 
         // A text that stays is taken at the second tick, forbid or not: only a moving text waits.
         std::fs::write(&file, PERMIT).unwrap();
         assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
-        assert!(matches!(p.reload(Vec::new(), None, false), Reload::Applied(_)));
+        assert!(matches!(
+            p.reload(Vec::new(), None, false),
+            Reload::Applied(_)
+        ));
         assert_eq!(ids(&p), vec!["read-all".to_string()]);
+    }
+
+    /// An entry-list change applies at the first tick, like a client change; `None` keeps the
+    /// entries in force.
+    #[test]
+    fn an_entry_change_applies_at_the_first_tick() {
+        let p = Policies::load(None, Vec::new(), Vec::new()).unwrap();
+        assert!(!p.knows_entry("e1"));
+        let entries = vec![EntryGrant {
+            entry_id: "e1".into(),
+            spiffe_id: "spiffe://example.org/w".into(),
+        }];
+        assert!(matches!(
+            p.reload(Vec::new(), Some(entries.clone()), false),
+            Reload::Applied(_)
+        ));
+        assert!(p.knows_entry("e1"));
+        assert_eq!(ids(&p), vec!["entry:e1".to_string()]);
+        assert_eq!(
+            p.reload(Vec::new(), Some(entries), false),
+            Reload::Unchanged
+        );
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
+        assert!(p.knows_entry("e1"));
+        assert!(matches!(
+            p.reload(Vec::new(), Some(Vec::new()), false),
+            Reload::Applied(_)
+        ));
+        assert!(!p.knows_entry("e1"));
     }
 
     /// A client-list change (from the store, never half-written) applies at once.

@@ -176,9 +176,16 @@ mod tests {
     #[test]
     fn a_forbid_refuses_the_svid_with_access_denied_and_names_the_policy() {
         let mut trace = Vec::new();
-        let d = decide_svid(&Rules, &req(SvidKind::X509, "spiffe://td/db", &[]), &mut trace)
-            .unwrap_err();
-        assert_eq!(d, Denial::SvidNotAllowed(SvidKind::X509, "spiffe://td".into()));
+        let d = decide_svid(
+            &Rules,
+            &req(SvidKind::X509, "spiffe://td/db", &[]),
+            &mut trace,
+        )
+        .unwrap_err();
+        assert_eq!(
+            d,
+            Denial::SvidNotAllowed(SvidKind::X509, "spiffe://td".into())
+        );
         assert_eq!(d.code(), ErrorCode::AccessDenied);
         assert_eq!(d.code().http_status(), 403);
         assert_eq!(d.reason(), "svid_not_allowed");
@@ -191,11 +198,21 @@ mod tests {
         // One refused audience refuses the JWT-SVID, after the allowed ones were asked.
         let auds = vec!["https://api".to_string(), "https://admin".to_string()];
         let mut trace = Vec::new();
-        let d = decide_svid(&Rules, &req(SvidKind::Jwt, "spiffe://td/web", &auds), &mut trace)
-            .unwrap_err();
-        assert_eq!(d, Denial::SvidNotAllowed(SvidKind::Jwt, "https://admin".into()));
+        let d = decide_svid(
+            &Rules,
+            &req(SvidKind::Jwt, "spiffe://td/web", &auds),
+            &mut trace,
+        )
+        .unwrap_err();
+        assert_eq!(
+            d,
+            Denial::SvidNotAllowed(SvidKind::Jwt, "https://admin".into())
+        );
         assert_eq!(d.code(), ErrorCode::AccessDenied);
-        assert!(d.to_string().ends_with("a JWT-SVID for audience `https://admin`"));
+        assert!(
+            d.to_string()
+                .ends_with("a JWT-SVID for audience `https://admin`")
+        );
         assert_eq!(trace, ["entry:e1", "no-admin"]);
     }
 
@@ -215,7 +232,11 @@ mod tests {
             assert_eq!(g.map(|g| g.ttl), Ok(60));
         }
         assert_eq!(
-            decide_svid(&Rules, &req(SvidKind::Jwt, "spiffe://td/w", &[]), &mut vec![]),
+            decide_svid(
+                &Rules,
+                &req(SvidKind::Jwt, "spiffe://td/w", &[]),
+                &mut vec![]
+            ),
             Err(Denial::MissingParameter("audience"))
         );
     }

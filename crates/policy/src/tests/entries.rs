@@ -73,7 +73,10 @@ fn every_entry_permits_its_svids_and_nothing_else() {
     assert!(d.allow);
     // Two entries give the same SPIFFE ID: both permits decide.
     assert_eq!(d.policies, ["entry:e1", "entry:e3"]);
-    let d = decide(&e, &svid_req(WEB, &a, SVID_JWT_ACTION, "https://any.example"));
+    let d = decide(
+        &e,
+        &svid_req(WEB, &a, SVID_JWT_ACTION, "https://any.example"),
+    );
     assert!(d.allow, "any audience unless a policy says otherwise");
 
     // No entry, no SVID: Cedar's default deny.
@@ -87,7 +90,10 @@ fn every_entry_permits_its_svids_and_nothing_else() {
     // An entry's permit names only the SVID actions: never a token or a scope.
     let a = attrs(WEB);
     for action in ["token", "read"] {
-        assert!(!decide(&e, &req(Workload, WEB, &a, action, TD)).allow, "{action}");
+        assert!(
+            !decide(&e, &req(Workload, WEB, &a, action, TD)).allow,
+            "{action}"
+        );
     }
     assert!(!decide(&e, &req(Client, WEB, &[], SVID_X509_ACTION, TD)).allow);
 }
@@ -110,14 +116,20 @@ fn a_forbid_refuses_one_svid_and_leaves_the_others() {
     assert!(!x.allow);
     assert_eq!(x.policies, ["no-db-x509"]);
     // The same workload's JWT-SVIDs are not affected.
-    let j = decide(&e, &svid_req(DB, &d, SVID_JWT_ACTION, "https://api.example.org"));
+    let j = decide(
+        &e,
+        &svid_req(DB, &d, SVID_JWT_ACTION, "https://api.example.org"),
+    );
     assert_eq!((j.allow, j.policies), (true, vec!["entry:e2".to_string()]));
     // One audience refused for everyone; the others allowed.
     let j = decide(
         &e,
         &svid_req(WEB, &w, SVID_JWT_ACTION, "https://admin.example.org"),
     );
-    assert_eq!((j.allow, j.policies), (false, vec!["no-admin-jwt".to_string()]));
+    assert_eq!(
+        (j.allow, j.policies),
+        (false, vec!["no-admin-jwt".to_string()])
+    );
     let x = decide(&e, &svid_req(WEB, &w, SVID_X509_ACTION, TD));
     assert_eq!((x.allow, x.policies), (true, vec!["entry:e1".to_string()]));
 }
@@ -163,7 +175,9 @@ fn user_schemas_may_declare_the_svid_actions_but_only_as_mayfly_asks_them() {
 
     let bad = [
         (
-            format!("{SCHEMA}action \"svid_x509\" appliesTo {{ principal: [Workload], resource: [Audience], context: Ctx }};\n"),
+            format!(
+                "{SCHEMA}action \"svid_x509\" appliesTo {{ principal: [Workload], resource: [Audience], context: Ctx }};\n"
+            ),
             "only one of the SVID actions",
         ),
         (

@@ -448,13 +448,7 @@ async fn svid_x509(
         .app
         .0
         .spiffe
-        .sign_x509(
-            &csr,
-            &entry.spiffe_id,
-            &entry.dns_names,
-            grant.ttl,
-            now,
-        )
+        .sign_x509(&csr, &entry.spiffe_id, &entry.dns_names, grant.ttl, now)
         .map_err(|e| ApiError::BadRequest(format!("the CSR was refused: {e}")))?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
     e.client = Some(agent_id);
