@@ -109,22 +109,7 @@ pub(crate) fn build(
             message: format!("assembling the set: {e}"),
         }
     })?;
-    // Entries' permits (last in `loaded`) differ only in the principal's id, which validation
-    // does not look at beyond its type: validating one stands for all, and keeps a reload with
-    // thousands of entries cheap.
-    let same_shape = from_entries.len().saturating_sub(1);
-    let warnings = if same_shape == 0 {
-        validate(&schema, &all, &loaded, &sources)?
-    } else {
-        let checked = loaded.get(..loaded.len() - same_shape).unwrap_or(&loaded);
-        let set =
-            PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(|e| {
-                PolicyError::Internal {
-                    message: format!("assembling the set: {e}"),
-                }
-            })?;
-        validate(&schema, &set, checked, &sources)?
-    };
+    let warnings = validate_generated_once(&schema, &all, &loaded, &sources, from_entries.len())?;
 
     let grouped_actions = grouped_action_entities(&schema, &types, &schema_file)?;
     let scoped: Vec<Scoped> = loaded
@@ -325,6 +310,29 @@ fn check_sugar_in_schema(
         }
     }
     Ok(())
+}
+
+/// [`validate`], with the entries' permits (the last `entries` of `loaded`) validated once for
+/// all: they differ only in the principal's id, which validation does not look at beyond its
+/// type, so one stands for all and a reload with thousands of entries stays cheap.
+fn validate_generated_once(
+    schema: &Schema,
+    all: &PolicySet,
+    loaded: &[Loaded],
+    sources: &[&str],
+    entries: usize,
+) -> Result<Vec<String>, PolicyError> {
+    let same_shape = entries.saturating_sub(1);
+    if same_shape == 0 {
+        return validate(schema, all, loaded, sources);
+    }
+    let checked = loaded.get(..loaded.len() - same_shape).unwrap_or(loaded);
+    let set = PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(|e| {
+        PolicyError::Internal {
+            message: format!("assembling the set: {e}"),
+        }
+    })?;
+    validate(schema, &set, checked, sources)
 }
 
 /// Strict validation of the whole set; errors refuse it, warnings are returned.

@@ -260,15 +260,7 @@ pub(crate) fn check_user_schema(
             "declare `action \"token\" appliesTo { principal: [Client, Workload], resource: [Audience], context: RequestContext };`",
         ));
     }
-    for a in SVID_ACTIONS {
-        let uid = types.action_uid(a);
-        if !schema.actions().any(|x| x == &uid) {
-            return Err(mismatch(
-                format!("action `{a}` is not declared, and mayfly could not declare it"),
-                &svid_actions_fix(),
-            ));
-        }
-    }
+    check_svid_actions(schema, types, file)?;
     // The Workload entity mayfly builds: issuer and subject only, and with every declared
     // attribute, all strings.
     let names = workload_attr_names(schema_text, file)?;
@@ -314,15 +306,6 @@ pub(crate) fn check_user_schema(
                 "use `principal: [Client, Workload]` (or one of them)",
             ));
         }
-        let is_svid = SVID_ACTIONS.iter().any(|a| &types.action_uid(a) == action);
-        if is_svid && !principals.contains(&&types.workload) {
-            return Err(mismatch(
-                format!(
-                    "action {action} must apply to principal `Workload` (the workload an SVID is for)"
-                ),
-                "use `principal: [Workload]`",
-            ));
-        }
         if resources.iter().any(|r| *r != &types.audience) || resources.is_empty() {
             return Err(mismatch(
                 format!("action {action} must apply to resource `Audience` only"),
@@ -348,6 +331,38 @@ pub(crate) fn check_user_schema(
         }
     }
     Ok(names)
+}
+
+/// The SVID actions are declared (mayfly adds them to a schema that has neither) and apply to
+/// `Workload`, the principal of their generated permits.
+fn check_svid_actions(schema: &Schema, types: &Types, file: &str) -> Result<(), PolicyError> {
+    for a in SVID_ACTIONS {
+        let uid = types.action_uid(a);
+        let (message, fix) = if !schema.actions().any(|x| x == &uid) {
+            (
+                format!("action `{a}` is not declared, and mayfly could not declare it"),
+                svid_actions_fix(),
+            )
+        } else if !schema
+            .principals_for_action(&uid)
+            .is_some_and(|mut p| p.any(|t| t == &types.workload))
+        {
+            (
+                format!(
+                    "action {uid} must apply to principal `Workload` (the workload an SVID is for)"
+                ),
+                "use `principal: [Workload]`".to_string(),
+            )
+        } else {
+            continue;
+        };
+        return Err(PolicyError::SchemaMismatch {
+            file: file.into(),
+            message,
+            fix,
+        });
+    }
+    Ok(())
 }
 
 fn probe_workload(types: &Types, names: &[String]) -> Result<Entity, PolicyError> {

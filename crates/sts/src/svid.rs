@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn allowed_svids_keep_the_entry_lifetime_unless_a_permit_caps_it() {
-        let auds = vec!["https://api".to_string()];
+        let auds = ["https://api".to_string()];
         for (kind, aud) in [(SvidKind::X509, &[][..]), (SvidKind::Jwt, &auds[..])] {
             let g = decide_svid(&Rules, &req(kind, "spiffe://td/db2", aud), &mut vec![]);
             assert_eq!(
