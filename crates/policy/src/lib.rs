@@ -4,11 +4,13 @@
 //! `Action::"token"` (may this principal get a token for this audience at all?), then one action
 //! per requested OAuth scope. The answer is a [`PolicyDecision`]: allow or deny (Cedar's default
 //! deny), the ids of the deciding policies, the lifetime cap from their `@max_ttl` annotations and
-//! any evaluation errors (which count as deny).
+//! any evaluation errors (which count as deny). SVID issuance asks the same engine with the
+//! actions [`SVID_X509_ACTION`] and [`SVID_JWT_ACTION`] (principal the workload).
 //!
-//! A [`PolicyEngine`] is built once from a Cedar schema, `.cedar` policy files and the
-//! `audiences`/`scopes` lists of configured clients (turned into generated "sugar" policies), is
-//! validated whole against the schema in strict mode, and is then immutable: a server reloads by
+//! A [`PolicyEngine`] is built once from a Cedar schema, `.cedar` policy files, the
+//! `audiences`/`scopes` lists of configured clients and the registration entries (both turned
+//! into generated "sugar" policies), is validated whole against the schema in strict mode, and
+//! is then immutable: a server reloads by
 //! building a new engine and swapping an `Arc`. Policies are sliced at load by action, audience
 //! and pinned principal, so a decision evaluates only the few policies that can apply; when those
 //! are only a client's generated policies, the decision is a few hash lookups, without Cedar (the
