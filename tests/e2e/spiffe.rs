@@ -96,7 +96,7 @@ impl Domain {
             json!({"keys": [svc.public_jwk()]}).to_string(),
         )
         .unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         std::fs::copy(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/policies/schema.cedarschema"),
             dir.path().join("policies/schema.cedarschema"),
@@ -1460,4 +1460,112 @@ async fn an_evicted_agent_is_refused_on_every_route() {
         .unwrap_or_else(|| panic!("an eviction event: {tail}"));
     assert_eq!(evicted["kind"], "agent_attest");
     assert_eq!(evicted["identity"], a.spiffe_id());
+}
+
+/// Forbids for the SVID policy test: no X.509-SVID for the test binary's identity, and no
+/// JWT-SVID for one audience, whoever asks.
+const SVID_FORBIDS: &str = r#"
+@id("no-rust-x509")
+forbid (principal == Workload::"spiffe://example.org/rust-test", action == Action::"svid_x509", resource);
+
+@id("no-admin-jwt")
+forbid (principal, action == Action::"svid_jwt", resource == Audience::"https://admin.example.test");
+"#;
+
+/// SVID issuance goes through the policy set: a `forbid` refuses one identity's X.509-SVID
+/// and one JWT-SVID audience. The workload (the `spiffe` crate, through a real agent) is told
+/// `PermissionDenied`, each refusal is a `deny` event naming the workload, the agent and the
+/// policy, and an unaffected entry (Python) still gets both its SVIDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_forbid_refuses_an_svid_with_permission_denied() {
+    let d = Domain::start_with("1h", "", |dir| {
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/svid.cedar"), SVID_FORBIDS).unwrap();
+    });
+    d.entry(
+        "spiffe://example.org/rust-test",
+        "node-1",
+        &[format!("unix:path:{}", me().display())],
+    );
+    d.entry(
+        "spiffe://example.org/python",
+        "node-1",
+        &[format!("unix:path:{}", python().display())],
+    );
+    let agent = d.agent(&d.join_token("node-1")).unwrap();
+    let client = WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+
+    // X.509: refused by the forbid (retried while the agent is still syncing).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), client.fetch_x509_svid()).await;
+        match r {
+            Ok(Err(WorkloadApiError::NoIdentityIssued | WorkloadApiError::PermissionDenied(_))) => {
+                break;
+            }
+            Ok(Ok(svid)) => panic!("an X.509-SVID was issued: {}", svid.spiffe_id()),
+            other => {
+                assert!(Instant::now() < deadline, "no PermissionDenied: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // JWT: the forbidden audience is refused, another one is not.
+    let err = client
+        .fetch_jwt_svid(["https://admin.example.test"], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WorkloadApiError::NoIdentityIssued | WorkloadApiError::PermissionDenied(_)
+        ),
+        "{err:?}"
+    );
+    let jwt = client.fetch_jwt_svid([AUD], None).await.unwrap();
+    assert_eq!(
+        jwt.spiffe_id().to_string(),
+        "spiffe://example.org/rust-test"
+    );
+
+    // The unaffected entry gets both SVIDs.
+    let py = python_identity(&python(), &agent.socket, None);
+    assert_eq!(py["x509_spiffe_id"], "spiffe://example.org/python", "{py}");
+    assert_eq!(py["jwt_spiffe_id"], "spiffe://example.org/python", "{py}");
+
+    // Both refusals are in the audit chain, with the policy that refused.
+    let tail = d.cli_ok(&["audit", "tail", "-n", "200"]);
+    let events: Vec<Value> = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let denied = |policy: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == "deny" && e["policies"] == json!([policy]))
+            .unwrap_or_else(|| panic!("a deny event by {policy}: {tail}"))
+            .clone()
+    };
+    let x = denied("no-rust-x509");
+    assert_eq!(x["decision"], "deny");
+    assert_eq!(x["identity"], "spiffe://example.org/rust-test");
+    assert_eq!(x["client"], "spiffe://example.org/mayfly/agent/node-1");
+    assert_eq!(x["grant"], "svid_x509");
+    assert_eq!(x["reason"], "svid_not_allowed");
+    let j = denied("no-admin-jwt");
+    assert_eq!(j["identity"], "spiffe://example.org/rust-test");
+    assert_eq!(j["grant"], "svid_jwt");
+    assert_eq!(j["audience"], "https://admin.example.test");
+    assert_eq!(j["reason"], "svid_not_allowed");
+    // Allowed SVIDs name the entry's generated permit.
+    assert!(
+        events.iter().any(|e| e["kind"] == "svid_issue"
+            && e["identity"] == "spiffe://example.org/python"
+            && e["policies"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("entry:"))),
+        "{tail}"
+    );
 }

@@ -280,12 +280,19 @@ impl Inner {
             })
             .map(|(id, svid)| (id.clone(), svid.clone()))
             .collect();
+        let denied = current
+            .denied
+            .iter()
+            .filter(|id| entries.iter().any(|e| &e.wire.id == *id))
+            .cloned()
+            .collect();
         let next = Snapshot {
             synced: true,
             needs: Needs::of(&entries),
             entries: Arc::new(entries),
             bundle: Some(bundle),
             svids,
+            denied,
         };
         self.state.send_replace(Arc::new(next));
     }
@@ -360,11 +367,21 @@ impl Inner {
                             .iter()
                             .any(|e| e.wire.id == id && svid.fits(&e.wire))
                         {
+                            s.denied.remove(&id);
                             s.svids.insert(id, svid);
                         }
                     });
                 }
                 Err(e) => {
+                    if matches!(&e, AgentError::Upstream(u) if u.is_denied()) {
+                        // Policy now refuses this identity: stop serving the one it had.
+                        let id = entry.id.clone();
+                        self.state.send_modify(|s| {
+                            let s = Arc::make_mut(s);
+                            s.svids.remove(&id);
+                            s.denied.insert(id);
+                        });
+                    }
                     let failures = maint.retry.get(&entry.id).map_or(0, |(n, _)| *n) + 1;
                     let delay = backoff(failures);
                     tracing::warn!(entry = %entry.id, error = %e, retry_in = ?delay,

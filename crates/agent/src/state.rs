@@ -1,7 +1,7 @@
 //! What the agent currently serves: entries and bundle from the last sync, and one X.509-SVID
 //! per entry. Published through a `watch` channel so open streams see every change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -99,4 +99,7 @@ pub(crate) struct Snapshot {
     pub bundle: Option<Arc<Bundle>>,
     /// By entry id.
     pub svids: HashMap<String, Arc<Svid>>,
+    /// Entries whose X.509-SVID the server's policy refused at the last attempt (retried with
+    /// backoff; a workload that has only these is told `PermissionDenied`).
+    pub denied: HashSet<String>,
 }

@@ -32,6 +32,14 @@ pub enum UpstreamError {
     BadResponse(String),
 }
 
+impl UpstreamError {
+    /// The server's policy refused the request (403 `access_denied`, or the entry is not the
+    /// agent's): the workload is told `PermissionDenied`, not that the server is unavailable.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Refused { status: 403, .. })
+    }
+}
+
 /// The server side of the agent, as the agent uses it.
 ///
 /// Implementations write plain `async fn`s; the returned futures must be `Send` (the agent

@@ -94,8 +94,8 @@ struct WorkloadApi {
 }
 
 /// A response to push on a stream, with what it was built from (pushed again only when this
-/// changes).
-type Built<T> = Option<(Vec<u64>, T)>;
+/// changes); `None` to wait for a change; an error ends the stream.
+type Built<T> = Result<Option<(Vec<u64>, T)>, Status>;
 
 /// A stream that pushes `build(caller)` now and after every state change that alters it,
 /// re-attesting the caller each time; it ends with `PermissionDenied` if the caller no longer
@@ -148,18 +148,35 @@ fn pushes<T: Send + 'static>(
                     }
                 }
             };
-            if let Some((version, msg)) = build(&caller)
-                && st.last.as_ref() != Some(&version)
-            {
-                st.last = Some(version);
-                return Some((Ok(msg), st));
+            match build(&caller) {
+                Err(status) => {
+                    st.done = true;
+                    return Some((Err(status), st));
+                }
+                Ok(Some((version, msg))) if st.last.as_ref() != Some(&version) => {
+                    st.last = Some(version);
+                    return Some((Ok(msg), st));
+                }
+                Ok(_) => {}
             }
         }
     }))
 }
 
 fn x509_svids(caller: &Caller) -> Built<X509svidResponse> {
-    let bundle = caller.snapshot.bundle.as_ref()?;
+    let snapshot = &caller.snapshot;
+    // The server's policy refuses every identity this caller has: it gets nothing, as a caller
+    // without an entry does.
+    if caller
+        .entries
+        .iter()
+        .all(|e| snapshot.denied.contains(&e.id) && !snapshot.svids.contains_key(&e.id))
+    {
+        return Err(Status::permission_denied(DENIED));
+    }
+    let Some(bundle) = caller.snapshot.bundle.as_ref() else {
+        return Ok(None);
+    };
     let mut version = vec![bundle.generation];
     let mut svids = Vec::new();
     for entry in &caller.entries {
@@ -177,37 +194,39 @@ fn x509_svids(caller: &Caller) -> Built<X509svidResponse> {
     // Nothing signed yet (the server is slow or down): wait rather than send an empty list,
     // which clients treat as an error.
     if svids.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some((
+    Ok(Some((
         version,
         X509svidResponse {
             svids,
             crl: Vec::new(),
             federated_bundles: HashMap::new(),
         },
-    ))
+    )))
 }
 
 fn x509_bundles(caller: &Caller) -> Built<X509BundlesResponse> {
-    let bundle = caller.snapshot.bundle.as_ref()?;
-    Some((
-        vec![bundle.generation],
-        X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: HashMap::from([(bundle.td_id.clone(), bundle.x509.clone())]),
-        },
-    ))
+    Ok(caller.snapshot.bundle.as_ref().map(|bundle| {
+        (
+            vec![bundle.generation],
+            X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(bundle.td_id.clone(), bundle.x509.clone())]),
+            },
+        )
+    }))
 }
 
 fn jwt_bundles(caller: &Caller) -> Built<JwtBundlesResponse> {
-    let bundle = caller.snapshot.bundle.as_ref()?;
-    Some((
-        vec![bundle.generation],
-        JwtBundlesResponse {
-            bundles: HashMap::from([(bundle.td_id.clone(), bundle.jwks.clone())]),
-        },
-    ))
+    Ok(caller.snapshot.bundle.as_ref().map(|bundle| {
+        (
+            vec![bundle.generation],
+            JwtBundlesResponse {
+                bundles: HashMap::from([(bundle.td_id.clone(), bundle.jwks.clone())]),
+            },
+        )
+    }))
 }
 
 impl WorkloadApi {
@@ -283,25 +302,39 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let mut svids = Vec::with_capacity(entries.len());
         for entry in entries {
-            let token = self
+            let token = match self
                 .inner
                 .jwt_svid(&caller.workload, entry, &req.audience)
                 .await
-                .map_err(|e| match e {
-                    JwtError::TooManyProcesses | JwtError::TooManyJtis => {
-                        Status::resource_exhausted(e.to_string())
-                    }
-                    JwtError::Upstream(e) => {
-                        tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
-                        Status::unavailable("could not obtain a JWT-SVID from the server")
-                    }
-                    JwtError::Poisoned => Status::internal(e.to_string()),
-                })?;
+            {
+                Ok(token) => token,
+                // Policy refuses this identity (for these audiences): the workload gets its
+                // other identities, or `PermissionDenied` if none is left.
+                Err(JwtError::Upstream(e)) if e.is_denied() => {
+                    tracing::info!(entry = %entry.id, "the server's policy refused a JWT-SVID");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(match e {
+                        JwtError::TooManyProcesses | JwtError::TooManyJtis => {
+                            Status::resource_exhausted(e.to_string())
+                        }
+                        JwtError::Upstream(e) => {
+                            tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
+                            Status::unavailable("could not obtain a JWT-SVID from the server")
+                        }
+                        JwtError::Poisoned => Status::internal(e.to_string()),
+                    });
+                }
+            };
             svids.push(Jwtsvid {
                 spiffe_id: entry.spiffe_id.clone(),
                 svid: token,
                 hint: String::new(),
             });
+        }
+        if svids.is_empty() {
+            return Err(Status::permission_denied(DENIED));
         }
         Ok(Response::new(JwtsvidResponse { svids }))
     }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use mayfly_policy::{ClientGrant, PolicyEngine, PolicyRequest, PrincipalKind};
+use mayfly_policy::{
+    ClientGrant, EntryGrant, PolicyEngine, PolicyInputs, PolicyRequest, PrincipalKind, SVID_ACTIONS,
+};
 
 /// `mayfly policy ...`.
 #[derive(Subcommand)]
@@ -49,15 +51,16 @@ pub enum PolicyCmd {
         /// A workload attribute, NAME=VALUE (repeat; issuer and subject default to "").
         #[arg(long = "attr", value_name = "NAME=VALUE")]
         attrs: Vec<String>,
-        /// `token` or a scope.
+        /// `token`, a scope, or an SVID action (`svid_x509`, `svid_jwt`: the workload is taken
+        /// to have a registration entry, whose generated permit is `entry:<SPIFFE ID>`).
         #[arg(long)]
         action: String,
-        /// The audience (resource URL).
+        /// The audience (resource URL); for `svid_x509`, the trust domain (spiffe://example.org).
         #[arg(long)]
         audience: String,
-        /// context.grant_type.
-        #[arg(long, default_value = "client_credentials")]
-        grant_type: String,
+        /// context.grant_type (default: client_credentials, or the action for an SVID action).
+        #[arg(long)]
+        grant_type: Option<String>,
         /// context.requested_ttl, in seconds.
         #[arg(long, default_value_t = 300)]
         ttl: i64,
@@ -109,7 +112,22 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             actor,
             json,
         } => {
-            let (engine, _) = engine(dir, config)?;
+            let svid = SVID_ACTIONS.contains(&action.as_str());
+            let entries = match principal_type {
+                PrincipalType::Workload if svid => vec![EntryGrant {
+                    entry_id: principal.clone(),
+                    spiffe_id: principal.clone(),
+                }],
+                _ => Vec::new(),
+            };
+            let (engine, _) = engine(dir, config, &entries)?;
+            let grant_type = grant_type.unwrap_or_else(|| {
+                if svid {
+                    action.clone()
+                } else {
+                    "client_credentials".to_string()
+                }
+            });
             let mut pairs = Vec::new();
             for a in &attrs {
                 let Some((k, v)) = a.split_once('=') else {
@@ -172,25 +190,45 @@ fn config_clients(config: Option<&Path>) -> anyhow::Result<(Vec<ClientGrant>, Op
     Ok((grants, cfg.policy_dir))
 }
 
-/// The engine for a directory (or the config's) and the config's clients; returns it with a
-/// description of where it came from.
-fn engine(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<(PolicyEngine, String)> {
+/// The engine for a directory (or the config's), the config's clients and `entries`; returns
+/// it with a description of where it came from.
+fn engine(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    entries: &[EntryGrant],
+) -> anyhow::Result<(PolicyEngine, String)> {
     let (clients, config_dir) = config_clients(config.as_deref())?;
     match dir.or(config_dir) {
-        Some(d) => Ok((
-            PolicyEngine::load_dir(&d, &clients)?,
-            d.display().to_string(),
-        )),
+        Some(d) => Ok((load_dir(&d, &clients, entries)?, d.display().to_string())),
         None if config.is_some() => Ok((
-            PolicyEngine::sugar_only(&clients)?,
+            PolicyEngine::from_inputs(PolicyInputs {
+                clients: &clients,
+                entries,
+                ..PolicyInputs::default()
+            })?,
             "the config's clients (no policy directory)".to_string(),
         )),
         None => bail!("name a policy directory (DIR or --dir) or a config with --config"),
     }
 }
 
+/// [`PolicyEngine::load_dir`], with registration entries.
+fn load_dir(
+    dir: &Path,
+    clients: &[ClientGrant],
+    entries: &[EntryGrant],
+) -> Result<PolicyEngine, mayfly_policy::PolicyError> {
+    let (schema, files) = PolicyEngine::read_dir(dir)?;
+    PolicyEngine::from_inputs(PolicyInputs {
+        schema: Some(&schema),
+        files: &files,
+        clients,
+        entries,
+    })
+}
+
 fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let (engine, what) = engine(dir, config)?;
+    let (engine, what) = engine(dir, config, &[])?;
     let generated = engine.policies().iter().filter(|p| p.line == 0).count();
     println!(
         "{what}: ok, {} policies ({} from files, {generated} generated from clients), fingerprint {}",
@@ -225,7 +263,9 @@ fn test(file: &Path, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => base.to_path_buf(),
     };
     let (clients, _) = config_clients(config.as_deref())?;
-    let engine = PolicyEngine::load_dir(&dir, &clients)?;
+    // SVID cases are decided as if their workloads had registration entries.
+    let entries = mayfly_policy::case_entries(&text).with_context(|| file.display().to_string())?;
+    let engine = load_dir(&dir, &clients, &entries)?;
     let report =
         mayfly_policy::run_cases(&engine, &text).with_context(|| file.display().to_string())?;
     println!("{report}");

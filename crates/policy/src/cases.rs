@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
 use crate::text::{format_ttl, parse_ttl};
-use crate::{PolicyDecision, PolicyRequest, PrincipalKind};
+use crate::{EntryGrant, PolicyDecision, PolicyRequest, PrincipalKind, SVID_ACTIONS};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +66,8 @@ enum Expect {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ContextToml {
-    grant_type: String,
+    /// Default: `client_credentials`, or the action itself for an SVID action.
+    grant_type: Option<String>,
     requested_ttl: i64,
     source: String,
     now: i64,
@@ -77,7 +78,7 @@ struct ContextToml {
 impl Default for ContextToml {
     fn default() -> Self {
         Self {
-            grant_type: "client_credentials".into(),
+            grant_type: None,
             requested_ttl: 300,
             source: String::new(),
             now: 0,
@@ -207,6 +208,29 @@ pub fn case_settings(cases_toml: &str) -> Result<CaseSettings, PolicyError> {
     })
 }
 
+/// The registration entries a test file's SVID cases assume: mayfly asks about an SVID only for
+/// a SPIFFE ID that has an entry, so every `Workload` principal of a case whose action is an
+/// SVID action gets one, with its SPIFFE ID as the entry id (the generated policy is
+/// `entry:<SPIFFE ID>`). Build the engine with these (see [`crate::PolicyInputs`]).
+pub fn case_entries(cases_toml: &str) -> Result<Vec<EntryGrant>, PolicyError> {
+    let file = parse(cases_toml)?;
+    let mut out: Vec<EntryGrant> = file
+        .case
+        .iter()
+        .filter(|c| {
+            matches!(c.principal.kind, KindToml::Workload)
+                && SVID_ACTIONS.contains(&c.action.as_str())
+        })
+        .map(|c| EntryGrant {
+            entry_id: c.principal.id.clone(),
+            spiffe_id: c.principal.id.clone(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Run every `[[case]]` of a test file against `engine`.
 pub fn run_cases(engine: &PolicyEngine, cases_toml: &str) -> Result<CaseReport, PolicyError> {
     let file = parse(cases_toml)?;
@@ -262,13 +286,18 @@ pub fn run_cases(engine: &PolicyEngine, cases_toml: &str) -> Result<CaseReport, 
             max_ttl,
         };
         let c = &case.context;
+        let grant_type = match &c.grant_type {
+            Some(g) => g.as_str(),
+            None if SVID_ACTIONS.contains(&case.action.as_str()) => case.action.as_str(),
+            None => "client_credentials",
+        };
         let got = engine.decide(&PolicyRequest {
             principal_kind: kind,
             principal_id: &case.principal.id,
             attrs: &attrs,
             action: &case.action,
             audience: &case.audience,
-            grant_type: &c.grant_type,
+            grant_type,
             requested_ttl: c.requested_ttl,
             source: &c.source,
             now: c.now,

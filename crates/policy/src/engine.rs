@@ -12,15 +12,16 @@ use crate::error::PolicyError;
 use crate::fast::{SugarClient, SugarIndex};
 use crate::schema::Types;
 use crate::slice::Index;
-use crate::{ClientGrant, PolicyDecision, PolicyRequest, PrincipalKind};
+use crate::{ClientGrant, EntryGrant, PolicyDecision, PolicyRequest, PrincipalKind};
 
 /// One policy of the set in force, as loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PolicyInfo {
-    /// Its id (`@id`, `<file stem>:<index>`, or `client:<id>:token|scopes`).
+    /// Its id (`@id`, `<file stem>:<index>`, `client:<id>:token|scopes`, or `entry:<id>`).
     pub id: String,
-    /// The file it came from, or the client whose `audiences`/`scopes` generated it.
+    /// The file it came from, the client whose `audiences`/`scopes` generated it, or the
+    /// registration entry that did.
     pub origin: String,
     /// 1-based line of its first character in `origin` (0 for generated policies).
     pub line: usize,
@@ -41,6 +42,19 @@ impl PolicyInfo {
             self.origin.clone()
         }
     }
+}
+
+/// Everything one policy set is built from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyInputs<'a> {
+    /// The schema (Cedar schema syntax); `None` for the built-in one (no policy directory).
+    pub schema: Option<&'a str>,
+    /// Policy files as (file name, text), in evaluation-id order.
+    pub files: &'a [(String, String)],
+    /// Clients whose `audiences`/`scopes` become generated policies.
+    pub clients: &'a [ClientGrant],
+    /// Registration entries, each a generated permit of its SVIDs.
+    pub entries: &'a [EntryGrant],
 }
 
 /// A validated policy set, sliced for fast decisions. Immutable: reload by building a new one.
@@ -84,7 +98,12 @@ impl PolicyEngine {
     /// The engine for clients' `audiences`/`scopes` alone, over the built-in schema (no policy
     /// directory configured).
     pub fn sugar_only(clients: &[ClientGrant]) -> Result<Self, PolicyError> {
-        crate::load::build(None, &[], clients)
+        crate::load::build(None, &[], clients, &[])
+    }
+
+    /// The engine for all its inputs, registration entries included.
+    pub fn from_inputs(inputs: PolicyInputs<'_>) -> Result<Self, PolicyError> {
+        crate::load::build(inputs.schema, inputs.files, inputs.clients, inputs.entries)
     }
 
     /// The engine for a schema (Cedar schema syntax), policy files as (file name, text) in
@@ -94,14 +113,14 @@ impl PolicyEngine {
         files: &[(String, String)],
         clients: &[ClientGrant],
     ) -> Result<Self, PolicyError> {
-        crate::load::build(Some(schema), files, clients)
+        crate::load::build(Some(schema), files, clients, &[])
     }
 
     /// The engine for a directory: `schema.cedarschema` and every `*.cedar` file in it (sorted
     /// by name; no subdirectories; hidden files skipped), plus the clients' generated policies.
     pub fn load_dir(dir: &Path, clients: &[ClientGrant]) -> Result<Self, PolicyError> {
         let (schema, files) = crate::dir::read_dir(dir)?;
-        crate::load::build(Some(&schema), &files, clients)
+        crate::load::build(Some(&schema), &files, clients, &[])
     }
 
     /// What [`PolicyEngine::load_dir`] reads, without building: the schema text and the

@@ -91,6 +91,16 @@ pub enum PolicyError {
         /// The client.
         client: String,
     },
+    /// A client lists a scope named after an SVID action.
+    #[error(
+        "client `{client}`: the scope `{scope}` is reserved for SVID issuance (Action::\"{scope}\"); fix: rename the scope"
+    )]
+    SvidScope {
+        /// The client.
+        client: String,
+        /// The scope.
+        scope: String,
+    },
     /// A `.cedar` file does not parse.
     #[error("{file}:{line}:{column}: {message}")]
     Parse {

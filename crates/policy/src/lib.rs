@@ -4,11 +4,13 @@
 //! `Action::"token"` (may this principal get a token for this audience at all?), then one action
 //! per requested OAuth scope. The answer is a [`PolicyDecision`]: allow or deny (Cedar's default
 //! deny), the ids of the deciding policies, the lifetime cap from their `@max_ttl` annotations and
-//! any evaluation errors (which count as deny).
+//! any evaluation errors (which count as deny). SVID issuance asks the same engine with the
+//! actions [`SVID_X509_ACTION`] and [`SVID_JWT_ACTION`] (principal the workload).
 //!
-//! A [`PolicyEngine`] is built once from a Cedar schema, `.cedar` policy files and the
-//! `audiences`/`scopes` lists of configured clients (turned into generated "sugar" policies), is
-//! validated whole against the schema in strict mode, and is then immutable: a server reloads by
+//! A [`PolicyEngine`] is built once from a Cedar schema, `.cedar` policy files, the
+//! `audiences`/`scopes` lists of configured clients and the registration entries (both turned
+//! into generated "sugar" policies), is validated whole against the schema in strict mode, and
+//! is then immutable: a server reloads by
 //! building a new engine and swapping an `Arc`. Policies are sliced at load by action, audience
 //! and pinned principal, so a decision evaluates only the few policies that can apply; when those
 //! are only a client's generated policies, the decision is a few hash lookups, without Cedar (the
@@ -43,14 +45,45 @@ mod text;
 #[cfg(test)]
 mod tests;
 
-pub use cases::{CaseReport, CaseResult, CaseSettings, Expectation, case_settings, run_cases};
-pub use engine::{PolicyEngine, PolicyInfo};
+pub use cases::{
+    CaseReport, CaseResult, CaseSettings, Expectation, case_entries, case_settings, run_cases,
+};
+pub use engine::{PolicyEngine, PolicyInfo, PolicyInputs};
 pub use error::{PolicyError, ValidationProblem};
 pub use route::{ROUTE_SCHEMA, RouteDecision, RoutePolicy, RouteRequest};
 pub use schema::{WORKLOAD_OPTIONAL_ATTRS, builtin_schema};
 
 /// The reserved action every issuance asks about before its scopes.
 pub const TOKEN_ACTION: &str = mayfly_proto::ACTION_TOKEN;
+
+/// The action asked before an X.509-SVID is signed for a workload. Its resource is the trust
+/// domain, as an audience: `Audience::"spiffe://<trust domain>"`.
+pub const SVID_X509_ACTION: &str = "svid_x509";
+
+/// The action asked before a JWT-SVID is minted for a workload, once per requested audience
+/// (the resource).
+pub const SVID_JWT_ACTION: &str = "svid_jwt";
+
+/// The SVID actions: reserved (never a scope), always in the schema (mayfly declares them when
+/// a user schema does not), and asked only with a `Workload` principal.
+pub const SVID_ACTIONS: [&str; 2] = [SVID_X509_ACTION, SVID_JWT_ACTION];
+
+/// Whether `action` is one of mayfly's reserved actions (`token` and the SVID actions), which
+/// no OAuth scope may be named after.
+pub fn is_reserved_action(action: &str) -> bool {
+    action == TOKEN_ACTION || SVID_ACTIONS.contains(&action)
+}
+
+/// A registration entry, turned into a generated policy (`entry:<entry_id>`) that permits its
+/// SPIFFE ID both SVID actions on any resource: every entry's SVIDs are allowed unless a
+/// `forbid` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryGrant {
+    /// The entry's id.
+    pub entry_id: String,
+    /// The SPIFFE ID a matching workload gets (the id of the `Workload` entity).
+    pub spiffe_id: String,
+}
 
 /// A configured client's `audiences` and `scopes`, turned into generated policies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -16,7 +16,7 @@ use crate::fast::SugarIndex;
 use crate::schema::{self, Types};
 use crate::slice::{Index, Scoped};
 use crate::text::{cedar_string, diag_message, diag_position, line_col, parse_ttl};
-use crate::{ClientGrant, PrincipalKind, sugar};
+use crate::{ClientGrant, EntryGrant, PrincipalKind, sugar};
 
 /// One parsed policy with where it came from.
 struct Loaded {
@@ -33,9 +33,11 @@ pub(crate) fn build(
     schema_text: Option<&str>,
     files: &[(String, String)],
     clients: &[ClientGrant],
+    entries: &[EntryGrant],
 ) -> Result<PolicyEngine, PolicyError> {
     let types = Types::new()?;
     let generated = sugar::generate(clients)?;
+    let from_entries = sugar::generate_entries(entries);
     let (schema_file, schema_src) = match schema_text {
         Some(s) => (SCHEMA_FILE.to_string(), s.to_string()),
         None => (
@@ -47,10 +49,19 @@ pub(crate) fn build(
             ),
         ),
     };
-    let schema = schema::parse(&schema_file, &schema_src)?;
+    let mut schema = schema::parse(&schema_file, &schema_src)?;
+    // The text as written goes into the fingerprint; the one with the SVID actions is checked.
+    let mut checked_src = schema_src.clone();
+    if schema_text.is_some()
+        && let Some((text, extended)) =
+            schema::with_svid_actions(&schema_src, &schema, &types, &schema_file)?
+    {
+        checked_src = text;
+        schema = extended;
+    }
     let workload_attrs = if schema_text.is_some() {
         check_sugar_in_schema(&schema, &types, &schema_file, &generated)?;
-        schema::check_user_schema(&schema, &schema_src, &types, &schema_file)?
+        schema::check_user_schema(&schema, &checked_src, &types, &schema_file)?
     } else {
         schema::builtin_workload_attrs()
     };
@@ -66,16 +77,19 @@ pub(crate) fn build(
             loaded.push(l);
         }
     }
-    for g in &generated {
+    for g in generated.iter().chain(&from_entries) {
         sources.push(&g.text);
-        let policy = Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| {
-            PolicyError::Internal {
-                message: format!("generated policy `{}` does not parse: {e}", g.id),
-            }
+        let parsed = match &g.json {
+            Some(json) => Policy::from_json(Some(PolicyId::new(&g.id)), json.clone())
+                .map_err(|e| e.to_string()),
+            None => Policy::parse(Some(PolicyId::new(&g.id)), &g.text).map_err(|e| e.to_string()),
+        };
+        let policy = parsed.map_err(|e| PolicyError::Internal {
+            message: format!("generated policy `{}` does not parse: {e}", g.id),
         })?;
         let info = PolicyInfo {
             id: g.id.clone(),
-            origin: sugar::origin(&g.client),
+            origin: g.origin.clone(),
             line: 0,
             forbid: false,
             max_ttl: None,
@@ -95,7 +109,7 @@ pub(crate) fn build(
             message: format!("assembling the set: {e}"),
         }
     })?;
-    let warnings = validate(&schema, &all, &loaded, &sources)?;
+    let warnings = validate_generated_once(&schema, &all, &loaded, &sources, from_entries.len())?;
 
     let grouped_actions = grouped_action_entities(&schema, &types, &schema_file)?;
     let scoped: Vec<Scoped> = loaded
@@ -110,7 +124,7 @@ pub(crate) fn build(
         &types,
     );
 
-    let fingerprint = fingerprint(&schema_src, files, &generated);
+    let fingerprint = fingerprint(&schema_src, files, generated.iter().chain(&from_entries));
     let infos: Vec<PolicyInfo> = loaded.into_iter().map(|l| l.info).collect();
     let by_id = infos
         .iter()
@@ -298,6 +312,29 @@ fn check_sugar_in_schema(
     Ok(())
 }
 
+/// [`validate`], with the entries' permits (the last `entries` of `loaded`) validated once for
+/// all: they differ only in the principal's id, which validation does not look at beyond its
+/// type, so one stands for all and a reload with thousands of entries stays cheap.
+fn validate_generated_once(
+    schema: &Schema,
+    all: &PolicySet,
+    loaded: &[Loaded],
+    sources: &[&str],
+    entries: usize,
+) -> Result<Vec<String>, PolicyError> {
+    let same_shape = entries.saturating_sub(1);
+    if same_shape == 0 {
+        return validate(schema, all, loaded, sources);
+    }
+    let checked = loaded.get(..loaded.len() - same_shape).unwrap_or(loaded);
+    let set = PolicySet::from_policies(checked.iter().map(|l| l.policy.clone())).map_err(|e| {
+        PolicyError::Internal {
+            message: format!("assembling the set: {e}"),
+        }
+    })?;
+    validate(schema, &set, checked, sources)
+}
+
 /// Strict validation of the whole set; errors refuse it, warnings are returned.
 fn validate(
     schema: &Schema,
@@ -447,10 +484,10 @@ fn reads_context(policy: &Policy) -> bool {
     policy.to_json().map_or(true, |j| names_context(&j))
 }
 
-fn fingerprint(
+fn fingerprint<'a>(
     schema: &str,
     files: &[(String, String)],
-    generated: &[sugar::SugarPolicy],
+    generated: impl Iterator<Item = &'a sugar::SugarPolicy>,
 ) -> String {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut part = |label: &str, bytes: &[u8]| {

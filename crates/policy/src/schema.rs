@@ -11,7 +11,7 @@ use cedar_policy::{
 
 use crate::error::PolicyError;
 use crate::text::cedar_string;
-use crate::{PrincipalKind, TOKEN_ACTION};
+use crate::{PrincipalKind, SVID_ACTIONS, TOKEN_ACTION};
 
 /// Workload attributes that are present only when the identity carries them (all `String`), as
 /// the built-in schema and the example schema declare them. `issuer` and `subject` are always
@@ -45,8 +45,71 @@ pub(crate) fn builtin_workload_attrs() -> Vec<String> {
     v
 }
 
-/// The built-in schema used without a policy directory: the three entity types, the context, and
-/// the actions `token` plus `scopes` (deduplicated, in order).
+/// The declaration of the SVID actions, with the context as the common type `context_type`
+/// names (or spelled out).
+fn svid_actions_decl(context_type: &str) -> String {
+    format!(
+        "// The SVID actions (see docs/POLICY.md): principal the workload, resource the trust domain\n// (X.509-SVID) or each requested audience (JWT-SVID).\naction {} appliesTo {{\n  principal: [Workload],\n  resource: [Audience],\n  context: {context_type},\n}};\n",
+        SVID_ACTIONS.map(cedar_string).join(", ")
+    )
+}
+
+/// A user's schema with the SVID actions: unchanged when it declares both; with mayfly's
+/// declaration appended when it declares neither (so schemas written before SVID issuance was
+/// decided by policy keep loading); refused when it declares only one. The appended text
+/// names the schema's `RequestContext` type when it has one that fits, else spells the
+/// context out. Positions in the user's text are unchanged.
+pub(crate) fn with_svid_actions(
+    text: &str,
+    schema: &Schema,
+    types: &Types,
+    file: &str,
+) -> Result<Option<(String, Schema)>, PolicyError> {
+    let declared: Vec<&str> = SVID_ACTIONS
+        .iter()
+        .copied()
+        .filter(|a| {
+            let uid = types.action_uid(a);
+            schema.actions().any(|x| x == &uid)
+        })
+        .collect();
+    match declared.len() {
+        2 => return Ok(None),
+        0 => {}
+        _ => {
+            return Err(PolicyError::SchemaMismatch {
+                file: file.into(),
+                message: format!(
+                    "only one of the SVID actions is declared (`{}`)",
+                    declared.join("`, `")
+                ),
+                fix: format!(
+                    "declare both or neither (then mayfly declares them): {}",
+                    svid_actions_fix()
+                ),
+            });
+        }
+    }
+    for context in ["RequestContext", CONTEXT_TYPE] {
+        let extended = format!("{text}\n{}", svid_actions_decl(context));
+        if let Ok((parsed, _)) = Schema::from_cedarschema_str(&extended) {
+            return Ok(Some((extended, parsed)));
+        }
+    }
+    // The schema lacks what the declaration names; `check_user_schema` says what.
+    Ok(None)
+}
+
+/// The fix that declares the SVID actions, on one line.
+fn svid_actions_fix() -> String {
+    format!(
+        "declare `action {} appliesTo {{ principal: [Workload], resource: [Audience], context: RequestContext }};`",
+        SVID_ACTIONS.map(cedar_string).join(", ")
+    )
+}
+
+/// The built-in schema used without a policy directory: the three entity types, the context,
+/// the actions `token` plus `scopes` (deduplicated, in order), and the SVID actions.
 pub fn builtin_schema<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
     let mut s = String::from("// mayfly's built-in schema (no policy directory configured).\n");
     s.push_str("entity Client;\nentity Audience;\nentity Workload = {\n  issuer: String,\n  subject: String,\n");
@@ -67,6 +130,7 @@ pub fn builtin_schema<'a>(scopes: impl IntoIterator<Item = &'a str>) -> String {
         "action {} appliesTo {{\n  principal: [Client, Workload],\n  resource: [Audience],\n  context: RequestContext,\n}};\n",
         actions.join(", ")
     ));
+    s.push_str(&svid_actions_decl("RequestContext"));
     s
 }
 
@@ -196,6 +260,7 @@ pub(crate) fn check_user_schema(
             "declare `action \"token\" appliesTo { principal: [Client, Workload], resource: [Audience], context: RequestContext };`",
         ));
     }
+    check_svid_actions(schema, types, file)?;
     // The Workload entity mayfly builds: issuer and subject only, and with every declared
     // attribute, all strings.
     let names = workload_attr_names(schema_text, file)?;
@@ -266,6 +331,38 @@ pub(crate) fn check_user_schema(
         }
     }
     Ok(names)
+}
+
+/// The SVID actions are declared (mayfly adds them to a schema that has neither) and apply to
+/// `Workload`, the principal of their generated permits.
+fn check_svid_actions(schema: &Schema, types: &Types, file: &str) -> Result<(), PolicyError> {
+    for a in SVID_ACTIONS {
+        let uid = types.action_uid(a);
+        let (message, fix) = if !schema.actions().any(|x| x == &uid) {
+            (
+                format!("action `{a}` is not declared, and mayfly could not declare it"),
+                svid_actions_fix(),
+            )
+        } else if !schema
+            .principals_for_action(&uid)
+            .is_some_and(|mut p| p.any(|t| t == &types.workload))
+        {
+            (
+                format!(
+                    "action {uid} must apply to principal `Workload` (the workload an SVID is for)"
+                ),
+                "use `principal: [Workload]`".to_string(),
+            )
+        } else {
+            continue;
+        };
+        return Err(PolicyError::SchemaMismatch {
+            file: file.into(),
+            message,
+            fix,
+        });
+    }
+    Ok(())
 }
 
 fn probe_workload(types: &Types, names: &[String]) -> Result<Entity, PolicyError> {

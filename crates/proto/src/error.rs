@@ -25,6 +25,9 @@ pub enum ErrorCode {
     ServerError,
     /// The server cannot serve now (storage unavailable, overloaded).
     TemporarilyUnavailable,
+    /// The request is well formed and authenticated, but policy refuses it (RFC 6749 §4.1.2.1
+    /// names this code; mayfly's agent API answers it with 403).
+    AccessDenied,
 }
 
 impl ErrorCode {
@@ -41,6 +44,7 @@ impl ErrorCode {
             Self::UnsupportedTokenType => "unsupported_token_type",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::AccessDenied => "access_denied",
         }
     }
 
@@ -48,6 +52,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::InvalidClient => 401,
+            Self::AccessDenied => 403,
             Self::ServerError => 500,
             Self::TemporarilyUnavailable => 503,
             _ => 400,

@@ -1,14 +1,15 @@
 //! The policy set in force, as the engine's [`Authorizer`]. Every issuance decision goes through
-//! it; the clients' `audiences`/`scopes` lists are sugar compiled into the same set.
+//! it, SVIDs included; the clients' `audiences`/`scopes` lists and the registration entries are
+//! sugar compiled into the same set.
 //!
-//! Reloads (on a change in the directory, a change in the registered clients, or SIGHUP) build
+//! Reloads (on a change in the directory, in the registered clients or entries, or SIGHUP) build
 //! and validate a whole new set first; one that fails is refused whole, the previous set stays
 //! in force, and the failure is logged loudly and counted.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use mayfly_policy::{ClientGrant, PolicyEngine, PolicyError};
+use mayfly_policy::{ClientGrant, EntryGrant, PolicyEngine, PolicyError, PolicyInputs};
 use mayfly_sts::{Authorizer, AuthzDecision, AuthzQuery, Client};
 
 /// What the running set was built from, to tell whether a reload has anything to do.
@@ -17,6 +18,7 @@ struct Stamp {
     /// SHA-256 over the directory's schema and policy texts (or over the read error).
     files: [u8; 32],
     clients: Vec<ClientGrant>,
+    entries: Vec<EntryGrant>,
 }
 
 /// The reload bookkeeping: the inputs of the set in force, and a changed directory text read
@@ -61,6 +63,20 @@ pub(crate) fn grants<'a>(clients: impl IntoIterator<Item = &'a Client>) -> Vec<C
     g
 }
 
+/// The sugar inputs of the registration entries (sorted, so that order does not count as a
+/// change).
+pub(crate) fn entry_grants(entries: &[mayfly_store::StoredEntry]) -> Vec<EntryGrant> {
+    let mut g: Vec<EntryGrant> = entries
+        .iter()
+        .map(|e| EntryGrant {
+            entry_id: e.id.clone(),
+            spiffe_id: e.spiffe_id.clone(),
+        })
+        .collect();
+    g.sort();
+    g
+}
+
 /// The directory's texts as read now (`None` without a directory), and their digest. A read
 /// error has a digest of its own, so that a directory that stays unreadable is reported once.
 type Sources = Result<(String, Vec<(String, String)>), PolicyError>;
@@ -88,13 +104,22 @@ fn read(dir: Option<&Path>) -> (Option<Sources>, [u8; 32]) {
     (Some(sources), mayfly_crypto::sha256(&text))
 }
 
-fn build(sources: Option<Sources>, clients: &[ClientGrant]) -> Result<PolicyEngine, PolicyError> {
+fn build(sources: Option<Sources>, stamp: &Stamp) -> Result<PolicyEngine, PolicyError> {
+    let inputs = PolicyInputs {
+        clients: &stamp.clients,
+        entries: &stamp.entries,
+        ..PolicyInputs::default()
+    };
     match sources {
         Some(read) => {
             let (schema, files) = read?;
-            PolicyEngine::from_sources(&schema, &files, clients)
+            PolicyEngine::from_inputs(PolicyInputs {
+                schema: Some(&schema),
+                files: &files,
+                ..inputs
+            })
         }
-        None => PolicyEngine::sugar_only(clients),
+        None => PolicyEngine::from_inputs(inputs),
     }
 }
 
@@ -103,21 +128,28 @@ impl Policies {
     pub(crate) fn load(
         dir: Option<PathBuf>,
         clients: Vec<ClientGrant>,
+        entries: Vec<EntryGrant>,
     ) -> Result<Self, PolicyError> {
         let (sources, files) = read(dir.as_deref());
-        let engine = build(sources, &clients)?;
+        let built = Stamp {
+            files,
+            clients,
+            entries,
+        };
+        let engine = build(sources, &built)?;
         tracing::info!(policies = engine.policy_ids().len(), fingerprint = %engine.fingerprint(), dir = ?dir, "policy set loaded");
         Ok(Self {
             engine: RwLock::new(Arc::new(engine)),
             dir,
             seen: Mutex::new(Seen {
-                built: Stamp { files, clients },
+                built,
                 pending: None,
             }),
         })
     }
 
-    /// Reload when the directory or the clients changed (or always, with `force`). A failing
+    /// Reload when the directory, the clients or the entries changed (or always, with
+    /// `force`); `entries: None` keeps the entries of the set in force. A failing
     /// set leaves the old one in place. Each change is acted on once: a set left invalid is
     /// refused (and reported) once, not at every tick.
     ///
@@ -126,12 +158,22 @@ impl Policies {
     /// more than the whole one. Periodic reloads compare with the previous tick's read; a
     /// forced one (SIGHUP) reads again once the set is built, and waits for the next tick if
     /// the text moved in between.
-    pub(crate) fn reload(&self, clients: Vec<ClientGrant>, force: bool) -> Reload {
+    pub(crate) fn reload(
+        &self,
+        clients: Vec<ClientGrant>,
+        entries: Option<Vec<EntryGrant>>,
+        force: bool,
+    ) -> Reload {
         let Ok(mut seen) = self.seen.lock() else {
             return Reload::Unchanged;
         };
         let (sources, files) = read(self.dir.as_deref());
-        let next = Stamp { files, clients };
+        let entries = entries.unwrap_or_else(|| seen.built.entries.clone());
+        let next = Stamp {
+            files,
+            clients,
+            entries,
+        };
         if !force && seen.built == next {
             seen.pending = None;
             return Reload::Unchanged;
@@ -141,7 +183,7 @@ impl Policies {
             tracing::info!("the policy directory changed; it applies once a second read agrees");
             return Reload::Unchanged;
         }
-        let result = build(sources, &next.clients);
+        let result = build(sources, &next);
         if moved && force {
             let (_, again) = read(self.dir.as_deref());
             if again != files {
@@ -171,6 +213,12 @@ impl Policies {
                 Reload::Refused
             }
         }
+    }
+
+    /// Whether the set in force has the generated permit of entry `id` (a new entry is not in
+    /// it until the next reload).
+    pub(crate) fn knows_entry(&self, id: &str) -> bool {
+        self.current().policy(&format!("entry:{id}")).is_some()
     }
 
     fn current(&self) -> Arc<PolicyEngine> {
@@ -213,29 +261,64 @@ mod tests {
         std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
         let file = dir.path().join("rules.cedar");
         std::fs::write(&file, format!("{PERMIT}{FORBID}")).unwrap();
-        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new()).unwrap();
+        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new(), Vec::new()).unwrap();
         assert!(ids(&p).contains(&"no-admin".to_string()));
 
         // The writer truncated the file and has written only the permit so far: a valid set
         // that allows more. The first read of it changes nothing.
         std::fs::write(&file, PERMIT).unwrap();
-        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
         assert!(ids(&p).contains(&"no-admin".to_string()));
         // The write completes (with an edit) before the next tick: that text is new again.
         let edited = format!("{PERMIT}{FORBID}// reviewed\n");
         std::fs::write(&file, &edited).unwrap();
-        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
         assert!(ids(&p).contains(&"no-admin".to_string()));
         // A second read agrees: it applies.
-        assert!(matches!(p.reload(Vec::new(), false), Reload::Applied(_)));
+        assert!(matches!(
+            p.reload(Vec::new(), None, false),
+            Reload::Applied(_)
+        ));
         assert!(ids(&p).contains(&"no-admin".to_string()));
-        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
 
         // A text that stays is taken at the second tick, forbid or not: only a moving text waits.
         std::fs::write(&file, PERMIT).unwrap();
-        assert_eq!(p.reload(Vec::new(), false), Reload::Unchanged);
-        assert!(matches!(p.reload(Vec::new(), false), Reload::Applied(_)));
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
+        assert!(matches!(
+            p.reload(Vec::new(), None, false),
+            Reload::Applied(_)
+        ));
         assert_eq!(ids(&p), vec!["read-all".to_string()]);
+    }
+
+    /// An entry-list change applies at the first tick, like a client change; `None` keeps the
+    /// entries in force.
+    #[test]
+    fn an_entry_change_applies_at_the_first_tick() {
+        let p = Policies::load(None, Vec::new(), Vec::new()).unwrap();
+        assert!(!p.knows_entry("e1"));
+        let entries = vec![EntryGrant {
+            entry_id: "e1".into(),
+            spiffe_id: "spiffe://example.org/w".into(),
+        }];
+        assert!(matches!(
+            p.reload(Vec::new(), Some(entries.clone()), false),
+            Reload::Applied(_)
+        ));
+        assert!(p.knows_entry("e1"));
+        assert_eq!(ids(&p), vec!["entry:e1".to_string()]);
+        assert_eq!(
+            p.reload(Vec::new(), Some(entries), false),
+            Reload::Unchanged
+        );
+        assert_eq!(p.reload(Vec::new(), None, false), Reload::Unchanged);
+        assert!(p.knows_entry("e1"));
+        assert!(matches!(
+            p.reload(Vec::new(), Some(Vec::new()), false),
+            Reload::Applied(_)
+        ));
+        assert!(!p.knows_entry("e1"));
     }
 
     /// A client-list change (from the store, never half-written) applies at once.
@@ -244,16 +327,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("schema.cedarschema"), SCHEMA).unwrap();
         std::fs::write(dir.path().join("rules.cedar"), PERMIT).unwrap();
-        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new()).unwrap();
+        let p = Policies::load(Some(dir.path().to_path_buf()), Vec::new(), Vec::new()).unwrap();
         let clients = vec![ClientGrant {
             client_id: "billing".into(),
             audiences: vec!["https://api.example".into()],
             scopes: Vec::new(),
         }];
         assert!(matches!(
-            p.reload(clients.clone(), false),
+            p.reload(clients.clone(), None, false),
             Reload::Applied(_)
         ));
-        assert_eq!(p.reload(clients, false), Reload::Unchanged);
+        assert_eq!(p.reload(clients, None, false), Reload::Unchanged);
     }
 }

@@ -52,31 +52,31 @@ pub struct AppOptions {
     pub audit_sink: AuditSink,
 }
 
-pub(crate) struct Inner {
-    pub settings: Settings,
-    pub config: Config,
-    pub store: Store,
-    pub audit: AuditLog,
-    pub kek: Arc<Kek>,
-    pub clock: Arc<dyn Clock>,
-    pub clients: Registry,
-    pub keys: RwLock<Arc<KeySnapshot>>,
-    pub schedule: Schedule,
-    pub alg: KeyAlg,
-    pub metadata: bytes::Bytes,
-    pub issuers: crate::issuers::Issuers,
-    pub policies: crate::policy::Policies,
-    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    pub spiffe: crate::spiffe::Spiffe,
+struct Inner {
+    settings: Settings,
+    config: Config,
+    store: Store,
+    audit: AuditLog,
+    kek: Arc<Kek>,
+    clock: Arc<dyn Clock>,
+    clients: Registry,
+    keys: RwLock<Arc<KeySnapshot>>,
+    schedule: Schedule,
+    alg: KeyAlg,
+    metadata: bytes::Bytes,
+    issuers: crate::issuers::Issuers,
+    policies: crate::policy::Policies,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    spiffe: crate::spiffe::Spiffe,
     /// How our own JWT-SVIDs are accepted as subject tokens.
-    pub svid_issuer: mayfly_sts::federation::TrustedIssuer,
+    svid_issuer: mayfly_sts::federation::TrustedIssuer,
     /// Who may introspect other clients' tokens.
-    pub introspect_grants: mayfly_sts::IntrospectGrants,
+    introspect_grants: mayfly_sts::IntrospectGrants,
 }
 
 /// The running application; cheap to clone.
 #[derive(Clone)]
-pub struct App(pub(crate) Arc<Inner>);
+pub struct App(Arc<Inner>);
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,9 +159,11 @@ impl App {
         let clients = Registry::new(config_clients, uri_sources, max_ttl);
         clients.reload(&o.store).await?;
         let issuers = crate::issuers::Issuers::new(&o.config.issuers, max_ttl)?;
+        let entries = crate::policy::entry_grants(&o.store.list_entries(None).await?);
         let policies = crate::policy::Policies::load(
             o.config.policy_dir.clone(),
             crate::policy::grants(clients.all().iter().map(|c| c.as_ref())),
+            entries,
         )?;
         let (schedule, alg) = keyring::key_policy(t);
         // A consumed assertion jti is remembered for as long as that assertion could be accepted.
@@ -233,7 +235,8 @@ impl App {
         i.clients().reload(i.store()).await?;
         // Clients that publish their keys at a URL rotate them on their own schedule.
         i.clients().refresh_all_uris(now).await;
-        // A changed policy directory or client list compiles into a new set (or is refused).
+        // A changed policy directory, client list or entry list compiles into a new set (or is
+        // refused).
         self.reload_policy_if_changed().await;
         i.store()
             .purge_expired(now - i.settings().clock_skew)
@@ -247,14 +250,30 @@ impl App {
     /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
     /// one is refused and the previous set stays. Either way it is a `policy_change` event.
     pub async fn reload_policy(&self) -> bool {
-        let r = self.policies().reload(self.client_grants(), true);
+        let entries = self.entry_grants().await;
+        let r = self.policies().reload(self.client_grants(), entries, true);
         self.audit_policy_reload(r).await
     }
 
-    /// Rebuild the policy set if the clients or the directory changed (audited likewise).
+    /// Rebuild the policy set if the clients, the entries or the directory changed (audited
+    /// likewise).
     pub(crate) async fn reload_policy_if_changed(&self) -> bool {
-        let r = self.policies().reload(self.client_grants(), false);
+        let entries = self.entry_grants().await;
+        let r = self.policies().reload(self.client_grants(), entries, false);
         self.audit_policy_reload(r).await
+    }
+
+    /// The registration entries as policy inputs, read from the store (entries are added at
+    /// run time, possibly through another replica); `None` when the store cannot say, and the
+    /// set keeps the entries it has.
+    async fn entry_grants(&self) -> Option<Vec<mayfly_policy::EntryGrant>> {
+        match self.0.store.list_entries(None).await {
+            Ok(entries) => Some(crate::policy::entry_grants(&entries)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the registration entries; the policy set keeps the ones it has");
+                None
+            }
+        }
     }
 
     /// Who may obtain which token is as much the audit log's business as the tokens: a set

@@ -109,9 +109,13 @@ pub fn decide(
     let audience = target(params, input.default_audiences)?;
     let scopes = requested_scopes(params);
     // `token` is the action asked for the audience itself, not a scope: asking for it as a
-    // scope would be granted by the audience's own permit.
+    // scope would be granted by the audience's own permit. The SVID actions likewise: an
+    // entry's permit of its SVIDs would grant them as scopes.
     if scopes.iter().any(|s| s == ACTION_TOKEN) {
         return Err(Denial::ScopeNotAllowed(ACTION_TOKEN.into()));
+    }
+    if let Some(s) = scopes.iter().find(|s| crate::svid::is_svid_action(s)) {
+        return Err(Denial::ScopeNotAllowed(s.clone()));
     }
     let left = input.subject_exp.map(|exp| exp - input.now);
     let mut cap = input.ttl_cap.min(settings.max_ttl);
@@ -298,6 +302,24 @@ mod tests {
             .unwrap_err();
             assert_eq!(d, Denial::ScopeNotAllowed("token".into()), "{scope}");
             assert_eq!(d.reason(), "scope_not_allowed");
+        }
+    }
+
+    /// An entry's permit of its SVIDs must not grant them as scopes of a token.
+    #[test]
+    fn svid_actions_are_not_scopes() {
+        let s = settings();
+        for scope in ["svid_x509", "r svid_jwt"] {
+            let d = decide(
+                &s,
+                &Fixed,
+                input(None),
+                &params("a", scope, None),
+                &mut vec![],
+            )
+            .unwrap_err();
+            assert_eq!(d.code(), mayfly_proto::ErrorCode::InvalidScope, "{scope}");
+            assert!(matches!(d, Denial::ScopeNotAllowed(ref s) if s.starts_with("svid_")));
         }
     }
 

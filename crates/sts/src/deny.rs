@@ -182,6 +182,9 @@ pub enum Denial {
     /// RFC 7523 §2.1: a problem with the `assertion` grant is `invalid_grant`.
     #[error("{0}")]
     InvalidGrant(Box<Denial>),
+    /// Policy refuses the workload this SVID (an X.509-SVID, or a JWT-SVID for this audience).
+    #[error("policy does not allow this workload {}", crate::svid::what(*.0, .1))]
+    SvidNotAllowed(crate::svid::SvidKind, String),
     /// The store is unavailable.
     #[error("the service is temporarily unavailable")]
     Unavailable,
@@ -272,6 +275,7 @@ impl Denial {
             ClientAuthRequired | ActorClientAuthRequired => ErrorCode::InvalidClient,
             InvalidGrant(_) => ErrorCode::InvalidGrant,
             NotTokenOwner => ErrorCode::UnauthorizedClient,
+            SvidNotAllowed(..) => ErrorCode::AccessDenied,
             Unavailable => ErrorCode::TemporarilyUnavailable,
             Internal => ErrorCode::ServerError,
         }
@@ -330,6 +334,7 @@ impl Denial {
             AudienceWidening => "audience_widening",
             LifetimeBeyondSubject(_) => "lifetime_beyond_subject",
             ClientAuthRequired => "client_auth_required",
+            SvidNotAllowed(..) => "svid_not_allowed",
             InvalidGrant(inner) => inner.reason(),
             Unavailable => "unavailable",
             Internal => "internal",

@@ -30,6 +30,7 @@ mod pipeline;
 pub mod ports;
 mod query;
 pub mod subject;
+pub mod svid;
 #[cfg(test)]
 mod tests;
 

@@ -4,6 +4,7 @@
 mod authz;
 mod cases;
 mod decide;
+mod entries;
 mod fast;
 mod load;
 mod slicing;

@@ -2,7 +2,9 @@
 //! its entries and bundle, SVID signing for its workloads, and workload-exit revocation.
 //!
 //! Every route but `attest` needs the agent's current X.509-SVID as the TLS client
-//! certificate; an entry is only served to the agent that is its parent.
+//! certificate; an entry is only served to the agent that is its parent, and an SVID only
+//! when the policy set allows it (`mayfly_sts::svid`; each entry's generated permit allows
+//! it unless a `forbid` refuses it).
 
 use std::net::SocketAddr;
 
@@ -18,7 +20,8 @@ use mayfly_proto::spiffe::{
     WorkloadExitedResponse,
 };
 use mayfly_store::{CommitOutcome, JoinTokenOutcome, StoredAgent, StoredEntry};
-use mayfly_sts::{AuditEvent, Decision, EventKind};
+use mayfly_sts::svid::{SvidGrant, SvidKind, SvidRequest};
+use mayfly_sts::{AuditEvent, Decision, Denial, EventKind, Principal, PrincipalKind};
 
 use super::tls::Peer;
 use crate::state::App;
@@ -43,17 +46,25 @@ pub(crate) enum ApiError {
     Unavailable,
     #[error("signing failed")]
     Internal,
+    /// A refusal of the issuance pipeline, answered as the token endpoint answers it.
+    #[error(transparent)]
+    Denied(Denial),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Denied(d) = &self {
+            return crate::error::denial_response(d);
+        }
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::NoSvid => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "access_denied"),
             ApiError::Attestation(_) => (StatusCode::FORBIDDEN, "attestation_failed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            ApiError::Internal | ApiError::Denied(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+            }
         };
         let body = serde_json::json!({ "error": code, "error_description": self.to_string() });
         (status, Json(body)).into_response()
@@ -97,8 +108,7 @@ fn chain_b64(chain: &[Vec<u8>]) -> Vec<String> {
 
 async fn audit(ctx: &Ctx, e: AuditEvent) -> Result<(), ApiError> {
     ctx.app
-        .0
-        .audit
+        .audit()
         .commit(mayfly_store::Pending::event(e))
         .await
         .map(|_| ())
@@ -114,13 +124,13 @@ fn event(ctx: &Ctx, kind: EventKind, decision: Decision, now: i64) -> AuditEvent
 /// The calling agent: its SVID must be the one the server last issued to it.
 async fn agent(ctx: &Ctx, peer: &Peer) -> Result<String, ApiError> {
     let (id, serial) = peer.svid.as_ref().ok_or(ApiError::NoSvid)?;
-    let sp = &ctx.app.0.spiffe;
+    let sp = &ctx.app.spiffe();
     if !id.starts_with(&super::agent_prefix(&sp.p.trust_domain)) {
         return Err(ApiError::Forbidden(
             "the client certificate is not an agent's SVID",
         ));
     }
-    let stored = ctx.app.0.store.get_agent(id).await.map_err(unavailable)?;
+    let stored = ctx.app.store().get_agent(id).await.map_err(unavailable)?;
     match stored {
         // A superseded SVID (a copy of the agent's old key) cannot act for the agent.
         Some(a) if &a.serial == serial => Ok(id.clone()),
@@ -141,7 +151,7 @@ fn sign_agent_svid(
     csr: &str,
     now: i64,
 ) -> Result<(AgentSvidResponse, String), ApiError> {
-    let sp = &ctx.app.0.spiffe;
+    let sp = &ctx.app.spiffe();
     let csr = decode_b64("csr", csr)?;
     let ttl = sp.p.cfg.x509_svid_ttl.as_secs() as i64;
     let (chain, expires_at) = sp
@@ -170,8 +180,7 @@ async fn record_agent(
     now: i64,
 ) -> Result<(), ApiError> {
     ctx.app
-        .0
-        .store
+        .store()
         .upsert_agent(&StoredAgent {
             spiffe_id: resp.spiffe_id.clone(),
             attestation: attestation.to_string(),
@@ -194,8 +203,8 @@ async fn attest(
     State(ctx): State<Ctx>,
     Json(req): Json<AttestRequest>,
 ) -> Result<Json<AgentSvidResponse>, ApiError> {
-    let now = ctx.app.0.clock.now();
-    let sp = &ctx.app.0.spiffe;
+    let now = ctx.app.clock().now();
+    let sp = &ctx.app.spiffe();
     let td = sp.p.trust_domain.clone();
     let mut consume = None;
     let (agent_id, how) = match &req.attestation {
@@ -206,8 +215,7 @@ async fn attest(
             let presented = super::join_secret_hash(secret);
             let (outcome, fixed_id) = ctx
                 .app
-                .0
-                .store
+                .store()
                 .consume_join_token(
                     id,
                     |stored| mayfly_crypto::ct_eq(stored.as_bytes(), presented.as_bytes()),
@@ -248,7 +256,7 @@ async fn attest(
             consume = Some((
                 issuer.clone(),
                 node.jti,
-                node.exp.saturating_add(ctx.app.0.settings.clock_skew),
+                node.exp.saturating_add(ctx.app.settings().clock_skew),
             ));
             (node.agent_id, format!("platform:{issuer}"))
         }
@@ -262,7 +270,7 @@ async fn attest(
     // token never replaces the SVID of the agent that used it first.
     let mut pending = mayfly_store::Pending::event(e);
     pending.consume_subject = consume;
-    match ctx.app.0.audit.commit(pending).await.map_err(unavailable)? {
+    match ctx.app.audit().commit(pending).await.map_err(unavailable)? {
         CommitOutcome::Committed(_) => {}
         CommitOutcome::SubjectReplay(_)
         | CommitOutcome::Replay(_)
@@ -296,12 +304,11 @@ async fn renew(
     Extension(peer): Extension<Peer>,
     Json(req): Json<RenewRequest>,
 ) -> Result<Json<AgentSvidResponse>, ApiError> {
-    let now = ctx.app.0.clock.now();
+    let now = ctx.app.clock().now();
     let agent_id = agent(&ctx, &peer).await?;
     let how = ctx
         .app
-        .0
-        .store
+        .store()
         .get_agent(&agent_id)
         .await
         .map_err(unavailable)?
@@ -335,14 +342,13 @@ async fn sync(
     let agent_id = agent(&ctx, &peer).await?;
     let entries = ctx
         .app
-        .0
-        .store
+        .store()
         .list_entries(Some(&agent_id))
         .await
         .map_err(unavailable)?;
     Ok(Json(SyncResponse {
         entries: entries.into_iter().map(entry_wire).collect(),
-        bundle: ctx.app.0.spiffe.snapshot().bundle.clone(),
+        bundle: ctx.app.spiffe().snapshot().bundle.clone(),
     }))
 }
 
@@ -350,8 +356,7 @@ async fn sync(
 async fn own_entry(ctx: &Ctx, agent_id: &str, id: &str) -> Result<StoredEntry, ApiError> {
     let entries = ctx
         .app
-        .0
-        .store
+        .store()
         .list_entries(Some(agent_id))
         .await
         .map_err(unavailable)?;
@@ -361,30 +366,87 @@ async fn own_entry(ctx: &Ctx, agent_id: &str, id: &str) -> Result<StoredEntry, A
         .ok_or(ApiError::Forbidden("no such entry under this agent"))
 }
 
+/// May the entry's workload have this SVID? Asks the policy set (after a reload if the set in
+/// force predates the entry); a refusal is audited as a `deny` naming the workload, the agent
+/// and the policies that refused, and answered `access_denied` (403).
+async fn decide_svid(
+    ctx: &Ctx,
+    agent_id: &str,
+    entry: &StoredEntry,
+    kind: SvidKind,
+    audiences: &[String],
+    now: i64,
+) -> Result<SvidGrant, ApiError> {
+    let app = &ctx.app;
+    if !app.policies().knows_entry(&entry.id) {
+        // Added since the last tick (here or through another replica).
+        app.reload_policy_if_changed().await;
+    }
+    let td = &app.spiffe().p.trust_domain;
+    let attrs = [
+        ("issuer".to_string(), app.settings().issuer.clone()),
+        ("subject".to_string(), entry.spiffe_id.clone()),
+        ("trust_domain".to_string(), td.clone()),
+    ];
+    let trust_domain_id = format!("spiffe://{td}");
+    let source = ctx.addr.ip().to_string();
+    let req = SvidRequest {
+        kind,
+        workload: Principal {
+            kind: PrincipalKind::Workload,
+            id: &entry.spiffe_id,
+            attrs: &attrs,
+        },
+        agent: agent_id,
+        trust_domain_id: &trust_domain_id,
+        audiences,
+        ttl: match kind {
+            SvidKind::X509 => entry.x509_ttl,
+            SvidKind::Jwt => entry.jwt_ttl,
+        },
+        source: &source,
+        now,
+    };
+    let mut trace = Vec::new();
+    match mayfly_sts::svid::decide_svid(app.policies(), &req, &mut trace) {
+        Ok(grant) => Ok(grant),
+        Err(d) => {
+            let mut e = event(ctx, EventKind::Deny, Decision::Deny, now);
+            e.client = Some(agent_id.to_string());
+            e.identity = Some(entry.spiffe_id.clone());
+            e.grant = Some(kind.action().to_string());
+            e.audience = Some(match kind {
+                SvidKind::X509 => trust_domain_id,
+                SvidKind::Jwt => audiences.join(" "),
+            });
+            e.policies = trace;
+            e.reason = Some(d.reason().to_string());
+            audit(ctx, e).await?;
+            tracing::info!(agent = %agent_id, spiffe_id = %entry.spiffe_id, action = kind.action(), "SVID refused by policy");
+            Err(ApiError::Denied(d))
+        }
+    }
+}
+
 async fn svid_x509(
     State(ctx): State<Ctx>,
     Extension(peer): Extension<Peer>,
     Json(req): Json<SignX509Request>,
 ) -> Result<Json<SignX509Response>, ApiError> {
-    let now = ctx.app.0.clock.now();
+    let now = ctx.app.clock().now();
     let agent_id = agent(&ctx, &peer).await?;
     let entry = own_entry(&ctx, &agent_id, &req.entry_id).await?;
     let csr = decode_b64("csr", &req.csr)?;
+    let grant = decide_svid(&ctx, &agent_id, &entry, SvidKind::X509, &[], now).await?;
     let (chain, expires_at) = ctx
         .app
-        .0
-        .spiffe
-        .sign_x509(
-            &csr,
-            &entry.spiffe_id,
-            &entry.dns_names,
-            entry.x509_ttl,
-            now,
-        )
+        .spiffe()
+        .sign_x509(&csr, &entry.spiffe_id, &entry.dns_names, grant.ttl, now)
         .map_err(|e| ApiError::BadRequest(format!("the CSR was refused: {e}")))?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
     e.client = Some(agent_id);
     e.identity = Some(entry.spiffe_id);
+    e.policies = grant.policies;
     e.reason = Some("x509_svid".into());
     e.jti = chain
         .first()
@@ -403,7 +465,7 @@ async fn svid_jwt(
     Extension(peer): Extension<Peer>,
     Json(req): Json<MintJwtRequest>,
 ) -> Result<Json<MintJwtResponse>, ApiError> {
-    let now = ctx.app.0.clock.now();
+    let now = ctx.app.clock().now();
     let agent_id = agent(&ctx, &peer).await?;
     if req.audience.is_empty() || req.audience.len() > 16 {
         return Err(ApiError::BadRequest(
@@ -416,16 +478,15 @@ async fn svid_jwt(
         ));
     }
     let entry = own_entry(&ctx, &agent_id, &req.entry_id).await?;
+    let grant = decide_svid(&ctx, &agent_id, &entry, SvidKind::Jwt, &req.audience, now).await?;
     let (token, jti, expires_at) = ctx
         .app
-        .0
-        .spiffe
-        .mint_jwt(&entry.spiffe_id, &req.audience, entry.jwt_ttl, now)
+        .spiffe()
+        .mint_jwt(&entry.spiffe_id, &req.audience, grant.ttl, now)
         .map_err(|_| ApiError::Internal)?;
     // Only the agent that minted a JWT-SVID may later report its workload's exit.
     ctx.app
-        .0
-        .store
+        .store()
         .record_svid_minter(&jti, &agent_id, expires_at)
         .await
         .map_err(unavailable)?;
@@ -433,6 +494,7 @@ async fn svid_jwt(
     e.client = Some(agent_id);
     e.identity = Some(entry.spiffe_id);
     e.audience = Some(req.audience.join(" "));
+    e.policies = grant.policies;
     e.reason = Some("jwt_svid".into());
     e.jti = Some(jti.clone());
     e.exp = Some(expires_at);
@@ -449,18 +511,17 @@ async fn workload_exited(
     Extension(peer): Extension<Peer>,
     Json(req): Json<WorkloadExitedRequest>,
 ) -> Result<Json<WorkloadExitedResponse>, ApiError> {
-    let now = ctx.app.0.clock.now();
+    let now = ctx.app.clock().now();
     let agent_id = agent(&ctx, &peer).await?;
     if req.jwt_svid_jtis.len() > MAX_EXIT_JTIS {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_EXIT_JTIS} jtis per report"
         )));
     }
-    let keep_until = now + ctx.app.0.spiffe.jwt_max_ttl();
+    let keep_until = now + ctx.app.spiffe().jwt_max_ttl();
     let r = ctx
         .app
-        .0
-        .store
+        .store()
         .revoke_own_svids(&agent_id, &req.jwt_svid_jtis, now, keep_until)
         .await
         .map_err(unavailable)?;

@@ -94,15 +94,13 @@ pub(crate) async fn verify(
     now: i64,
 ) -> Result<NodeIdentity, NodeRefusal> {
     let cfg = app
-        .0
-        .config
+        .config()
         .node_attestation
         .iter()
         .find(|n| n.issuer == name)
         .ok_or(NodeRefusal::NotAllowed)?;
     let issuer = app
-        .0
-        .issuers
+        .issuers()
         .find_by_name(name)
         .ok_or(NodeRefusal::NotAllowed)?;
     if claimed_issuer(token)? != issuer.trusted.issuer {
@@ -111,8 +109,7 @@ pub(crate) async fn verify(
     // Signature and type as for token exchange (keys refetched once, rate-limited, on an
     // unknown `kid`); the claims are held to this entry's audience below.
     let claims = app
-        .0
-        .issuers
+        .issuers()
         .verify(&issuer, now, |keys| {
             verified_claims(&issuer.trusted, keys, token)
         })
@@ -122,9 +119,9 @@ pub(crate) async fn verify(
         cfg,
         &issuer.trusted.issuer,
         issuer.trusted.max_token_age,
-        app.0.settings.clock_skew,
+        app.settings().clock_skew,
         now,
-        &super::agent_prefix(&app.0.config.trust_domain),
+        &super::agent_prefix(&app.config().trust_domain),
     )
 }
 
