@@ -3,6 +3,8 @@
 
 // Test helpers: a failure should stop the test where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A scenario (start, act, crash, restart, check) reads top to bottom as one story.
+#![allow(clippy::too_many_lines)]
 
 mod anchor;
 mod cli;
