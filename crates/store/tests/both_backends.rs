@@ -610,6 +610,7 @@ async fn spiffe_records_postgres() {
 /// Key debt: wrapped keys sealed and opened under the master key (and not under another), a
 /// fingerprint-only entry holds no key, rotation bumps the version, extension keeps its reason,
 /// usage aggregates per identity, removal takes the usage with it.
+#[allow(clippy::too_many_lines)] // one contract, checked step by step in the order a key lives
 async fn debt_records(db: Db) {
     use mayfly_store::{DebtEntry, DebtUsage};
     let s = &db.store;
