@@ -1,5 +1,6 @@
 //! The JWKS key source against a real HTTP server on 127.0.0.1:0 that counts what it serves,
 //! with the caller's clock passed by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
