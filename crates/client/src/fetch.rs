@@ -157,6 +157,7 @@ pub async fn get_token(
 const ONE_SHOT: KeySourceOptions = KeySourceOptions {
     ttl: TtlRule::UNTIL_UNKNOWN_KID,
     unknown_kid_interval: 0,
+    interval_from_any_fetch: true,
     retry_after_error: 0,
     max_redirects: 0,
     max_bytes: 256 * 1024,

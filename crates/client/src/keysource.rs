@@ -60,6 +60,9 @@ pub struct KeySourceOptions {
     pub ttl: TtlRule,
     /// Least seconds between two fetches asked for by an unknown `kid`.
     pub unknown_kid_interval: i64,
+    /// Whether that interval runs from any fetch (`true`), or only from the last one an
+    /// unknown `kid` asked for (`false`: a scheduled refresh does not delay learning a new key).
+    pub interval_from_any_fetch: bool,
     /// Least seconds before a failed fetch is tried again.
     pub retry_after_error: i64,
     /// Most redirects followed (each within the origin of the first URL).
@@ -135,6 +138,8 @@ struct State {
     fresh_until: i64,
     /// Unix time of the last fetch attempt.
     last_attempt: i64,
+    /// Unix time of the last fetch attempt an unknown `kid` asked for.
+    last_kid_attempt: i64,
     last_failed: bool,
     /// Bumped by every successful fetch: a waiter that sees it changed reuses that fetch.
     generation: u64,
@@ -223,6 +228,7 @@ impl KeySource {
         let options = KeySourceOptions {
             ttl: TtlRule::UNTIL_UNKNOWN_KID,
             unknown_kid_interval: i64::MAX,
+            interval_from_any_fetch: true,
             retry_after_error: i64::MAX,
             max_redirects: 0,
             max_bytes: 0,
@@ -248,6 +254,7 @@ impl KeySource {
                 keys,
                 fresh_until: if fixed { i64::MAX } else { i64::MIN },
                 last_attempt: i64::MIN / 2,
+                last_kid_attempt: i64::MIN / 2,
                 last_failed: false,
                 generation: 0,
                 jwks_uri: None,
@@ -331,31 +338,38 @@ impl KeySource {
         // One fetch at a time; whoever waited behind it reuses its result.
         let _one = self.fetch.lock().await;
         {
-            let Ok(s) = self.state.read() else {
+            let Ok(mut s) = self.state.write() else {
                 return false;
             };
             if s.generation != seen {
                 return true;
             }
-            let since = now.saturating_sub(s.last_attempt);
+            let o = &self.options;
             let due = match trigger {
                 Trigger::Stale => {
                     now >= s.fresh_until
-                        && (!s.last_failed || since >= self.options.retry_after_error)
+                        && (!s.last_failed
+                            || now.saturating_sub(s.last_attempt) >= o.retry_after_error)
                 }
                 Trigger::UnknownKid => {
-                    let wait = if s.last_failed {
-                        self.options
-                            .retry_after_error
-                            .min(self.options.unknown_kid_interval)
+                    let from = if o.interval_from_any_fetch {
+                        s.last_attempt
                     } else {
-                        self.options.unknown_kid_interval
+                        s.last_kid_attempt
                     };
-                    since >= wait
+                    let wait = if s.last_failed {
+                        o.retry_after_error.min(o.unknown_kid_interval)
+                    } else {
+                        o.unknown_kid_interval
+                    };
+                    now.saturating_sub(from) >= wait
                 }
             };
             if !due {
                 return false;
+            }
+            if matches!(trigger, Trigger::UnknownKid) {
+                s.last_kid_attempt = now;
             }
         }
         self.fetch_and_install(now).await.is_ok()

@@ -110,6 +110,7 @@ fn options() -> KeySourceOptions {
             max: 3600,
         },
         unknown_kid_interval: 30,
+        interval_from_any_fetch: true,
         retry_after_error: 10,
         max_redirects: 2,
         max_bytes: 256 * 1024,
@@ -339,4 +340,44 @@ async fn fixed_keys_are_never_fetched() {
     assert!(s.keys(i64::MAX - 1).await.is_some());
     assert!(!s.refresh_unknown_kid(T0, s.generation()).await);
     assert_eq!(s.generation(), 0);
+}
+
+#[tokio::test]
+async fn a_scheduled_refresh_delays_unknown_kid_fetches_only_when_configured_to() {
+    let idp = Idp::start().await;
+    let from_any = source(&idp, "/jwks");
+    from_any.keys(T0).await.unwrap();
+    assert!(
+        !from_any
+            .refresh_unknown_kid(T0 + 1, from_any.generation())
+            .await
+    );
+    assert_eq!(idp.fetches(), 1);
+    let only_kid = KeySource::new(
+        "test",
+        KeyLocation::JwkSet(idp.url("/jwks")),
+        KeySourceOptions {
+            interval_from_any_fetch: false,
+            ..options()
+        },
+    )
+    .unwrap();
+    only_kid.keys(T0).await.unwrap();
+    assert!(
+        only_kid
+            .refresh_unknown_kid(T0 + 1, only_kid.generation())
+            .await
+    );
+    assert_eq!(idp.fetches(), 3);
+    assert!(
+        !only_kid
+            .refresh_unknown_kid(T0 + 30, only_kid.generation())
+            .await
+    );
+    assert!(
+        only_kid
+            .refresh_unknown_kid(T0 + 31, only_kid.generation())
+            .await
+    );
+    assert_eq!(idp.fetches(), 4);
 }

@@ -92,6 +92,7 @@ fn key_options() -> KeySourceOptions {
     KeySourceOptions {
         ttl: TtlRule::UNTIL_UNKNOWN_KID,
         unknown_kid_interval: MIN_REFRESH.as_secs() as i64,
+        interval_from_any_fetch: true,
         retry_after_error: RETRY_AFTER_FAILURE_SECS,
         max_redirects: 0,
         max_bytes: MAX_JWKS_BYTES,
