@@ -127,6 +127,9 @@ pub enum KeySourceError {
     /// Keys given at start-up are never fetched.
     #[error("fixed keys are not fetched")]
     Fixed,
+    /// The cache's lock was poisoned by a panic elsewhere.
+    #[error("the key cache is unusable")]
+    Poisoned,
 }
 
 /// Called after every fetch with the source's name and whether it succeeded (for metrics).
@@ -389,7 +392,7 @@ impl KeySource {
             hook(&self.name, result.is_ok());
         }
         let Ok(mut s) = self.state.write() else {
-            return Err(KeySourceError::Fixed);
+            return Err(KeySourceError::Poisoned);
         };
         match result {
             Ok((keys, ttl, uri)) => {
