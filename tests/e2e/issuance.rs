@@ -32,7 +32,7 @@ async fn token_is_rfc9068_scoped_and_short_lived() {
     // Verify with the published keys through the client library (jsonwebtoken underneath).
     let http = mayfly_client::http().unwrap();
     let md = mayfly_client::discover(&http, &f.issuer()).await.unwrap();
-    let keys = mayfly_client::fetch_keys(&http, &md).await.unwrap();
+    let keys = mayfly_client::fetch_keys(&md).await.unwrap();
     let claims = mayfly_client::verify_access_token(&keys, token, &f.issuer(), Some(AUD)).unwrap();
     for c in [
         "iss",

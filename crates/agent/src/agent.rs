@@ -85,14 +85,7 @@ pub(crate) struct Caller {
     pub entries: Vec<EntryWire>,
 }
 
-/// Why a caller gets nothing.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// No sync has succeeded yet.
-    NotReady,
-    /// Not attested, or no entry matches. Callers see one generic message for all causes.
-    Denied,
-}
+pub(crate) use crate::error::Refusal;
 
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

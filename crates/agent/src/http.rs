@@ -23,7 +23,6 @@ use tokio::net::UnixListener;
 use crate::agent::{Inner, Refusal};
 use crate::error::AgentError;
 use crate::peer::{PeerInfo, PeerListener};
-use crate::procs::JwtError;
 use crate::upstream::UpstreamError;
 
 /// Serve the token endpoint on `listener` until `shutdown` completes.
@@ -57,6 +56,12 @@ struct TokenQuery {
 fn error(status: StatusCode, code: &str, description: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": code, "error_description": description.into()});
     (status, Json(body)).into_response()
+}
+
+/// A [`Refusal`] as the token endpoint answers it.
+fn refused(r: Refusal) -> Response {
+    let (status, code) = r.http();
+    error(status, code, r.to_string())
 }
 
 async fn token(
@@ -93,35 +98,16 @@ async fn token(
     let scope = query.scope.filter(|s| !s.is_empty());
     let caller = match inner.attest(&peer).await {
         Ok(caller) => caller,
-        Err(Refusal::Denied) => {
-            return error(StatusCode::FORBIDDEN, "access_denied", "no identity issued");
-        }
-        Err(Refusal::NotReady) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable",
-                "the agent has not synced with its server yet",
-            );
-        }
+        Err(r) => return refused(r),
     };
     // Entries keep the server's order: the first match is the caller's default identity.
     let Some(entry) = caller.entries.first() else {
-        return error(StatusCode::FORBIDDEN, "access_denied", "no identity issued");
+        return refused(Refusal::Denied);
     };
     let issuer = vec![inner.config.token_issuer.clone()];
     let jwt_svid = match inner.jwt_svid(&caller.workload, entry, &issuer).await {
         Ok(t) => t,
-        Err(e @ (JwtError::TooManyProcesses | JwtError::TooManyJtis)) => {
-            return error(StatusCode::FORBIDDEN, "access_denied", e.to_string());
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable",
-                "could not obtain a JWT-SVID from the server",
-            );
-        }
+        Err(e) => return refused(Refusal::jwt(e, &entry.id)),
     };
     match inner
         .upstream

@@ -19,7 +19,6 @@ use tonic::{Request, Response, Status};
 use crate::agent::{Caller, Inner, Refusal};
 use crate::error::AgentError;
 use crate::peer::PeerInfo;
-use crate::procs::JwtError;
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::proto::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -31,8 +30,6 @@ use crate::state::Snapshot;
 /// The metadata every Workload API call must carry (it shows the call was not made by a
 /// browser or a proxy tricked into reaching the socket).
 const SECURITY_HEADER: &str = "workload.spiffe.io";
-/// What a refused caller is told, whatever the reason.
-const DENIED: &str = "no identity issued";
 
 type Pushes<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -66,17 +63,6 @@ fn require_security_header(req: Request<()>) -> Result<Request<()>, Status> {
         _ => Err(Status::invalid_argument(
             "security header missing from request",
         )),
-    }
-}
-
-impl Refusal {
-    fn status(&self) -> Status {
-        match self {
-            Refusal::NotReady => {
-                Status::unavailable("the agent has not synced with its server yet")
-            }
-            Refusal::Denied => Status::permission_denied(DENIED),
-        }
     }
 }
 
@@ -143,7 +129,7 @@ fn pushes<T: Send + 'static>(
                         Ok(caller) => caller,
                         Err(refusal) => {
                             st.done = true;
-                            return Some((Err(refusal.status()), st));
+                            return Some((Err(refusal.grpc()), st));
                         }
                     }
                 }
@@ -242,7 +228,7 @@ impl WorkloadApi {
             .inner
             .attest_with(&peer, snapshot)
             .await
-            .map_err(|r| r.status())?;
+            .map_err(|r| r.grpc())?;
         Ok(Response::new(pushes(
             self.inner.clone(),
             peer,
@@ -290,7 +276,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let caller = self.inner.attest(&peer).await.map_err(|r| r.status())?;
+        let caller = self.inner.attest(&peer).await.map_err(|r| r.grpc())?;
         let entries: Vec<_> = caller
             .entries
             .iter()
@@ -298,7 +284,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .collect();
         if entries.is_empty() {
             // Asked for an identity it does not have: the same answer as having none.
-            return Err(Status::permission_denied(DENIED));
+            return Err(Refusal::Denied.grpc());
         }
         let mut svids = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -314,18 +300,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     tracing::info!(entry = %entry.id, "the server's policy refused a JWT-SVID");
                     continue;
                 }
-                Err(e) => {
-                    return Err(match e {
-                        JwtError::TooManyProcesses | JwtError::TooManyJtis => {
-                            Status::resource_exhausted(e.to_string())
-                        }
-                        JwtError::Upstream(e) => {
-                            tracing::warn!(error = %e, entry = %entry.id, "minting a JWT-SVID failed");
-                            Status::unavailable("could not obtain a JWT-SVID from the server")
-                        }
-                        JwtError::Poisoned => Status::internal(e.to_string()),
-                    });
-                }
+                Err(e) => return Err(Refusal::jwt(e, &entry.id).grpc()),
             };
             svids.push(Jwtsvid {
                 spiffe_id: entry.spiffe_id.clone(),
@@ -351,12 +326,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if req.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        let caller = self.inner.attest(&peer).await.map_err(|r| r.status())?;
+        let caller = self.inner.attest(&peer).await.map_err(|r| r.grpc())?;
         let bundle = caller
             .snapshot
             .bundle
             .as_ref()
-            .ok_or_else(|| Refusal::NotReady.status())?;
+            .ok_or_else(|| Refusal::NotReady.grpc())?;
         let leeway = i64::try_from(self.inner.config.jwt_leeway.as_secs()).unwrap_or(0);
         let (spiffe_id, claims) = crate::jwt::validate(bundle, &req.svid, &req.audience, leeway)
             .map_err(|reason| {

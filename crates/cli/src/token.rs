@@ -51,7 +51,7 @@ pub async fn inspect(
     };
     let http = http()?;
     let md = discover(&http, issuer).await?;
-    let keys = fetch_keys(&http, &md).await?;
+    let keys = fetch_keys(&md).await?;
     let claims = verify_access_token(&keys, &token, &md.issuer, audience)?;
     println!("{}", serde_json::to_string_pretty(&claims)?);
     let exp = claims

@@ -165,7 +165,8 @@ impl Proxy {
         let inner = Inner {
             router: Router::new(routes),
             keys: KeyRing::default(),
-            verifier: Verifier::new(issuer.clone()),
+            verifier: Verifier::new(issuer.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?,
             revocation: Revocation::new(issuer, o.client_id, o.signer, o.config.revocation_cache),
             client,
             audit: AuditQueue::new(o.audit),
@@ -180,7 +181,7 @@ impl Proxy {
         let proxy = Proxy(Arc::new(inner));
         proxy.reload().await?;
         // Warm the JWKS cache; failure is not fatal (the issuer may start later).
-        let _ = proxy.0.verifier.refresh(u64::MAX).await;
+        proxy.0.verifier.warm(proxy.0.clock.now()).await;
         let weak = Arc::downgrade(&proxy.0);
         let every = proxy.0.reload_interval;
         tokio::spawn(async move {

@@ -1,9 +1,13 @@
 //! The client registry: clients from the config file plus those added at run time to the store.
 //! Lookups are in memory; the store part is reloaded periodically and, rate-limited, on a miss.
+//! A `jwks_uri` client's keys are held by the one JWKS key source
+//! ([`mayfly_client::keysource`]) under [`KEY_OPTIONS`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use mayfly_client::keysource::{KeyLocation, KeySource, KeySourceOptions, TtlRule};
 use mayfly_config::{ClientConfig, JwksSource};
 use mayfly_crypto::VerifyingKeys;
 use mayfly_store::{Store, StoredClient};
@@ -19,10 +23,39 @@ pub struct ClientError {
     pub problem: String,
 }
 
+/// How a `jwks_uri` client's keys are kept: refetched every 5 minutes whatever `Cache-Control`
+/// says (and 5 minutes after a failure), on an unknown `kid` at most every 30 s, no redirects,
+/// 10 s, 256 KiB.
+pub const KEY_OPTIONS: KeySourceOptions = KeySourceOptions {
+    ttl: TtlRule {
+        default: 300,
+        min: 300,
+        max: 300,
+    },
+    unknown_kid_interval: 30,
+    interval_from_any_fetch: false,
+    retry_after_error: 300,
+    max_redirects: 0,
+    max_bytes: 256 * 1024,
+    timeout: Duration::from_secs(10),
+};
+
+/// The key source of a `jwks_uri` client.
+fn uri_source(id: &str, url: &url::Url) -> Result<KeySource, String> {
+    KeySource::new(id, KeyLocation::JwkSet(url.clone()), KEY_OPTIONS).map_err(|e| e.to_string())
+}
+
+/// A JWK Set as verifying keys, or why not.
+fn parse_keys(set: &serde_json::Value) -> Result<Arc<VerifyingKeys>, String> {
+    VerifyingKeys::from_jwks(set)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
 /// The one place a registration becomes an engine client: keys verified usable, lifetime capped.
 fn build(
     id: &str,
-    set: Result<serde_json::Value, String>,
+    keys: Result<Arc<VerifyingKeys>, String>,
     audiences: &[String],
     scopes: &[String],
     max_ttl: Option<i64>,
@@ -39,10 +72,10 @@ fn build(
             mayfly_config::CLIENT_ID_FIX
         )));
     }
-    let keys = VerifyingKeys::from_jwks(&set.map_err(err)?).map_err(|e| err(e.to_string()))?;
+    let keys = keys.map_err(err)?;
     Ok(Client {
         id: id.to_string(),
-        keys: Arc::new(keys),
+        keys,
         audiences: audiences.to_vec(),
         scopes: scopes.to_vec(),
         max_ttl: max_ttl.map_or(global_max_ttl, |t| t.min(global_max_ttl)),
@@ -54,20 +87,32 @@ pub async fn client_from_config(
     c: &ClientConfig,
     global_max_ttl: i64,
 ) -> Result<Client, ClientError> {
-    let set = match &c.jwks {
-        JwksSource::Static(v) => Ok(v.clone()),
-        JwksSource::Uri(url) => fetch_jwks(url).await,
+    let keys = match &c.jwks {
+        JwksSource::Static(v) => parse_keys(v),
+        JwksSource::Uri(url) => match uri_source(&c.id, url) {
+            Ok(source) => source.fetch_now(0).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        },
     };
     let max_ttl = c.max_ttl.map(|t| t.as_secs() as i64);
-    build(&c.id, set, &c.audiences, &c.scopes, max_ttl, global_max_ttl)
+    build(
+        &c.id,
+        keys,
+        &c.audiences,
+        &c.scopes,
+        max_ttl,
+        global_max_ttl,
+    )
 }
 
 /// Build an engine client from a stored (run-time) registration.
 pub fn client_from_stored(c: &StoredClient, global_max_ttl: i64) -> Result<Client, ClientError> {
-    let set = serde_json::from_str(&c.jwks).map_err(|e| e.to_string());
+    let keys = serde_json::from_str(&c.jwks)
+        .map_err(|e| e.to_string())
+        .and_then(|v| parse_keys(&v));
     build(
         &c.id,
-        set,
+        keys,
         &c.audiences,
         &c.scopes,
         c.max_ttl,
@@ -75,34 +120,12 @@ pub fn client_from_stored(c: &StoredClient, global_max_ttl: i64) -> Result<Clien
     )
 }
 
-async fn fetch_jwks(url: &url::Url) -> Result<serde_json::Value, String> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
-    }
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-    if bytes.len() > 256 * 1024 {
-        return Err(format!("{url} returned more than 256 KiB"));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not a JWK Set: {e}"))
-}
-
 /// All clients, by id.
 #[derive(Debug)]
 pub(crate) struct Registry {
     from_config: RwLock<HashMap<String, Arc<Client>>>,
-    /// Config clients whose keys live at a `jwks_uri`: their config, and when we last fetched
-    /// (on schedule, on an unknown kid).
-    uri_sources: HashMap<String, (ClientConfig, std::sync::Mutex<(i64, i64)>)>,
+    /// The key sources of config clients whose keys live at a `jwks_uri`.
+    uri_sources: HashMap<String, KeySource>,
     from_store: RwLock<HashMap<String, Arc<Client>>>,
     last_miss_reload: std::sync::Mutex<i64>,
     max_ttl: i64,
@@ -118,12 +141,16 @@ impl Registry {
                     .collect(),
             ),
             uri_sources: uri_sources
-                .into_iter()
-                .map(|c| {
-                    (
-                        c.id.clone(),
-                        (c, std::sync::Mutex::new((i64::MIN / 2, i64::MIN / 2))),
-                    )
+                .iter()
+                .filter_map(|c| match &c.jwks {
+                    JwksSource::Uri(url) => match uri_source(&c.id, url) {
+                        Ok(s) => Some((c.id.clone(), s)),
+                        Err(e) => {
+                            tracing::warn!(client = %c.id, error = %e, "cannot set up the client's jwks_uri; its start-up keys stay");
+                            None
+                        }
+                    },
+                    JwksSource::Static(_) => None,
                 })
                 .collect(),
             from_store: RwLock::new(HashMap::new()),
@@ -160,26 +187,29 @@ impl Registry {
     /// every 30 s, the schedule every 5 minutes; either way a fetch resets the schedule.
     /// Returns whether new keys were installed. A failed fetch keeps the old keys.
     pub(crate) async fn refresh_uri(&self, id: &str, now: i64, on_miss: bool) -> bool {
-        let Some((cfg, last)) = self.uri_sources.get(id) else {
+        let Some(source) = self.uri_sources.get(id) else {
             return false;
         };
-        match last.lock() {
-            Ok(mut l) if on_miss && now - l.1 >= 30 => *l = (now, now),
-            Ok(mut l) if !on_miss && now - l.0 >= 300 => l.0 = now,
-            _ => return false,
-        }
-        match client_from_config(cfg, self.max_ttl).await {
-            Ok(c) => {
-                if let Ok(mut m) = self.from_config.write() {
-                    m.insert(id.to_string(), Arc::new(c));
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(client = %id, error = %e, "cannot refresh the client's jwks_uri; keeping its previous keys");
-                false
-            }
-        }
+        let fresh = if on_miss {
+            source.refresh_unknown_kid(now, source.generation()).await
+        } else {
+            source.refresh_if_stale(now).await
+        };
+        let (Some(keys), true) = (source.current(), fresh) else {
+            return false;
+        };
+        let Ok(mut m) = self.from_config.write() else {
+            return false;
+        };
+        let Some(old) = m.get(id) else {
+            return false;
+        };
+        let client = Client {
+            keys,
+            ..Client::clone(old)
+        };
+        m.insert(id.to_string(), Arc::new(client));
+        true
     }
 
     /// Refresh every `jwks_uri` client that is due.

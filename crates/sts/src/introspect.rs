@@ -1,8 +1,7 @@
 //! Check one of our own access tokens (for introspection and revocation).
 
-use jsonwebtoken::Algorithm;
+use mayfly_client::access::{AccessClaims, Expect, TimeRule, verify};
 use mayfly_crypto::VerifyingKeys;
-use mayfly_proto::ACCESS_TOKEN_TYP;
 use serde::{Deserialize, Serialize};
 
 use crate::Settings;
@@ -32,24 +31,43 @@ pub struct AccessTokenClaims {
     pub act: Option<serde_json::Value>,
 }
 
+impl AccessClaims for AccessTokenClaims {
+    fn issuer(&self) -> Option<&str> {
+        Some(&self.iss)
+    }
+    fn has_audience(&self, audience: &str) -> bool {
+        self.aud == audience
+    }
+    fn expires_at(&self) -> Option<i64> {
+        Some(self.exp)
+    }
+    fn not_before(&self) -> Option<i64> {
+        None
+    }
+    fn issued_at(&self) -> Option<i64> {
+        Some(self.iat)
+    }
+}
+
 /// Verify that `token` is a live access token we issued: our signature (`keys` = our published
-/// keys), `typ: at+jwt`, our issuer, not expired at `now`. Anything else yields `None`
-/// (introspection answers `active: false` without saying why). Revocation is the caller's check.
+/// keys), `typ: at+jwt`, our issuer, not expired at `now` (no skew: our own clock minted it).
+/// Anything else yields `None` (introspection answers `active: false` without saying why).
+/// Revocation is the caller's check. The checks are the one access-token verifier's
+/// ([`mayfly_client::access`]).
 pub fn check_access_token(
     settings: &Settings,
     keys: &VerifyingKeys,
     token: &str,
     now: i64,
 ) -> Option<AccessTokenClaims> {
-    let verified = keys
-        .verify::<AccessTokenClaims>(token, &[Algorithm::EdDSA, Algorithm::ES256])
-        .ok()?;
-    if verified.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
-        return None;
-    }
-    let claims = verified.claims;
-    if claims.iss != settings.issuer || claims.exp <= now {
-        return None;
-    }
-    Some(claims)
+    let expect = Expect {
+        issuer: &settings.issuer,
+        audience: None,
+        time: Some(TimeRule {
+            now,
+            skew: 0,
+            not_before: false,
+        }),
+    };
+    verify::<AccessTokenClaims>(keys, token, &expect).ok()
 }
