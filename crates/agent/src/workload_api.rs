@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::agent::{Caller, Inner, Refusal};
 use crate::error::AgentError;
 use crate::peer::PeerInfo;
+use crate::procs::JwtError;
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::proto::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -158,7 +159,7 @@ fn x509_svids(caller: &Caller) -> Built<X509svidResponse> {
         .iter()
         .all(|e| snapshot.denied.contains(&e.id) && !snapshot.svids.contains_key(&e.id))
     {
-        return Err(Status::permission_denied(DENIED));
+        return Err(Refusal::Denied.grpc());
     }
     let Some(bundle) = caller.snapshot.bundle.as_ref() else {
         return Ok(None);
@@ -309,7 +310,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             });
         }
         if svids.is_empty() {
-            return Err(Status::permission_denied(DENIED));
+            return Err(Refusal::Denied.grpc());
         }
         Ok(Response::new(JwtsvidResponse { svids }))
     }
