@@ -281,8 +281,9 @@ enum TokenCmd {
         /// TOML config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The token's `jti` (from the audit log or `mayfly token inspect`).
-        #[arg(long)]
+        /// The token's `jti` (from the audit log or `mayfly token inspect`). A jti may begin
+        /// with `-` (base64url), so the value is taken as it is.
+        #[arg(long, allow_hyphen_values = true)]
         jti: String,
     },
 }
@@ -416,5 +417,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Migrate { config } => transfer::migrate(config).await,
         Cmd::Export { config, out } => transfer::export(config, &out).await,
         Cmd::Import { config, input } => transfer::import(config, &input).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A jti is base64url and may begin with `-`: it is a value, not a flag.
+    #[test]
+    fn a_jti_beginning_with_a_hyphen_is_a_value() {
+        let cli = Cli::try_parse_from(["mayfly", "token", "revoke", "--jti", "-Ab_9"]).unwrap();
+        match cli.cmd {
+            Cmd::Token {
+                cmd: TokenCmd::Revoke { jti, .. },
+            } => assert_eq!(jti, "-Ab_9"),
+            _ => panic!("not token revoke"),
+        }
     }
 }

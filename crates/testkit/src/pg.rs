@@ -119,12 +119,31 @@ impl Drop for TestDb {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a listener a test configures by number.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), and never the same twice
+/// in one process: a port handed out by binding to port 0 could be handed to another socket
+/// (an outgoing connection, another test's listener) before the server under test binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test binary starts at its own offset, so two binaries running at once rarely meet.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1_000) as u16 * 10,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let mut port = NEXT.fetch_add(1, Ordering::Relaxed);
+        if !(20_000..32_000).contains(&port) {
+            NEXT.store(20_001, Ordering::Relaxed);
+            port = 20_000;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[cfg(test)]
