@@ -250,17 +250,29 @@ impl App {
     /// Rebuild the policy set now (SIGHUP). Returns whether a new set is in force; an invalid
     /// one is refused and the previous set stays. Either way it is a `policy_change` event.
     pub async fn reload_policy(&self) -> bool {
-        let entries = self.entry_grants().await;
-        let r = self.policies().reload(self.client_grants(), entries, true);
+        let r = self.rebuild_policies(true).await;
         self.audit_policy_reload(r).await
     }
 
     /// Rebuild the policy set if the clients, the entries or the directory changed (audited
     /// likewise).
     pub(crate) async fn reload_policy_if_changed(&self) -> bool {
-        let entries = self.entry_grants().await;
-        let r = self.policies().reload(self.client_grants(), entries, false);
+        let r = self.rebuild_policies(false).await;
         self.audit_policy_reload(r).await
+    }
+
+    /// Read the inputs and rebuild the set. Building compiles and validates every policy (seconds
+    /// for thousands of entries), so it runs on a blocking thread, not on a request's worker.
+    async fn rebuild_policies(&self, force: bool) -> crate::policy::Reload {
+        let entries = self.entry_grants().await;
+        let clients = self.client_grants();
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.policies().reload(clients, entries, force))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the policy rebuild stopped; the set in force stays");
+                crate::policy::Reload::Unchanged
+            })
     }
 
     /// The registration entries as policy inputs, read from the store (entries are added at
