@@ -10,6 +10,7 @@ mod audit;
 mod clients;
 mod debt;
 mod keys;
+mod lifecycle;
 mod revocation;
 mod spiffe;
 mod transfer;
@@ -24,6 +25,10 @@ pub use debt::{
     key_fingerprint, last_day, parse_fingerprint, short_fingerprint, utc_date,
 };
 pub use keys::StoredKey;
+pub use lifecycle::{
+    CiRun, CiSelector, Lease, LeaseEnd, LeaseKind, LeaseLink, LeaseRenewal, NewLease,
+    RevokeSelector, StatusBlock, StatusSlot,
+};
 pub use revocation::IssuedToken;
 pub use spiffe::{
     AuthorityKind, JoinTokenOutcome, OwnRevocation, StoredAgent, StoredAuthority, StoredEntry,
@@ -138,6 +143,11 @@ fn migrator(backend: Backend) -> Migrator {
             6,
             "token parents",
             include_str!("../migrations/0006_token_parents.sql"),
+        ),
+        m(
+            7,
+            "lifecycle",
+            include_str!("../migrations/0007_lifecycle.sql"),
         ),
     ])
 }

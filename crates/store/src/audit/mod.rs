@@ -60,6 +60,11 @@ pub struct Pending {
     /// and actor): remember the links so that revoking any of them revokes it. If one is
     /// already revoked when this commits, the token is revoked at once.
     pub parents: Vec<String>,
+    /// The issued token's (the event's `jti`) status-list slot: recorded in the registry of
+    /// issued tokens, so that revoking it sets its bit.
+    pub status: Option<crate::StatusSlot>,
+    /// The lease the issued token lives under (opened with it, or existing).
+    pub lease: Option<crate::LeaseLink>,
 }
 
 impl Pending {
@@ -73,6 +78,8 @@ impl Pending {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         }
     }
 
