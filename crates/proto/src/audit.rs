@@ -33,6 +33,9 @@ pub enum EventKind {
     /// A proxy route's policy file changed: the new policy took effect (allow), or was refused
     /// and the one in force stayed (deny).
     PolicyChange,
+    /// A lease ended (explicitly, its heartbeat stopped, its CI job completed, or an operator
+    /// ended it); the event lists what its end revoked.
+    LeaseEnd,
 }
 
 impl EventKind {
@@ -53,6 +56,7 @@ impl EventKind {
             Self::ProxyCall => "proxy_call",
             Self::DebtChange => "debt_change",
             Self::PolicyChange => "policy_change",
+            Self::LeaseEnd => "lease_end",
         }
     }
 }
@@ -130,7 +134,20 @@ pub struct AuditEvent {
     /// Proxy: time from the request to the upstream's response headers, in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
+    /// The lease an issued token lives under, or the lease that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// The jtis a revocation revoked (a lease's end, an operator's revocation), at most
+    /// [`MAX_REVOKED_LISTED`]; `revoked_count` has the full number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+    /// How many tokens a revocation revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_count: Option<u64>,
 }
+
+/// The most jtis one audit event lists as revoked (the count is always exact).
+pub const MAX_REVOKED_LISTED: usize = 1000;
 
 impl AuditEvent {
     /// A new event of `kind` at `ts` with everything else empty.
@@ -157,6 +174,9 @@ impl AuditEvent {
             route: None,
             status: None,
             latency_us: None,
+            lease: None,
+            revoked: Vec::new(),
+            revoked_count: None,
         }
     }
 }
