@@ -71,6 +71,8 @@ async fn audit_chain_replay_and_revocation(db: Db) {
                 revoke: None,
                 link_svid: None,
                 parents: Vec::new(),
+                status: None,
+                lease: None,
             };
             log.commit(p).await.unwrap()
         }));
@@ -104,6 +106,8 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     })
     .await
     .unwrap();
@@ -123,6 +127,8 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         revoke: None,
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     };
     assert!(matches!(
         log.commit(subject("k8s", "s1", None)).await.unwrap(),
@@ -155,6 +161,8 @@ async fn audit_chain_replay_and_revocation(db: Db) {
         revoke: None,
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     };
     assert!(matches!(
         log.commit(actor("k8s", "a1")).await.unwrap(),
@@ -201,6 +209,8 @@ async fn replay_window_survives_restart(db: Db) {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         }
     };
     let first = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
@@ -256,6 +266,8 @@ async fn replay_window_survives_restart(db: Db) {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         }
     };
     let third = AuditLog::start(s.clone(), kek(), AuditSink::Off, window, clock());
@@ -355,6 +367,8 @@ async fn two_writers_interleave(db: Db) {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         };
         async move { log.commit(p).await.unwrap() }
     };

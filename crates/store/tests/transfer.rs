@@ -110,6 +110,8 @@ async fn populate(s: &Store) {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         };
         assert!(matches!(
             log.commit(p).await.unwrap(),
@@ -126,6 +128,8 @@ async fn populate(s: &Store) {
         revoke: Some(("t1".into(), "svc".into(), 5_000)),
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     })
     .await
     .unwrap();
@@ -137,6 +141,8 @@ async fn populate(s: &Store) {
         revoke: None,
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     })
     .await
     .unwrap();
@@ -641,6 +647,8 @@ async fn consumed_jtis_stay_consumed_after_a_move_to_postgres() {
         revoke: None,
         link_svid: None,
         parents: Vec::new(),
+        status: None,
+        lease: None,
     };
     for p in [
         recent(Some("a-old"), None, now - 10_000),
