@@ -13,6 +13,7 @@
 pub mod access;
 #[cfg(feature = "fetch")]
 pub mod keysource;
+pub mod status;
 
 #[cfg(feature = "fetch")]
 mod fetch;
