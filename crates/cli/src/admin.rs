@@ -341,28 +341,3 @@ pub async fn client_remove(config: Option<PathBuf>, id: &str) -> anyhow::Result<
     println!("removed client {id}");
     Ok(ExitCode::SUCCESS)
 }
-
-/// `mayfly token revoke --jti JTI`: through the audit committer, so the revocation (and the
-/// revocation of every token derived from it) commits with its event.
-pub async fn token_revoke(config: Option<PathBuf>, jti: &str) -> anyhow::Result<ExitCode> {
-    let ctx = Ctx::open(config).await?;
-    let Some(t) = ctx.store.issued_token(jti).await? else {
-        bail!("no token with jti `{jti}` was issued by this deployment (see `mayfly audit tail`)");
-    };
-    let mut e = AuditEvent::new(EventKind::Revoke, now(), Decision::Allow);
-    e.jti = Some(jti.to_string());
-    e.exp = Some(t.exp);
-    e.reason = Some("revoked_by_operator".into());
-    let audit = AuditLog::start(
-        ctx.store.clone(),
-        ctx.kek(false)?,
-        AuditSink::Off,
-        0,
-        Arc::new(SystemClock),
-    );
-    let mut p = Pending::event(e);
-    p.revoke = Some((jti.to_string(), t.owner, t.exp));
-    audit.commit(p).await?;
-    println!("revoked {jti} and the tokens derived from it");
-    Ok(ExitCode::SUCCESS)
-}

@@ -4,6 +4,7 @@
 mod admin;
 mod debt_cmd;
 mod keyfile;
+mod lease_cmd;
 mod policy_cmd;
 mod proxy_cmd;
 mod scan_cmd;
@@ -104,6 +105,11 @@ enum Cmd {
         cmd: Option<spiffe_cmd::AgentCmd>,
         #[command(flatten)]
         args: spiffe_cmd::AgentArgs,
+    },
+    /// Leases: the tokens under a lease live only as long as it does.
+    Lease {
+        #[command(subcommand)]
+        cmd: lease_cmd::LeaseCmd,
     },
     /// The trust domain's trust bundle.
     Bundle {
@@ -275,17 +281,11 @@ enum TokenCmd {
         #[arg(long)]
         audience: Option<String>,
     },
-    /// Revoke a token this deployment issued, by its jti, and every token derived from it
-    /// (operator action on the store; any client or workload).
-    Revoke {
-        /// TOML config file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The token's `jti` (from the audit log or `mayfly token inspect`). A jti may begin
-        /// with `-` (base64url), so the value is taken as it is.
-        #[arg(long, allow_hyphen_values = true)]
-        jti: String,
-    },
+    /// Revoke live tokens this deployment issued, and every token derived from them: by jti,
+    /// lease, identity, client or trusted issuer (all that are given must match), optionally
+    /// only those issued since a time. Operator action on the store (audited with your unix
+    /// user), or with --server through its admin endpoint.
+    Revoke(token::RevokeArgs),
 }
 
 /// The async runtime for this process. With one core to run on (a `taskset` or cpuset of one
@@ -411,8 +411,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 issuer,
                 audience,
             } => token::inspect(&token, &issuer, audience.as_deref()).await,
-            TokenCmd::Revoke { config, jti } => admin::token_revoke(config, &jti).await,
+            TokenCmd::Revoke(args) => token::revoke(args).await,
         },
+        Cmd::Lease { cmd } => lease_cmd::run(cmd).await,
         Cmd::Policy { cmd } => policy_cmd::run(cmd),
         Cmd::Migrate { config } => transfer::migrate(config).await,
         Cmd::Export { config, out } => transfer::export(config, &out).await,
@@ -430,9 +431,35 @@ mod tests {
         let cli = Cli::try_parse_from(["mayfly", "token", "revoke", "--jti", "-Ab_9"]).unwrap();
         match cli.cmd {
             Cmd::Token {
-                cmd: TokenCmd::Revoke { jti, .. },
-            } => assert_eq!(jti, "-Ab_9"),
+                cmd: TokenCmd::Revoke(a),
+            } => assert_eq!(a.jti.as_deref(), Some("-Ab_9")),
             _ => panic!("not token revoke"),
         }
+    }
+
+    /// A revocation names at least one selector; --server and --token-file go together.
+    #[test]
+    fn revoke_needs_a_selector_and_a_complete_server_pair() {
+        assert!(Cli::try_parse_from(["mayfly", "token", "revoke"]).is_err());
+        assert!(Cli::try_parse_from(["mayfly", "token", "revoke", "--since", "2h"]).is_err());
+        let cli = Cli::try_parse_from([
+            "mayfly", "token", "revoke", "--client", "c", "--issuer", "gh", "--since", "-2h",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Token {
+                cmd: TokenCmd::Revoke(a),
+            } => {
+                assert_eq!(a.client.as_deref(), Some("c"));
+                assert_eq!(a.since.as_deref(), Some("-2h"));
+            }
+            _ => panic!("not token revoke"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "mayfly", "token", "revoke", "--client", "c", "--server", "http://x"
+            ])
+            .is_err()
+        );
     }
 }

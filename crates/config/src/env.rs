@@ -12,6 +12,8 @@ const NOT_CONFIG: &[&str] = &[
     "MAYFLY_LOG",
     "MAYFLY_LOG_FORMAT",
     "MAYFLY_CONFIG",
+    crate::hooks::GITHUB_SECRET_ENV,
+    crate::hooks::GITLAB_SECRET_ENV,
 ];
 
 /// Known keys: (environment suffix, table, key).
@@ -57,6 +59,22 @@ pub(crate) const KEYS: &[(&str, Option<&str>, &str)] = &[
         "upstream_ca_cert",
     ),
     ("SPIFFE_UPSTREAM_CA_KEY", Some("spiffe"), "upstream_ca_key"),
+    (
+        "WEBHOOKS_GITHUB_SECRET_FILE",
+        Some("webhooks"),
+        "github_secret_file",
+    ),
+    (
+        "WEBHOOKS_GITLAB_SECRET_FILE",
+        Some("webhooks"),
+        "gitlab_secret_file",
+    ),
+    (
+        "WEBHOOKS_GITLAB_SIGNING_TOKEN_FILE",
+        Some("webhooks"),
+        "gitlab_signing_token_file",
+    ),
+    ("ADMIN_AUDIENCE", Some("admin"), "audience"),
     (
         "SPIFFE_SERVER_DNS_NAMES",
         Some("spiffe"),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod hooks;
 #[cfg(test)]
 mod keys;
 mod node;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use hooks::{AdminConfig, GITHUB_SECRET_ENV, GITLAB_SECRET_ENV, WebhooksConfig};
 pub use node::NodeAttestationConfig;
 pub use proxy::{Inject, ProxyConfig, RouteConfig, RouteMatch};
 pub use raw::AuditOutput;
@@ -242,6 +244,10 @@ pub struct Config {
     pub spiffe: SpiffeConfig,
     /// `[proxy]`: the legacy translation proxy (`mayfly proxy`).
     pub proxy: ProxyConfig,
+    /// `[webhooks]`: the CI platforms' job-end notices.
+    pub webhooks: WebhooksConfig,
+    /// `[admin]`: the operator endpoints.
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -292,7 +298,7 @@ impl Config {
                 "remove or correct the key; `conf/mayfly.full.toml` lists every key",
             )
         })?;
-        raw.validate(source_name, base)
+        raw.validate(source_name, base, env)
     }
 
     /// The `[tokens]` lifetime cap for a client: the smaller of its own cap and the global one.

@@ -38,6 +38,10 @@ pub(crate) struct RawConfig {
     node_attestation: Vec<crate::node::RawNodeAttestation>,
     #[serde(default)]
     proxy: crate::proxy::RawProxy,
+    #[serde(default)]
+    webhooks: crate::hooks::RawWebhooks,
+    #[serde(default)]
+    admin: crate::hooks::RawAdmin,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -251,7 +255,12 @@ pub(crate) fn duration(
 const MAX_TTL_CAP: Duration = Duration::from_secs(24 * 3600);
 
 impl RawConfig {
-    pub(crate) fn validate(self, src: &str, base: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn validate(
+        self,
+        src: &str,
+        base: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let listen = listen_text.parse().map_err(|_| {
             ConfigError::new(
@@ -323,10 +332,14 @@ impl RawConfig {
         let proxy = self.proxy.validate(src, base)?;
         let issuers = validate_issuers(self.issuers, src, base, &trust_domain, max_ttl)?;
         let node_attestation = crate::node::validate(self.node_attestation, src, &issuers)?;
+        let webhooks = self.webhooks.validate(src, base, env)?;
+        let admin = self.admin.validate(src)?;
 
         Ok(Config {
             spiffe,
             proxy,
+            webhooks,
+            admin,
             trust_domain,
             policy_dir,
             issuers,

@@ -18,6 +18,7 @@ mod metadata;
 pub mod path;
 pub mod spiffe;
 pub mod spiffe_id;
+pub mod webhook;
 
 pub use audit::{AuditEvent, Decision, EventKind};
 pub use authz::{ACTION_TOKEN, Authorizer, AuthzDecision, AuthzQuery, Principal, PrincipalKind};

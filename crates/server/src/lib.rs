@@ -7,6 +7,7 @@
 //! [`error::denial_response`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod clients;
 pub mod error;
 mod handlers;
@@ -18,6 +19,7 @@ mod ports;
 mod reply;
 pub mod spiffe;
 mod state;
+mod webhooks;
 
 pub use clients::{ClientError, client_from_config, client_from_stored};
 pub use state::{App, AppOptions, StartError};
@@ -59,6 +61,11 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        // CI job end and operator revocation.
+        .route("/webhooks/github", post(webhooks::github))
+        .route("/webhooks/gitlab", post(webhooks::gitlab))
+        .route("/admin/v1/revocations", post(admin::revocations))
+        .route("/admin/v1/leases/end", post(admin::end_leases))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
