@@ -53,7 +53,9 @@ struct Repository {
 struct WorkflowJob {
     id: u64,
     run_id: u64,
-    run_attempt: u64,
+    /// Absent from older payloads: then every attempt's leases of the job end (job ids are
+    /// unique across attempts anyway).
+    run_attempt: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -66,7 +68,7 @@ struct JobEvent {
 #[derive(Deserialize)]
 struct WorkflowRun {
     id: u64,
-    run_attempt: u64,
+    run_attempt: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -96,7 +98,7 @@ pub fn github(event: &str, body: &[u8]) -> Result<Notice, PayloadError> {
                 provider: "github",
                 project: name("repository.full_name", e.repository.full_name)?,
                 run: e.workflow_job.run_id.to_string(),
-                attempt: Some(e.workflow_job.run_attempt.to_string()),
+                attempt: e.workflow_job.run_attempt.map(|a| a.to_string()),
                 job: Some(e.workflow_job.id.to_string()),
             }))
         }
@@ -110,7 +112,7 @@ pub fn github(event: &str, body: &[u8]) -> Result<Notice, PayloadError> {
                 provider: "github",
                 project: name("repository.full_name", e.repository.full_name)?,
                 run: e.workflow_run.id.to_string(),
-                attempt: Some(e.workflow_run.run_attempt.to_string()),
+                attempt: e.workflow_run.run_attempt.map(|a| a.to_string()),
                 job: None,
             }))
         }
