@@ -18,7 +18,7 @@ CREATE TABLE issued_tokens (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX issued_tokens_expires ON issued_tokens (expires_at);
-CREATE INDEX issued_tokens_lease ON issued_tokens (lease_id);
+CREATE INDEX issued_tokens_lease ON issued_tokens (lease_id) WHERE lease_id IS NOT NULL;
 CREATE INDEX issued_tokens_client ON issued_tokens (client_id);
 CREATE INDEX issued_tokens_identity ON issued_tokens (identity);
 -- No index on (list_id, idx): a list's revoked bits are found from the revocations, which

@@ -104,12 +104,15 @@ pub(super) async fn record_issued(
     backend: Backend,
     items: &[&Pending],
 ) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
     for p in items {
+        // Only a token actually issued opens its lease.
+        let Some(row) = issued_row(p) else { continue };
         if let Some(LeaseLink::Open(l)) = &p.lease {
             open_lease(tx, l, p.event.ts).await?;
         }
+        rows.push(row);
     }
-    let rows: Vec<IssuedRow> = items.iter().filter_map(|p| issued_row(p)).collect();
     for chunk in statement_chunks(&rows) {
         let sql = values_sql(
             backend,
