@@ -1,6 +1,7 @@
 //! Storage for mayfly on SQLite (embedded default, WAL) or PostgreSQL, through one portable
 //! schema and sqlx's `Any` driver: signing keys (encrypted), the replay cache, revocations,
-//! run-time clients and the hash-chained audit log with group commit.
+//! run-time clients, the hash-chained audit log with group commit, and the lifecycle of issued
+//! credentials (their registry, leases, status-list slots and revoked bits).
 //!
 //! Not here: deciding anything. The engine decides; this crate remembers.
 #![forbid(unsafe_code)]

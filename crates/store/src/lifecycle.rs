@@ -156,6 +156,29 @@ pub struct LeaseEnd {
     pub already_ended: bool,
 }
 
+impl LeaseEnd {
+    /// The one `lease_end` audit event of this end at `ts`: the lease, its reason, its owner
+    /// and client, and the jtis revoked (listed up to [`mayfly_proto::audit::MAX_REVOKED_LISTED`],
+    /// counted in full).
+    pub fn audit_event(&self, ts: i64) -> mayfly_proto::AuditEvent {
+        use mayfly_proto::audit::MAX_REVOKED_LISTED;
+        use mayfly_proto::{AuditEvent, Decision, EventKind};
+        let mut e = AuditEvent::new(EventKind::LeaseEnd, ts, Decision::Allow);
+        e.lease = Some(self.lease.id.clone());
+        e.reason = self.lease.end_reason.clone();
+        e.client = Some(self.lease.client_id.clone());
+        e.identity = Some(self.lease.owner.clone());
+        e.revoked = self
+            .revoked
+            .iter()
+            .take(MAX_REVOKED_LISTED)
+            .cloned()
+            .collect();
+        e.revoked_count = Some(self.revoked.len() as u64);
+        e
+    }
+}
+
 /// Which CI leases a job-end notice ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CiSelector {
@@ -697,4 +720,41 @@ pub(crate) async fn bump_last_exp(
         .await
         .map_err(db("keep status list's last exp"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event of a lease end names the lease and reason, and lists at most 1,000 jtis while
+    /// counting them all.
+    #[test]
+    fn lease_end_event_caps_the_list_not_the_count() {
+        let lease = Lease {
+            id: "L".into(),
+            kind: LeaseKind::Grant,
+            owner: "spiffe://x/a".into(),
+            client_id: "c".into(),
+            grace: Some(30),
+            heartbeat_at: 1,
+            created_at: 1,
+            expires_at: 10,
+            ended_at: Some(5),
+            end_reason: Some("heartbeat".into()),
+            ci: None,
+        };
+        let end = LeaseEnd {
+            lease,
+            revoked: (0..1500).map(|i| format!("j{i}")).collect(),
+            already_ended: false,
+        };
+        let e = end.audit_event(5);
+        assert_eq!(e.kind, mayfly_proto::EventKind::LeaseEnd);
+        assert_eq!(e.lease.as_deref(), Some("L"));
+        assert_eq!(e.reason.as_deref(), Some("heartbeat"));
+        assert_eq!(e.revoked.len(), 1000);
+        assert_eq!(e.revoked[999], "j999");
+        assert_eq!(e.revoked_count, Some(1500));
+        assert_eq!(e.identity.as_deref(), Some("spiffe://x/a"));
+    }
 }
