@@ -179,3 +179,28 @@ pub(crate) async fn get_list(State(app): State<App>, Path(list): Path<String>) -
     );
     r
 }
+
+/// Most lists the aggregation endpoint names (lists are 2^20 tokens each by default).
+const MAX_AGGREGATED: i64 = 4096;
+
+/// `GET /statuslists`: the status list aggregation (draft-ietf-oauth-status-list), the URIs of
+/// every list, oldest first.
+pub(crate) async fn aggregation(State(app): State<App>) -> Response {
+    let mut uris = Vec::new();
+    for list in 1..=MAX_AGGREGATED {
+        match app.store().status_list_size(list).await {
+            Ok(Some(_)) => uris.push(mayfly_sts::lease::status_list_uri(app.issuer(), list)),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the status lists");
+                return crate::error::denial_response(&mayfly_sts::Denial::Unavailable);
+            }
+        }
+    }
+    let mut r = axum::Json(serde_json::json!({ "status_lists": uris })).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    r
+}
