@@ -161,7 +161,11 @@ async fn end_local(
     let ended: Vec<_> = ends.iter().filter(|e| !e.already_ended).collect();
     let events = ended
         .iter()
-        .map(|e| mayfly_server::admin::lease_end_event(e, Some(&actor), now))
+        .map(|e| {
+            let mut ev = e.audit_event(now);
+            ev.actor = Some(actor.clone());
+            ev
+        })
         .collect();
     ctx.record(kek, events).await?;
     let revoked: usize = ended.iter().map(|e| e.revoked.len()).sum();

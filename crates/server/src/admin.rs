@@ -100,14 +100,6 @@ impl AdminRefusal {
     }
 }
 
-/// The bearer token of an `Authorization` header (scheme case-insensitive, RFC 6750 §2.1).
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 /// The audience an operator's token must carry.
 fn admin_audience(app: &App) -> String {
     app.config()
@@ -119,7 +111,7 @@ fn admin_audience(app: &App) -> String {
 
 /// Check the operator's token: ours, live, not revoked, for the admin audience, with the scope.
 async fn operator(app: &App, headers: &HeaderMap) -> Result<AccessTokenClaims, AdminRefusal> {
-    let token = bearer(headers).ok_or(AdminRefusal::NoToken)?;
+    let token = crate::leases::bearer(headers).ok_or(AdminRefusal::NoToken)?;
     let now = app.clock().now();
     let keys = app.keys();
     let claims = mayfly_sts::check_access_token(app.settings(), &keys.verifying, token, now)
@@ -242,25 +234,6 @@ pub fn revoke_event(sel: &RevokeSelector, revoked: &[String], actor: &str, now: 
     e
 }
 
-/// The one audit event of a lease's end: the lease, why it ended, who ended it (if a person
-/// did), and what its end revoked.
-pub fn lease_end_event(end: &LeaseEnd, actor: Option<&str>, now: i64) -> AuditEvent {
-    let mut e = AuditEvent::new(EventKind::LeaseEnd, now, Decision::Allow);
-    e.lease = Some(end.lease.id.clone());
-    e.client = Some(end.lease.client_id.clone());
-    e.identity = Some(end.lease.owner.clone());
-    e.reason = end.lease.end_reason.clone();
-    e.actor = actor.map(str::to_string);
-    e.revoked = end
-        .revoked
-        .iter()
-        .take(MAX_REVOKED_LISTED)
-        .cloned()
-        .collect();
-    e.revoked_count = Some(end.revoked.len() as u64);
-    e
-}
-
 /// Audit and count leases that ended (those that had already ended are skipped); returns the
 /// number of leases ended and of tokens revoked. `path` labels the revocation metric.
 pub(crate) async fn record_lease_ends(
@@ -272,9 +245,9 @@ pub(crate) async fn record_lease_ends(
     let now = app.clock().now();
     let (mut leases, mut tokens) = (0, 0);
     for end in ends.iter().filter(|e| !e.already_ended) {
-        app.audit()
-            .commit(Pending::event(lease_end_event(end, actor, now)))
-            .await?;
+        let mut e = end.audit_event(now);
+        e.actor = actor.map(str::to_string);
+        app.audit().commit(Pending::event(e)).await?;
         let reason = end.lease.end_reason.clone().unwrap_or_default();
         metrics::counter!("mayfly_leases_ended_total", "reason" => reason).increment(1);
         metrics::counter!("mayfly_revocations_total", "path" => path)
@@ -418,19 +391,6 @@ mod tests {
         assert_eq!(rfc3339("2026-12-01T02:00:00+02:00"), Some(1_796_083_200));
         assert_eq!(rfc3339("2026-11-30T22:00:00-02:00"), Some(1_796_083_200));
         assert_eq!(rfc3339("yesterday"), None);
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_case_insensitively() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
     }
 
     #[test]

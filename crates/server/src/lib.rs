@@ -13,12 +13,14 @@ pub mod error;
 mod handlers;
 pub mod issuers;
 pub mod keyring;
+pub mod leases;
 mod metrics_setup;
 mod policy;
 mod ports;
 mod reply;
 pub mod spiffe;
 mod state;
+mod status_list;
 mod webhooks;
 
 pub use clients::{ClientError, client_from_config, client_from_stored};
@@ -66,6 +68,11 @@ pub fn router(app: App) -> Router {
         .route("/webhooks/gitlab", post(webhooks::gitlab))
         .route("/admin/v1/revocations", post(admin::revocations))
         .route("/admin/v1/leases/end", post(admin::end_leases))
+        // Leases and status lists.
+        .route("/leases/{id}/renew", post(leases::renew))
+        .route("/leases/{id}/end", post(leases::end))
+        .route("/statuslists", get(status_list::aggregation))
+        .route("/statuslists/{list}", get(status_list::get_list))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
