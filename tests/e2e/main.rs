@@ -7,6 +7,7 @@
 #![allow(clippy::too_many_lines)]
 
 mod anchor;
+mod ci_lease;
 mod cli;
 mod crash;
 mod debt;
@@ -17,6 +18,7 @@ mod interop_node;
 mod issuance;
 mod jwks_uri;
 mod no_secrets;
+mod operator_revoke;
 mod policy_cli;
 mod proxy;
 mod rejections;
