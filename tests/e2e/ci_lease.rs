@@ -700,3 +700,86 @@ async fn webhooks_are_off_without_a_secret() {
         .await;
     assert_eq!(st, 404);
 }
+
+/// The real binary at trace level: the GitHub secret from `MAYFLY_WEBHOOK_GITHUB_SECRET`, the
+/// GitLab one from a 0600 file; good and bad deliveries of both; neither secret is ever
+/// printed (logs or the audit JSON lines).
+#[tokio::test]
+async fn the_real_server_takes_secrets_from_env_and_file_and_never_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = dir.path().join("gl.secret");
+    std::fs::write(&gl, GL_SECRET).unwrap();
+    std::fs::set_permissions(&gl, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = crate::support::write_config(
+        dir.path(),
+        "[webhooks]\ngitlab_secret_file = \"gl.secret\"\n",
+    );
+    let mut server = crate::support::ServerProcess::start(
+        dir.path(),
+        &config,
+        &[
+            ("MAYFLY_LOG", "trace"),
+            ("MAYFLY_WEBHOOK_GITHUB_SECRET", GH_SECRET),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let post = |path: &str, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut req = http
+            .post(format!("{}{path}", server.issuer))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let body = fixture("github_workflow_job_completed.json");
+    let gh = |secret: &str, id: &str| {
+        vec![
+            ("x-github-event", "workflow_job".to_string()),
+            ("x-github-delivery", id.to_string()),
+            ("x-hub-signature-256", github_signature(secret, &body)),
+        ]
+    };
+    let got = post("/webhooks/github", gh(GH_SECRET, "e1"), body.clone()).await;
+    assert_eq!(got, (200, json!({"ended": 0})));
+    let got = post(
+        "/webhooks/github",
+        gh("wrong-secret-0123456789", "e2"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(got.0, 401);
+    let gl_body = fixture("gitlab_job_success.json");
+    let glh = |token: &str, id: &str| {
+        vec![
+            ("x-gitlab-event", "Job Hook".to_string()),
+            ("x-gitlab-token", token.to_string()),
+            ("x-gitlab-event-uuid", id.to_string()),
+        ]
+    };
+    let got = post("/webhooks/gitlab", glh(GL_SECRET, "g1"), gl_body.clone()).await;
+    assert_eq!(got, (200, json!({"ended": 0})));
+    let got = post(
+        "/webhooks/gitlab",
+        glh("not-the-token-0123456", "g2"),
+        gl_body,
+    )
+    .await;
+    assert_eq!(got.0, 401);
+    server.kill9();
+    let out = server.stdout.lock().unwrap().clone();
+    let err = server.stderr.lock().unwrap().clone();
+    assert!(
+        out.contains("webhook_signature_invalid"),
+        "the refusals were audited: {out}"
+    );
+    for secret in [GH_SECRET, GL_SECRET] {
+        assert!(!out.contains(secret), "a secret in the audit output");
+        assert!(!err.contains(secret), "a secret in the logs");
+    }
+}
