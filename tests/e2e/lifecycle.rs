@@ -541,3 +541,108 @@ introspect = ["{API}"]
     let got = token(1, &id).await;
     assert_error(&got, 400, "invalid_request");
 }
+
+const GHA_ISS: &str = "https://token.actions.githubusercontent.com";
+const CI_SCHEMA: &str = r#"
+entity Client;
+entity Audience;
+entity Workload = {
+  issuer: String, subject: String, repository?: String, repository_owner?: String,
+  ref?: String, environment?: String, workflow?: String, actor?: String, trust_domain?: String,
+};
+type RequestContext = {
+  grant_type: String, requested_ttl: Long, source: String, now: Long, client_id: String, actor: String,
+};
+action "token" appliesTo {
+  principal: [Client, Workload], resource: [Audience], context: RequestContext,
+};
+"#;
+const CI_POLICIES: &str = r#"
+@id("ci-api")
+permit(principal is Workload, action == Action::"token", resource == Audience::"https://api.example.test")
+when { principal.issuer == "github" };
+"#;
+
+/// A token exchanged from a GitHub Actions job token lives under the job's lease (the same id
+/// for every token of the job); once the job's lease has ended, the job gets no more tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_jobs_tokens_live_under_the_jobs_lease() {
+    let gha = keys::es256("gha-1");
+    let builder = TestEnv::builder().start_at(now());
+    keys::write_jwks(&builder.dir().join("gha.jwks.json"), &[&gha]);
+    let env = builder
+        .policy_dir(CI_SCHEMA, CI_POLICIES)
+        .config(&format!(
+            r#"trust_domain = "example.org"
+[policy]
+dir = "policies"
+[[issuers]]
+name = "github"
+issuer = "{GHA_ISS}"
+preset = "github-actions"
+jwks_file = "gha.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+trust_domain = "github.example.org"
+"#
+        ))
+        .build();
+    let s = env.server().await;
+    let job_token = || {
+        let n = s.now();
+        let c = json!({"iss": GHA_ISS, "aud": "mayfly", "sub": "repo:octo-org/octo-repo:ref:refs/heads/main",
+            "jti": mayfly_crypto::random_id().unwrap(), "iat": n, "exp": n + 300,
+            "repository": "octo-org/octo-repo", "ref": "refs/heads/main", "run_id": "42",
+            "run_attempt": "1", "check_run_id": "777"});
+        gha.sign_jwt(None, &c).unwrap()
+    };
+    let s = &s;
+    let exchange = |t: String| async move {
+        s.token(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &t),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", API),
+        ])
+        .await
+    };
+    // SHA-256("github\nocto-org/octo-repo\n42\n1\n777"), first 32 hex digits.
+    let want = "ci-6dcc7ca023519f52a7e3fa4957f82a8d";
+    let (st, v) = exchange(job_token()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["lease_id"], json!(want));
+    let first = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(peek(&first)["lease"], json!(want));
+    let (st, v) = exchange(job_token()).await;
+    assert_eq!((st, &v["lease_id"]), (200, &json!(want)), "{v}");
+    let second = v["access_token"].as_str().unwrap().to_string();
+    let lease = s
+        .store()
+        .lease(want)
+        .await
+        .unwrap()
+        .expect("the job's lease");
+    assert_eq!(
+        (lease.kind, lease.grace, lease.expires_at - lease.created_at),
+        (mayfly_store::LeaseKind::Ci, None, 6 * 3600)
+    );
+    // The job completes.
+    let sel = mayfly_store::CiSelector {
+        provider: "github".into(),
+        project: "octo-org/octo-repo".into(),
+        run: "42".into(),
+        attempt: Some("1".into()),
+        job: Some("777".into()),
+    };
+    let ends = s
+        .store()
+        .end_ci_leases(&sel, "ci_job_completed", s.now())
+        .await
+        .unwrap();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].revoked.len(), 2);
+    assert!(bit_set_soon(&s, &first).await && bit_set_soon(&s, &second).await);
+    let got = exchange(job_token()).await;
+    assert_error(&got, 400, "invalid_request");
+    assert_eq!(s.last_event().await["reason"], "ci_job_ended");
+}
