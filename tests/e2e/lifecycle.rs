@@ -641,7 +641,7 @@ trust_domain = "github.example.org"
         .unwrap();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].revoked.len(), 2);
-    assert!(bit_set_soon(&s, &first).await && bit_set_soon(&s, &second).await);
+    assert!(bit_set_soon(s, &first).await && bit_set_soon(s, &second).await);
     let got = exchange(job_token()).await;
     assert_error(&got, 400, "invalid_request");
     assert_eq!(s.last_event().await["reason"], "ci_job_ended");
