@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -99,13 +100,17 @@ impl RawWebhooks {
             .gitlab_signing_token_file
             .map(|f| secret_file(src, key, base, &f))
             .transpose()?;
-        if let Some(t) = &gitlab_signing_token
-            && !t.expose_secret().starts_with("whsec_")
-        {
+        let usable = |t: &SecretString| {
+            t.expose_secret()
+                .strip_prefix("whsec_")
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                .is_some_and(|k| k.len() >= MIN_SECRET_LEN)
+        };
+        if gitlab_signing_token.as_ref().is_some_and(|t| !usable(t)) {
             return Err(ConfigError::new(
                 src,
                 key,
-                "the signing token does not start with `whsec_`",
+                "the signing token is not `whsec_` followed by a base64 key",
                 "copy the signing token GitLab shows for the webhook (whsec_ followed by base64)",
             ));
         }
@@ -217,8 +222,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "gh.secret", "0123456789abcdef0123\n", 0o600);
         write(dir.path(), "gl.secret", "gitlab-secret-token-1\n", 0o600);
-        let text =
-            "[webhooks]\ngithub_secret_file = \"gh.secret\"\ngitlab_secret_file = \"gl.secret\"\n";
+        write(
+            dir.path(),
+            "gl.whsec",
+            "whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n",
+            0o600,
+        );
+        let text = "[webhooks]\ngithub_secret_file = \"gh.secret\"\ngitlab_secret_file = \"gl.secret\"\ngitlab_signing_token_file = \"gl.whsec\"\n";
         let c = Config::from_toml_str(text, "t.toml", dir.path(), &[]).unwrap();
         assert_eq!(
             c.webhooks.github_secret.unwrap().expose_secret(),
@@ -227,6 +237,10 @@ mod tests {
         assert_eq!(
             c.webhooks.gitlab_secret.unwrap().expose_secret(),
             "gitlab-secret-token-1"
+        );
+        assert_eq!(
+            c.webhooks.gitlab_signing_token.unwrap().expose_secret(),
+            "whsec_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
         );
         // The environment wins over the file.
         let env = [(
