@@ -321,6 +321,40 @@ algorithms = ["ES256"]
             .expect("an audit event")
     }
 
+    /// The bit of `token`'s entry in the status list its `status` claim names (true: revoked),
+    /// read from the published list.
+    pub async fn status_bit(&self, token: &str) -> bool {
+        let c = peek(token);
+        let uri = c["status"]["status_list"]["uri"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let idx = c["status"]["status_list"]["idx"].as_u64().unwrap() as usize;
+        let r = self.s.http().get(&uri).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{uri}");
+        let list = peek(&r.text().await.unwrap());
+        let lst = list["status_list"]["lst"].as_str().unwrap();
+        mayfly_client::status::StatusBits::decode_lst(lst, 1)
+            .unwrap()
+            .get(idx)
+            .expect("the list covers the index")
+    }
+
+    /// Whether `token`'s status bit is set within 3 s (the list is cached for 1 s), polling
+    /// every 20 ms.
+    pub async fn status_bit_soon(&self, token: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if self.status_bit(token).await {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// POST a webhook delivery; (status, JSON body).
     pub async fn deliver(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
         let mut req = self
@@ -414,6 +448,10 @@ async fn a_signed_workflow_job_delivery_ends_exactly_that_jobs_lease() {
             "a token of another job, run or lease stays active"
         );
     }
+    // Offline verifiers learn it from the status list.
+    assert!(ci.status_bit_soon(&job_a).await);
+    assert!(ci.status_bit_soon(&job_a2).await);
+    assert!(!ci.status_bit(&job_b).await);
     let e = ci.last().await;
     assert_eq!(e["kind"], "lease_end", "{e}");
     assert_eq!(e["lease"], lease_a.as_str());

@@ -96,6 +96,11 @@ async fn the_admin_endpoint_revokes_by_each_selector_and_audits_the_operator() {
     assert_eq!(v, json!({"revoked": 1, "jtis": [jti(&w1)]}));
     assert!(!ci.active(&w1).await);
     assert!(ci.active(&w2).await);
+    assert!(
+        ci.status_bit_soon(&w1).await,
+        "the operator's revocation sets the status bit"
+    );
+    assert!(!ci.status_bit(&w2).await);
     let e = ci.last().await;
     assert_eq!(
         (e["kind"].as_str(), e["actor"].as_str()),
