@@ -17,16 +17,16 @@ use crate::support::{drain, mayfly_bin};
 const GRACE: Duration = Duration::from_secs(3);
 
 /// The command `mayfly exec` runs: records its token (both ways), the token file's path and
-/// its environment, then waits for `$OUT/go` and exits with the code in `$OUT/go`. SIGTERM
-/// makes it exit 42.
+/// its environment, then waits for `$OUT/go` and exits with the code in `$OUT/go` (or when
+/// `$OUT` is gone: a failed test leaves no process behind). SIGTERM makes it exit 42.
 const CHILD: &str = r#"trap 'exit 42' TERM
 env > "$OUT/env"
 printf '%s' "$MAYFLY_TOKEN" > "$OUT/token.env"
 printf '%s' "$MAYFLY_TOKEN_FILE" > "$OUT/token.path"
 cat "$MAYFLY_TOKEN_FILE" > "$OUT/token.file"
 echo $$ > "$OUT/pid.tmp" && mv "$OUT/pid.tmp" "$OUT/pid"
-while [ ! -e "$OUT/go" ]; do sleep 0.02; done
-exit "$(cat "$OUT/go")"
+while [ ! -e "$OUT/go" ] && [ -d "$OUT" ]; do sleep 0.02; done
+exit "$(cat "$OUT/go" 2>/dev/null || echo 0)"
 "#;
 
 /// A server with short lease graces, the `svc` client's key in a 0600 file, and the child
@@ -493,7 +493,7 @@ async fn the_readme_script_example_gives_tokens_that_live_while_the_script_runs(
         &script,
         format!(
             "#!/bin/sh\n{print_json}\n{assign}\nprintf '%s' \"$TOKEN\" > \"$OUT/token\"\n\
-             while [ ! -e \"$OUT/go\" ]; do sleep 0.02; done\n"
+             while [ ! -e \"$OUT/go\" ] && [ -d \"$OUT\" ]; do sleep 0.02; done\n"
         ),
     )
     .unwrap();
