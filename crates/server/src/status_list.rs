@@ -83,6 +83,7 @@ impl Allocator {
 #[derive(Default)]
 pub(crate) struct Published {
     lists: Mutex<HashMap<i64, (Instant, bytes::Bytes)>>,
+    aggregation: Mutex<Option<(Instant, bytes::Bytes)>>,
 }
 
 #[derive(Serialize)]
@@ -178,4 +179,104 @@ pub(crate) async fn get_list(State(app): State<App>, Path(list): Path<String>) -
         HeaderValue::from_static("public, max-age=1"),
     );
     r
+}
+
+/// Most lists the aggregation endpoint names (lists are 2^20 tokens each by default).
+const MAX_AGGREGATED: i64 = 4096;
+
+/// Numbers tried past the last list found before the aggregation stops looking (old full
+/// lists are purged once their tokens expired, leaving gaps at the start).
+const MAX_GAP: i64 = 64;
+
+/// The URIs of every list, oldest first.
+async fn list_uris(app: &App) -> Result<Vec<String>, StoreError> {
+    let mut uris = Vec::new();
+    let mut missing = 0;
+    for list in 1..=MAX_AGGREGATED {
+        if app.store().status_list_size(list).await?.is_some() {
+            uris.push(mayfly_sts::lease::status_list_uri(app.issuer(), list));
+            missing = 0;
+        } else {
+            missing += 1;
+            if missing >= MAX_GAP {
+                break;
+            }
+        }
+    }
+    Ok(uris)
+}
+
+/// `GET /statuslists`: the status list aggregation (draft-ietf-oauth-status-list), the URIs of
+/// every list, oldest first. Built at most once a second.
+pub(crate) async fn aggregation(State(app): State<App>) -> Response {
+    let published = app.published();
+    let cached = published
+        .aggregation
+        .lock()
+        .await
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < CACHE_FOR)
+        .map(|(_, b)| b.clone());
+    let body = match cached {
+        Some(b) => b,
+        None => match list_uris(&app).await {
+            Ok(uris) => {
+                let b = bytes::Bytes::from(serde_json::json!({ "status_lists": uris }).to_string());
+                *published.aggregation.lock().await = Some((Instant::now(), b.clone()));
+                b
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the status lists");
+                return crate::error::denial_response(&mayfly_sts::Denial::Unavailable);
+            }
+        },
+    };
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots come out of blocks of 256 reserved in the store, in order, without a gap or a
+    /// repeat; a full list makes the next block open the next list. Two allocators on one
+    /// store (two replicas) never hand out the same slot.
+    #[tokio::test]
+    async fn slots_come_from_reserved_blocks_and_fill_lists_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("m.db")).await.unwrap();
+        let slot = |list, idx| StatusSlot { list, idx };
+        // Lists of three blocks.
+        let a = Allocator::new(768);
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            got.push(a.slot(&store, 1).await.unwrap());
+        }
+        let want: Vec<StatusSlot> = (0..300).map(|idx| slot(1, idx)).collect();
+        assert_eq!(got, want);
+        // A second replica gets list 1's third block; its next block opens list 2.
+        let b = Allocator::new(768);
+        assert_eq!(b.slot(&store, 1).await.unwrap(), slot(1, 512));
+        for _ in 513..768 {
+            b.slot(&store, 1).await.unwrap();
+        }
+        assert_eq!(b.slot(&store, 1).await.unwrap(), slot(2, 0));
+        // The first replica uses up its second block of list 1, then moves to list 2 after
+        // the second replica's block.
+        assert_eq!(a.slot(&store, 1).await.unwrap(), slot(1, 300));
+        for _ in 301..512 {
+            a.slot(&store, 1).await.unwrap();
+        }
+        assert_eq!(a.slot(&store, 1).await.unwrap(), slot(2, 256));
+    }
 }
