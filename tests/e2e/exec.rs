@@ -236,14 +236,16 @@ async fn exec_hands_a_live_leased_token_and_revokes_it_when_the_command_exits() 
     assert_eq!(status.code(), Some(7), "{}", exec.stderr.lock().unwrap());
     assert!(!dir.exists(), "the token directory is left behind");
     eprintln!("token of lease {lease} inactive {took:?} after the command was told to exit");
-    // The lease is over: a token under it is refused.
-    let end = reqwest::Client::new()
+    // The lease is over: a heartbeat with its token is told so.
+    let renew = reqwest::Client::new()
         .post(format!("{}/leases/{lease}/renew", d.server.issuer))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
-    assert_eq!(end.status(), 401);
+    assert_eq!(renew.status(), 409);
+    let body: Value = renew.json().await.unwrap();
+    assert_eq!(body["error"], "lease_ended", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
