@@ -453,6 +453,20 @@ impl Signals {
     }
 }
 
+/// Pass `sig` on to the command, except SIGINT and SIGQUIT when this process is in the
+/// foreground process group of the terminal on standard input: the key press (Ctrl-C,
+/// Ctrl-\\) signalled the whole group, the command included, and passing it on would deliver
+/// it twice (many programs take a second SIGINT as "quit without cleaning up").
+fn forward_signal(child: &Child, sig: rustix::process::Signal) {
+    use rustix::process::Signal;
+    let from_terminal = (sig == Signal::INT || sig == Signal::QUIT)
+        && rustix::termios::tcgetpgrp(std::io::stdin())
+            .is_ok_and(|group| group == rustix::process::getpgrp());
+    if !from_terminal {
+        send_signal(child, sig);
+    }
+}
+
 fn send_signal(child: &Child, sig: rustix::process::Signal) {
     let pid = child
         .id()
@@ -596,7 +610,7 @@ impl Run<'_> {
                     return Ok(Ending::Exited(status.context("cannot wait for the command")?));
                 }
                 sig = signals.recv() => {
-                    send_signal(child, sig);
+                    forward_signal(child, sig);
                     true
                 }
                 () = sleep_until(self.refresh_at) => self.on_refresh_timer().await?,
@@ -649,6 +663,9 @@ fn spawn(args: &ExecArgs, dir: &TokenDir, token: &str) -> std::io::Result<Child>
 
 /// `mayfly exec`.
 pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    if args.env_name.is_empty() || args.env_name.contains(['=', '\0']) {
+        bail!("--env must name an environment variable (no `=`)");
+    }
     let source = Source::from_args(&args)?;
     if matches!(source, Source::Key { .. }) {
         // The key stays in this process's memory for refreshes; a non-dumpable process cannot
