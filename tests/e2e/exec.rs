@@ -32,10 +32,15 @@ exit "$(cat "$OUT/go" 2>/dev/null || echo 0)"
 /// A server with short lease graces, the `svc` client's key in a 0600 file, and the child
 /// script; `extra` is appended to the config.
 fn domain(extra: &str) -> (Domain, PathBuf) {
+    domain_with(extra, |_| {})
+}
+
+/// As [`domain`], after `prepare(dir)` wrote the files `extra` names.
+fn domain_with(extra: &str, prepare: impl FnOnce(&Path)) -> (Domain, PathBuf) {
     let d = Domain::start_with(
         "1h",
         &format!("[leases]\ngrace = \"{}s\"\n{extra}", GRACE.as_secs()),
-        |_| {},
+        prepare,
     );
     let key = d.dir.path().join("svc.private.jwk.json");
     {
@@ -407,6 +412,74 @@ async fn exec_refusals_say_why_without_the_token_or_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
+}
+
+const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A Kubernetes issuer trusted for token exchange, and a policy letting the `payments`
+/// namespace have read tokens for the API.
+const K8S: &str = r#"[[issuers]]
+name = "k8s"
+issuer = "https://kubernetes.default.svc.cluster.local"
+preset = "kubernetes"
+jwks_file = "k8s.jwks.json"
+audiences = ["mayfly"]
+algorithms = ["ES256"]
+max_token_age = "1h"
+"#;
+
+const K8S_POLICY: &str = r#"permit(principal is Workload, action in [Action::"token", Action::"read"], resource == Audience::"https://api.example.test")
+when { principal.issuer == "k8s" && principal has namespace && principal.namespace == "payments" };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_platform_token_file() {
+    use mayfly_crypto::{KeyAlg, SigningKey};
+    let k8s = SigningKey::generate(KeyAlg::ES256, Some("k8s-1")).unwrap();
+    let jwks = serde_json::json!({"keys": [k8s.public_jwk()]}).to_string();
+    let (d, _) = domain_with(K8S, |dir| {
+        std::fs::write(dir.join("k8s.jwks.json"), &jwks).unwrap();
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/k8s.cedar"), K8S_POLICY).unwrap();
+    });
+    let n = crate::fixture::now();
+    let platform = k8s
+        .sign_jwt(
+            None,
+            &serde_json::json!({
+                "aud": ["mayfly"], "iss": K8S_ISS, "iat": n, "nbf": n, "exp": n + 600,
+                "kubernetes.io": {
+                    "namespace": "payments",
+                    "serviceaccount": {"name": "api", "uid": "9e8d7c6b-5a49-4382-9716-0f1e2d3c4b5a"}
+                },
+                "sub": "system:serviceaccount:payments:api"
+            }),
+        )
+        .unwrap();
+    let file = d.dir.path().join("sa.token");
+    std::fs::write(&file, &platform).unwrap();
+    let mut exec = Exec::start(
+        &d,
+        &[
+            "--server",
+            &d.server.issuer,
+            "--platform-token",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    exec.wait_started();
+    let token = exec.read("token.file");
+    let claims = peek(&token);
+    assert!(claims["lease"].is_string(), "{claims}");
+    assert_eq!(d.introspect(&token).await["active"], true);
+    // The command sees neither the platform token nor where it is.
+    let env = exec.read("env");
+    assert!(!env.contains(&platform) && !env.contains("sa.token"));
+    let exited = Instant::now();
+    exec.go(0);
+    inactive_within(&d, &token, Duration::from_secs(1), exited).await;
+    assert_eq!(exec.wait_exit(Duration::from_secs(5)).code(), Some(0));
 }
 
 // --- the agent ---------------------------------------------------------------------------
