@@ -10,6 +10,7 @@ mod anchor;
 mod cli;
 mod crash;
 mod debt;
+mod exec;
 mod federation;
 mod federation_trust;
 mod fixture;
