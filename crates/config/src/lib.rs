@@ -108,6 +108,26 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
 }
 
+/// `[leases]`: how long tokens issued under a lease may live without it.
+#[derive(Debug, Clone)]
+pub struct LeasesConfig {
+    /// A `lease=new` lease ends when no heartbeat came for this long.
+    pub grace: Duration,
+    /// A `lease=new` lease ends this long after it opened, whatever the heartbeat.
+    pub max_lifetime: Duration,
+    /// A CI job's lease ends this long after it opened, if its job's end was not reported.
+    pub ci_max_lifetime: Duration,
+}
+
+/// `[status_list]`: the Token Status Lists that publish revocation.
+#[derive(Debug, Clone)]
+pub struct StatusListConfig {
+    /// Entries per list; a new list opens when the current one is full.
+    pub size: u64,
+    /// How long a fetched list may be cached (its `ttl` claim).
+    pub ttl: Duration,
+}
+
 /// `[spiffe]`: the X.509 CA, SVID lifetimes and the agent API.
 #[derive(Debug, Clone)]
 pub struct SpiffeConfig {
@@ -242,6 +262,10 @@ pub struct Config {
     pub spiffe: SpiffeConfig,
     /// `[proxy]`: the legacy translation proxy (`mayfly proxy`).
     pub proxy: ProxyConfig,
+    /// `[leases]`.
+    pub leases: LeasesConfig,
+    /// `[status_list]`.
+    pub status_list: StatusListConfig,
 }
 
 impl Config {

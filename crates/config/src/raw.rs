@@ -38,6 +38,95 @@ pub(crate) struct RawConfig {
     node_attestation: Vec<crate::node::RawNodeAttestation>,
     #[serde(default)]
     proxy: crate::proxy::RawProxy,
+    #[serde(default)]
+    leases: RawLeases,
+    #[serde(default)]
+    status_list: RawStatusList,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    grace: Option<String>,
+    max_lifetime: Option<String>,
+    ci_max_lifetime: Option<String>,
+}
+
+impl RawLeases {
+    fn validate(&self, src: &str) -> Result<crate::LeasesConfig, ConfigError> {
+        let grace = duration(src, "leases.grace", self.grace.as_ref(), "30s")?;
+        let max_lifetime = duration(
+            src,
+            "leases.max_lifetime",
+            self.max_lifetime.as_ref(),
+            "24h",
+        )?;
+        let ci_max_lifetime = duration(
+            src,
+            "leases.ci_max_lifetime",
+            self.ci_max_lifetime.as_ref(),
+            "6h",
+        )?;
+        // Heartbeats come every grace/3: under 3 s they would be more than one a second.
+        if !(Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&grace) {
+            return Err(ConfigError::new(
+                src,
+                "leases.grace",
+                "must be between 3s and 1h",
+                "use the default 30s",
+            ));
+        }
+        for (key, d) in [
+            ("leases.max_lifetime", max_lifetime),
+            ("leases.ci_max_lifetime", ci_max_lifetime),
+        ] {
+            if d < Duration::from_secs(60) || d > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::new(
+                    src,
+                    key,
+                    "must be between 1m and 7 days",
+                    "use the default (24h for max_lifetime, 6h for ci_max_lifetime)",
+                ));
+            }
+        }
+        Ok(crate::LeasesConfig {
+            grace,
+            max_lifetime,
+            ci_max_lifetime,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStatusList {
+    size: Option<u64>,
+    ttl: Option<String>,
+}
+
+impl RawStatusList {
+    fn validate(&self, src: &str) -> Result<crate::StatusListConfig, ConfigError> {
+        let size = self.size.unwrap_or(1 << 20);
+        // Indexes are reserved in blocks of 256; a list is at most 16 Mi entries (2 MiB).
+        if !(256..=1 << 24).contains(&size) || !size.is_multiple_of(256) {
+            return Err(ConfigError::new(
+                src,
+                "status_list.size",
+                "must be a multiple of 256 between 256 and 16777216",
+                "use the default 1048576",
+            ));
+        }
+        let ttl = duration(src, "status_list.ttl", self.ttl.as_ref(), "60s")?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&ttl) {
+            return Err(ConfigError::new(
+                src,
+                "status_list.ttl",
+                "must be between 1s and 1h",
+                "use the default 60s (a revoked token is seen as revoked within it)",
+            ));
+        }
+        Ok(crate::StatusListConfig { size, ttl })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -323,8 +412,12 @@ impl RawConfig {
         let proxy = self.proxy.validate(src, base)?;
         let issuers = validate_issuers(self.issuers, src, base, &trust_domain, max_ttl)?;
         let node_attestation = crate::node::validate(self.node_attestation, src, &issuers)?;
+        let leases = self.leases.validate(src)?;
+        let status_list = self.status_list.validate(src)?;
 
         Ok(Config {
+            leases,
+            status_list,
             spiffe,
             proxy,
             trust_domain,

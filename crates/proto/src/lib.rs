@@ -67,6 +67,10 @@ pub struct TokenResponse {
     /// Token exchange only (RFC 8693 §2.2.1): the type of the issued token.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub issued_token_type: Option<String>,
+    /// The lease the token lives under (opened by `lease=new`, named by `lease=<id>`, or its
+    /// CI job's), if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lease_id: Option<String>,
 }
 
 /// Introspection response (RFC 7662 §2.2). Inactive tokens carry nothing but `active: false`.

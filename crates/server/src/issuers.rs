@@ -126,6 +126,10 @@ fn trusted(c: &IssuerConfig, global_max_ttl: i64) -> Result<TrustedIssuer, Issue
         max_ttl: c
             .max_ttl
             .map_or(global_max_ttl, |t| (t.as_secs() as i64).min(global_max_ttl)),
+        ci: c
+            .preset
+            .as_deref()
+            .and_then(mayfly_sts::CiProvider::from_preset),
     })
 }
 

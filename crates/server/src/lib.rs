@@ -12,12 +12,14 @@ pub mod error;
 mod handlers;
 pub mod issuers;
 pub mod keyring;
+pub mod leases;
 mod metrics_setup;
 mod policy;
 mod ports;
 mod reply;
 pub mod spiffe;
 mod state;
+mod status_list;
 
 pub use clients::{ClientError, client_from_config, client_from_stored};
 pub use state::{App, AppOptions, StartError};
@@ -59,6 +61,10 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        // Leases and status lists.
+        .route("/leases/{id}/renew", post(leases::renew))
+        .route("/leases/{id}/end", post(leases::end))
+        .route("/statuslists/{list}", get(status_list::get_list))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

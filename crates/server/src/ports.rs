@@ -8,7 +8,8 @@ use mayfly_crypto::{SigningKey, VerifyingKeys};
 use mayfly_store::{CommitOutcome, Pending};
 use mayfly_sts::federation::TrustedIssuer;
 use mayfly_sts::{
-    Authorizer, Client, Clients, Denial, IssuerKeys, OwnKeys, Record, Revocation, Sts,
+    Authorizer, Client, Clients, Denial, IssuerKeys, LeaseLink, LeaseSettings, LeaseView,
+    Lifecycle, OwnKeys, Record, Revocation, StatusSlot, Sts,
 };
 
 use crate::state::App;
@@ -49,7 +50,80 @@ pub(crate) fn pending(r: Record) -> Pending {
     p.revoke = r.revoke;
     p.link_svid = r.link_svid;
     p.parents = r.parents;
+    p.status = r.status.map(store_slot);
+    p.lease = r.lease.map(store_link);
     p
+}
+
+/// The store's form of a status slot.
+pub(crate) fn store_slot(s: mayfly_sts::StatusSlot) -> mayfly_store::StatusSlot {
+    mayfly_store::StatusSlot {
+        list: s.list,
+        idx: s.idx,
+    }
+}
+
+/// The store's form of a lease link.
+fn store_link(l: LeaseLink) -> mayfly_store::LeaseLink {
+    match l {
+        LeaseLink::Existing(id) => mayfly_store::LeaseLink::Existing(id),
+        LeaseLink::Open(n) => mayfly_store::LeaseLink::Open(mayfly_store::NewLease {
+            id: n.id,
+            kind: if n.ci.is_some() {
+                mayfly_store::LeaseKind::Ci
+            } else {
+                mayfly_store::LeaseKind::Grant
+            },
+            owner: n.owner,
+            client_id: n.client_id,
+            grace: n.grace,
+            expires_at: n.expires_at,
+            ci: n.ci.map(|c| mayfly_store::CiRun {
+                provider: c.provider.as_str().to_string(),
+                project: c.project,
+                run: c.run,
+                attempt: c.attempt,
+                job: c.job,
+            }),
+        }),
+    }
+}
+
+impl Lifecycle for App {
+    async fn status_slot(&self) -> Result<StatusSlot, Denial> {
+        self.allocator()
+            .slot(self.store(), self.clock().now())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot reserve status-list slots");
+                Denial::Unavailable
+            })
+    }
+
+    async fn lease(&self, id: &str) -> Result<Option<LeaseView>, Denial> {
+        let l = self
+            .store()
+            .lease(id)
+            .await
+            .map_err(|_| Denial::Unavailable)?;
+        Ok(l.map(|l| LeaseView {
+            id: l.id,
+            owner: l.owner,
+            grace: l.grace,
+            heartbeat_at: l.heartbeat_at,
+            expires_at: l.expires_at,
+            ended: l.ended_at.is_some(),
+        }))
+    }
+
+    fn lease_settings(&self) -> LeaseSettings {
+        let l = &self.config().leases;
+        LeaseSettings {
+            grace: l.grace.as_secs() as i64,
+            max_lifetime: l.max_lifetime.as_secs() as i64,
+            ci_max_lifetime: l.ci_max_lifetime.as_secs() as i64,
+        }
+    }
 }
 
 impl Clients for App {

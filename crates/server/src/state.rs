@@ -52,7 +52,7 @@ pub struct AppOptions {
     pub audit_sink: AuditSink,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     settings: Settings,
     config: Config,
     store: Store,
@@ -72,6 +72,10 @@ struct Inner {
     svid_issuer: mayfly_sts::federation::TrustedIssuer,
     /// Who may introspect other clients' tokens.
     introspect_grants: mayfly_sts::IntrospectGrants,
+    /// Status-list slots reserved for this replica.
+    allocator: crate::status_list::Allocator,
+    /// Status lists built recently.
+    published: crate::status_list::Published,
 }
 
 /// The running application; cheap to clone.
@@ -188,7 +192,8 @@ impl App {
         let introspect_grants = introspect_grants(&o.config);
         let md = metadata(&issuer, clients.all_scopes(), alg);
         let metadata = bytes::Bytes::from(serde_json::to_vec(&md).unwrap_or_default());
-        Ok(App(Arc::new(Inner {
+        let allocator = crate::status_list::Allocator::new(o.config.status_list.size);
+        let app = App(Arc::new(Inner {
             settings,
             config: o.config,
             store: o.store,
@@ -206,7 +211,21 @@ impl App {
             spiffe,
             svid_issuer,
             introspect_grants,
-        })))
+            allocator,
+            published: crate::status_list::Published::default(),
+        }));
+        crate::leases::spawn_reaper(&app);
+        Ok(app)
+    }
+
+    /// A handle that does not keep the app alive (for its background tasks).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.0)
+    }
+
+    /// The app behind `weak`, if it is still alive.
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<App> {
+        weak.upgrade().map(App)
     }
 
     /// The issuer identifier.
@@ -406,6 +425,16 @@ impl App {
     /// Who may introspect other clients' tokens.
     pub(crate) fn introspect_grants(&self) -> &mayfly_sts::IntrospectGrants {
         &self.0.introspect_grants
+    }
+
+    /// Status-list slots reserved for this replica.
+    pub(crate) fn allocator(&self) -> &crate::status_list::Allocator {
+        &self.0.allocator
+    }
+
+    /// Status lists built recently.
+    pub(crate) fn published(&self) -> &crate::status_list::Published {
+        &self.0.published
     }
 }
 

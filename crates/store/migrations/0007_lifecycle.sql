@@ -18,10 +18,11 @@ CREATE TABLE issued_tokens (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX issued_tokens_expires ON issued_tokens (expires_at);
-CREATE INDEX issued_tokens_lease ON issued_tokens (lease_id);
+CREATE INDEX issued_tokens_lease ON issued_tokens (lease_id) WHERE lease_id IS NOT NULL;
 CREATE INDEX issued_tokens_client ON issued_tokens (client_id);
 CREATE INDEX issued_tokens_identity ON issued_tokens (identity);
-CREATE INDEX issued_tokens_list ON issued_tokens (list_id, idx);
+-- No index on (list_id, idx): a list's revoked bits are found from the revocations, which
+-- are few, joined on jti.
 
 -- A lease: tokens issued under it live only as long as it does.
 CREATE TABLE leases (

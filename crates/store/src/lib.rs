@@ -1,6 +1,7 @@
 //! Storage for mayfly on SQLite (embedded default, WAL) or PostgreSQL, through one portable
 //! schema and sqlx's `Any` driver: signing keys (encrypted), the replay cache, revocations,
-//! run-time clients and the hash-chained audit log with group commit.
+//! run-time clients, the hash-chained audit log with group commit, and the lifecycle of issued
+//! credentials (their registry, leases, status-list slots and revoked bits).
 //!
 //! Not here: deciding anything. The engine decides; this crate remembers.
 #![forbid(unsafe_code)]
@@ -72,6 +73,10 @@ pub enum StoreError {
     /// The audit committer has stopped.
     #[error("the audit log writer has stopped")]
     AuditClosed,
+    /// The request cannot be carried out as asked (an empty revocation selector, a status
+    /// block larger than a list).
+    #[error("invalid store request: {0}")]
+    Invalid(&'static str),
     /// Writing the audit JSON lines failed.
     #[error("cannot write audit output: {0}")]
     Io(#[from] std::io::Error),
@@ -300,7 +305,8 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Delete replay records and revocations whose tokens/assertions have expired.
+    /// Delete replay records, revocations and lifecycle records (issued-token registry,
+    /// webhook deliveries, long-ended leases, spent status lists) that have expired.
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let a = sqlx::query("DELETE FROM used_jti WHERE expires_at < $1")
             .bind(now)
@@ -317,7 +323,8 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(db("purge token links"))?;
-        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
+        let d = self.purge_lifecycle(now).await?;
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected() + d)
     }
 
     /// Whether the token `jti` has been revoked.

@@ -126,3 +126,68 @@ impl crate::Store {
         }))
     }
 }
+
+/// A value bound into a filter built at run time.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// Revoke every live credential of the registry (`issued_tokens`, alias `i`) that `filter`
+/// selects, and everything derived from them: a JWT-SVID is revoked with the tokens minted
+/// from it, a token with every token derived from it (as [`revoke_tree`] does, for many roots
+/// in one statement). `filter` is SQL over `i` with `$2`, `$3`... bound to `args` in order
+/// (`$1` is `now`). Returns the jtis newly revoked (JWT-SVIDs first).
+pub(crate) async fn revoke_issued(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    filter: &str,
+    args: &[Arg],
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let bind = |sql: String| {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.clone()),
+                Arg::Int(n) => q.bind(*n),
+            };
+        }
+        q
+    };
+    let live = format!("i.expires_at > $1 AND ({filter})");
+    let svids = bind(format!(
+        "INSERT INTO revoked_svids (jti, revoked_at, expires_at) \
+         SELECT i.jti, $1, i.expires_at FROM issued_tokens i WHERE i.kind = 'svid' AND {live} \
+         ON CONFLICT DO NOTHING RETURNING jti"
+    ))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("revoke selected JWT-SVIDs"))?;
+    // One walk from every root: selected tokens, and tokens minted from selected JWT-SVIDs
+    // (revoked or not before: a JWT-SVID revoked earlier has had its tokens revoked then, and
+    // ON CONFLICT skips them). UNION visits a token reached twice once.
+    let tokens = bind(format!(
+        "WITH RECURSIVE d(jti, client_id, expires_at) AS (\
+            SELECT i.jti, i.client_id, i.expires_at FROM issued_tokens i \
+            WHERE i.kind = 'token' AND {live} \
+            UNION \
+            SELECT t.token_jti, t.client_id, t.expires_at FROM svid_tokens t \
+            JOIN issued_tokens i ON i.jti = t.svid_jti WHERE i.kind = 'svid' AND {live} \
+            UNION \
+            SELECT p.child_jti, p.client_id, p.expires_at FROM token_parents p \
+            JOIN d ON p.parent_jti = d.jti\
+         ) \
+         INSERT INTO revoked_tokens (jti, client_id, revoked_at, expires_at) \
+         SELECT jti, client_id, $1, expires_at FROM d WHERE true \
+         ON CONFLICT DO NOTHING RETURNING jti"
+    ))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("revoke selected tokens"))?;
+    svids
+        .iter()
+        .chain(&tokens)
+        .map(|r| r.try_get::<String, _>("jti").map_err(db("revoke selected")))
+        .collect()
+}

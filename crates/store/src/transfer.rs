@@ -139,6 +139,18 @@ pub struct TableCounts {
     /// Which identities used which legacy key.
     #[serde(default)]
     pub debt_usage: u64,
+    /// Access tokens and JWT-SVIDs issued and not yet expired. Absent (0) in older files.
+    #[serde(default)]
+    pub issued_tokens: u64,
+    /// Leases (open, or ended within the last day).
+    #[serde(default)]
+    pub leases: u64,
+    /// Token status lists.
+    #[serde(default)]
+    pub status_lists: u64,
+    /// Webhook deliveries already acted on.
+    #[serde(default)]
+    pub webhook_deliveries: u64,
     /// Audit events.
     pub audit_events: u64,
     /// The audit chain head (one row).
@@ -162,6 +174,10 @@ impl TableCounts {
             Table::TokenParents => &mut self.token_parents,
             Table::DebtKeys => &mut self.debt_keys,
             Table::DebtUsage => &mut self.debt_usage,
+            Table::IssuedTokens => &mut self.issued_tokens,
+            Table::Leases => &mut self.leases,
+            Table::StatusLists => &mut self.status_lists,
+            Table::WebhookDeliveries => &mut self.webhook_deliveries,
             Table::AuditEvents => &mut self.audit_events,
             Table::AuditHead => &mut self.audit_head,
         }

@@ -63,17 +63,8 @@ async fn audit_chain_replay_and_revocation(db: Db) {
     for i in 0..50 {
         let log = log.clone();
         handles.push(tokio::spawn(async move {
-            let p = Pending {
-                event: issue(&format!("t{i}")),
-                consume_jti: Some(("svc".into(), format!("a{}", i % 25), 2_000)),
-                consume_subject: None,
-                consume_actor: None,
-                revoke: None,
-                link_svid: None,
-                parents: Vec::new(),
-                status: None,
-                lease: None,
-            };
+            let mut p = Pending::event(issue(&format!("t{i}")));
+            p.consume_jti = Some(("svc".into(), format!("a{}", i % 25), 2_000));
             log.commit(p).await.unwrap()
         }));
     }

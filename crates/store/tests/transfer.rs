@@ -10,8 +10,9 @@ use mayfly_crypto::{Kek, KeyAlg};
 use mayfly_proto::keys::KeyTimes;
 use mayfly_proto::{AuditEvent, Clock, Decision, EventKind, SystemClock};
 use mayfly_store::{
-    AuditLog, AuditSink, AuthorityKind, CommitOutcome, ImportOptions, JoinTokenOutcome, Pending,
-    Store, StoredAgent, StoredClient, StoredEntry, TransferError,
+    AuditLog, AuditSink, AuthorityKind, CiRun, CommitOutcome, ImportOptions, JoinTokenOutcome,
+    LeaseKind, LeaseLink, NewLease, Pending, RevokeSelector, StatusSlot, Store, StoredAgent,
+    StoredClient, StoredEntry, TransferError,
 };
 use mayfly_sts::keys::{self, Schedule};
 use mayfly_testkit::TestDb;
@@ -148,6 +149,60 @@ async fn populate(s: &Store) {
     .unwrap();
     populate_spiffe(s, &log).await;
     populate_debt(s).await;
+    populate_lifecycle(s, &log).await;
+}
+
+/// A token under a lease with a status slot, its lease, its list, and a webhook delivery.
+async fn populate_lifecycle(s: &Store, log: &AuditLog) {
+    let blk = s.allocate_status(1024, 256, 1_000).await.unwrap();
+    let mut e = issue("t-lease", 1_300);
+    e.exp = Some(9_000);
+    let mut p = Pending::event(e);
+    p.status = Some(StatusSlot {
+        list: blk.list,
+        idx: 5,
+    });
+    p.lease = Some(LeaseLink::Open(NewLease {
+        id: "L1".into(),
+        kind: LeaseKind::Ci,
+        owner: "repo:acme/app".into(),
+        client_id: "svc".into(),
+        grace: None,
+        expires_at: 20_000,
+        ci: Some(CiRun {
+            provider: "github".into(),
+            project: "acme/app".into(),
+            run: "7".into(),
+            attempt: Some("1".into()),
+            job: None,
+        }),
+    }));
+    log.commit(p).await.unwrap();
+    s.revoke_selected(
+        &RevokeSelector {
+            jti: Some("t-lease".into()),
+            ..Default::default()
+        },
+        1_400,
+    )
+    .await
+    .unwrap();
+    assert!(s.first_delivery("github", "d-1", 9_000).await.unwrap());
+}
+
+/// The lifecycle records came along: the lease, the list, the token's revoked bit, the
+/// delivery already seen.
+async fn assert_lifecycle_complete(s: &Store) {
+    let lease = s.lease("L1").await.unwrap().unwrap();
+    assert_eq!(lease.kind, LeaseKind::Ci);
+    assert_eq!(lease.ci.unwrap().attempt.as_deref(), Some("1"));
+    assert_eq!(lease.grace, None);
+    assert_eq!(s.status_list_size(1).await.unwrap(), Some(1024));
+    assert_eq!(s.revoked_indexes(1, 2_000).await.unwrap(), vec![5]);
+    assert!(!s.first_delivery("github", "d-1", 9_000).await.unwrap());
+    // The next block continues after the imported allocation.
+    let blk = s.allocate_status(1024, 256, 2_000).await.unwrap();
+    assert_eq!((blk.list, blk.start), (1, 256));
 }
 
 fn debt(name: &str) -> mayfly_store::DebtEntry {
@@ -336,7 +391,7 @@ fn rows(file: &[u8]) -> Vec<String> {
 async fn assert_complete(s: &Store) {
     let report = s.audit_verify(&kek()).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.events, 154);
+    assert_eq!(report.events, 155);
     assert_eq!(s.load_keys(&kek()).await.unwrap().len(), 2);
     assert_eq!(s.list_clients().await.unwrap(), clients());
     assert!(s.is_revoked("t1").await.unwrap());
@@ -360,7 +415,7 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     let sum = to.store.import(&first[..], &opts(&k)).await.unwrap();
     assert_eq!(sum.counts.signing_keys, 2);
     assert_eq!(sum.counts.clients, 2);
-    assert_eq!(sum.counts.revoked_tokens, 2);
+    assert_eq!(sum.counts.revoked_tokens, 3);
     assert_eq!(sum.counts.spiffe_authorities, 2);
     assert_eq!(sum.counts.spiffe_entries, 1);
     assert_eq!(sum.counts.join_tokens, 2);
@@ -369,9 +424,13 @@ async fn round_trip(from: Db, to: Db, back: Db) {
     assert_eq!(sum.counts.svid_tokens, 2);
     assert_eq!(sum.counts.debt_keys, 2);
     assert_eq!(sum.counts.debt_usage, 1);
-    assert_eq!(sum.counts.audit_events, 154);
+    assert_eq!(sum.counts.issued_tokens, 3);
+    assert_eq!(sum.counts.leases, 1);
+    assert_eq!(sum.counts.status_lists, 1);
+    assert_eq!(sum.counts.webhook_deliveries, 1);
+    assert_eq!(sum.counts.audit_events, 155);
     assert_eq!(sum.counts.audit_head, 1);
-    assert_eq!(sum.schema_version, 6);
+    assert_eq!(sum.schema_version, 7);
     assert_eq!(sum.replay_records_derived, 0, "the events are long past");
     assert_complete(&to.store).await;
     let second = export(&to.store).await;
@@ -393,10 +452,11 @@ async fn round_trip(from: Db, to: Db, back: Db) {
         .commit(Pending::event(issue("after", 2_000)))
         .await
         .unwrap();
-    assert_eq!(seq, CommitOutcome::Committed(155));
+    assert_eq!(seq, CommitOutcome::Committed(156));
     let report = to.store.audit_verify(&k).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_links_survive(&to.store).await;
+    assert_lifecycle_complete(&to.store).await;
 }
 
 #[tokio::test]
@@ -455,9 +515,9 @@ async fn the_file_holds_sealed_keys_only_and_says_what_it_holds() {
     let lines: Vec<&str> = text.lines().collect();
     let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(header["mayfly_export"], 1);
-    assert_eq!(header["schema_version"], 6);
+    assert_eq!(header["schema_version"], 7);
     assert_eq!(header["source"], "sqlite");
-    assert_eq!(header["counts"]["audit_events"], 154);
+    assert_eq!(header["counts"]["audit_events"], 155);
     assert_eq!(header["counts"]["spiffe_authorities"], 2);
     assert_eq!(header["counts"]["signing_keys"], 2);
     let row: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
@@ -605,7 +665,7 @@ async fn import_refuses_another_master_key_and_future_files() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::Format(2)), "{err}");
-    let newer_schema = text.replacen(r#""schema_version":6"#, r#""schema_version":99"#, 1);
+    let newer_schema = text.replacen(r#""schema_version":7"#, r#""schema_version":99"#, 1);
     let err = target
         .store
         .import(newer_schema.as_bytes(), &opts(&kek()))
@@ -709,7 +769,7 @@ async fn applied_migrations_are_listed_on_both_backends() {
     for db in [sqlite().await, postgres().await] {
         let applied = db.store.applied_migrations().await.unwrap();
         let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(applied[0].description, "init");
         assert_eq!(applied[2].description, "spiffe");
     }

@@ -185,6 +185,16 @@ pub enum Denial {
     /// Policy refuses the workload this SVID (an X.509-SVID, or a JWT-SVID for this audience).
     #[error("policy does not allow this workload {}", crate::svid::what(*.0, .1))]
     SvidNotAllowed(crate::svid::SvidKind, String),
+    /// `lease=<id>` names no lease of the caller's (unknown, or another principal's: the two
+    /// read the same, so another owner's lease is never revealed).
+    #[error("unknown lease; open a new lease with lease=new")]
+    UnknownLease,
+    /// `lease=<id>` names a lease that has ended (its tokens are revoked).
+    #[error("lease {0} has ended; open a new lease with lease=new")]
+    LeaseEnded(String),
+    /// The CI job the identity token belongs to is over: its lease has ended.
+    #[error("the CI job's lease has ended (the job is over); no more tokens are issued for it")]
+    CiJobEnded,
     /// The store is unavailable.
     #[error("the service is temporarily unavailable")]
     Unavailable,
@@ -272,6 +282,7 @@ impl Denial {
             | UnsupportedSubjectTokenType(_)
             | UnsupportedRequestedTokenType(_)
             | LifetimeBeyondSubject(_) => ErrorCode::InvalidRequest,
+            UnknownLease | LeaseEnded(_) | CiJobEnded => ErrorCode::InvalidRequest,
             ClientAuthRequired | ActorClientAuthRequired => ErrorCode::InvalidClient,
             InvalidGrant(_) => ErrorCode::InvalidGrant,
             NotTokenOwner => ErrorCode::UnauthorizedClient,
@@ -335,6 +346,9 @@ impl Denial {
             LifetimeBeyondSubject(_) => "lifetime_beyond_subject",
             ClientAuthRequired => "client_auth_required",
             SvidNotAllowed(..) => "svid_not_allowed",
+            UnknownLease => "unknown_lease",
+            LeaseEnded(_) => "lease_ended",
+            CiJobEnded => "ci_job_ended",
             InvalidGrant(inner) => inner.reason(),
             Unavailable => "unavailable",
             Internal => "internal",

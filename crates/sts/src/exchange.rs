@@ -82,6 +82,8 @@ mod tests {
             exp: 100,
             jti: "j".into(),
             act: None,
+            lease: None,
+            status: None,
         }
     }
 

@@ -55,6 +55,9 @@ pub struct TrustedIssuer {
     pub client_auth: ClientAuthRule,
     /// Lifetime cap for tokens minted from this issuer's tokens, seconds.
     pub max_ttl: i64,
+    /// The CI platform whose job tokens this issuer signs (`github-actions` and `gitlab-ci`
+    /// presets): tokens exchanged from them live under their job's lease.
+    pub ci: Option<crate::lease::CiProvider>,
 }
 
 /// A verified subject token, mapped.
@@ -72,6 +75,8 @@ pub struct SubjectIdentity {
     pub jti: Option<String>,
     /// The token's `exp`.
     pub exp: i64,
+    /// The CI run and job the token was issued to, for a CI platform's issuer.
+    pub ci: Option<crate::lease::CiRun>,
 }
 
 /// The unverified `iss` of a JWT, to pick the issuer whose keys verify it. Never trust it
@@ -260,6 +265,9 @@ pub fn verify_subject_token(
         attrs,
         jti,
         exp,
+        ci: issuer
+            .ci
+            .and_then(|p| crate::lease::CiRun::from_claims(p, c)),
     })
 }
 
@@ -357,6 +365,7 @@ mod tests {
             one_time_use: false,
             client_auth: ClientAuthRule::Optional,
             max_ttl: 3600,
+            ci: None,
         }
     }
 

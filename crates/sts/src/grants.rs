@@ -124,6 +124,7 @@ pub fn for_client(client: &Client, auth: AuthenticatedClient) -> Authenticated {
         link_svid: None,
         narrowing: None,
         audit: SubjectAudit::default(),
+        ci: None,
     }
 }
 
@@ -248,6 +249,7 @@ pub fn identify(
         link_svid: None,
         narrowing: None,
         audit,
+        ci: None,
     };
     Ok(match subject {
         Verified::Federated {
@@ -270,6 +272,7 @@ pub fn identify(
                 ttl_cap,
                 subject_exp: Some(id.exp),
                 link_svid: svid_jti,
+                ci: id.ci,
                 ..base(principal, &id.identity, audit)
             }
         }

@@ -29,6 +29,12 @@ pub struct AccessTokenClaims {
     /// Delegation chain (RFC 8693 §4.1), when the token was issued to an actor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
+    /// The lease the token lives under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Its status-list entry (draft-ietf-oauth-status-list `status` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 impl AccessClaims for AccessTokenClaims {

@@ -25,6 +25,7 @@ pub mod grants;
 pub mod identity;
 mod introspect;
 pub mod keys;
+pub mod lease;
 mod mint;
 mod pipeline;
 pub mod ports;
@@ -40,14 +41,17 @@ pub use decide::{DecideInput, Grant, TokenParams, decide, requested_scopes, targ
 pub use deny::Denial;
 pub use exchange::{act_claim, narrow};
 pub use introspect::{AccessTokenClaims, check_access_token};
+pub use lease::{
+    CiProvider, CiRun, LeaseLink, LeaseRequest, LeaseSettings, LeaseView, NewLease, StatusSlot,
+};
 pub use mayfly_proto::audit::{AuditEvent, Decision, EventKind};
 pub use mayfly_proto::clock::{Clock, ManualClock, SystemClock};
-pub use mint::{MintedToken, mint};
+pub use mint::{MintExtras, MintedToken, mint};
 pub use pipeline::{
     Authenticated, Caller, Consume, FormRequest, Issued, Outcome, Record, Refusal, Subject,
     SubjectAudit, issue, token, token_params,
 };
-pub use ports::{Clients, IssuerKeys, OwnKeys, Revocation, Sts, World};
+pub use ports::{Clients, IssuerKeys, Lifecycle, OwnKeys, Revocation, Sts, World};
 pub use query::{IntrospectGrants, introspect, may_revoke, may_revoke_by_bearer, revoke};
 
 use std::sync::Arc;

@@ -4,7 +4,17 @@ use mayfly_crypto::SigningKey;
 use mayfly_proto::ACCESS_TOKEN_TYP;
 use serde::Serialize;
 
+use crate::lease::{StatusSlot, status_claim};
 use crate::{Denial, Grant, Settings};
+
+/// What a token carries beside its grant: its status-list slot and its lease.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MintExtras<'a> {
+    /// Its place in a status list (the `status` claim).
+    pub status: Option<StatusSlot>,
+    /// The lease it lives under (the `lease` claim).
+    pub lease: Option<&'a str>,
+}
 
 /// A signed token and the facts the audit event needs.
 #[derive(Debug)]
@@ -34,6 +44,10 @@ struct Claims<'a> {
     jti: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     act: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<&'a str>,
 }
 
 /// Sign `grant` with `key` at `now`; `jti` must be fresh and unique (128 random bits).
@@ -43,6 +57,7 @@ pub fn mint(
     key: &SigningKey,
     now: i64,
     jti: String,
+    extras: MintExtras<'_>,
 ) -> Result<MintedToken, Denial> {
     let exp = now + grant.ttl;
     let claims = Claims {
@@ -55,6 +70,10 @@ pub fn mint(
         exp,
         jti: &jti,
         act: grant.act.as_ref(),
+        status: extras
+            .status
+            .map(|slot| status_claim(&settings.issuer, slot)),
+        lease: extras.lease,
     };
     let token = key
         .sign_jwt(Some(ACCESS_TOKEN_TYP), &claims)

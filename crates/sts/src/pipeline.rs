@@ -12,7 +12,8 @@ use crate::authz::Narrowing;
 use crate::ports::{Sts, World};
 use crate::{
     AccessTokenClaims, AllOf, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision,
-    Denial, EventKind, Principal, PrincipalKind, TokenParams, decide, mint, narrow,
+    Denial, EventKind, LeaseRequest, MintExtras, Principal, PrincipalKind, TokenParams, decide,
+    mint, narrow,
 };
 
 /// Longest client id echoed into a denial's audit event.
@@ -111,6 +112,10 @@ pub struct Record {
     pub link_svid: Option<String>,
     /// Our own tokens the issued token derives from.
     pub parents: Vec<String>,
+    /// The issued token's status-list slot.
+    pub status: Option<crate::StatusSlot>,
+    /// The lease the issued token lives under (opened with it, or existing).
+    pub lease: Option<crate::LeaseLink>,
 }
 
 impl Record {
@@ -134,6 +139,8 @@ impl Record {
             revoke: None,
             link_svid: None,
             parents: Vec::new(),
+            status: None,
+            lease: None,
         }
     }
 }
@@ -193,6 +200,8 @@ pub struct Issued {
     pub authenticated_client: Option<String>,
     /// The grant type.
     pub grant_type: &'static str,
+    /// The kind of lease this token opened (`grant` or `ci`), for the metric.
+    pub lease_opened: Option<&'static str>,
 }
 
 /// Who the token is for, as an authenticator established it.
@@ -248,6 +257,8 @@ pub struct Authenticated {
     pub narrowing: Option<AccessTokenClaims>,
     /// What the audit event says of the subject.
     pub audit: SubjectAudit,
+    /// The CI run of a CI platform's identity token: the token is under its job's lease.
+    pub ci: Option<crate::CiRun>,
 }
 
 /// The expires_in, scope, resource and audience parameters.
@@ -275,9 +286,105 @@ pub(crate) fn parse_form<'a>(body: &'a [u8], repeatable: &[&str]) -> Result<Form
     Form::parse(body, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
 }
 
-/// Decide and mint for `a` at `now`: the token, its issue record and the response. The ids of
-/// the deciding policies are appended to `trace` (a denial's event names them).
-pub fn issue<W: World>(
+/// Decide and mint for `a` at `now`, under the lease `lease` asks for (or the CI job's): the
+/// token, its issue record and the response. The ids of the deciding policies are appended to
+/// `trace` (a denial's event names them).
+#[allow(clippy::too_many_arguments)]
+pub async fn issue<W: World>(
+    sts: &Sts<'_, W>,
+    a: &Authenticated,
+    params: &TokenParams,
+    grant_type: &'static str,
+    now: i64,
+    source: Option<&str>,
+    lease: Option<&LeaseRequest>,
+    trace: &mut Vec<String>,
+) -> Result<(Issued, Record), Denial> {
+    let mut grant = decide_for(sts, a, params, grant_type, now, source, trace)?;
+    let link = crate::lease::resolve(
+        sts,
+        &a.principal.id,
+        &a.client_id,
+        a.ci.as_ref(),
+        lease,
+        now,
+    )
+    .await?;
+    // A token never outlives its lease's hard end.
+    if let Some((l, hard_end)) = &link {
+        grant.ttl = grant.ttl.min(hard_end - now);
+        if grant.ttl <= 0 {
+            return Err(Denial::LeaseEnded(l.id().chars().take(64).collect()));
+        }
+    }
+    let (link, lease_id) = match link {
+        Some((l, _)) => {
+            let id = l.id().to_string();
+            (Some(l), Some(id))
+        }
+        None => (None, None),
+    };
+    // Only a decided token takes a slot: refusals never use up a list.
+    let slot = sts.world.status_slot().await?;
+    let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
+    let extras = MintExtras {
+        status: Some(slot),
+        lease: lease_id.as_deref(),
+    };
+    let minted = mint(
+        sts.settings,
+        &grant,
+        &sts.world.signing_key(),
+        now,
+        jti,
+        extras,
+    )?;
+    let client = a.client.as_ref().map(|c| c.client_id.as_str());
+    let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
+    e.client = client.map(str::to_string);
+    e.subject_issuer = a.audit.issuer.clone();
+    e.subject = a.audit.subject.clone();
+    e.identity = a.audit.identity.clone();
+    e.actor = a.actor.clone();
+    e.source = source.map(str::to_string);
+    e.grant = Some(grant_type.into());
+    e.audience = Some(grant.audience.clone());
+    e.scopes = grant.scopes.clone();
+    e.jti = Some(minted.jti.clone());
+    e.exp = Some(minted.exp);
+    e.policies = grant.policies.clone();
+    e.lease = lease_id.clone();
+    let mut record = Record::new(sts.settings, e, a.client.as_ref());
+    record.consume_subject = a.consume_subject.clone();
+    record.consume_actor = a.consume_actor.clone();
+    record.link_svid = a.link_svid.clone();
+    record.parents = a.parents.clone();
+    record.status = Some(slot);
+    let lease_opened = link.as_ref().and_then(crate::LeaseLink::opened_kind);
+    record.lease = link;
+    let issued = Issued {
+        response: TokenResponse {
+            access_token: minted.token,
+            token_type: "Bearer".into(),
+            expires_in: grant.ttl as u64,
+            scope: (!grant.scopes.is_empty()).then(|| grant.scopes.join(" ")),
+            issued_token_type: (grant_type == GRANT_TOKEN_EXCHANGE)
+                .then(|| mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN.into()),
+            lease_id,
+        },
+        jti: minted.jti,
+        kid: minted.kid,
+        client_id: grant.client_id,
+        audience: grant.audience,
+        authenticated_client: client.map(str::to_string),
+        grant_type,
+        lease_opened,
+    };
+    Ok((issued, record))
+}
+
+/// The decision for `a`: narrowing of a re-exchanged token, and the policy set.
+fn decide_for<W: World>(
     sts: &Sts<'_, W>,
     a: &Authenticated,
     params: &TokenParams,
@@ -285,7 +392,7 @@ pub fn issue<W: World>(
     now: i64,
     source: Option<&str>,
     trace: &mut Vec<String>,
-) -> Result<(Issued, Record), Denial> {
+) -> Result<crate::Grant, Denial> {
     let (params, narrowing): (TokenParams, Option<Narrowing>) = match &a.narrowing {
         Some(orig) => {
             let (p, n) = narrow(orig, params)?;
@@ -304,7 +411,6 @@ pub fn issue<W: World>(
         }
         Some(n) => n,
     };
-    let client = a.client.as_ref().map(|c| c.client_id.as_str());
     let input = DecideInput {
         principal: Principal {
             kind: a.principal.kind,
@@ -312,7 +418,7 @@ pub fn issue<W: World>(
             attrs: &a.principal.attrs,
         },
         client_id: &a.client_id,
-        authenticated_client: client,
+        authenticated_client: a.client.as_ref().map(|c| c.client_id.as_str()),
         grant_type,
         default_audiences: &a.default_audiences,
         ttl_cap: a.ttl_cap,
@@ -321,44 +427,7 @@ pub fn issue<W: World>(
         source: source.unwrap_or(""),
         now,
     };
-    let grant = decide(sts.settings, authz, input, &params, trace)?;
-    let jti = mayfly_crypto::random_id().map_err(|_| Denial::Internal)?;
-    let minted = mint(sts.settings, &grant, &sts.world.signing_key(), now, jti)?;
-    let mut e = AuditEvent::new(EventKind::Issue, now, Decision::Allow);
-    e.client = client.map(str::to_string);
-    e.subject_issuer = a.audit.issuer.clone();
-    e.subject = a.audit.subject.clone();
-    e.identity = a.audit.identity.clone();
-    e.actor = a.actor.clone();
-    e.source = source.map(str::to_string);
-    e.grant = Some(grant_type.into());
-    e.audience = Some(grant.audience.clone());
-    e.scopes = grant.scopes.clone();
-    e.jti = Some(minted.jti.clone());
-    e.exp = Some(minted.exp);
-    e.policies = grant.policies.clone();
-    let mut record = Record::new(sts.settings, e, a.client.as_ref());
-    record.consume_subject = a.consume_subject.clone();
-    record.consume_actor = a.consume_actor.clone();
-    record.link_svid = a.link_svid.clone();
-    record.parents = a.parents.clone();
-    let issued = Issued {
-        response: TokenResponse {
-            access_token: minted.token,
-            token_type: "Bearer".into(),
-            expires_in: grant.ttl as u64,
-            scope: (!grant.scopes.is_empty()).then(|| grant.scopes.join(" ")),
-            issued_token_type: (grant_type == GRANT_TOKEN_EXCHANGE)
-                .then(|| mayfly_proto::TOKEN_TYPE_ACCESS_TOKEN.into()),
-        },
-        jti: minted.jti,
-        kid: minted.kid,
-        client_id: grant.client_id,
-        audience: grant.audience,
-        authenticated_client: client.map(str::to_string),
-        grant_type,
-    };
-    Ok((issued, record))
+    decide(sts.settings, authz, input, &params, trace)
 }
 
 /// `POST /oauth2/token`: parse the form, run the grant's authenticator, then decide and mint.
@@ -420,5 +489,17 @@ async fn token_steps<W: World>(
         _ => d,
     };
     let (a, params) = authenticated.map_err(refine)?;
-    issue(sts, &a, &params, gt, now, req.source, &mut caller.policies).map_err(refine)
+    let lease = crate::lease::lease_param(form.get(crate::lease::LEASE_PARAM))?;
+    issue(
+        sts,
+        &a,
+        &params,
+        gt,
+        now,
+        req.source,
+        lease.as_ref(),
+        &mut caller.policies,
+    )
+    .await
+    .map_err(refine)
 }

@@ -1,5 +1,5 @@
 //! What the pipeline needs from the world, asked through small traits: registered clients,
-//! trusted issuers' keys, our own keys, revocation. The server implements them over its
+//! trusted issuers' keys, our own keys, revocation, leases and status slots. The server implements them over its
 //! registry, key caches and store; tests implement them in memory. No I/O happens here.
 
 use std::future::Future;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use mayfly_crypto::{SigningKey, VerifyingKeys};
 
 use crate::federation::TrustedIssuer;
+use crate::lease::{LeaseSettings, LeaseView, StatusSlot};
 use crate::{Authorizer, Client, Clock, Denial, Settings};
 
 /// Registered clients.
@@ -62,10 +63,21 @@ pub trait Revocation: Send + Sync {
     fn is_svid_revoked(&self, jti: &str) -> impl Future<Output = Result<bool, Denial>> + Send;
 }
 
-/// Everything the pipeline asks the world, in one bound.
-pub trait World: Clients + IssuerKeys + OwnKeys + Revocation {}
+/// Leases and status-list slots.
+pub trait Lifecycle: Send + Sync {
+    /// A fresh status-list slot for a token about to be minted. An adapter reserves slots in
+    /// blocks, so most calls touch no store.
+    fn status_slot(&self) -> impl Future<Output = Result<StatusSlot, Denial>> + Send;
+    /// The lease `id`, if it exists.
+    fn lease(&self, id: &str) -> impl Future<Output = Result<Option<LeaseView>, Denial>> + Send;
+    /// Lease lifetimes.
+    fn lease_settings(&self) -> LeaseSettings;
+}
 
-impl<T: Clients + IssuerKeys + OwnKeys + Revocation> World for T {}
+/// Everything the pipeline asks the world, in one bound.
+pub trait World: Clients + IssuerKeys + OwnKeys + Revocation + Lifecycle {}
+
+impl<T: Clients + IssuerKeys + OwnKeys + Revocation + Lifecycle> World for T {}
 
 /// The engine with its settings and ports: what every pipeline function takes.
 #[derive(Clone, Copy)]

@@ -265,6 +265,7 @@ impl Upstream for Server {
             expires_in: 300,
             scope: scope.map(str::to_string),
             issued_token_type: Some("urn:ietf:params:oauth:token-type:access_token".into()),
+            lease_id: None,
         })
     }
 }

@@ -108,6 +108,7 @@ pub(crate) fn svid_issuer(
         one_time_use: false,
         client_auth: mayfly_sts::federation::ClientAuthRule::Optional,
         max_ttl: settings.max_ttl,
+        ci: None,
     })
 }
 

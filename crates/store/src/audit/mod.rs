@@ -12,6 +12,7 @@
 
 mod chain;
 mod committer;
+mod issued;
 mod replay;
 mod sink;
 mod sql;

@@ -7,6 +7,7 @@ use sqlx::Row;
 use crate::{Backend, StoreError, db};
 
 use super::chain::{Chained, EventRow, chain};
+use super::issued::{INSERT_ISSUED, ISSUED_COLUMNS, IssuedRow, bind_issued, issued_row};
 use super::replay::{
     ReplayGuard, consume_jtis, local_used, note_single_use, persist_subjects, remember,
 };
@@ -97,7 +98,11 @@ pub(super) async fn link_svid_token(
 /// another writer advanced by as many events). A head moved by another writer therefore
 /// writes nothing, and the caller falls back to the general path, which reads the head under
 /// its lock.
-pub(super) fn sqlite_batch_sql(rows: &[EventRow]) -> String {
+///
+/// With `registry`, each chunk of events is followed by the registry rows of the tokens they
+/// issued (a statement of the same size, a NULL row for an event that issued none), and one
+/// UPDATE keeps the batch's status list's `last_exp`: two shapes per batch size, not more.
+pub(super) fn sqlite_batch_sql(rows: &[EventRow], registry: bool) -> String {
     let mut s = String::from(
         "BEGIN IMMEDIATE; UPDATE audit_head SET seq = ?, hash = ?, updated_at = ? \
          WHERE id = 1 AND seq = ? AND hash = ? RETURNING seq;",
@@ -112,6 +117,23 @@ pub(super) fn sqlite_batch_sql(rows: &[EventRow]) -> String {
             // column1 is `seq`: padding rows are all NULL and are left out.
             ") WHERE column1 IS NOT NULL AND (SELECT hash FROM audit_head WHERE id = 1) = ?;",
         ));
+        if registry {
+            s.push(' ');
+            s.push_str(&values_sql(
+                Backend::Sqlite,
+                &format!("{INSERT_ISSUED} SELECT * FROM (VALUES"),
+                ISSUED_COLUMNS,
+                size,
+                ") WHERE column1 IS NOT NULL AND (SELECT hash FROM audit_head WHERE id = 1) = ? \
+                 ON CONFLICT DO NOTHING;",
+            ));
+        }
+    }
+    if registry {
+        s.push_str(
+            " UPDATE status_lists SET last_exp = ? WHERE id = ? AND last_exp < ? \
+             AND (SELECT hash FROM audit_head WHERE id = 1) = ?;",
+        );
     }
     s.push_str(" COMMIT;");
     s
@@ -157,15 +179,23 @@ pub(super) fn bind_events<'q>(
     q
 }
 
+/// The registry rows of a fast-path batch, one per event (`None`: it issued no token), and the
+/// batch's one status list with the latest exp in it.
+pub(super) struct FastRegistry {
+    pub(super) rows: Vec<Option<IssuedRow>>,
+    pub(super) list_exp: Option<(i64, i64)>,
+}
+
 /// SQLite's fast path: one statement string, one round trip, one fsync. `Ok(false)`: the head
 /// was not where this committer left it, nothing was written.
 pub(super) async fn append_sqlite_fast(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     c: &mut Chained,
+    registry: Option<FastRegistry>,
     head: &(i64, String),
     now: i64,
 ) -> Result<bool, StoreError> {
-    let sql = sqlite_batch_sql(&c.rows);
+    let sql = sqlite_batch_sql(&c.rows, registry.is_some());
     let shapes: Vec<(usize, usize)> = padded_chunks(&c.rows)
         .map(|(chunk, size)| (chunk.len(), size))
         .collect();
@@ -177,6 +207,10 @@ pub(super) async fn append_sqlite_fast(
         .bind(now)
         .bind(head.0)
         .bind(head.1.as_str());
+    let (mut issued, list_exp) = match registry {
+        Some(r) => (Some(r.rows.into_iter()), Some(r.list_exp)),
+        None => (None, None),
+    };
     for (n, size) in shapes {
         q = bind_events(q, rows.by_ref().take(n));
         for _ in n..size {
@@ -185,6 +219,17 @@ pub(super) async fn append_sqlite_fast(
             }
         }
         q = q.bind(c.hash.as_str());
+        if let Some(issued) = issued.as_mut() {
+            let chunk = issued
+                .by_ref()
+                .take(n)
+                .chain(std::iter::repeat_n(None, size - n));
+            q = bind_issued(q, chunk).bind(c.hash.as_str());
+        }
+    }
+    if let Some(list_exp) = list_exp {
+        let (list, exp) = list_exp.unzip();
+        q = q.bind(exp).bind(list).bind(exp).bind(c.hash.as_str());
     }
     match q.fetch_all(&mut **conn).await {
         Ok(rows) => Ok(rows
@@ -226,11 +271,14 @@ pub(super) async fn append_batch(
                 && p.parents.is_empty()
                 && p.consume_subject.is_none()
                 && p.consume_actor.is_none()
+                && p.lease.is_none()
         })
+        && fast_lists(items)
     {
         let (used, fresh) = local_used(seen, items);
         let mut c = chain(kek, items, &used, h.0, h.1.clone(), want_lines)?;
-        if append_sqlite_fast(conn, &mut c, h, now).await? {
+        let registry = fast_registry(items);
+        if append_sqlite_fast(conn, &mut c, registry, h, now).await? {
             remember(seen, fresh, *window);
             *head = Some((c.seq, c.hash.clone()));
             return Ok((c.outcomes, c.lines, (c.seq, c.hash)));
@@ -287,6 +335,13 @@ pub(super) async fn append_batch(
             .await?;
         }
     }
+    let fresh_items: Vec<&Pending> = items
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| u.is_none())
+        .map(|(p, _)| p)
+        .collect();
+    super::issued::record_issued(&mut tx, backend, &fresh_items).await?;
     let mut c = chain(kek, items, &used, seq, prev, want_lines)?;
     let sizes: Vec<usize> = statement_chunks(&c.rows).map(<[EventRow]>::len).collect();
     let mut rows = std::mem::take(&mut c.rows).into_iter();
@@ -318,6 +373,27 @@ pub(super) async fn append_batch(
         *head = Some((c.seq, c.hash.clone()));
     }
     Ok((c.outcomes, c.lines, (c.seq, c.hash)))
+}
+
+/// Whether the batch's status slots lie in one list at most (the fast path keeps one list's
+/// `last_exp`; a batch straddling two lists takes the general path).
+fn fast_lists(items: &[Pending]) -> bool {
+    let mut lists = items.iter().filter_map(|p| p.status.map(|s| s.list));
+    let first = lists.next();
+    lists.all(|l| Some(l) == first)
+}
+
+/// The registry share of a fast-path batch (after chaining: a replayed request's event no
+/// longer issues anything), or `None` when no event of it issued a token.
+fn fast_registry(items: &[Pending]) -> Option<FastRegistry> {
+    let rows: Vec<Option<IssuedRow>> = items.iter().map(issued_row).collect();
+    if rows.iter().all(Option::is_none) {
+        return None;
+    }
+    let list_exp = super::issued::list_exps(rows.iter().flatten())
+        .into_iter()
+        .next();
+    Some(FastRegistry { rows, list_exp })
 }
 
 /// What a batch came to: one outcome per event, the JSON lines, and the chain's new head.

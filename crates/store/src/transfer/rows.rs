@@ -29,12 +29,16 @@ pub(super) enum Table {
     TokenParents,
     DebtKeys,
     DebtUsage,
+    IssuedTokens,
+    Leases,
+    StatusLists,
+    WebhookDeliveries,
     AuditEvents,
     AuditHead,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 16] = [
+    pub(super) const ALL: [Table; 20] = [
         Table::SigningKeys,
         Table::Clients,
         Table::RevokedTokens,
@@ -49,6 +53,10 @@ impl Table {
         Table::TokenParents,
         Table::DebtKeys,
         Table::DebtUsage,
+        Table::IssuedTokens,
+        Table::Leases,
+        Table::StatusLists,
+        Table::WebhookDeliveries,
         Table::AuditEvents,
         Table::AuditHead,
     ];
@@ -69,6 +77,10 @@ impl Table {
             Table::TokenParents => "token_parents",
             Table::DebtKeys => "debt_keys",
             Table::DebtUsage => "debt_usage",
+            Table::IssuedTokens => "issued_tokens",
+            Table::Leases => "leases",
+            Table::StatusLists => "status_lists",
+            Table::WebhookDeliveries => "webhook_deliveries",
             Table::AuditEvents => "audit_events",
             Table::AuditHead => "audit_head",
         }
@@ -143,6 +155,37 @@ impl Table {
                 "last_used_at",
             ],
             Table::DebtUsage => &["name", "identity", "first_used_at", "last_used_at", "calls"],
+            Table::IssuedTokens => &[
+                "jti",
+                "kind",
+                "client_id",
+                "identity",
+                "issuer",
+                "lease_id",
+                "list_id",
+                "idx",
+                "issued_at",
+                "expires_at",
+            ],
+            Table::Leases => &[
+                "id",
+                "kind",
+                "owner",
+                "client_id",
+                "grace",
+                "heartbeat_at",
+                "created_at",
+                "expires_at",
+                "ended_at",
+                "end_reason",
+                "ci_provider",
+                "ci_project",
+                "ci_run",
+                "ci_attempt",
+                "ci_job",
+            ],
+            Table::StatusLists => &["id", "size", "next_idx", "created_at", "last_exp"],
+            Table::WebhookDeliveries => &["source", "delivery", "expires_at"],
             Table::AuditEvents => &["seq", "ts", "kind", "jti", "body", "prev_hash", "hash"],
             Table::AuditHead => &["id", "seq", "hash", "updated_at"],
         }
@@ -167,6 +210,10 @@ impl Table {
             Table::TokenParents => format!("{}, {}", text("parent_jti"), text("child_jti")),
             Table::DebtKeys => text("name"),
             Table::DebtUsage => format!("{}, {}", text("name"), text("identity")),
+            Table::IssuedTokens => text("jti"),
+            Table::Leases => text("id"),
+            Table::StatusLists => "id".into(),
+            Table::WebhookDeliveries => format!("{}, {}", text("source"), text("delivery")),
             Table::AuditEvents => "seq".into(),
             Table::AuditHead => "id".into(),
         }
@@ -327,6 +374,60 @@ pub(super) struct DebtUsageRow {
     pub(super) calls: i64,
 }
 
+/// An access token or JWT-SVID we issued, until it expires.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IssuedTokenRow {
+    pub(super) jti: String,
+    pub(super) kind: String,
+    pub(super) client_id: String,
+    pub(super) identity: String,
+    pub(super) issuer: Option<String>,
+    pub(super) lease_id: Option<String>,
+    pub(super) list_id: Option<i64>,
+    pub(super) idx: Option<i64>,
+    pub(super) issued_at: i64,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LeaseRow {
+    pub(super) id: String,
+    pub(super) kind: String,
+    pub(super) owner: String,
+    pub(super) client_id: String,
+    pub(super) grace: Option<i64>,
+    pub(super) heartbeat_at: i64,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) ended_at: Option<i64>,
+    pub(super) end_reason: Option<String>,
+    pub(super) ci_provider: Option<String>,
+    pub(super) ci_project: Option<String>,
+    pub(super) ci_run: Option<String>,
+    pub(super) ci_attempt: Option<String>,
+    pub(super) ci_job: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatusListRow {
+    pub(super) id: i64,
+    pub(super) size: i64,
+    pub(super) next_idx: i64,
+    pub(super) created_at: i64,
+    pub(super) last_exp: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebhookDeliveryRow {
+    pub(super) source: String,
+    pub(super) delivery: String,
+    pub(super) expires_at: i64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditEventRow {
@@ -371,6 +472,10 @@ pub(super) enum Entry {
     TokenParents(TokenParentRow),
     DebtKeys(DebtKeyRow),
     DebtUsage(DebtUsageRow),
+    IssuedTokens(IssuedTokenRow),
+    Leases(LeaseRow),
+    StatusLists(StatusListRow),
+    WebhookDeliveries(WebhookDeliveryRow),
     AuditEvents(AuditEventRow),
     AuditHead(AuditHeadRow),
 }
@@ -400,6 +505,10 @@ impl Entry {
             Entry::TokenParents(_) => Table::TokenParents,
             Entry::DebtKeys(_) => Table::DebtKeys,
             Entry::DebtUsage(_) => Table::DebtUsage,
+            Entry::IssuedTokens(_) => Table::IssuedTokens,
+            Entry::Leases(_) => Table::Leases,
+            Entry::StatusLists(_) => Table::StatusLists,
+            Entry::WebhookDeliveries(_) => Table::WebhookDeliveries,
             Entry::AuditEvents(_) => Table::AuditEvents,
             Entry::AuditHead(_) => Table::AuditHead,
         }
@@ -543,6 +652,54 @@ impl Entry {
                 hash: g(r, "hash")?,
                 updated_at: g(r, "updated_at")?,
             }),
+            other => Self::read_lifecycle(other, r)?,
+        })
+    }
+
+    /// The lifecycle tables' rows (issued tokens, leases, status lists, webhook deliveries).
+    fn read_lifecycle(t: Table, r: &AnyRow) -> Result<Entry, StoreError> {
+        Ok(match t {
+            Table::IssuedTokens => Entry::IssuedTokens(IssuedTokenRow {
+                jti: g(r, "jti")?,
+                kind: g(r, "kind")?,
+                client_id: g(r, "client_id")?,
+                identity: g(r, "identity")?,
+                issuer: g(r, "issuer")?,
+                lease_id: g(r, "lease_id")?,
+                list_id: g(r, "list_id")?,
+                idx: g(r, "idx")?,
+                issued_at: g(r, "issued_at")?,
+                expires_at: g(r, "expires_at")?,
+            }),
+            Table::Leases => Entry::Leases(LeaseRow {
+                id: g(r, "id")?,
+                kind: g(r, "kind")?,
+                owner: g(r, "owner")?,
+                client_id: g(r, "client_id")?,
+                grace: g(r, "grace")?,
+                heartbeat_at: g(r, "heartbeat_at")?,
+                created_at: g(r, "created_at")?,
+                expires_at: g(r, "expires_at")?,
+                ended_at: g(r, "ended_at")?,
+                end_reason: g(r, "end_reason")?,
+                ci_provider: g(r, "ci_provider")?,
+                ci_project: g(r, "ci_project")?,
+                ci_run: g(r, "ci_run")?,
+                ci_attempt: g(r, "ci_attempt")?,
+                ci_job: g(r, "ci_job")?,
+            }),
+            Table::StatusLists => Entry::StatusLists(StatusListRow {
+                id: g(r, "id")?,
+                size: g(r, "size")?,
+                next_idx: g(r, "next_idx")?,
+                created_at: g(r, "created_at")?,
+                last_exp: g(r, "last_exp")?,
+            }),
+            Table::WebhookDeliveries => Entry::WebhookDeliveries(WebhookDeliveryRow {
+                source: g(r, "source")?,
+                delivery: g(r, "delivery")?,
+                expires_at: g(r, "expires_at")?,
+            }),
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "no reader for table {}",
@@ -645,6 +802,10 @@ impl Entry {
                 .bind(r.first_used_at)
                 .bind(r.last_used_at)
                 .bind(r.calls),
+            Entry::IssuedTokens(_)
+            | Entry::Leases(_)
+            | Entry::StatusLists(_)
+            | Entry::WebhookDeliveries(_) => self.bind_lifecycle(q),
             Entry::AuditEvents(r) => q
                 .bind(r.seq)
                 .bind(r.ts)
@@ -658,6 +819,50 @@ impl Entry {
                 .bind(r.seq)
                 .bind(r.hash.as_str())
                 .bind(r.updated_at),
+        }
+    }
+
+    /// Bind a lifecycle table's row (see [`Self::bind`]).
+    fn bind_lifecycle<'q>(&self, q: Query<'q>) -> Query<'q> {
+        match self {
+            Entry::IssuedTokens(r) => q
+                .bind(r.jti.as_str())
+                .bind(r.kind.as_str())
+                .bind(r.client_id.as_str())
+                .bind(r.identity.as_str())
+                .bind(r.issuer.as_deref())
+                .bind(r.lease_id.as_deref())
+                .bind(r.list_id)
+                .bind(r.idx)
+                .bind(r.issued_at)
+                .bind(r.expires_at),
+            Entry::Leases(r) => q
+                .bind(r.id.as_str())
+                .bind(r.kind.as_str())
+                .bind(r.owner.as_str())
+                .bind(r.client_id.as_str())
+                .bind(r.grace)
+                .bind(r.heartbeat_at)
+                .bind(r.created_at)
+                .bind(r.expires_at)
+                .bind(r.ended_at)
+                .bind(r.end_reason.as_deref())
+                .bind(r.ci_provider.as_deref())
+                .bind(r.ci_project.as_deref())
+                .bind(r.ci_run.as_deref())
+                .bind(r.ci_attempt.as_deref())
+                .bind(r.ci_job.as_deref()),
+            Entry::StatusLists(r) => q
+                .bind(r.id)
+                .bind(r.size)
+                .bind(r.next_idx)
+                .bind(r.created_at)
+                .bind(r.last_exp),
+            Entry::WebhookDeliveries(r) => q
+                .bind(r.source.as_str())
+                .bind(r.delivery.as_str())
+                .bind(r.expires_at),
+            _ => q,
         }
     }
 }

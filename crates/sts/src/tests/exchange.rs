@@ -736,6 +736,8 @@ fn identify_nests_the_prior_actor_chain() {
         exp: NOW + 100,
         jti: "parent".into(),
         act: Some(json!({"sub": "spiffe://k8s.example.org/ns/payments/sa/first"})),
+        lease: None,
+        status: None,
     };
     let actor = federated(&t, &t.k8s(K8S, "payments", "gateway"));
     let mut caller = Caller::default();
@@ -777,6 +779,8 @@ fn identify_refuses_a_delegation_chain_deeper_than_five() {
         exp: NOW + 100,
         jti: "p".into(),
         act: Some(act),
+        lease: None,
+        status: None,
     };
     let actor = federated(&t, &t.k8s(K8S, "payments", "gateway"));
     let d = identify(

@@ -3,5 +3,6 @@
 
 mod client_credentials;
 mod exchange;
+mod lease;
 mod query;
 mod world;

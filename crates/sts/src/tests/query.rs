@@ -19,6 +19,8 @@ fn claims(client: &str, aud: &str) -> AccessTokenClaims {
         exp: NOW + 60,
         jti: "j".into(),
         act: None,
+        lease: None,
+        status: None,
     }
 }
 

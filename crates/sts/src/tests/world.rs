@@ -17,7 +17,8 @@ use crate::federation::{ClientAuthRule, TrustedIssuer, preset};
 use crate::identity::IdentityTemplate;
 use crate::{
     Authorizer, AuthzDecision, AuthzQuery, Client, Clients, Denial, FormRequest, Issued,
-    IssuerKeys, ManualClock, Outcome, OwnKeys, Refusal, Revocation, Settings, Sts,
+    IssuerKeys, LeaseSettings, LeaseView, Lifecycle, ManualClock, Outcome, OwnKeys, Refusal,
+    Revocation, Settings, StatusSlot, Sts,
 };
 
 pub const NOW: i64 = 1_800_000_000;
@@ -32,6 +33,8 @@ pub const CI: &str = "https://ci.example";
 pub const STRICT: &str = "https://strict.example";
 pub const PARTNER: &str = "https://partner.example";
 pub const DOWN: &str = "https://down.example";
+pub const GHA: &str = "https://gha.example";
+pub const GHA_ID: &str = "spiffe://gha.example.org/github/acme/app/refs/heads/main";
 pub const PAYMENTS_API: &str = "spiffe://k8s.example.org/ns/payments/sa/api";
 pub const PAYMENTS_GATEWAY: &str = "spiffe://k8s.example.org/ns/payments/sa/gateway";
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -121,6 +124,7 @@ fn rules() -> Rules {
         permit("gateway-self", "gateway", ISSUER, &[ACTION_TOKEN]),
         permit("svc-self", "svc", ISSUER, &[ACTION_TOKEN]),
         permit("payments-api", PAYMENTS_API, API, &[ACTION_TOKEN, "read"]),
+        permit("gha-api", GHA_ID, API, &[ACTION_TOKEN]),
         permit("any-api", kube_system, API, &[ACTION_TOKEN, "read"]),
         Rule {
             forbid: true,
@@ -189,6 +193,7 @@ fn trusted(name: &str, iss: &str, preset_name: &str, td: &str) -> TrustedIssuer 
         one_time_use: false,
         client_auth: ClientAuthRule::Optional,
         max_ttl: 3600,
+        ci: None,
     }
 }
 
@@ -204,6 +209,10 @@ pub struct Mem {
     pub svid_keys: Arc<VerifyingKeys>,
     pub revoked: Mutex<HashSet<String>>,
     pub svid_revoked: Mutex<HashSet<String>>,
+    /// Leases by id (what the store would hold).
+    pub leases: Mutex<HashMap<String, LeaseView>>,
+    /// The next status index handed out (list 1).
+    pub next_idx: AtomicU64,
 }
 
 impl Clients for Mem {
@@ -261,6 +270,21 @@ impl Revocation for Mem {
 
     async fn is_svid_revoked(&self, jti: &str) -> Result<bool, Denial> {
         Ok(self.svid_revoked.lock().unwrap().contains(jti))
+    }
+}
+
+impl Lifecycle for Mem {
+    async fn status_slot(&self) -> Result<StatusSlot, Denial> {
+        let idx = self.next_idx.fetch_add(1, Ordering::SeqCst) as i64;
+        Ok(StatusSlot { list: 1, idx })
+    }
+
+    async fn lease(&self, id: &str) -> Result<Option<LeaseView>, Denial> {
+        Ok(self.leases.lock().unwrap().get(id).cloned())
+    }
+
+    fn lease_settings(&self) -> LeaseSettings {
+        LeaseSettings::default()
     }
 }
 
@@ -338,7 +362,11 @@ impl T {
             ..trusted("strict", STRICT, "kubernetes", "strict.example.org")
         };
         let partner = trusted("partner", PARTNER, "spiffe-jwt-svid", "partner.example");
-        let issuers = [k8s, dev, ci, strict, partner]
+        let gha = TrustedIssuer {
+            ci: Some(crate::CiProvider::GitHub),
+            ..trusted("gha", GHA, "github-actions", "gha.example.org")
+        };
+        let issuers = [k8s, dev, ci, strict, partner, gha]
             .into_iter()
             .map(|i| (i, keys_of(&[&idp])))
             .collect();
@@ -356,6 +384,8 @@ impl T {
             svid_keys: Arc::new(keys_of(&[&svid])),
             revoked: Mutex::default(),
             svid_revoked: Mutex::default(),
+            leases: Mutex::default(),
+            next_idx: AtomicU64::new(0),
         };
         T {
             settings: Settings {
@@ -467,6 +497,16 @@ impl T {
         self.idp
             .sign_jwt(None, &self.k8s_claims(iss, ns, sa))
             .unwrap()
+    }
+
+    /// A GitHub Actions job token of issuer [`GHA`] with `extra` claims (run, job).
+    pub fn gha(&self, extra: Value) -> String {
+        let mut c = json!({"iss": GHA, "aud": "mayfly", "sub": "repo:acme/app:ref:refs/heads/main",
+               "repository": "acme/app", "ref": "refs/heads/main", "iat": NOW, "exp": NOW + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        self.idp.sign_jwt(None, &c).unwrap()
     }
 
     /// A JWT-SVID of the trust domain (signed with its JWT-SVID key) for `sub`.
