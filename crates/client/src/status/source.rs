@@ -260,8 +260,7 @@ impl StatusLists {
         r: &StatusListRef,
         now: i64,
     ) -> Result<TokenStatus, StatusSourceError> {
-        let url = self.list_url(&r.uri)?;
-        let slot = self.slot(&r.uri, now);
+        let slot = self.slot(&r.uri, now)?;
         let seen = {
             let s = lock(&slot.state);
             let fresh = s.held.as_ref().filter(|h| now < h.fresh_until);
@@ -286,7 +285,7 @@ impl StatusLists {
         };
         let failure = if due {
             lock(&slot.state).last_attempt = Some(now);
-            match self.fetch(&r.uri, url, now).await {
+            match self.fetch(&r.uri, self.list_url(&r.uri)?, now).await {
                 Ok(bits) => {
                     self.install(&slot, bits, now);
                     None
@@ -333,11 +332,16 @@ impl StatusLists {
     }
 
     /// The slot of `uri`, made room for when new (lists whose copy expired go first, then the
-    /// one that goes stale soonest).
-    fn slot(&self, uri: &str, now: i64) -> Arc<Slot> {
+    /// one that goes stale soonest). A new URI is checked first ([`Self::list_url`]): only
+    /// the issuer's lists get a slot, so a known one needs no check (the per-call path).
+    fn slot(&self, uri: &str, now: i64) -> Result<Arc<Slot>, StatusSourceError> {
+        if let Some(s) = lock(&self.slots).get(uri) {
+            return Ok(s.clone());
+        }
+        self.list_url(uri)?;
         let mut slots = lock(&self.slots);
         if let Some(s) = slots.get(uri) {
-            return s.clone();
+            return Ok(s.clone());
         }
         if slots.len() >= self.options.max_lists.max(1) {
             let until = |s: &Arc<Slot>| {
@@ -357,7 +361,7 @@ impl StatusLists {
         }
         let s = Arc::new(Slot::default());
         slots.insert(uri.to_string(), s.clone());
-        s
+        Ok(s)
     }
 
     /// Install a fresh copy, dropping other lists' copies if the byte budget needs it.
