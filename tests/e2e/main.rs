@@ -16,6 +16,7 @@ mod fixture;
 mod interop_node;
 mod issuance;
 mod jwks_uri;
+mod lifecycle;
 mod no_secrets;
 mod policy_cli;
 mod proxy;

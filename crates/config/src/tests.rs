@@ -548,3 +548,50 @@ fn client_introspect_grants_and_ids() {
         assert!(!crate::valid_client_id(bad));
     }
 }
+
+#[test]
+fn leases_and_status_lists_default_override_and_refuse() {
+    let c = parse("", &[]).unwrap();
+    assert_eq!(
+        (
+            c.leases.grace,
+            c.leases.max_lifetime,
+            c.leases.ci_max_lifetime
+        ),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(6 * 3600)
+        )
+    );
+    assert_eq!(
+        (c.status_list.size, c.status_list.ttl),
+        (1 << 20, Duration::from_secs(60))
+    );
+    let c = parse(
+        "[leases]\ngrace = \"10s\"\n[status_list]\nsize = 4096\n",
+        &[
+            ("MAYFLY_LEASES_CI_MAX_LIFETIME", "2h"),
+            ("MAYFLY_STATUS_LIST_TTL", "30s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.leases.grace, Duration::from_secs(10));
+    assert_eq!(c.leases.ci_max_lifetime, Duration::from_secs(7200));
+    assert_eq!(c.status_list.size, 4096);
+    assert_eq!(c.status_list.ttl, Duration::from_secs(30));
+    for (text, key) in [
+        ("[leases]\ngrace = \"1s\"\n", "leases.grace"),
+        ("[leases]\nmax_lifetime = \"30s\"\n", "leases.max_lifetime"),
+        (
+            "[leases]\nci_max_lifetime = \"8d\"\n",
+            "leases.ci_max_lifetime",
+        ),
+        ("[status_list]\nsize = 1000\n", "status_list.size"),
+        ("[status_list]\nsize = 33554432\n", "status_list.size"),
+        ("[status_list]\nttl = \"2h\"\n", "status_list.ttl"),
+    ] {
+        let e = parse(text, &[]).unwrap_err();
+        assert_eq!(e.key, key, "{text}");
+    }
+}

@@ -13,6 +13,10 @@ pub struct ServerMetadata {
     pub introspection_endpoint: String,
     /// Revocation endpoint URL (RFC 7009).
     pub revocation_endpoint: String,
+    /// Token Status List aggregation endpoint (draft-ietf-oauth-status-list): lists the URIs
+    /// of every status list, each at `{issuer}/statuslists/{n}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_list_aggregation_endpoint: Option<String>,
     /// Supported grant types.
     pub grant_types_supported: Vec<String>,
     /// Response types: none, this is not an interactive authorization server.

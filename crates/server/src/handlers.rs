@@ -79,7 +79,15 @@ pub(crate) async fn revoke(
                 source: src.as_deref(),
             };
             match mayfly_sts::revoke(&app.sts(), &req).await {
-                Ok(out) => commit(&app, out).await.map(|()| serde_json::json!({})),
+                Ok(out) => {
+                    let revokes = out.record.revoke.is_some();
+                    let r = commit(&app, out).await.map(|()| serde_json::json!({}));
+                    if revokes && r.is_ok() {
+                        metrics::counter!("mayfly_revocations_total", "path" => "client")
+                            .increment(1);
+                    }
+                    r
+                }
                 Err(r) => Err(r),
             }
         }

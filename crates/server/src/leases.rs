@@ -8,9 +8,8 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mayfly_proto::audit::MAX_REVOKED_LISTED;
-use mayfly_store::{Lease, LeaseEnd, LeaseRenewal, Pending};
-use mayfly_sts::{AccessTokenClaims, AuditEvent, Decision, EventKind};
+use mayfly_store::{LeaseEnd, LeaseRenewal, Pending};
+use mayfly_sts::AccessTokenClaims;
 use serde_json::json;
 
 use crate::state::App;
@@ -73,13 +72,13 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The claims of the presented access token of ours under lease `id`: signature, issuer,
-/// expiry and lease; unless `allow_revoked`, not revoked either (ending a lease twice with
-/// a token its first end revoked is still answered).
+/// expiry and lease claim. Revocation is each endpoint's own check: ending a lease twice with
+/// a token its first end revoked is still answered, and so is a heartbeat that must learn the
+/// lease ended.
 async fn authorize(
     app: &App,
     headers: &HeaderMap,
     id: &str,
-    allow_revoked: bool,
 ) -> Result<AccessTokenClaims, LeaseError> {
     let token = bearer(headers).ok_or(LeaseError::InvalidToken)?;
     let now = app.clock().now();
@@ -88,27 +87,7 @@ async fn authorize(
     if claims.lease.as_deref() != Some(id) {
         return Err(LeaseError::InvalidToken);
     }
-    if !allow_revoked
-        && app
-            .store()
-            .is_revoked(&claims.jti)
-            .await
-            .map_err(unavailable)?
-    {
-        return Err(LeaseError::InvalidToken);
-    }
     Ok(claims)
-}
-
-/// Whether `l` is past its heartbeat grace or hard end at `now`, and why.
-fn overdue(l: &Lease, now: i64) -> Option<&'static str> {
-    if l.expires_at <= now {
-        Some("expired")
-    } else if l.grace.is_some_and(|g| l.heartbeat_at + g < now) {
-        Some("heartbeat")
-    } else {
-        None
-    }
 }
 
 /// `POST /leases/{id}/renew`: the heartbeat.
@@ -117,23 +96,19 @@ pub(crate) async fn renew(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, LeaseError> {
-    authorize(&app, &headers, &id, false).await?;
+    let claims = authorize(&app, &headers, &id).await?;
     let now = app.clock().now();
     let store = app.store();
-    // A heartbeat after the grace does not revive the lease: end it now, as the reaper would.
-    if let Some(l) = store.lease(&id).await.map_err(unavailable)?
-        && l.ended_at.is_none()
-        && let Some(reason) = overdue(&l, now)
-    {
-        if let Some(end) = store
-            .end_lease(&id, reason, now)
-            .await
-            .map_err(unavailable)?
-        {
-            record_end(&app, &end, None).await;
-        }
-        return Err(LeaseError::Ended);
+    // A token revoked by its lease's end still learns that the lease ended (409: stop), which
+    // is what the holder must act on; any other revoked token is refused.
+    if store.is_revoked(&claims.jti).await.map_err(unavailable)? {
+        return match store.lease(&id).await.map_err(unavailable)? {
+            Some(l) if l.ended_at.is_some() => Err(LeaseError::Ended),
+            _ => Err(LeaseError::InvalidToken),
+        };
     }
+    // A heartbeat after the grace does not revive the lease: the store reports it ended, and
+    // the reaper ends it within a second.
     match store.renew_lease(&id, now).await.map_err(unavailable)? {
         LeaseRenewal::Renewed(l) => {
             let grace = l
@@ -154,7 +129,7 @@ pub(crate) async fn end(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, LeaseError> {
-    let claims = authorize(&app, &headers, &id, true).await?;
+    let claims = authorize(&app, &headers, &id).await?;
     let now = app.clock().now();
     let end = app
         .store()
@@ -179,7 +154,7 @@ fn no_store(mut r: Response) -> Response {
 }
 
 /// Record a lease's end: one `lease_end` audit event naming the lease, the reason and what it
-/// revoked (the first [`MAX_REVOKED_LISTED`] jtis and the count), and the metrics. `by` is the
+/// revoked (the first 1,000 jtis and the count), and the metrics. `by` is the
 /// token that asked for the end, if a token holder did. An end that found the lease already
 /// ended records nothing.
 pub(crate) async fn record_end(app: &App, end: &LeaseEnd, by: Option<&AccessTokenClaims>) {
@@ -187,21 +162,11 @@ pub(crate) async fn record_end(app: &App, end: &LeaseEnd, by: Option<&AccessToke
         return;
     }
     let reason = end.lease.end_reason.as_deref().unwrap_or("ended");
-    let mut e = AuditEvent::new(EventKind::LeaseEnd, app.clock().now(), Decision::Allow);
-    e.lease = Some(end.lease.id.clone());
-    e.reason = Some(reason.to_string());
-    e.client = Some(end.lease.client_id.clone());
-    e.identity = Some(end.lease.owner.clone());
+    let mut e = end.audit_event(app.clock().now());
+    // The token that asked for the end (its jti, never the token).
     if let Some(c) = by {
         e.jti = Some(c.jti.clone());
     }
-    e.revoked = end
-        .revoked
-        .iter()
-        .take(MAX_REVOKED_LISTED)
-        .cloned()
-        .collect();
-    e.revoked_count = Some(end.revoked.len() as u64);
     if let Err(err) = app.audit().commit(Pending::event(e)).await {
         tracing::error!(error = %err, lease = %end.lease.id, "cannot record a lease's end in the audit log");
     }

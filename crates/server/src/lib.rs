@@ -64,6 +64,7 @@ pub fn router(app: App) -> Router {
         // Leases and status lists.
         .route("/leases/{id}/renew", post(leases::renew))
         .route("/leases/{id}/end", post(leases::end))
+        .route("/statuslists", get(status_list::aggregation))
         .route("/statuslists/{list}", get(status_list::get_list))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -70,6 +70,9 @@ pub(crate) async fn issued(
     let client = t.authenticated_client.unwrap_or_else(|| "-".to_string());
     metrics::counter!("mayfly_tokens_issued_total", "client" => client, "grant" => t.grant_type)
         .increment(1);
+    if let Some(kind) = t.lease_opened {
+        metrics::counter!("mayfly_leases_opened_total", "kind" => kind).increment(1);
+    }
     Ok(t.response)
 }
 

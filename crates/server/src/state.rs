@@ -118,6 +118,7 @@ fn metadata(issuer: &str, scopes: Vec<String>, alg: KeyAlg) -> ServerMetadata {
         jwks_uri: format!("{issuer}/jwks.json"),
         introspection_endpoint: format!("{issuer}/oauth2/introspect"),
         revocation_endpoint: format!("{issuer}/oauth2/revoke"),
+        status_list_aggregation_endpoint: Some(format!("{issuer}/statuslists")),
         grant_types_supported: vec![
             mayfly_proto::GRANT_CLIENT_CREDENTIALS.into(),
             mayfly_proto::GRANT_TOKEN_EXCHANGE.into(),

@@ -83,6 +83,7 @@ impl Allocator {
 #[derive(Default)]
 pub(crate) struct Published {
     lists: Mutex<HashMap<i64, (Instant, bytes::Bytes)>>,
+    aggregation: Mutex<Option<(Instant, bytes::Bytes)>>,
 }
 
 #[derive(Serialize)]
@@ -176,6 +177,69 @@ pub(crate) async fn get_list(State(app): State<App>, Path(list): Path<String>) -
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=1"),
+    );
+    r
+}
+
+/// Most lists the aggregation endpoint names (lists are 2^20 tokens each by default).
+const MAX_AGGREGATED: i64 = 4096;
+
+/// Numbers tried past the last list found before the aggregation stops looking (old full
+/// lists are purged once their tokens expired, leaving gaps at the start).
+const MAX_GAP: i64 = 64;
+
+/// The URIs of every list, oldest first.
+async fn list_uris(app: &App) -> Result<Vec<String>, StoreError> {
+    let mut uris = Vec::new();
+    let mut missing = 0;
+    for list in 1..=MAX_AGGREGATED {
+        if app.store().status_list_size(list).await?.is_some() {
+            uris.push(mayfly_sts::lease::status_list_uri(app.issuer(), list));
+            missing = 0;
+        } else {
+            missing += 1;
+            if missing >= MAX_GAP {
+                break;
+            }
+        }
+    }
+    Ok(uris)
+}
+
+/// `GET /statuslists`: the status list aggregation (draft-ietf-oauth-status-list), the URIs of
+/// every list, oldest first. Built at most once a second.
+pub(crate) async fn aggregation(State(app): State<App>) -> Response {
+    let published = app.published();
+    let cached = published
+        .aggregation
+        .lock()
+        .await
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < CACHE_FOR)
+        .map(|(_, b)| b.clone());
+    let body = match cached {
+        Some(b) => b,
+        None => match list_uris(&app).await {
+            Ok(uris) => {
+                let b = bytes::Bytes::from(serde_json::json!({ "status_lists": uris }).to_string());
+                *published.aggregation.lock().await = Some((Instant::now(), b.clone()));
+                b
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the status lists");
+                return crate::error::denial_response(&mayfly_sts::Denial::Unavailable);
+            }
+        },
+    };
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
     );
     r
 }

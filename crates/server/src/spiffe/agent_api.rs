@@ -479,15 +479,31 @@ async fn svid_jwt(
     }
     let entry = own_entry(&ctx, &agent_id, &req.entry_id).await?;
     let grant = decide_svid(&ctx, &agent_id, &entry, SvidKind::Jwt, &req.audience, now).await?;
+    // A JWT-SVID has a status-list slot like an access token: its bit is set when its
+    // workload exits.
+    let slot = mayfly_sts::Lifecycle::status_slot(&ctx.app)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     let (token, jti, expires_at) = ctx
         .app
         .spiffe()
-        .mint_jwt(&entry.spiffe_id, &req.audience, grant.ttl, now)
+        .mint_jwt(&entry.spiffe_id, &req.audience, grant.ttl, now, Some(slot))
         .map_err(|_| ApiError::Internal)?;
     // Only the agent that minted a JWT-SVID may later report its workload's exit.
     ctx.app
         .store()
         .record_svid_minter(&jti, &agent_id, expires_at)
+        .await
+        .map_err(unavailable)?;
+    ctx.app
+        .store()
+        .record_issued_svid(
+            &jti,
+            &entry.spiffe_id,
+            Some(crate::ports::store_slot(slot)),
+            now,
+            expires_at,
+        )
         .await
         .map_err(unavailable)?;
     let mut e = event(&ctx, EventKind::SvidIssue, Decision::Allow, now);
@@ -542,6 +558,8 @@ async fn workload_exited(
     }
     e.reason = Some(reason);
     audit(&ctx, e).await?;
+    metrics::counter!("mayfly_revocations_total", "path" => "workload_exit")
+        .increment(r.svids as u64 + r.tokens.len() as u64);
     tracing::info!(agent = %agent_id, pid = req.pid, svids = r.svids, ignored = r.ignored, tokens = r.tokens.len(), "workload exited; revoked what it held");
     Ok(Json(WorkloadExitedResponse {
         revoked_tokens: r.tokens.len() as u64,

@@ -157,6 +157,8 @@ struct JwtSvidClaims<'a> {
     exp: i64,
     iat: i64,
     jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<serde_json::Value>,
 }
 
 impl Spiffe {
@@ -250,6 +252,7 @@ impl Spiffe {
         audience: &[String],
         ttl: i64,
         now: i64,
+        slot: Option<mayfly_sts::StatusSlot>,
     ) -> Result<(String, String, i64), mayfly_crypto::CryptoError> {
         let ttl = ttl.clamp(10, self.p.jwt_max_ttl);
         let jti = mayfly_crypto::random_id()?;
@@ -261,6 +264,7 @@ impl Spiffe {
             exp,
             iat: now,
             jti: &jti,
+            status: slot.map(|s| mayfly_sts::lease::status_claim(&self.p.issuer, s)),
         };
         let token = self.snapshot().jwt_key.sign_jwt(Some("JWT"), &claims)?;
         Ok((token, jti, exp))
