@@ -243,3 +243,40 @@ pub(crate) async fn aggregation(State(app): State<App>) -> Response {
     );
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots come out of blocks of 256 reserved in the store, in order, without a gap or a
+    /// repeat; a full list makes the next block open the next list. Two allocators on one
+    /// store (two replicas) never hand out the same slot.
+    #[tokio::test]
+    async fn slots_come_from_reserved_blocks_and_fill_lists_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("m.db")).await.unwrap();
+        let slot = |list, idx| StatusSlot { list, idx };
+        // Lists of three blocks.
+        let a = Allocator::new(768);
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            got.push(a.slot(&store, 1).await.unwrap());
+        }
+        let want: Vec<StatusSlot> = (0..300).map(|idx| slot(1, idx)).collect();
+        assert_eq!(got, want);
+        // A second replica gets list 1's third block; its next block opens list 2.
+        let b = Allocator::new(768);
+        assert_eq!(b.slot(&store, 1).await.unwrap(), slot(1, 512));
+        for _ in 513..768 {
+            b.slot(&store, 1).await.unwrap();
+        }
+        assert_eq!(b.slot(&store, 1).await.unwrap(), slot(2, 0));
+        // The first replica uses up its second block of list 1, then moves to list 2 after
+        // the second replica's block.
+        assert_eq!(a.slot(&store, 1).await.unwrap(), slot(1, 300));
+        for _ in 301..512 {
+            a.slot(&store, 1).await.unwrap();
+        }
+        assert_eq!(a.slot(&store, 1).await.unwrap(), slot(2, 256));
+    }
+}
