@@ -27,5 +27,6 @@ mod revocation;
 mod rotation;
 mod scan;
 mod spiffe;
+mod status_list;
 mod support;
 mod transfer;
