@@ -6,6 +6,7 @@
 #
 #   cargo build --release -p mayfly-loadgen
 #   bench/ab.sh ROUNDS OLD_BINARY NEW_BINARY [...]     # CONC (64), SECS (10)
+#   EXTRA_2="--param lease=new" bench/ab.sh 10 OLD NEW NEW  # binary 2's requests open a lease each
 #
 # Prints one line per round: the ceiling (ops/s) and each binary's tokens/s and % of it.
 set -euo pipefail
@@ -39,12 +40,13 @@ EOT
   i=$((i+1))
 done
 args() { echo --url http://127.0.0.1:$1/oauth2/token --aud http://127.0.0.1:$1 --key $W/client --client-id bench-client --resource https://api.example.test --scope read; }
-for j in $(seq 0 $((i-1))); do taskset -c 1 $LOADGEN run $(args $((18100+j))) --requests 5000 --concurrency 64 --server-pid ${PIDS[$j]} --label w >/dev/null 2>&1; done
+for j in $(seq 0 $((i-1))); do extra=EXTRA_$j; taskset -c 1 $LOADGEN run $(args $((18100+j))) ${!extra:-} --requests 5000 --concurrency 64 --server-pid ${PIDS[$j]} --label w >/dev/null 2>&1; done
 for r in $(seq $ROUNDS); do
   c=$(taskset -c 0 $LOADGEN ceiling --seconds 2 2>/dev/null | jq .ceiling_ops_per_s)
   line="round $r ceiling $c"
   for j in $(seq 0 $((i-1))); do
-    t=$(taskset -c 1 $LOADGEN run $(args $((18100+j))) --requests 200000 --concurrency ${CONC:-64} --duration ${SECS:-10} --server-pid ${PIDS[$j]} --label m 2>/dev/null | jq '.tokens_per_s|floor')
+    extra=EXTRA_$j
+    t=$(taskset -c 1 $LOADGEN run $(args $((18100+j))) ${!extra:-} --requests 200000 --concurrency ${CONC:-64} --duration ${SECS:-10} --server-pid ${PIDS[$j]} --label m 2>/dev/null | jq '.tokens_per_s|floor')
     line="$line | bin$j $t ($(awk -v t=$t -v c=$c 'BEGIN{printf "%.1f%%", 100*t/c}'))"
   done
   echo "$line"

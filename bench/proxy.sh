@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Legacy translation proxy benchmark: requests/s and latency through `mayfly proxy`
-# against calling the same upstream directly, with wrk on loopback, in the same run.
+# against calling the same upstream directly, with wrk on loopback, in the same run. Two proxies
+# of the same build and config run side by side: `proxy` checks revocation by introspection
+# (proxy.revocation = "introspection"), `proxy-statuslist` offline against the issuer's Token
+# Status List (proxy.revocation = "status_list"). Each run also reports the introspection calls
+# the token server answered during it (its mayfly_request_duration_seconds_count for the
+# introspect endpoint, read before and after).
 #
 #   bench/proxy.sh        # about 2 minutes (release build first); figures on stdout
 #
@@ -20,7 +25,7 @@
 #   BENCH_UPSTREAM_DELAY_MS (0): the upstream waits this long before each answer (no CPU), like
 #     a remote API's service time; 0 is the harshest case for the proxy/direct ratio
 #
-# Pinning (taskset): the proxy alone on core 0 (its tokio runtime then runs one worker); wrk,
+# Pinning (taskset): the proxy (either one; only one is loaded at a time) alone on core 0 (its tokio runtime then runs one worker); wrk,
 # the upstream (mayfly-proxybench, one thread) and the token server on core 1. The direct runs
 # use the same wrk and upstream on core 1, so the difference is what the proxy adds when it has
 # a core of its own, as a sidecar would. Each call through the proxy is a full call: token
@@ -137,6 +142,15 @@ PROXY=$(wait_for "$WORK/proxy.log" "proxy listening on ")
 
 PROXY_PID=${PIDS[2]}
 
+# The same proxy checking revocation offline against the status list (no client of its own).
+MAYFLY_LOG=warn MAYFLY_PROXY_ISSUER="$ISSUER" MAYFLY_PROXY_REVOCATION=status_list \
+  taskset -c 0 "$BIN/mayfly" proxy --config "$WORK/mayfly.toml" 2>"$WORK/proxy-sl.log" &
+SL_PID=$!
+PIDS+=("$SL_PID")
+SLPROXY=$(wait_for "$WORK/proxy-sl.log" "proxy listening on ")
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" "$SLPROXY/bench/x")" = 200 ]
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$SLPROXY/bench/x")" = 401 ]
+
 # The floor of a hyper-based proxy: the same stack as mayfly proxy (hyper-util's auto server and
 # legacy pooled client, a tokio runtime) injecting the same key, and nothing else.
 BENCH_UPSTREAM_KEY="$KEY" taskset -c 0 "$BIN/mayfly-proxybench" proxy 127.0.0.1:0 "${UPSTREAM#http://}" \
@@ -193,13 +207,19 @@ fi
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 user_ticks() { awk '{ print $14 }' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
+# introspections: how many introspection requests the token server has answered so far.
+introspections() {
+  curl -s "$ISSUER/metrics" |
+    awk '/^mayfly_request_duration_seconds_count\{endpoint="introspect"\}/ { n = $2 } END { print n + 0 }'
+}
 
 # run NAME CONNS URL HEADER [PID]: one wrk run; prints "NAME CONNS req/s p50_ms p99_ms
-# proxy_cpu_us_per_request proxy_user_cpu_us_per_request" (process PID's CPU time, then its
-# user CPU time alone, over the requests it served during the run, for runs through a proxy;
-# 0 for direct ones).
+# proxy_cpu_us_per_request proxy_user_cpu_us_per_request introspections" (process PID's CPU
+# time, then its user CPU time alone, over the requests it served during the run, for runs
+# through a proxy; 0 for direct ones; then the introspection calls the token server answered
+# during the run).
 run() {
-  local out t0 t1 u0 u1 pid=${5:-$PROXY_PID}
+  local out t0 t1 u0 u1 i0 i1 pid=${5:-$PROXY_PID}
   local perf=
   if [ -n "${BENCH_PERF:-}" ] && [ "$1" != direct ] && [ "$2" = "$CONNS" ]; then
     perf record -q -F 1999 --call-graph dwarf,16384 -p "$pid" -o "$BENCH_PERF.$1" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
@@ -208,18 +228,20 @@ run() {
     timeout -s INT "$SECONDS_PER_RUN" strace -c -f -p "$pid" -o "$BENCH_STRACE.$1" 2>/dev/null &
     perf=$!
   fi
+  i0=$(introspections)
   t0=$(cpu_ticks "$pid")
   u0=$(user_ticks "$pid")
   out=$(taskset -c 1 wrk -t 1 -c "$2" -d "${SECONDS_PER_RUN}s" --latency -H "$4" "$3")
   t1=$(cpu_ticks "$pid")
   u1=$(user_ticks "$pid")
+  i1=$(introspections)
   if [ -n "$perf" ]; then wait "$perf" || true; fi
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$1: non-2xx responses:" >&2
     echo "$out" >&2
     exit 1
   fi
-  awk -v name="$1" -v conns="$2" -v ticks=$((t1 - t0)) -v uticks=$((u1 - u0)) -v hz="$TICK_HZ" '
+  awk -v name="$1" -v conns="$2" -v ticks=$((t1 - t0)) -v uticks=$((u1 - u0)) -v hz="$TICK_HZ" -v intro=$((i1 - i0)) '
     function ms(v) {
       if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
       if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
@@ -233,7 +255,7 @@ run() {
     END {
       cpu = (name != "direct" && reqs > 0) ? 1e6 * ticks / hz / reqs : 0
       user = (name != "direct" && reqs > 0) ? 1e6 * uticks / hz / reqs : 0
-      printf "%s %s %.0f %.3f %.3f %.1f %.1f\n", name, conns, rps, p50, p99, cpu, user
+      printf "%s %s %.0f %.3f %.3f %.1f %.1f %d\n", name, conns, rps, p50, p99, cpu, user, intro
     }' <<<"$out"
 }
 
@@ -246,6 +268,8 @@ for i in $(seq 1 "$REPEAT"); do
   run proxy 1 "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
   run direct "$CONNS" "$UPSTREAM/x" "x-api-key: $KEY" >>"$RESULTS"
   run proxy "$CONNS" "$PROXY/bench/x" "authorization: Bearer $TOKEN" >>"$RESULTS"
+  run proxy-statuslist 1 "$SLPROXY/bench/x" "authorization: Bearer $TOKEN" "$SL_PID" >>"$RESULTS"
+  run proxy-statuslist "$CONNS" "$SLPROXY/bench/x" "authorization: Bearer $TOKEN" "$SL_PID" >>"$RESULTS"
   run hyper-floor 1 "$FLOOR/bench/x" "authorization: Bearer $TOKEN" "$FLOOR_PID" >>"$RESULTS"
   run hyper-floor "$CONNS" "$FLOOR/bench/x" "authorization: Bearer $TOKEN" "$FLOOR_PID" >>"$RESULTS"
   if [ -n "$NGINX_PID" ]; then
@@ -254,7 +278,7 @@ for i in $(seq 1 "$REPEAT"); do
   fi
 done
 
-echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request proxy_user_cpu_us_per_request"
+echo "# every run: mode connections requests/s p50_ms p99_ms proxy_cpu_us_per_request proxy_user_cpu_us_per_request introspections"
 cat "$RESULTS"
 # Medians per (mode, connections).
 med() { # MODE CONNS FIELD
@@ -262,11 +286,13 @@ med() { # MODE CONNS FIELD
     awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 echo
-echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request | of which user |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+# total MODE CONNS FIELD: the sum over that mode's runs.
+total() { awk -v m="$1" -v c="$2" -v f="$3" '$1 == m && $2 == c { s += $f } END { print s + 0 }' "$RESULTS"; }
+echo "| path | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request | of which user | introspections (all runs) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for c in 1 "$CONNS"; do
-  for m in direct proxy hyper-floor ${NGINX_PID:+nginx}; do
-    echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) | $(med $m "$c" 7) |"
+  for m in direct proxy proxy-statuslist hyper-floor ${NGINX_PID:+nginx}; do
+    echo "| $m | $c | $(med $m "$c" 3) | $(med $m "$c" 4) | $(med $m "$c" 5) | $(med $m "$c" 6) | $(med $m "$c" 7) | $(total $m "$c" 8) |"
   done
 done
 ADDED=$(awk -v a="$(med proxy 1 4)" -v b="$(med direct 1 4)" 'BEGIN { printf "%.3f", a - b }')
@@ -274,6 +300,8 @@ RATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGI
 echo
 echo "added p50 latency (1 connection): $ADDED ms (target < 0.3 ms)"
 echo "throughput through the proxy ($CONNS connections): $RATIO% of direct (target >= 70%)"
+SRATIO=$(awk -v a="$(med proxy-statuslist "$CONNS" 3)" -v b="$(med proxy "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
+echo "status-list revocation ($CONNS connections): $(med proxy-statuslist "$CONNS" 3) requests/s, $SRATIO% of introspection mode's; introspections during its runs: $(( $(total proxy-statuslist 1 8) + $(total proxy-statuslist "$CONNS" 8) )) (introspection mode: $(( $(total proxy 1 8) + $(total proxy "$CONNS" 8) )))"
 FRATIO=$(awk -v a="$(med hyper-floor "$CONNS" 3)" -v b="$(med direct "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
 FMRATIO=$(awk -v a="$(med proxy "$CONNS" 3)" -v b="$(med hyper-floor "$CONNS" 3)" 'BEGIN { printf "%.0f", 100 * a / b }')
 echo "hyper floor (the same stack, forwarding only), same layout: $FRATIO% of direct; mayfly proxy at $FMRATIO% of it"

@@ -48,7 +48,7 @@ fn interop_dir() -> PathBuf {
 type Finished = (Option<ExitStatus>, String, String);
 
 /// Run `cmd` to completion (or kill it at `deadline`), collecting stdout and stderr.
-fn run_with_deadline(mut cmd: Command, deadline: Duration) -> std::io::Result<Finished> {
+pub(crate) fn run_with_deadline(mut cmd: Command, deadline: Duration) -> std::io::Result<Finished> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

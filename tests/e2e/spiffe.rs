@@ -72,13 +72,13 @@ fn append(path: &Path, bytes: &[u8]) {
 }
 
 /// A trust domain: the server (agent API on a fixed port so a restart keeps the address).
-struct Domain {
-    dir: tempfile::TempDir,
+pub(crate) struct Domain {
+    pub(crate) dir: tempfile::TempDir,
     config: PathBuf,
-    server: ServerProcess,
+    pub(crate) server: ServerProcess,
     agent_api: String,
     bundle: PathBuf,
-    svc: SigningKey,
+    pub(crate) svc: SigningKey,
 }
 
 impl Domain {
@@ -87,7 +87,7 @@ impl Domain {
     }
 
     /// With `extra` appended to the config, after `prepare(dir)` wrote the files it names.
-    fn start_with(x509_ttl: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Domain {
+    pub(crate) fn start_with(x509_ttl: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Domain {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
         let svc = SigningKey::generate(KeyAlg::ES256, Some("svc-key")).unwrap();
@@ -166,7 +166,7 @@ introspect = ["{AUD}"]
     }
 
     /// `mayfly ARGS -c CONFIG`, which must succeed; returns stdout.
-    fn cli_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> String {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-c", self.config.to_str().unwrap()]);
         let (code, out, err) = run_cli(self.dir.path(), &all);
@@ -175,7 +175,7 @@ introspect = ["{AUD}"]
     }
 
     /// A join token for the agent `name`, in a 0600 file.
-    fn join_token(&self, name: &str) -> PathBuf {
+    pub(crate) fn join_token(&self, name: &str) -> PathBuf {
         let token = self.cli_ok(&["agent", "token", "create", "--agent-name", name]);
         let path = self.dir.path().join(format!(
             "{name}-{}.token",
@@ -185,7 +185,7 @@ introspect = ["{AUD}"]
         path
     }
 
-    fn entry(&self, spiffe_id: &str, agent: &str, selectors: &[String]) -> String {
+    pub(crate) fn entry(&self, spiffe_id: &str, agent: &str, selectors: &[String]) -> String {
         let parent = format!("spiffe://{TD}/mayfly/agent/{agent}");
         let mut args = vec![
             "entry",
@@ -202,7 +202,7 @@ introspect = ["{AUD}"]
     }
 
     /// Start `mayfly agent` with this join token; `Err(stderr)` if it exits before serving.
-    fn agent(&self, token: &Path) -> Result<AgentProcess, String> {
+    pub(crate) fn agent(&self, token: &Path) -> Result<AgentProcess, String> {
         self.agent_attesting(&["--join-token-file", token.to_str().unwrap()])
     }
 
@@ -277,7 +277,7 @@ introspect = ["{AUD}"]
     }
 
     /// RFC 7662 introspection by the client `svc`.
-    async fn introspect(&self, token: &str) -> Value {
+    pub(crate) async fn introspect(&self, token: &str) -> Value {
         let form = [
             ("token", token.to_string()),
             (
@@ -298,11 +298,11 @@ introspect = ["{AUD}"]
     }
 }
 
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Child,
     socket: PathBuf,
-    http: PathBuf,
-    stderr: Arc<Mutex<String>>,
+    pub(crate) http: PathBuf,
+    pub(crate) stderr: Arc<Mutex<String>>,
 }
 
 impl AgentProcess {
@@ -592,7 +592,7 @@ class C(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(sys.argv[1])
 c = C("agent")
-c.request("GET", "/v1/token?audience=https%3A%2F%2Fapi.example.test&scope=read",
+c.request("GET", "/v1/token?audience=https%3A%2F%2Fapi.example.test&scope=read&bind=self",
           headers={"workload.spiffe.io": "true"})
 r = c.getresponse()
 out = {"status": r.status, "body": json.loads(r.read())}

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// token-exchange: the subject tokens' `iss`.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     subject_issuer: String,
+    /// An extra form parameter `NAME=VALUE` on every request (repeatable), e.g. `lease=ID`.
+    #[arg(long = "param")]
+    params: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -165,9 +168,16 @@ fn presign(args: &RunArgs, count: usize) -> anyhow::Result<Vec<Bytes>> {
         "token-exchange" => true,
         other => anyhow::bail!("--grant {other}: use client-credentials or token-exchange"),
     };
+    let mut extra = String::new();
+    for p in &args.params {
+        let (name, value) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--param {p}: write NAME=VALUE"))?;
+        extra.push_str(&format!("{}={}&", form_encode(name), form_encode(value)));
+    }
     let prefix = if exchange {
         format!(
-            "grant_type={}&subject_token_type={}&scope={}&audience={}&subject_token=",
+            "grant_type={}&subject_token_type={}&scope={}&audience={}&{extra}subject_token=",
             form_encode("urn:ietf:params:oauth:grant-type:token-exchange"),
             form_encode("urn:ietf:params:oauth:token-type:jwt"),
             form_encode(&args.scope),
@@ -175,7 +185,7 @@ fn presign(args: &RunArgs, count: usize) -> anyhow::Result<Vec<Bytes>> {
         )
     } else {
         format!(
-            "grant_type=client_credentials&client_assertion_type={}&scope={}&resource={}&client_assertion=",
+            "grant_type=client_credentials&client_assertion_type={}&scope={}&resource={}&{extra}client_assertion=",
             form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
             form_encode(&args.scope),
             form_encode(&args.resource),

@@ -104,13 +104,36 @@ pub(crate) fn alive(pid: i32, start: u64) -> bool {
 
 /// State (field 3) and start time (field 22) from `/proc/<pid>/stat`.
 fn stat(pid: i32) -> Option<(char, u64)> {
+    stat_fields(pid).map(|(state, _, start)| (state, start))
+}
+
+/// State (field 3), parent pid (field 4) and start time (field 22) from `/proc/<pid>/stat`.
+fn stat_fields(pid: i32) -> Option<(char, i32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    // After the comm, field 3 (state) came first; field 22 is 19 further.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    let ppid = fields.next()?.parse().ok()?;
+    // After the comm, fields 3 and 4 came first; field 22 is 18 further.
+    let start = fields.nth(17)?.parse().ok()?;
+    Some((state, ppid, start))
+}
+
+/// The parent of the process `pid` that started at `start`, as (pid, start time), while both
+/// run. The parent pid is read again after the parent's start time: a parent that exited in
+/// between has had its children handed to another process, so an unchanged parent pid means
+/// the start time read is the parent's own, not that of a process that reused its pid.
+pub(crate) fn parent(pid: i32, start: u64) -> Option<(i32, u64)> {
+    let (_, ppid, child_start) = stat_fields(pid)?;
+    if child_start != start || ppid <= 0 {
+        return None;
+    }
+    let (state, _, parent_start) = stat_fields(ppid)?;
+    if state == 'Z' || state == 'X' {
+        return None;
+    }
+    let (_, again, child_again) = stat_fields(pid)?;
+    (again == ppid && child_again == start).then_some((ppid, parent_start))
 }
 
 /// The user name for `uid` from `/etc/passwd`. Only local accounts: NSS sources (LDAP, sssd)
@@ -369,6 +392,16 @@ mod tests {
         let pid = i32::try_from(std::process::id()).unwrap();
         let a = start_time(pid).unwrap();
         assert_eq!(start_time(pid), Some(a));
+    }
+
+    #[test]
+    fn parent_is_the_process_that_started_us() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let me = start_time(pid).unwrap();
+        let ppid = i32::try_from(std::os::unix::process::parent_id()).unwrap();
+        assert_eq!(parent(pid, me), Some((ppid, start_time(ppid).unwrap())));
+        // A start time that is not ours names another process: no parent is given for it.
+        assert_eq!(parent(pid, me + 1), None);
     }
 
     /// A connection from this process to itself, accepted; the client end is returned to be

@@ -78,12 +78,14 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> impl Future<Output = Result<WorkloadExitedResponse, UpstreamError>> + Send;
 
     /// RFC 8693 token exchange at the server's token endpoint: `jwt_svid` as the subject token
-    /// (`urn:ietf:params:oauth:token-type:jwt`), for `audience` and optional `scope`.
+    /// (`urn:ietf:params:oauth:token-type:jwt`), for `audience`, optional `scope`, and
+    /// optional `lease` (`new` or a lease id, passed through as the `lease` parameter).
     fn exchange(
         &self,
         jwt_svid: &str,
         audience: &str,
         scope: Option<&str>,
+        lease: Option<&str>,
     ) -> impl Future<Output = Result<TokenResponse, UpstreamError>> + Send;
 }
 
@@ -118,8 +120,9 @@ impl<U: Upstream> Upstream for std::sync::Arc<U> {
         jwt_svid: &str,
         audience: &str,
         scope: Option<&str>,
+        lease: Option<&str>,
     ) -> impl Future<Output = Result<TokenResponse, UpstreamError>> + Send {
-        U::exchange(self, jwt_svid, audience, scope)
+        U::exchange(self, jwt_svid, audience, scope, lease)
     }
 }
 
@@ -146,6 +149,7 @@ pub(crate) trait DynUpstream: Send + Sync + 'static {
         jwt_svid: &'a str,
         audience: &'a str,
         scope: Option<&'a str>,
+        lease: Option<&'a str>,
     ) -> BoxFut<'a, TokenResponse>;
 }
 
@@ -178,7 +182,8 @@ impl<U: Upstream> DynUpstream for U {
         jwt_svid: &'a str,
         audience: &'a str,
         scope: Option<&'a str>,
+        lease: Option<&'a str>,
     ) -> BoxFut<'a, TokenResponse> {
-        Box::pin(Upstream::exchange(self, jwt_svid, audience, scope))
+        Box::pin(Upstream::exchange(self, jwt_svid, audience, scope, lease))
     }
 }

@@ -403,12 +403,14 @@ impl HttpUpstream {
         .await
     }
 
-    /// Exchange a JWT-SVID for an access token at the issuer's token endpoint (RFC 8693).
+    /// Exchange a JWT-SVID for an access token at the issuer's token endpoint (RFC 8693),
+    /// under `lease` (`new` or a lease id) when given.
     pub async fn exchange(
         &self,
         jwt_svid: &str,
         audience: Option<&str>,
         scope: Option<&str>,
+        lease: Option<&str>,
     ) -> Result<mayfly_proto::TokenResponse, HttpUpstreamError> {
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", mayfly_proto::GRANT_TOKEN_EXCHANGE),
@@ -420,6 +422,9 @@ impl HttpUpstream {
         }
         if let Some(s) = scope {
             form.push(("scope", s));
+        }
+        if let Some(l) = lease {
+            form.push(("lease", l));
         }
         let url = format!("{}/oauth2/token", self.issuer);
         let resp = self
@@ -559,7 +564,8 @@ impl crate::Upstream for HttpUpstream {
         jwt_svid: &str,
         audience: &str,
         scope: Option<&str>,
+        lease: Option<&str>,
     ) -> Result<mayfly_proto::TokenResponse, crate::UpstreamError> {
-        Ok(HttpUpstream::exchange(self, jwt_svid, Some(audience), scope).await?)
+        Ok(HttpUpstream::exchange(self, jwt_svid, Some(audience), scope, lease).await?)
     }
 }

@@ -545,3 +545,94 @@ async fn socket_in_a_directory_others_can_write_is_refused() {
     let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o755);
 }
+
+/// `/v1/token` follows the caller's parent by default: a script's `curl` gets a token whose
+/// JWT-SVID is reported (so the token revoked) when the script exits, not when curl does;
+/// `bind=self` follows curl. `lease` is passed through; `Accept: application/jwt` answers the
+/// bare token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_token_follows_the_callers_parent_unless_bound_to_itself() {
+    let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
+    let fx = Fixture::start(vec![me], |_| {}).await;
+    let out = fx.dir.path();
+    let script = r#"
+        get() { curl -sf --unix-socket "$SOCK" -H 'workload.spiffe.io: true' "$@"; }
+        get 'http://agent/v1/token?audience=https%3A%2F%2Fapi&lease=new' > "$OUT/parent.json"
+        get 'http://agent/v1/token?audience=https%3A%2F%2Fapi&bind=self&lease=L-1' > "$OUT/self.json"
+        get -H 'Accept: application/jwt' 'http://agent/v1/token?audience=https%3A%2F%2Fapi' > "$OUT/bare"
+        touch "$OUT/done"
+        read line || true
+    "#;
+    let mut script = tokio::process::Command::new("sh")
+        .args(["-c", script])
+        .env("SOCK", &fx.http_socket)
+        .env("OUT", out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script_pid = script.id().unwrap();
+    within("the script's requests", async {
+        while !out.join("done").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap()
+    };
+    assert_eq!(
+        json("parent.json")["access_token"],
+        "at-for-spiffe://example.org/workload/me"
+    );
+    assert_eq!(json("self.json")["token_type"], "Bearer");
+    assert_eq!(
+        std::fs::read_to_string(out.join("bare")).unwrap(),
+        "at-for-spiffe://example.org/workload/me"
+    );
+    assert_eq!(
+        *fx.server.leases.lock().unwrap(),
+        vec![Some("new".to_string()), Some("L-1".to_string()), None]
+    );
+    let jtis = fx.server.exchanged_jtis.lock().unwrap().clone();
+    // The script's two parent-bound requests share one JWT-SVID (one per process and audience).
+    assert_eq!(jtis[0], jtis[2]);
+    assert_ne!(jtis[0], jtis[1]);
+    let mut exited = fx.server.exited_rx.lock().await;
+    // The bind=self curl has exited: only its own JWT-SVID is reported, not the script's.
+    let report = within("curl's exit report", exited.recv()).await.unwrap();
+    assert_ne!(report.pid, script_pid);
+    assert_eq!(report.jwt_svid_jtis, vec![jtis[1].clone()]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), exited.recv())
+            .await
+            .is_err(),
+        "the script still runs: nothing more is reported"
+    );
+    drop(script.stdin.take());
+    assert!(script.wait().await.unwrap().success());
+    let report = within("the script's exit report", exited.recv())
+        .await
+        .unwrap();
+    assert_eq!(report.pid, script_pid);
+    assert_eq!(report.jwt_svid_jtis, vec![jtis[0].clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_token_refuses_an_unknown_bind_or_a_malformed_lease() {
+    let me = entry("e-me", "workload/me", &[uid_selector(my_uid())]);
+    let fx = Fixture::start(vec![me], |_| {}).await;
+    let sock = &fx.http_socket;
+    for target in [
+        "/v1/token?audience=x&bind=session",
+        "/v1/token?audience=x&lease=a%20b",
+        &format!("/v1/token?audience=x&lease={}", "a".repeat(129)),
+    ] {
+        let (status, body) = http_get(sock, target).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{target}: {body}"
+        );
+    }
+    assert!(fx.server.exchanges.lock().unwrap().is_empty());
+}

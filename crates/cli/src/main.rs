@@ -3,6 +3,7 @@
 
 mod admin;
 mod debt_cmd;
+mod exec_cmd;
 mod keyfile;
 mod lease_cmd;
 mod policy_cmd;
@@ -85,6 +86,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Run a command with a token under a lease that ends when the command does: the token in
+    /// $MAYFLY_TOKEN and in the file $MAYFLY_TOKEN_FILE, refreshed, revoked at exit.
+    Exec(Box<exec_cmd::ExecArgs>),
     /// Cedar policies: check a directory, run a test file, explain a decision.
     Policy {
         #[command(subcommand)]
@@ -414,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             TokenCmd::Revoke(args) => token::revoke(args).await,
         },
         Cmd::Lease { cmd } => lease_cmd::run(cmd).await,
+        Cmd::Exec(args) => exec_cmd::run(*args).await,
         Cmd::Policy { cmd } => policy_cmd::run(cmd),
         Cmd::Migrate { config } => transfer::migrate(config).await,
         Cmd::Export { config, out } => transfer::export(config, &out).await,

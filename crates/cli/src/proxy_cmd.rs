@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mayfly_proxy::{Proxy, ProxyOptions};
+use mayfly_proxy::{Proxy, ProxyCredentials, ProxyOptions};
 use mayfly_store::AuditLog;
 use mayfly_sts::SystemClock;
 
@@ -19,10 +19,16 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             "no [[proxy.routes]] in the config: add one, e.g.\n  [[proxy.routes]]\n  name = \"stripe\"\n  path_prefix = \"/stripe/\"\n  upstream = \"https://api.stripe.com\"\n  audience = \"https://api.stripe.com\"\n  inject = {{ header = \"Authorization\", value = \"Bearer {{key}}\" }}"
         );
     }
-    let (Some(client_id), Some(key_file)) = (p.client_id.clone(), p.key_file.clone()) else {
-        bail!(
-            "the proxy checks revocation by introspection at the issuer and needs a client of its own: `mayfly keygen --out proxy`, register it with `mayfly client add --id proxy --jwks-file proxy.jwks.json --audience AUDIENCE` (one --audience per route audience, so it may introspect those tokens), then set proxy.client_id = \"proxy\" and proxy.key_file = \"proxy.private.jwk.json\""
-        );
+    let introspection = p.revocation == mayfly_config::RevocationMode::Introspection;
+    let credentials = match (p.client_id.clone(), p.key_file.clone()) {
+        (Some(client_id), Some(key_file)) => Some(ProxyCredentials {
+            client_id,
+            signer: crate::keyfile::load_private_jwk(&key_file)?,
+        }),
+        _ if introspection => bail!(
+            "the proxy checks revocation by introspection at the issuer and needs a client of its own: `mayfly keygen --out proxy`, register it with `mayfly client add --id proxy --jwks-file proxy.jwks.json --audience AUDIENCE` (one --audience per route audience, so it may introspect those tokens), then set proxy.client_id = \"proxy\" and proxy.key_file = \"proxy.private.jwk.json\"; or set proxy.revocation = \"status_list\" to check tokens offline against the issuer's status lists"
+        ),
+        _ => None,
     };
     let issuer = match p.issuer.as_ref().or(cfg.issuer.as_ref()) {
         Some(u) => u.as_str().trim_end_matches('/').to_string(),
@@ -30,7 +36,6 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             "the proxy needs to know the token issuer: set proxy.issuer (or the top-level issuer) to the mayfly server's URL"
         ),
     };
-    let signer = crate::keyfile::load_private_jwk(&key_file)?;
     let store = crate::server::open_store(&cfg).await?;
     let kek = Arc::new(crate::keyfile::master_key(&cfg.data_dir, false)?);
     let listener = tokio::net::TcpListener::bind(p.listen)
@@ -47,8 +52,7 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let proxy = Proxy::start(ProxyOptions {
         config: cfg.proxy.clone(),
         issuer,
-        client_id,
-        signer,
+        credentials,
         store,
         kek,
         clock: Arc::new(SystemClock),
@@ -57,8 +61,9 @@ pub async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     .await
     .context("cannot start the proxy")?;
     eprintln!(
-        "mayfly: proxy listening on http://{addr} ({} routes; {})",
+        "mayfly: proxy listening on http://{addr} ({} routes; revocation: {}; {})",
         proxy.routes(),
+        p.revocation.as_str(),
         crate::scheduler()
     );
     proxy

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::status::{StatusClaim, StatusListRef};
+
 /// Signature algorithms of mayfly access tokens.
 pub const ACCESS_TOKEN_ALGS: &[Algorithm] = &[Algorithm::EdDSA, Algorithm::ES256];
 /// Longest token accepted (bytes): far above any mayfly token, bounds the work per request.
@@ -52,6 +54,19 @@ pub enum AccessTokenError {
     /// A claim the time check needs is absent.
     #[error("the token lacks the `{0}` claim")]
     MissingClaim(&'static str),
+    /// The status check is required and the token names no status list (`status.status_list`).
+    #[error("the token carries no status list reference (status.status_list)")]
+    NoStatus,
+    /// The token's bit in its status list is set: it is revoked.
+    #[error("the token is revoked (its status list says INVALID)")]
+    Revoked,
+    /// The token's status list does not cover its index: it cannot be vouched for.
+    #[error("the token's status list does not cover its index")]
+    StatusUnknown,
+    /// The token's status list cannot be fetched or verified, and no unexpired copy is held:
+    /// the token is refused until it can be (fail closed).
+    #[error("the token's status cannot be checked: {0}")]
+    StatusUnavailable(String),
 }
 
 impl From<VerifyError> for AccessTokenError {
@@ -77,6 +92,10 @@ pub trait AccessClaims {
     fn not_before(&self) -> Option<i64>;
     /// `iat`.
     fn issued_at(&self) -> Option<i64>;
+    /// `status.status_list`, when the token carries it (draft-ietf-oauth-status-list).
+    fn status_list(&self) -> Option<StatusListRef> {
+        None
+    }
 }
 
 /// One audience or several (RFC 7519 §4.1.3).
@@ -124,6 +143,9 @@ pub struct Claims {
     pub iat: Option<i64>,
     /// Token id.
     pub jti: String,
+    /// Where the token's revocation status is published (draft-ietf-oauth-status-list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusClaim>,
 }
 
 impl AccessClaims for Claims {
@@ -141,6 +163,9 @@ impl AccessClaims for Claims {
     }
     fn issued_at(&self) -> Option<i64> {
         self.iat
+    }
+    fn status_list(&self) -> Option<StatusListRef> {
+        self.status.as_ref().and_then(|s| s.status_list.clone())
     }
 }
 
@@ -160,6 +185,10 @@ impl AccessClaims for Value {
     }
     fn issued_at(&self) -> Option<i64> {
         self.get("iat").and_then(Value::as_i64)
+    }
+    fn status_list(&self) -> Option<StatusListRef> {
+        let r = self.get("status")?.get("status_list")?;
+        serde_json::from_value(r.clone()).ok()
     }
 }
 
@@ -229,6 +258,32 @@ pub fn check_claims<T: AccessClaims>(
         return Err(AccessTokenError::NotYetValid);
     }
     Ok(())
+}
+
+/// Whether a use checks the token's status list (revocation without introspection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusRule {
+    /// The `status` claim is not looked at.
+    #[default]
+    Ignore,
+    /// The token must name its status list; the caller then checks the bit
+    /// (`mayfly_client::status::StatusLists` with feature `fetch`).
+    Require,
+}
+
+/// The status list reference a use must check: `Ok(None)` under [`StatusRule::Ignore`],
+/// [`AccessTokenError::NoStatus`] under [`StatusRule::Require`] for a token without one.
+pub fn status_to_check<T: AccessClaims>(
+    claims: &T,
+    rule: StatusRule,
+) -> Result<Option<StatusListRef>, AccessTokenError> {
+    match rule {
+        StatusRule::Ignore => Ok(None),
+        StatusRule::Require => claims
+            .status_list()
+            .map(Some)
+            .ok_or(AccessTokenError::NoStatus),
+    }
 }
 
 /// Verify an access token for one use: [`verify_signed`] then [`check_claims`].
@@ -447,5 +502,36 @@ mod tests {
             ..expect(NOW)
         };
         assert!(check(&ks, &t, &untimed).is_ok());
+    }
+
+    #[test]
+    fn a_required_status_needs_a_status_list_reference() {
+        let k = key(KeyAlg::EdDSA, "k1");
+        let mut c = claims();
+        let t = k.sign_jwt(Some("at+jwt"), &c).unwrap();
+        let plain = check(&keys(&k), &t, &expect(NOW)).unwrap();
+        assert_eq!(status_to_check(&plain, StatusRule::Ignore), Ok(None));
+        assert_eq!(
+            status_to_check(&plain, StatusRule::Require),
+            Err(AccessTokenError::NoStatus)
+        );
+        let uri = format!("{ISS}/statuslists/3");
+        c["status"] = json!({"status_list": {"idx": 42, "uri": uri}});
+        let t = k.sign_jwt(Some("at+jwt"), &c).unwrap();
+        let want = Some(StatusListRef { idx: 42, uri });
+        let typed = check(&keys(&k), &t, &expect(NOW)).unwrap();
+        assert_eq!(
+            status_to_check(&typed, StatusRule::Require),
+            Ok(want.clone())
+        );
+        let json = verify::<Value>(&keys(&k), &t, &expect(NOW)).unwrap();
+        assert_eq!(status_to_check(&json, StatusRule::Require), Ok(want));
+        // A `status` claim of the wrong shape is a malformed token, not a missing status.
+        c["status"] = json!({"status_list": {"idx": "x", "uri": 1}});
+        let t = k.sign_jwt(Some("at+jwt"), &c).unwrap();
+        assert_eq!(
+            check(&keys(&k), &t, &expect(NOW)).unwrap_err(),
+            AccessTokenError::Malformed
+        );
     }
 }

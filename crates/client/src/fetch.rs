@@ -109,7 +109,7 @@ pub async fn get_token(
     req: &TokenRequest,
     now: i64,
 ) -> Result<TokenResponse, ClientError> {
-    let md = discover(http, issuer).await?;
+    let md = &discover(http, issuer).await?;
     let assertion = build_assertion(key, client_id, &md.issuer, now)?;
     let mut form: Vec<(&str, String)> = vec![
         ("grant_type", "client_credentials".into()),
@@ -125,9 +125,19 @@ pub async fn get_token(
     if let Some(t) = req.expires_in {
         form.push(("expires_in", t.to_string()));
     }
+    post_token_form(http, md, &form).await
+}
+
+/// POST `form` to the issuer's token endpoint (any grant, built by the caller): the token
+/// response, or the issuer's RFC 6749 refusal as [`ClientError::Refused`].
+pub async fn post_token_form(
+    http: &reqwest::Client,
+    md: &ServerMetadata,
+    form: &[(&str, String)],
+) -> Result<TokenResponse, ClientError> {
     let resp = http
         .post(&md.token_endpoint)
-        .form(&form)
+        .form(form)
         .send()
         .await
         .map_err(|e| ClientError::Http(format!("cannot reach {}: {e}", md.token_endpoint)))?;

@@ -3,8 +3,19 @@
 //!
 //! Index `i` is bit `i % 8` (least significant first) of byte `i / 8`. A set bit is INVALID
 //! (revoked); a clear bit is VALID. Only `bits: 1` is used here: mayfly has two statuses.
+//!
+//! Also the status list token (`typ: statuslist+jwt`) and a token's `status` claim
+//! ([`verify_list_token`], pure), and with feature `fetch` the verifier's cache of lists
+//! ([`StatusLists`]).
 
 use std::io::{Read, Write};
+
+mod token;
+pub use token::*;
+#[cfg(feature = "fetch")]
+mod source;
+#[cfg(feature = "fetch")]
+pub use source::*;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +26,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 /// A status list that cannot be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StatusError {
     /// `lst` is not base64url.

@@ -93,6 +93,7 @@ pub(crate) const PROXY_KEYS: &[(&str, Option<&str>, &str)] = &[
     ("PROXY_ISSUER", Some("proxy"), "issuer"),
     ("PROXY_CLIENT_ID", Some("proxy"), "client_id"),
     ("PROXY_KEY_FILE", Some("proxy"), "key_file"),
+    ("PROXY_REVOCATION", Some("proxy"), "revocation"),
     ("PROXY_REVOCATION_CACHE", Some("proxy"), "revocation_cache"),
     ("PROXY_UPSTREAM_CA_FILE", Some("proxy"), "upstream_ca_file"),
     ("PROXY_UPSTREAM_TIMEOUT", Some("proxy"), "upstream_timeout"),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use hooks::{AdminConfig, GITHUB_SECRET_ENV, GITLAB_SECRET_ENV, WebhooksConfig};
 pub use node::NodeAttestationConfig;
-pub use proxy::{Inject, ProxyConfig, RouteConfig, RouteMatch};
+pub use proxy::{Inject, ProxyConfig, RevocationMode, RouteConfig, RouteMatch};
 pub use raw::AuditOutput;
 
 /// What a client id must be: 1 to 128 printable characters, no whitespace (ids are joined with

@@ -22,6 +22,8 @@ pub struct ProxyConfig {
     pub client_id: Option<String>,
     /// Its private JWK (from `mayfly keygen`), signing its introspection assertions.
     pub key_file: Option<PathBuf>,
+    /// How revoked tokens are found: introspection at the issuer, or its status lists.
+    pub revocation: RevocationMode,
     /// How long an introspection answer ("still active") is reused for one token.
     pub revocation_cache: Duration,
     /// Extra PEM roots for upstream TLS, added to the system's.
@@ -41,11 +43,34 @@ impl Default for ProxyConfig {
             issuer: None,
             client_id: None,
             key_file: None,
+            revocation: RevocationMode::Introspection,
             revocation_cache: Duration::from_secs(5),
             upstream_ca_file: None,
             upstream_timeout: Duration::from_secs(30),
             reload_interval: Duration::from_secs(2),
             routes: Vec::new(),
+        }
+    }
+}
+
+/// How the proxy learns that a token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RevocationMode {
+    /// RFC 7662 introspection at the issuer, one call per token per `revocation_cache`; needs
+    /// `client_id` and `key_file`.
+    #[default]
+    Introspection,
+    /// Offline, against the issuer's Token Status Lists (each fetched once per its `ttl`): no
+    /// call to the issuer per token. A token without a `status` claim is refused.
+    StatusList,
+}
+
+impl RevocationMode {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Introspection => "introspection",
+            Self::StatusList => "status_list",
         }
     }
 }
@@ -119,6 +144,7 @@ pub(crate) struct RawProxy {
     issuer: Option<String>,
     client_id: Option<String>,
     key_file: Option<String>,
+    revocation: Option<String>,
     revocation_cache: Option<String>,
     upstream_ca_file: Option<String>,
     upstream_timeout: Option<String>,
@@ -201,6 +227,18 @@ impl RawProxy {
                 "register the proxy as a client (mayfly keygen; mayfly client add) and give both",
             ));
         }
+        let revocation = match self.revocation.as_deref() {
+            None | Some("introspection") => RevocationMode::Introspection,
+            Some("status_list") => RevocationMode::StatusList,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    src,
+                    "proxy.revocation",
+                    format!("`{other}` is not a revocation mode"),
+                    "use \"introspection\" (ask the issuer, needs client_id and key_file) or \"status_list\" (offline, the issuer's status lists)",
+                ));
+            }
+        };
         let revocation_cache = duration(
             src,
             "proxy.revocation_cache",
@@ -262,6 +300,7 @@ impl RawProxy {
             issuer,
             client_id: self.client_id,
             key_file: self.key_file.map(|p| resolve(base, &p)),
+            revocation,
             revocation_cache,
             upstream_ca_file: self.upstream_ca_file.map(|p| resolve(base, &p)),
             upstream_timeout,

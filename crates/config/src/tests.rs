@@ -422,6 +422,9 @@ inject = { query = "key" }
     assert_eq!(p.routes[1].key, "google-maps");
     let c = parse(ok, &[("MAYFLY_PROXY_REVOCATION_CACHE", "2s")]).unwrap();
     assert_eq!(c.proxy.revocation_cache, Duration::from_secs(2));
+    assert_eq!(c.proxy.revocation, crate::RevocationMode::Introspection);
+    let c = parse(ok, &[("MAYFLY_PROXY_REVOCATION", "status_list")]).unwrap();
+    assert_eq!(c.proxy.revocation, crate::RevocationMode::StatusList);
 
     let route = |extra: &str| {
         format!(
@@ -474,6 +477,10 @@ inject = { query = "key" }
         (
             "[proxy]\nrevocation_cache = \"1h\"\n".to_string(),
             "proxy.revocation_cache",
+        ),
+        (
+            "[proxy]\nrevocation = \"crl\"\n".to_string(),
+            "proxy.revocation",
         ),
     ] {
         let e = parse(&text, &[]).unwrap_err();

@@ -6,7 +6,7 @@
 //! the body is scrubbed. Every call is an audit event.
 //!
 //! Modules: [`route`] (matching and URIs, on the path's normal form,
-//! [`mayfly_proto::path`]), `verify` (tokens), `revocation` (introspection),
+//! [`mayfly_proto::path`]), `verify` (tokens), `revocation` (introspection or status lists),
 //! `keys` (the keys and their expiry), `inject`, `scrub`, `forward` (the upstream side),
 //! `server` (the caller side), `audit`, `stats` (metric handles).
 #![forbid(unsafe_code)]
@@ -27,5 +27,5 @@ mod verify;
 pub use body::ProxyBody;
 pub use error::Refusal;
 pub use scrub::REDACTED;
-pub use server::{Proxy, ProxyOptions, StartError};
+pub use server::{Proxy, ProxyCredentials, ProxyOptions, StartError};
 pub use verify::{MIN_REFRESH, SKEW};

@@ -1,12 +1,18 @@
-//! Revocation: RFC 7662 introspection at the issuer, authenticated with `private_key_jwt` (a
-//! fresh assertion per call), "active" answers cached per `jti` for `revocation_cache`. One
-//! introspection per `jti` at a time; the cache is bounded. Fails closed: an issuer that
-//! cannot be asked means 503, never a forwarded call.
+//! Revocation, one of two ways (`proxy.revocation`):
+//! - introspection: RFC 7662 at the issuer, authenticated with `private_key_jwt` (a fresh
+//!   assertion per call), "active" answers cached per `jti` for `revocation_cache`. One
+//!   introspection per `jti` at a time; the cache is bounded.
+//! - status list: offline, the token's bit in the issuer's Token Status List
+//!   ([`mayfly_client::status::StatusLists`]: each list fetched once per its `ttl`, verified
+//!   with the issuer's keys). A token without a `status` claim is refused.
+//!
+//! Both fail closed: an issuer (or list) that cannot be had means 503, never a forwarded call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mayfly_client::status::{StatusLists, StatusSourceError, TokenStatus};
 use mayfly_crypto::SigningKey;
 use mayfly_proto::{IntrospectionResponse, JWT_BEARER_ASSERTION_TYPE};
 
@@ -15,6 +21,53 @@ use crate::verify::{Caller, Issuer};
 
 /// Most cached answers.
 const MAX_ENTRIES: usize = 100_000;
+
+/// How this proxy finds revoked tokens.
+#[derive(Debug)]
+pub enum RevocationCheck {
+    /// Introspection at the issuer.
+    Introspection(Revocation),
+    /// The issuer's status lists.
+    StatusList(StatusLists),
+}
+
+impl RevocationCheck {
+    /// Whether the verified token (`caller`, from `token`) is still active.
+    pub async fn check(&self, token: &str, caller: &Caller, now: i64) -> Result<(), Refusal> {
+        match self {
+            Self::Introspection(r) => r.check(token, caller, now).await,
+            Self::StatusList(lists) => check_status(lists, caller, now).await,
+        }
+    }
+}
+
+/// The caller's bit in its status list.
+async fn check_status(lists: &StatusLists, caller: &Caller, now: i64) -> Result<(), Refusal> {
+    let Some(r) = &caller.status else {
+        return Err(Refusal::InvalidToken(
+            "the token carries no status list reference (status.status_list), which this proxy requires".into(),
+        ));
+    };
+    match lists.status(r, now).await {
+        Ok(TokenStatus::Valid) => Ok(()),
+        Ok(TokenStatus::Revoked) => {
+            tracing::info!(jti = %caller.jti, "the issuer's status list says the token is revoked");
+            Err(Refusal::InvalidToken(
+                "the token is revoked (its status list says INVALID)".into(),
+            ))
+        }
+        Ok(TokenStatus::Unknown) => Err(Refusal::InvalidToken(
+            "the token's status list does not cover its index".into(),
+        )),
+        Err(StatusSourceError::ForeignUri(_)) => Err(Refusal::InvalidToken(
+            "the token's status list is not one of the issuer's".into(),
+        )),
+        Err(e) => {
+            tracing::warn!(jti = %caller.jti, error = %e, "cannot check the token's status list; refusing calls meanwhile");
+            Err(Refusal::IssuerUnavailable)
+        }
+    }
+}
 
 /// The cache and the proxy's client credentials.
 pub struct Revocation {
@@ -107,6 +160,7 @@ impl Revocation {
         if self.ttl > Duration::ZERO && self.cached(&caller.jti) {
             return Ok(());
         }
+        metrics::counter!("mayfly_proxy_introspections_total").increment(1);
         let active = self.introspect(token, now).await?;
         if !active {
             tracing::info!(jti = %caller.jti, "the issuer says the token is not active (revoked)");

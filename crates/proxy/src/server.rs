@@ -12,7 +12,8 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mayfly_config::ProxyConfig;
+use mayfly_client::status::{StatusListOptions, StatusLists};
+use mayfly_config::{ProxyConfig, RevocationMode};
 use mayfly_crypto::{Kek, SigningKey};
 use mayfly_proto::path::NormalPath;
 use mayfly_proto::{AuditEvent, Clock, Decision, EventKind};
@@ -24,7 +25,7 @@ use crate::body::{ProxyBody, full};
 use crate::error::Refusal;
 use crate::forward::{self, UpstreamClient};
 use crate::keys::KeyRing;
-use crate::revocation::Revocation;
+use crate::revocation::{Revocation, RevocationCheck};
 use crate::route::{Route, Router};
 use crate::verify::{Caller, Issuer, Verifier};
 
@@ -41,10 +42,9 @@ pub struct ProxyOptions {
     pub config: ProxyConfig,
     /// The issuer whose tokens are accepted.
     pub issuer: String,
-    /// The proxy's own client id (introspection).
-    pub client_id: String,
-    /// Its key (introspection assertions).
-    pub signer: SigningKey,
+    /// The proxy's own client at the issuer, for introspection; required when
+    /// `config.revocation` is introspection, unused with status lists.
+    pub credentials: Option<ProxyCredentials>,
     /// The store holding the keys.
     pub store: Store,
     /// The master key the keys are sealed under.
@@ -53,6 +53,14 @@ pub struct ProxyOptions {
     pub clock: Arc<dyn Clock>,
     /// The audit log.
     pub audit: AuditLog,
+}
+
+/// The proxy's own client at the issuer (introspection).
+pub struct ProxyCredentials {
+    /// Its client id.
+    pub client_id: String,
+    /// Its key (introspection assertions).
+    pub signer: SigningKey,
 }
 
 /// Why the proxy cannot start.
@@ -71,7 +79,7 @@ struct Inner {
     router: Router,
     keys: KeyRing,
     verifier: Verifier,
-    revocation: Revocation,
+    revocation: RevocationCheck,
     client: UpstreamClient,
     audit: AuditQueue,
     usage: Usage,
@@ -115,6 +123,43 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// The revocation check `config.revocation` asks for.
+fn revocation_check(
+    config: &ProxyConfig,
+    credentials: Option<ProxyCredentials>,
+    issuer: Arc<Issuer>,
+    verifier: &Verifier,
+) -> Result<RevocationCheck, StartError> {
+    match config.revocation {
+        RevocationMode::Introspection => {
+            let c = credentials.ok_or_else(|| {
+                StartError::Config(
+                    "proxy.revocation = \"introspection\" needs the proxy's own client (proxy.client_id and proxy.key_file); or set proxy.revocation = \"status_list\"".into(),
+                )
+            })?;
+            Ok(RevocationCheck::Introspection(Revocation::new(
+                issuer,
+                c.client_id,
+                c.signer,
+                config.revocation_cache,
+            )))
+        }
+        RevocationMode::StatusList => {
+            let options = StatusListOptions::for_issuer(&issuer.issuer);
+            let lists = StatusLists::new(options, verifier.key_source())
+                .map_err(|e| StartError::Config(e.to_string()))?
+                .with_fetch_hook(Box::new(|r| {
+                    metrics::counter!("mayfly_status_list_fetches_total", "result" => r.as_str())
+                        .increment(1);
+                }));
+            tracing::info!(
+                "revocation: offline against the issuer's status lists (no introspection per token)"
+            );
+            Ok(RevocationCheck::StatusList(lists))
+        }
+    }
 }
 
 /// `Authorization: Bearer TOKEN` (scheme case-insensitive, exactly one header).
@@ -162,12 +207,14 @@ impl Proxy {
             forward::client(o.config.upstream_ca_file.as_deref()).map_err(StartError::Config)?;
         let http = mayfly_client::http().map_err(|e| StartError::Config(e.to_string()))?;
         let issuer = Arc::new(Issuer::new(http, &o.issuer));
+        let verifier =
+            Verifier::new(issuer.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+        let revocation = revocation_check(&o.config, o.credentials, issuer, &verifier)?;
         let inner = Inner {
             router: Router::new(routes),
             keys: KeyRing::default(),
-            verifier: Verifier::new(issuer.clone())
-                .map_err(|e| StartError::Config(e.to_string()))?,
-            revocation: Revocation::new(issuer, o.client_id, o.signer, o.config.revocation_cache),
+            verifier,
+            revocation,
             client,
             audit: AuditQueue::new(o.audit),
             usage: Usage::default(),

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mayfly_client::access::{self, AccessTokenError, Claims, TimeRule};
+use mayfly_client::access::{self, AccessClaims, AccessTokenError, Claims, TimeRule};
 use mayfly_client::keysource::{KeyLocation, KeySource, KeySourceError, KeySourceOptions, TtlRule};
+use mayfly_client::status::StatusListRef;
 use mayfly_proto::ServerMetadata;
 
 use crate::error::Refusal;
@@ -80,6 +81,8 @@ pub struct Caller {
     pub exp: i64,
     /// Scopes carried.
     pub scopes: Vec<String>,
+    /// Where its revocation status is published (`status.status_list`), if it says.
+    pub status: Option<StatusListRef>,
 }
 
 /// SHA-256 of a token → its checked claims and the JWKS generation that checked them.
@@ -103,7 +106,7 @@ fn key_options() -> KeySourceOptions {
 /// The issuer's key source and the checks.
 pub struct Verifier {
     issuer: Arc<Issuer>,
-    keys: KeySource,
+    keys: Arc<KeySource>,
     /// SHA-256 of a verified token → its claims and the JWKS generation that verified it.
     verified: Mutex<VerifiedCache>,
 }
@@ -123,16 +126,21 @@ fn invalid(e: &AccessTokenError) -> Refusal {
 impl Verifier {
     /// For tokens of `issuer`; its keys are found through its RFC 8414 metadata.
     pub fn new(issuer: Arc<Issuer>) -> Result<Self, KeySourceError> {
-        let keys = KeySource::new(
+        let keys = Arc::new(KeySource::new(
             issuer.issuer.clone(),
             KeyLocation::OAuthDiscovery(issuer.issuer.clone()),
             key_options(),
-        )?;
+        )?);
         Ok(Self {
             issuer,
             keys,
             verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The issuer's key source (status lists are signed with the same keys as tokens).
+    pub fn key_source(&self) -> Arc<KeySource> {
+        self.keys.clone()
     }
 
     /// Fetch the issuer's keys ahead of the first token; a failure is only logged (the issuer
@@ -196,6 +204,7 @@ impl Verifier {
             jti: c.jti.clone(),
             exp: c.exp,
             scopes,
+            status: c.status_list(),
         })
     }
 }

@@ -13,10 +13,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mayfly_config::{Inject, ProxyConfig, RouteConfig, RouteMatch};
+use mayfly_config::{Inject, ProxyConfig, RevocationMode, RouteConfig, RouteMatch};
 use mayfly_crypto::{Kek, KeyAlg, SigningKey};
 use mayfly_proto::{Clock, ManualClock};
-use mayfly_proxy::{Proxy, ProxyOptions};
+use mayfly_proxy::{Proxy, ProxyCredentials, ProxyOptions};
 use mayfly_store::{AuditLog, AuditSink, DebtEntry, Store};
 use mayfly_testkit::{keys, peek};
 use serde_json::{Value, json};
@@ -61,18 +61,50 @@ fn json_resp(status: u16, v: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// `ttl` of the fake issuer's status list; its `exp` is twice that after `iat`.
+const LIST_TTL: i64 = 10;
+
 struct Issuer {
     url: String,
-    key: SigningKey,
+    key: Arc<SigningKey>,
     revoked: Arc<Mutex<HashSet<String>>>,
     introspections: Arc<AtomicUsize>,
-    /// Introspection answers 503 while set.
+    /// Introspection (and the status list) answer 503 while set.
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Indexes set in `/statuslists/1` (4096 entries, signed at the clock's time).
+    list_revoked: Arc<Mutex<HashSet<usize>>>,
+    list_fetches: Arc<AtomicUsize>,
 }
 
-async fn issuer() -> Issuer {
-    let key = keys::es256("k1");
+/// The fake issuer's status list `/statuslists/1` at `now`.
+fn status_list(
+    key: &SigningKey,
+    iss: &str,
+    set: &HashSet<usize>,
+    now: i64,
+) -> Response<Full<Bytes>> {
+    let mut bits = mayfly_client::status::StatusBits::new(4096);
+    for &i in set {
+        bits.set(i);
+    }
+    let c = json!({"sub": format!("{iss}/statuslists/1"), "iat": now, "exp": now + 2 * LIST_TTL,
+                   "ttl": LIST_TTL, "status_list": {"bits": 1, "lst": bits.encode_lst()}});
+    let mut r = Response::new(Full::new(Bytes::from(
+        key.sign_jwt(Some("statuslist+jwt"), &c).unwrap(),
+    )));
+    r.headers_mut().insert(
+        "content-type",
+        "application/statuslist+jwt".parse().unwrap(),
+    );
+    r
+}
+
+async fn issuer(clock: Arc<ManualClock>) -> Issuer {
+    let key = Arc::new(keys::es256("k1"));
     let jwks = keys::jwks(&[&key]);
+    let list_revoked: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let list_fetches = Arc::new(AtomicUsize::new(0));
+    let (k, lr, lf) = (key.clone(), list_revoked.clone(), list_fetches.clone());
     let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let introspections = Arc::new(AtomicUsize::new(0));
     let url_cell: Arc<Mutex<String>> = Arc::default();
@@ -107,6 +139,13 @@ async fn issuer() -> Issuer {
                 }),
             ),
             "/jwks" => json_resp(200, &jwks),
+            "/statuslists/1" => {
+                lf.fetch_add(1, Ordering::SeqCst);
+                if dn.load(Ordering::SeqCst) {
+                    return json_resp(503, &json!({"error": "temporarily_unavailable"}));
+                }
+                status_list(&k, &iss, &lr.lock().unwrap(), clock.now())
+            }
             "/oauth2/introspect" => {
                 n.fetch_add(1, Ordering::SeqCst);
                 if dn.load(Ordering::SeqCst) {
@@ -133,6 +172,8 @@ async fn issuer() -> Issuer {
         revoked,
         introspections,
         down,
+        list_revoked,
+        list_fetches,
     }
 }
 
@@ -203,7 +244,14 @@ async fn harness_with(
     tls: Option<(String, std::path::PathBuf)>,
     policy: Option<&str>,
 ) -> Harness {
-    harness_full(expires_in_days, tls, policy, false).await
+    harness_full(
+        expires_in_days,
+        tls,
+        policy,
+        false,
+        RevocationMode::Introspection,
+    )
+    .await
 }
 
 /// With `case_insensitive`, the route's upstream ignores case in paths.
@@ -212,6 +260,7 @@ async fn harness_full(
     tls: Option<(String, std::path::PathBuf)>,
     policy: Option<&str>,
     case_insensitive: bool,
+    revocation: RevocationMode,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let policy_file = policy.map(|p| {
@@ -249,7 +298,7 @@ async fn harness_full(
             .await
             .unwrap()
     );
-    let issuer = issuer().await;
+    let issuer = issuer(clock.clone()).await;
     let mut up = upstream().await;
     let mut upstream_ca_file = None;
     if let Some((url, ca)) = tls {
@@ -259,6 +308,7 @@ async fn harness_full(
     let config = ProxyConfig {
         reload_interval: std::time::Duration::from_millis(100),
         upstream_ca_file,
+        revocation,
         routes: vec![RouteConfig {
             name: "up".into(),
             matcher: RouteMatch::PathPrefix("/up/".into()),
@@ -286,8 +336,10 @@ async fn harness_full(
     let proxy = Proxy::start(ProxyOptions {
         config,
         issuer: issuer.url.clone(),
-        client_id: "proxy".into(),
-        signer: keys::eddsa("p"),
+        credentials: Some(ProxyCredentials {
+            client_id: "proxy".into(),
+            signer: keys::eddsa("p"),
+        }),
         store: store.clone(),
         kek,
         clock: clock.clone(),
@@ -906,7 +958,7 @@ async fn a_case_insensitive_upstream_gets_the_lower_cased_path_the_policy_decide
         permit(principal, action == Action::"GET", resource) when { context.path like "/invoices*" };
         forbid(principal, action, resource) when { context.path like "/invoices/admin*" };
     "#;
-    let h = harness_full(90, None, Some(policy), true).await;
+    let h = harness_full(90, None, Some(policy), true, RevocationMode::Introspection).await;
     let mut hits = 0;
     for (rest, sent) in [
         ("/INVOICES/42", Some("/invoices/42")),
@@ -933,4 +985,89 @@ async fn a_case_insensitive_upstream_gets_the_lower_cased_path_the_policy_decide
         .call("/UP/invoices/42", Some(&h.issuer.token(h.now())))
         .await;
     h.refused(&r, 404, "not_found", hits);
+}
+
+/// With `revocation = "status_list"` the proxy never introspects: it fetches the issuer's list
+/// once per `ttl`, sees a revocation within that `ttl`, refuses tokens without a `status`
+/// claim or outside the list, and fails closed once its copy of the list has expired.
+#[tokio::test]
+async fn status_list_mode_checks_revocation_offline_within_the_lists_ttl() {
+    let h = harness_full(90, None, None, false, RevocationMode::StatusList).await;
+    let now = h.now();
+    let uri = format!("{}/statuslists/1", h.issuer.url);
+    let with_idx = |idx: u64| {
+        let uri = uri.clone();
+        h.issuer.token_with(now, move |c| {
+            c["status"] = json!({"status_list": {"idx": idx, "uri": uri}});
+            c["exp"] = json!(now + 3600);
+        })
+    };
+    let (a, b) = (with_idx(5), with_idx(6));
+    for _ in 0..3 {
+        assert_eq!(h.call("/up/x", Some(&a)).await.0, 200);
+        assert_eq!(h.call("/up/x", Some(&b)).await.0, 200);
+    }
+    assert_eq!(h.issuer.list_fetches.load(Ordering::SeqCst), 1);
+    let mut hits = 6;
+    assert_eq!(h.up.hits.load(Ordering::SeqCst), hits);
+
+    // Revoked at the issuer: still served from the copy until its ttl runs out, then refused.
+    h.issuer.list_revoked.lock().unwrap().insert(5);
+    h.clock.advance(LIST_TTL - 1);
+    assert_eq!(h.call("/up/x", Some(&a)).await.0, 200);
+    hits += 1;
+    h.clock.advance(1);
+    let r = h.call("/up/x", Some(&a)).await;
+    h.refused(&r, 401, "invalid_token", hits);
+    assert!(
+        r.2["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    assert_eq!(h.call("/up/x", Some(&b)).await.0, 200);
+    hits += 1;
+    assert_eq!(h.issuer.list_fetches.load(Ordering::SeqCst), 2);
+
+    // No status claim, an index past the list, a list of another host: refused.
+    let bare = h.issuer.token(h.now());
+    h.refused(
+        &h.call("/up/x", Some(&bare)).await,
+        401,
+        "invalid_token",
+        hits,
+    );
+    h.refused(
+        &h.call("/up/x", Some(&with_idx(4096))).await,
+        401,
+        "invalid_token",
+        hits,
+    );
+    let foreign = h.issuer.token_with(now, |c| {
+        c["status"] =
+            json!({"status_list": {"idx": 1, "uri": "https://elsewhere.test/statuslists/1"}});
+    });
+    h.refused(
+        &h.call("/up/x", Some(&foreign)).await,
+        401,
+        "invalid_token",
+        hits,
+    );
+
+    // The issuer down: the unexpired copy keeps answering; past its exp, 503 (fail closed).
+    h.issuer.down.store(true, Ordering::SeqCst);
+    h.clock.advance(LIST_TTL);
+    assert_eq!(h.call("/up/x", Some(&b)).await.0, 200);
+    hits += 1;
+    h.clock.advance(LIST_TTL);
+    h.refused(
+        &h.call("/up/x", Some(&b)).await,
+        503,
+        "temporarily_unavailable",
+        hits,
+    );
+    h.issuer.down.store(false, Ordering::SeqCst);
+    h.clock.advance(1);
+    assert_eq!(h.call("/up/x", Some(&b)).await.0, 200);
+    assert_eq!(h.issuer.introspections.load(Ordering::SeqCst), 0);
 }

@@ -18,6 +18,8 @@ pub struct TokenParams {
     pub audience: Option<String>,
     /// Requested lifetime in seconds (`expires_in`), if any.
     pub requested_ttl: Option<i64>,
+    /// The lease the token is to live under (`lease=new` or a lease id), if any.
+    pub lease: Option<crate::lease::LeaseRequest>,
 }
 
 /// Everything the decision needs besides the request parameters.
@@ -241,6 +243,7 @@ mod tests {
 
     fn params(aud: &str, scope: &str, ttl: Option<i64>) -> TokenParams {
         TokenParams {
+            lease: None,
             scope: Some(scope.into()),
             resources: vec![],
             audience: Some(aud.into()),

@@ -58,6 +58,7 @@ pub fn narrow(
             resources: Vec::new(),
             audience: Some(aud),
             requested_ttl: params.requested_ttl,
+            lease: params.lease.clone(),
         },
         Narrowing {
             audience: orig.aud.clone(),
@@ -89,6 +90,7 @@ mod tests {
 
     fn p(aud: Option<&str>, scope: Option<&str>) -> TokenParams {
         TokenParams {
+            lease: None,
             scope: scope.map(str::to_string),
             resources: vec![],
             audience: aud.map(str::to_string),

@@ -263,8 +263,12 @@ pub fn lease_param(value: Option<&str>) -> Result<Option<LeaseRequest>, Denial> 
 }
 
 /// The lease a token of `principal` (client `client_id`) is issued under, and the lease's hard
-/// end (the token never outlives it); `None` when it is under none. A CI identity token's
-/// exchange is always under its job's lease (`lease=new` joins it; `lease=<id>` must name it).
+/// end (the token never outlives it); `None` when it is under none.
+///
+/// A CI identity token's exchange is under its job's lease unless it asks for a lease of its
+/// own (`lease=new`, or one it opened): that is how `mayfly exec` inside a job ends its tokens
+/// when its command exits without ending the job's other tokens. Either way, once the job has
+/// ended nothing more is issued for it, and no lease outlives the job's.
 pub(crate) async fn resolve<W: World>(
     sts: &Sts<'_, W>,
     principal: &str,
@@ -274,28 +278,46 @@ pub(crate) async fn resolve<W: World>(
     now: i64,
 ) -> Result<Option<(LeaseLink, i64)>, Denial> {
     let cfg = sts.world.lease_settings();
-    if let Some(run) = ci {
-        let id = run.lease_id();
-        if matches!(req, Some(LeaseRequest::Existing(x)) if *x != id) {
-            return Err(Denial::UnknownLease);
-        }
-        return match sts.world.lease(&id).await? {
-            Some(v) if v.over(now) => Err(Denial::CiJobEnded),
-            Some(v) => Ok(Some((LeaseLink::Existing(id), v.expires_at))),
-            None => {
-                let expires_at = now + cfg.ci_max_lifetime;
-                let l = NewLease {
-                    id,
-                    owner: principal.to_string(),
-                    client_id: client_id.to_string(),
-                    grace: None,
-                    expires_at,
-                    ci: Some(run.clone()),
-                };
-                Ok(Some((LeaseLink::Open(l), expires_at)))
-            }
-        };
+    let Some(run) = ci else {
+        return own_lease(sts, principal, client_id, req, now, i64::MAX).await;
+    };
+    let id = run.lease_id();
+    let job = sts.world.lease(&id).await?;
+    if job.as_ref().is_some_and(|v| v.over(now)) {
+        return Err(Denial::CiJobEnded);
     }
+    let job_end = job
+        .as_ref()
+        .map_or(now + cfg.ci_max_lifetime, |v| v.expires_at);
+    match req {
+        Some(LeaseRequest::Existing(x)) if *x != id => {
+            own_lease(sts, principal, client_id, req, now, job_end).await
+        }
+        Some(LeaseRequest::New) => own_lease(sts, principal, client_id, req, now, job_end).await,
+        _ if job.is_some() => Ok(Some((LeaseLink::Existing(id), job_end))),
+        _ => {
+            let l = NewLease {
+                id,
+                owner: principal.to_string(),
+                client_id: client_id.to_string(),
+                grace: None,
+                expires_at: job_end,
+                ci: Some(run.clone()),
+            };
+            Ok(Some((LeaseLink::Open(l), job_end)))
+        }
+    }
+}
+
+/// A lease the principal asked for (`lease=new` or one it opened), ending no later than `cap`.
+async fn own_lease<W: World>(
+    sts: &Sts<'_, W>,
+    principal: &str,
+    client_id: &str,
+    req: Option<&LeaseRequest>,
+    now: i64,
+    cap: i64,
+) -> Result<Option<(LeaseLink, i64)>, Denial> {
     match req {
         None => Ok(None),
         Some(LeaseRequest::New) => {
@@ -303,12 +325,12 @@ pub(crate) async fn resolve<W: World>(
                 "l-{}",
                 mayfly_crypto::random_id().map_err(|_| Denial::Internal)?
             );
-            let expires_at = now + cfg.max_lifetime;
+            let expires_at = (now + sts.world.lease_settings().max_lifetime).min(cap);
             let l = NewLease {
                 id,
                 owner: principal.to_string(),
                 client_id: client_id.to_string(),
-                grace: Some(cfg.grace),
+                grace: Some(sts.world.lease_settings().grace),
                 expires_at,
                 ci: None,
             };
@@ -318,7 +340,7 @@ pub(crate) async fn resolve<W: World>(
             // Another principal's lease is as unknown as a lease that does not exist.
             Some(v) if v.owner != principal => Err(Denial::UnknownLease),
             Some(v) if v.over(now) => Err(Denial::LeaseEnded(id.chars().take(64).collect())),
-            Some(v) => Ok(Some((LeaseLink::Existing(v.id), v.expires_at))),
+            Some(v) => Ok(Some((LeaseLink::Existing(v.id), v.expires_at.min(cap)))),
             None => Err(Denial::UnknownLease),
         },
     }

@@ -12,8 +12,7 @@ use crate::authz::Narrowing;
 use crate::ports::{Sts, World};
 use crate::{
     AccessTokenClaims, AllOf, AuditEvent, AuthenticatedClient, Authorizer, DecideInput, Decision,
-    Denial, EventKind, LeaseRequest, MintExtras, Principal, PrincipalKind, TokenParams, decide,
-    mint, narrow,
+    Denial, EventKind, MintExtras, Principal, PrincipalKind, TokenParams, decide, mint, narrow,
 };
 
 /// Longest client id echoed into a denial's audit event.
@@ -278,6 +277,7 @@ pub fn token_params(form: &Form<'_>) -> Result<TokenParams, Denial> {
             .collect(),
         audience: form.get("audience").map(str::to_string),
         requested_ttl,
+        lease: crate::lease::lease_param(form.get(crate::lease::LEASE_PARAM))?,
     })
 }
 
@@ -286,10 +286,9 @@ pub(crate) fn parse_form<'a>(body: &'a [u8], repeatable: &[&str]) -> Result<Form
     Form::parse(body, repeatable).map_err(|e| Denial::MalformedRequest(e.to_string()))
 }
 
-/// Decide and mint for `a` at `now`, under the lease `lease` asks for (or the CI job's): the
+/// Decide and mint for `a` at `now`, under the lease `params` asks for (or the CI job's): the
 /// token, its issue record and the response. The ids of the deciding policies are appended to
 /// `trace` (a denial's event names them).
-#[allow(clippy::too_many_arguments)]
 pub async fn issue<W: World>(
     sts: &Sts<'_, W>,
     a: &Authenticated,
@@ -297,7 +296,6 @@ pub async fn issue<W: World>(
     grant_type: &'static str,
     now: i64,
     source: Option<&str>,
-    lease: Option<&LeaseRequest>,
     trace: &mut Vec<String>,
 ) -> Result<(Issued, Record), Denial> {
     let mut grant = decide_for(sts, a, params, grant_type, now, source, trace)?;
@@ -306,7 +304,7 @@ pub async fn issue<W: World>(
         &a.principal.id,
         &a.client_id,
         a.ci.as_ref(),
-        lease,
+        params.lease.as_ref(),
         now,
     )
     .await?;
@@ -489,17 +487,7 @@ async fn token_steps<W: World>(
         _ => d,
     };
     let (a, params) = authenticated.map_err(refine)?;
-    let lease = crate::lease::lease_param(form.get(crate::lease::LEASE_PARAM))?;
-    issue(
-        sts,
-        &a,
-        &params,
-        gt,
-        now,
-        req.source,
-        lease.as_ref(),
-        &mut caller.policies,
-    )
-    .await
-    .map_err(refine)
+    issue(sts, &a, &params, gt, now, req.source, &mut caller.policies)
+        .await
+        .map_err(refine)
 }

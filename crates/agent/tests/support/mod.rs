@@ -87,6 +87,10 @@ pub struct Server {
     exited_tx: mpsc::UnboundedSender<WorkloadExitedRequest>,
     pub exited_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<WorkloadExitedRequest>>,
     pub exchanges: Mutex<Vec<Exchange>>,
+    /// The `lease` parameter of each exchange, in order.
+    pub leases: Mutex<Vec<Option<String>>>,
+    /// The `jti` of the JWT-SVID presented in each exchange, in order.
+    pub exchanged_jtis: Mutex<Vec<String>>,
     pub down: AtomicBool,
 }
 
@@ -103,6 +107,8 @@ impl Server {
             exited_tx,
             exited_rx: tokio::sync::Mutex::new(exited_rx),
             exchanges: Mutex::new(Vec::new()),
+            leases: Mutex::new(Vec::new()),
+            exchanged_jtis: Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
         })
     }
@@ -242,6 +248,7 @@ impl Upstream for Server {
         jwt_svid: &str,
         audience: &str,
         scope: Option<&str>,
+        lease: Option<&str>,
     ) -> Result<TokenResponse, UpstreamError> {
         if audience == "unreachable" {
             return Err(UpstreamError::Transport("connection refused (test)".into()));
@@ -259,6 +266,11 @@ impl Upstream for Server {
             .lock()
             .unwrap()
             .push((aud, audience.into(), scope.map(str::to_string)));
+        self.leases.lock().unwrap().push(lease.map(str::to_string));
+        self.exchanged_jtis
+            .lock()
+            .unwrap()
+            .push(claims["jti"].as_str().unwrap().to_string());
         Ok(TokenResponse {
             access_token: format!("at-for-{}", claims["sub"].as_str().unwrap()),
             token_type: "Bearer".into(),

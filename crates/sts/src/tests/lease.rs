@@ -194,12 +194,44 @@ fn a_ci_token_is_under_its_jobs_deterministic_lease() {
         })
     );
     assert_eq!(o.value.lease_opened, Some("ci"));
-    // Once the lease exists, the job's next token joins it; lease=new means the same.
+    // Once the lease exists, the job's next token joins it, and so does one naming it.
     open_lease(&t, want, GHA_ID);
-    let again = t
+    let again = t.exchange(&job, &[("audience", API)]).unwrap();
+    assert_eq!(again.record.lease, Some(LeaseLink::Existing(want.into())));
+    let named = t
+        .exchange(&job, &[("audience", API), ("lease", want)])
+        .unwrap();
+    assert_eq!(named.record.lease, Some(LeaseLink::Existing(want.into())));
+}
+
+#[test]
+fn a_ci_job_may_open_a_lease_of_its_own_that_ends_with_the_job_at_the_latest() {
+    let t = T::new();
+    let job = t.gha(json!({"run_id": "42", "run_attempt": "1", "check_run_id": "777"}));
+    let mut v = open_lease(&t, "ci-9e3144d78f7e19e27f115d8ed076d9dc", GHA_ID);
+    v.expires_at = NOW + 600;
+    t.mem.leases.lock().unwrap().insert(v.id.clone(), v);
+    let o = t
         .exchange(&job, &[("audience", API), ("lease", "new")])
         .unwrap();
-    assert_eq!(again.record.lease, Some(LeaseLink::Existing(want.into())));
+    let Some(LeaseLink::Open(l)) = &o.record.lease else {
+        panic!("{:?}", o.record.lease)
+    };
+    // Its own heartbeated lease, capped at the job's hard end.
+    assert!(l.id.starts_with("l-"), "{}", l.id);
+    assert_eq!(
+        (l.grace, l.expires_at, l.ci.clone()),
+        (Some(30), NOW + 600, None)
+    );
+    // Once the job has ended, not even a lease of its own is opened.
+    let mut v = open_lease(&t, "ci-9e3144d78f7e19e27f115d8ed076d9dc", GHA_ID);
+    v.ended = true;
+    t.mem.leases.lock().unwrap().insert(v.id.clone(), v);
+    assert_refused!(
+        t.exchange(&job, &[("audience", API), ("lease", "new")]),
+        Denial::CiJobEnded,
+        InvalidRequest
+    );
 }
 
 #[test]
@@ -233,9 +265,9 @@ fn a_ci_token_for_an_ended_job_is_refused() {
 }
 
 #[test]
-fn a_ci_token_cannot_name_another_lease() {
+fn a_ci_token_cannot_name_a_lease_it_does_not_own() {
     let t = T::new();
-    open_lease(&t, "l-mine", GHA_ID);
+    open_lease(&t, "l-mine", "svc");
     let job = t.gha(json!({"run_id": "42"}));
     assert_refused!(
         t.exchange(&job, &[("audience", API), ("lease", "l-mine")]),
