@@ -5,8 +5,13 @@
 -- One row per issued access token or JWT-SVID, kept until it expires: what operator
 -- revocation selects on, what a lease's end revokes, and where each revoked token's status
 -- bit lies.
+-- Keyed by (expires_at, jti), not jti alone: tokens are issued in order of expiry (mostly), so
+-- each insert lands at the right edge of the key instead of on a random page (a random jti key
+-- dirtied one page per token and cost a quarter of the token path in WAL writes). Every
+-- revocation row carries its token's exp, so lookups from revocations use the whole key;
+-- JWT-SVIDs, whose revocations do not, have their own index by jti.
 CREATE TABLE issued_tokens (
-    jti TEXT PRIMARY KEY,
+    jti TEXT NOT NULL,
     kind TEXT NOT NULL,             -- 'token' | 'svid'
     client_id TEXT NOT NULL,        -- the token's client ('-' when none authenticated)
     identity TEXT NOT NULL,         -- the token's subject (client id or SPIFFE ID)
@@ -15,14 +20,15 @@ CREATE TABLE issued_tokens (
     list_id BIGINT,
     idx BIGINT,
     issued_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (expires_at, jti)
 );
-CREATE INDEX issued_tokens_expires ON issued_tokens (expires_at);
+CREATE INDEX issued_tokens_svid ON issued_tokens (jti) WHERE kind = 'svid';
 CREATE INDEX issued_tokens_lease ON issued_tokens (lease_id) WHERE lease_id IS NOT NULL;
 CREATE INDEX issued_tokens_client ON issued_tokens (client_id);
 CREATE INDEX issued_tokens_identity ON issued_tokens (identity);
 -- No index on (list_id, idx): a list's revoked bits are found from the revocations, which
--- are few, joined on jti.
+-- are few, joined on the key.
 
 -- A lease: tokens issued under it live only as long as it does.
 CREATE TABLE leases (

@@ -393,11 +393,13 @@ impl crate::Store {
     pub async fn revoked_indexes(&self, list: i64, now: i64) -> Result<Vec<i64>, StoreError> {
         // Driven from the revocations, which are few, rather than the list's up to 2^20 rows.
         sqlx::query_scalar(
-            "SELECT i.idx FROM revoked_tokens r JOIN issued_tokens i ON i.jti = r.jti \
-             WHERE i.list_id = $1 AND i.idx IS NOT NULL AND i.expires_at >= $2 \
+            "SELECT i.idx FROM revoked_tokens r JOIN issued_tokens i \
+             ON i.expires_at = r.expires_at AND i.jti = r.jti \
+             WHERE i.list_id = $1 AND i.idx IS NOT NULL AND r.expires_at >= $2 \
              UNION \
              SELECT i.idx FROM revoked_svids r JOIN issued_tokens i ON i.jti = r.jti \
-             WHERE i.list_id = $1 AND i.idx IS NOT NULL AND i.expires_at >= $2 \
+             WHERE i.kind = 'svid' AND i.list_id = $1 AND i.idx IS NOT NULL \
+             AND i.expires_at >= $2 \
              ORDER BY 1",
         )
         .bind(list)
