@@ -48,6 +48,8 @@ fn ctx() -> &'static Ctx {
                     one_time_use: true,
                     client_auth: ClientAuthRule::Optional,
                     max_ttl: 3600,
+                    // The CI presets also read the run's claims (the job's lease).
+                    ci: mayfly_sts::CiProvider::from_preset(name),
                 }
             })
             .collect();
